@@ -1,0 +1,74 @@
+"""The ``inpars-ray`` command line: a map from verb to a small module that parses and delegates.
+
+Each module in :data:`COMMANDS` defines ``add_parser(subparsers)`` and ``run(args) -> int``. Library code
+raises typed errors; only here are they turned into a message on stderr and an exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from inpars_ray.errors import InparsError
+
+#: verb -> module under inpars_ray.cli
+COMMANDS: dict[str, str] = {
+    "index": "index",
+    "retrieve": "retrieve",
+    "evaluate": "evaluate",
+    "run": "run",
+    "generate": "generate",
+    "filter": "filter",
+    "mine": "mine",
+    "train": "train",
+}
+
+
+def _find_typed_error(exc: BaseException) -> InparsError | None:
+    """Our own error inside ``exc`` or its causes (Ray wraps errors raised in tasks and actors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, InparsError):
+            return exc
+        exc = exc.__cause__ or getattr(exc, "cause", None) or exc.__context__
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inpars-ray", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for verb, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"inpars_ray.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"inpars_ray.cli.{module}":
+                continue  # a verb whose module is not written yet
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    try:
+        return int(args.run(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+        typed = _find_typed_error(exc)
+        if typed is None:
+            raise
+        print(f"inpars-ray {args.command}: error: {typed}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

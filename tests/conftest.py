@@ -1,0 +1,35 @@
+"""Shared fixtures: a local Ray for the session and the bundled collection."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("INPARS_RAY_PROGRESS", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+BUNDLED = Path(__file__).resolve().parents[1] / "inpars_ray" / "data" / "collections" / "tiny-science"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (starting Ray costs seconds)."""
+    import ray
+
+    from inpars_ray.raykit import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def bundled_copy(tmp_path: Path) -> Path:
+    """A writable copy of the bundled collection."""
+    dst = tmp_path / "tiny-science"
+    shutil.copytree(BUNDLED, dst)
+    return dst
