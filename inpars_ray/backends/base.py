@@ -1,0 +1,73 @@
+"""The one interface every query-generation backend (hf, vllm, openai) implements.
+
+A backend takes finished prompt strings and returns, for each, the first line the model generated and the
+log-probabilities of the tokens of that line (the tokens actually chosen, also under sampling). Stopping at
+the end of the first line must work for any tokenizer: a backend never hard-codes a newline token id (an
+upstream defect, see REFERENCE.md); it looks for a newline in the *decoded* text of the generated tokens.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings shared by all backends (defaults: InPars, REFERENCE.md).
+
+    Attributes:
+        max_new_tokens: most tokens generated per prompt (InPars: 64).
+        temperature: 0.0 means greedy decoding; above 0, sampling at that temperature.
+        top_p: nucleus sampling mass (used only when sampling).
+        seed: seed for sampling, so a rerun draws the same queries.
+        max_prompt_tokens: longest prompt (in the model's tokens) a backend accepts (InPars: 2048).
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 1
+    max_prompt_tokens: int = 2048
+
+
+@dataclasses.dataclass
+class Generation:
+    """What a backend returns for one prompt.
+
+    Attributes:
+        text: the generated first line, without the newline, stripped of surrounding spaces.
+        token_logprobs: natural-log probability of each generated token up to (not including) the token that
+            carries the newline; ``len(token_logprobs)`` is the query's length in tokens.
+        prompt_tokens: tokens in the prompt (for accounting).
+        error: set when this prompt failed (e.g. too long, API refused); then ``text`` is empty.
+    """
+
+    text: str
+    token_logprobs: list[float]
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+class Backend(abc.ABC):
+    """A loaded model that generates; constructed once per Ray actor."""
+
+    #: short name recorded in the output ("hf", "vllm", "openai")
+    name: str = ""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    @abc.abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` takes in this model's tokenizer (used to truncate documents)."""
+
+    @abc.abstractmethod
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """``text`` cut to at most ``max_tokens`` tokens of this model's tokenizer."""
+
+    @abc.abstractmethod
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
+        """One :class:`Generation` per prompt, in order; a failing prompt yields ``error``, never raises."""
+
+    def close(self) -> None:
+        """Release the model (optional)."""
