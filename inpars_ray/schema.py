@@ -107,3 +107,34 @@ def require_columns(columns: Iterable[str], needed: Iterable[str], stage: str) -
     missing = [c for c in needed if c not in have]
     if missing:
         raise SchemaError(f"{stage}: input lacks column(s) {missing}; it has {sorted(have)}")
+
+
+# --- filter / mine outputs (issue 4) ------------------------------------------------------------------
+#: why a row was left out by a stage (null for kept rows)
+DROP_REASON = "reason"
+#: the filter's kept queries: the generated row plus the score that selected it
+FILTERED = GENERATED.append(pa.field(FILTER_SCORE, pa.float64(), nullable=False))
+#: the filter's report of every row it left out, with the reason
+FILTER_DROPPED = pa.schema(
+    [
+        pa.field(QUERY_ID, pa.string()),
+        pa.field(DOC_ID, pa.string()),
+        pa.field(QUERY, pa.string()),
+        pa.field(DROP_REASON, pa.string(), nullable=False),
+        pa.field(FILTER_SCORE, pa.float64()),
+    ]
+)
+NUM_HITS = "num_hits"
+NUM_ELIGIBLE = "num_eligible"
+POS_RANK = "pos_rank"
+#: the miner's report of queries that got fewer negatives than asked for
+MINE_SHORT = pa.schema(
+    [
+        pa.field(QUERY_ID, pa.string(), nullable=False),
+        pa.field(POS_DOC_ID, pa.string(), nullable=False),
+        pa.field(NUM_HITS, pa.int64(), nullable=False),
+        pa.field(NUM_ELIGIBLE, pa.int64(), nullable=False),
+        pa.field(POS_RANK, pa.int64()),
+        pa.field(DROP_REASON, pa.string(), nullable=False),
+    ]
+)
