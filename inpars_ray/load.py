@@ -139,6 +139,9 @@ def parse_corpus_lines(lines: Iterable[bytes], path: str, first_line: int,
         if not doc_id.strip():
             bad.add(path, line, "empty '_id'")
             continue
+        if any(c.isspace() for c in doc_id):
+            bad.add(path, line, f"'_id' {doc_id!r} contains whitespace, which TREC run files cannot carry")
+            continue
         text = _string_field(obj, "text", path, line, bad, required=True)
         title = _string_field(obj, "title", path, line, bad, required=False)
         if text is None or title is None:

@@ -1,0 +1,381 @@
+"""BM25 over a collection with Lucene (Anserini, as shipped inside pyserini): index and retrieve.
+
+Index: the corpus is streamed through Ray (:func:`inpars_ray.load.read_corpus`), validated row by row,
+checked for duplicate ids, written as clean BEIR JSONL shards and indexed by Anserini's ``IndexCollection``
+with the settings of Anserini's BEIR "flat" regressions (``BeirFlatCollection``: title and text in one
+``contents`` field; positions, doc vectors and raw documents stored).
+
+Retrieve: Anserini's own multi-threaded ``SearchCollection`` runs in-process (pyjnius) on a batch of
+queries and writes a TREC run that is read back as Arrow. Going through ``LuceneSearcher.batch_search``
+instead marshals every hit through JNI as a Java object, which was >4x slower at depth 1000
+(ENVIRONMENT.md); with ``SearchCollection`` only one file crosses the boundary per batch. For many
+queries, :func:`retrieve_dataset` shards the queries over Ray actors, each with its JVM started once.
+Scores and the tie-break (by docid) are Anserini's own, so a run equals ``SearchCollection``'s exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from inpars_ray import schema as S
+from inpars_ray.catalog import Collection
+from inpars_ray.errors import ConfigError, FormatError, InparsError
+from inpars_ray.load import BadRows, LoadConfig, id_hashes, iter_lines, read_corpus, split_bad_rows
+from inpars_ray.manifest import StageRecord, is_complete, read_manifest
+
+logger = logging.getLogger(__name__)
+
+LUCENE_DIR = "lucene"
+BAD_ROWS_FILE = "bad_rows.parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    """How the Lucene index is built (defaults: Anserini's BEIR flat regressions).
+
+    Attributes:
+        threads: indexing threads (Anserini's regressions use 1; ranking does not depend on it).
+        shard_rows: documents per staged JSONL shard.
+        store_raw: store the raw document (lets users fetch texts from the index).
+    """
+
+    threads: int = 1
+    shard_rows: int = 100_000
+    store_raw: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class BM25Config:
+    """BM25 retrieval settings (defaults: the BEIR setting of Anserini/pyserini).
+
+    Attributes:
+        k1: BM25 term-frequency saturation.
+        b: BM25 length normalisation.
+        threads: search threads per actor (or per process in :func:`retrieve`).
+        queries_per_task: queries handed to one ``SearchCollection`` call.
+        remove_query: drop a hit whose doc id equals the query id (Anserini's BEIR regressions do).
+        num_actors: Ray actors searching in parallel in :func:`retrieve_dataset`.
+    """
+
+    k1: float = 0.9
+    b: float = 0.4
+    threads: int = 2
+    queries_per_task: int = 2000
+    remove_query: bool = True
+    num_actors: int = 1
+
+
+class IndexError_(InparsError):  # noqa: N801 - avoid shadowing the builtin IndexError
+    """A Lucene index is missing, incomplete or unusable."""
+
+
+def _corpus_fingerprint(collection: Collection) -> dict[str, Any]:
+    """Size and modification time of the corpus, so an index is never reused for a changed corpus."""
+    info = collection.filesystem.get_file_info(collection.corpus_path())
+    return {"size": info.size, "mtime_ns": info.mtime_ns}
+
+
+def _index_config(collection: Collection, load: LoadConfig, cfg: IndexConfig) -> dict[str, Any]:
+    return {"dataset": collection.spec, "root": collection.display(), "corpus": _corpus_fingerprint(collection),
+            "load": load, "index": cfg}
+
+
+def _write_shard(rows: pa.Table, path: Path) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for doc_id, title, text in zip(*(rows.column(c).to_pylist() for c in (S.DOC_ID, S.TITLE, S.TEXT))):
+            fh.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
+
+
+def _duplicates(hashes: np.ndarray) -> np.ndarray:
+    """Positions (into ``hashes``) of every occurrence but the first of a repeated hash."""
+    order = np.argsort(hashes, kind="stable")
+    sorted_h = hashes[order]
+    repeat = np.zeros(len(hashes), dtype=bool)
+    repeat[1:] = sorted_h[1:] == sorted_h[:-1]
+    return np.sort(order[repeat])
+
+
+def _check_qrels(collection: Collection, corpus_hashes: np.ndarray, bad: BadRows, strict: bool) -> int:
+    """Report judgements naming documents the corpus does not have; returns how many."""
+    qrels_dir = collection.path("qrels")
+    try:
+        infos = collection.filesystem.get_file_info(pafs.FileSelector(qrels_dir))
+    except FileNotFoundError:
+        return 0
+    known = np.sort(corpus_hashes)
+    unknown = 0
+    for info in sorted(infos, key=lambda i: i.path):
+        if not info.path.endswith(".tsv"):
+            continue
+        shown = info.path if collection.is_local else f"gs://{info.path}"
+        for number, raw in enumerate(iter_lines(collection, info.path), start=1):
+            fields = raw.rstrip(b"\r\n").split(b"\t")
+            if len(fields) != 3 or number == 1 and not fields[2].strip().lstrip(b"-").isdigit():
+                continue  # header or malformed: reported by read_qrels when the split is used
+            doc_id = fields[1].decode("utf-8", "replace")
+            h = id_hashes([doc_id])[0]
+            pos = np.searchsorted(known, h)
+            if pos >= len(known) or known[pos] != h:
+                unknown += 1
+                bad.add(shown, number, f"corpus-id {doc_id!r} is not in the corpus")
+                if strict:
+                    return unknown
+    return unknown
+
+
+def build_index(collection: Collection, index_dir: str | os.PathLike[str], load_config: LoadConfig = LoadConfig(),
+                config: IndexConfig = IndexConfig()) -> dict[str, Any]:
+    """Build (or reuse) the BM25 index of ``collection`` in ``index_dir``; return its manifest.
+
+    Layout: ``index_dir/lucene/`` (the Lucene index), ``manifest.json``, and with ``skip_bad_rows``
+    ``bad_rows.parquet`` (file, line, reason of every row left out). The folder is built beside its final
+    place and renamed into it, so ``index_dir`` is never half-written.
+    """
+    from inpars_ray._java import autoclass
+
+    index_dir = Path(index_dir)
+    stage_config = _index_config(collection, load_config, config)
+    if is_complete(index_dir, "index", stage_config):
+        logger.info("index in %s is complete for this corpus and config; reusing it", index_dir)
+        return read_manifest(index_dir) or {}
+    record = StageRecord("index", stage_config)
+    staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=index_dir.parent if index_dir.parent.exists()
+                                    else _mkdir(index_dir.parent)))
+    try:
+        shards = staging / "corpus"
+        shards.mkdir()
+        bad = BadRows()
+        hashes, lines, shard_of = [], [], []
+        n_docs = n_shards = 0
+        with record.timed("stage_corpus"):
+            buffer: list[pa.Table] = []
+            buffered = 0
+
+            def flush() -> None:
+                nonlocal buffer, buffered, n_shards
+                if buffered:
+                    _write_shard(pa.concat_tables(buffer), shards / f"part-{n_shards:05d}.jsonl")
+                    n_shards += 1
+                buffer, buffered = [], 0
+
+            for batch in read_corpus(collection, load_config).iter_batches(batch_format="pyarrow", batch_size=None):
+                good, bad_here = split_bad_rows(batch)
+                bad.extend(bad_here)
+                if good.num_rows == 0:
+                    continue
+                hashes.append(id_hashes(good.column(S.DOC_ID)))
+                lines.append(good.column(S.SOURCE_LINE).to_numpy())
+                shard_of.append(np.full(good.num_rows, n_shards, dtype=np.int32))
+                n_docs += good.num_rows
+                buffer.append(good)
+                buffered += good.num_rows
+                if buffered >= config.shard_rows:
+                    flush()
+            flush()
+        if n_docs == 0:
+            bad.raise_first()
+            raise FormatError(collection.display("corpus.jsonl"), 0, "the corpus has no documents")
+        all_hashes = np.concatenate(hashes)
+        all_lines = np.concatenate(lines)
+        with record.timed("check_ids"):
+            dup_pos = _duplicates(all_hashes)
+            if len(dup_pos):
+                corpus_shown = collection.display("corpus.jsonl")
+                first_line = {}
+                for pos in np.argsort(all_hashes, kind="stable"):
+                    first_line.setdefault(all_hashes[pos], int(all_lines[pos]))
+                for pos in dup_pos:
+                    bad.add(corpus_shown, int(all_lines[pos]),
+                            f"duplicate document id (first seen at line {first_line[all_hashes[pos]]})")
+                if load_config.skip_bad_rows:
+                    _drop_lines(shards, set(int(all_lines[p]) for p in dup_pos), all_lines, np.concatenate(shard_of))
+                    keep = np.ones(len(all_hashes), dtype=bool)
+                    keep[dup_pos] = False
+                    all_hashes = all_hashes[keep]
+                    n_docs = int(keep.sum())
+            unknown = _check_qrels(collection, all_hashes, bad, strict=not load_config.skip_bad_rows)
+        if not load_config.skip_bad_rows:
+            bad.rows.sort(key=lambda r: (r[0], r[1]))
+            bad.raise_first()
+        with record.timed("lucene_index"):
+            parser = autoclass("org.kohsuke.args4j.CmdLineParser")
+            args = autoclass("io.anserini.index.IndexCollection$Args")()
+            argv = ["-collection", "BeirFlatCollection", "-input", str(shards), "-index", str(staging / LUCENE_DIR),
+                    "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(config.threads),
+                    "-storePositions", "-storeDocvectors", "-quiet"] + (["-storeRaw"] if config.store_raw else [])
+            parser(args).parseArgument(*argv)
+            autoclass("io.anserini.index.IndexCollection")(args).run()
+        indexed = _num_docs(staging / LUCENE_DIR)
+        if indexed != n_docs:
+            raise IndexError_(f"Lucene indexed {indexed} documents but {n_docs} were staged")
+        shutil.rmtree(shards)
+        pq.write_table(bad.to_table(), staging / BAD_ROWS_FILE)
+        record.counts.update(documents=n_docs, bad_rows=len(bad), qrels_unknown_docs=unknown)
+        record.extra["bad_rows_file"] = BAD_ROWS_FILE
+        manifest = record.write(staging)
+        if index_dir.exists():
+            shutil.rmtree(index_dir)
+        os.replace(staging, index_dir)
+        if len(bad):
+            logger.warning("%d bad rows left out of the index; see %s", len(bad), index_dir / BAD_ROWS_FILE)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _drop_lines(shards: Path, drop: set[int], lines: np.ndarray, shard_of: np.ndarray) -> None:
+    """Rewrite the staged shards without the rows that came from the ``drop`` lines (duplicates)."""
+    for shard_no in sorted(set(int(shard_of[i]) for i in range(len(lines)) if int(lines[i]) in drop)):
+        path = shards / f"part-{shard_no:05d}.jsonl"
+        shard_lines = lines[shard_of == shard_no]
+        kept = [row for row, src in zip(path.read_text(encoding="utf-8").splitlines(), shard_lines)
+                if int(src) not in drop]
+        path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+
+
+def _num_docs(lucene_dir: Path) -> int:
+    from inpars_ray._java import autoclass
+
+    paths = autoclass("java.nio.file.Paths")
+    directory = autoclass("org.apache.lucene.store.FSDirectory").open(paths.get(str(lucene_dir)))
+    reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+    try:
+        return int(reader.numDocs())
+    finally:
+        reader.close()
+        directory.close()
+
+
+def lucene_path(index_dir: str | os.PathLike[str]) -> Path:
+    """The Lucene folder of an index built by :func:`build_index`; raises if the index is incomplete."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    if not manifest or manifest.get("stage") != "index" or manifest.get("status") != "complete":
+        raise IndexError_(f"{index_dir} holds no complete inpars-ray index; run 'inpars-ray index' first")
+    return index_dir / LUCENE_DIR
+
+
+# --- retrieval ----------------------------------------------------------------------------------------
+def _clean_query(text: str) -> str:
+    """One line of query text for a TSV topics file: tabs and line breaks become spaces."""
+    return " ".join(text.split())
+
+
+def write_topics(queries: pa.Table, path: Path) -> int:
+    """Write ``queries`` as an Anserini ``TsvString`` topics file; returns how many were written."""
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for qid, text in zip(queries.column(S.QUERY_ID).to_pylist(), queries.column(S.QUERY).to_pylist()):
+            if any(c in qid for c in "\t\n\r "):
+                raise ConfigError(f"query id {qid!r} contains whitespace, which a TREC run cannot carry")
+            fh.write(f"{qid}\t{_clean_query(text)}\n")
+            n += 1
+    return n
+
+
+def read_trec_run(path: str | os.PathLike[str]) -> pa.Table:
+    """Read a TREC run file (``qid Q0 docid rank score tag``) as a :data:`schema.RUN` table."""
+    if os.path.getsize(path) == 0:
+        return S.RUN.empty_table()
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=["qid", "q0", "docid", "rank", "score", "tag"]),
+        parse_options=pacsv.ParseOptions(delimiter=" "),
+        convert_options=pacsv.ConvertOptions(column_types={"qid": pa.string(), "docid": pa.string(),
+                                                           "rank": pa.int64(), "score": pa.float64()}),
+    )
+    return pa.table({S.QUERY_ID: table["qid"], S.DOC_ID: table["docid"], S.RANK: table["rank"],
+                     S.SCORE: table["score"]}, schema=S.RUN)
+
+
+def write_trec_run(run: pa.Table, path: str | os.PathLike[str], tag: str = "inpars-ray") -> None:
+    """Write a :data:`schema.RUN` table as a TREC run file (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for qid, did, rank, score in zip(*(run.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE))):
+            fh.write(f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n")
+    os.replace(tmp, path)
+
+
+class BM25Searcher:
+    """Searches batches of queries with Anserini's ``SearchCollection``; the JVM starts once per instance.
+
+    Use directly (``BM25Searcher(index_dir, k)(queries)``) or as a Ray Data callable class.
+    """
+
+    def __init__(self, index_dir: str | os.PathLike[str], k: int, config: BM25Config = BM25Config()) -> None:
+        from inpars_ray._java import autoclass
+
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        self.lucene = lucene_path(index_dir)
+        self.k = k
+        self.config = config
+        self._parser = autoclass("org.kohsuke.args4j.CmdLineParser")
+        self._args_cls = autoclass("io.anserini.search.SearchCollection$Args")
+        self._search_cls = autoclass("io.anserini.search.SearchCollection")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        S.require_columns(batch.column_names, [S.QUERY_ID, S.QUERY], "bm25 retrieve")
+        if batch.num_rows == 0:
+            return S.RUN.empty_table()
+        with tempfile.TemporaryDirectory(prefix="inpars-bm25-") as tmp:
+            topics, run = Path(tmp) / "topics.tsv", Path(tmp) / "run.txt"
+            write_topics(batch.select([S.QUERY_ID, S.QUERY]), topics)
+            argv = ["-index", str(self.lucene), "-topics", str(topics), "-topicReader", "TsvString",
+                    "-output", str(run), "-bm25", "-bm25.k1", str(self.config.k1), "-bm25.b", str(self.config.b),
+                    "-hits", str(self.k), "-threads", str(self.config.threads), "-quiet"]
+            if self.config.remove_query:
+                argv.append("-removeQuery")
+            args = self._args_cls()
+            self._parser(args).parseArgument(*argv)
+            searcher = self._search_cls(args)
+            try:
+                searcher.run()
+            finally:
+                searcher.close()
+            return read_trec_run(run)
+
+
+def retrieve(index_dir: str | os.PathLike[str], queries: pa.Table, k: int = 1000,
+             config: BM25Config = BM25Config()) -> pa.Table:
+    """BM25 top-``k`` of every query, in this process; a :data:`schema.RUN` table."""
+    searcher = BM25Searcher(index_dir, k, config)
+    parts = [searcher(queries.slice(i, config.queries_per_task))
+             for i in range(0, queries.num_rows, config.queries_per_task)]
+    return pa.concat_tables(parts) if parts else S.RUN.empty_table()
+
+
+def retrieve_dataset(index_dir: str | os.PathLike[str], queries: Any, k: int = 1000,
+                     config: BM25Config = BM25Config()) -> Any:
+    """BM25 top-``k`` of a Ray Dataset of queries, sharded over ``config.num_actors`` searcher actors."""
+    import ray
+
+    lucene_path(index_dir)  # fail fast, in the driver, on a missing index
+    return queries.map_batches(
+        BM25Searcher,
+        fn_constructor_args=(str(index_dir), k, config),
+        batch_size=config.queries_per_task,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=config.num_actors),
+        num_cpus=config.threads,
+    )
