@@ -305,14 +305,19 @@ def read_trec_run(path: str | os.PathLike[str]) -> pa.Table:
                      S.SCORE: table["score"]}, schema=S.RUN)
 
 
+def trec_lines(run: pa.Table, tag: str = "inpars-ray") -> list[str]:
+    """The TREC run lines (``qid Q0 docid rank score tag``) of a :data:`schema.RUN` table."""
+    cols = (run.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE))
+    return [f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n" for qid, did, rank, score in zip(*cols)]
+
+
 def write_trec_run(run: pa.Table, path: str | os.PathLike[str], tag: str = "inpars-ray") -> None:
     """Write a :data:`schema.RUN` table as a TREC run file (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
-        for qid, did, rank, score in zip(*(run.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE))):
-            fh.write(f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n")
+        fh.writelines(trec_lines(run, tag))
     os.replace(tmp, path)
 
 
@@ -379,3 +384,66 @@ def retrieve_dataset(index_dir: str | os.PathLike[str], queries: Any, k: int = 1
         compute=ray.data.ActorPoolStrategy(size=config.num_actors),
         num_cpus=config.threads,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrieveConfig:
+    """A retrieval run: which queries, how deep, with which BM25 settings.
+
+    Attributes:
+        split: the qrels split whose queries are searched (``None``: every query in queries.jsonl).
+        k: hits per query.
+        bm25: BM25 parameters and parallelism.
+    """
+
+    split: str | None = "test"
+    k: int = 1000
+    bm25: BM25Config = BM25Config()
+
+
+def run_manifest_name(run_path: Path) -> str:
+    return f"{run_path.name}.manifest.json"
+
+
+def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], out: str | os.PathLike[str],
+                     config: RetrieveConfig = RetrieveConfig(), load_config: LoadConfig = LoadConfig()) -> dict:
+    """Search the collection's queries (of ``config.split``) and write a TREC run to ``out``.
+
+    Hits stream from the Ray actors into the file, so the driver never holds the whole run. A manifest
+    ``<out>.manifest.json`` is written last; a rerun with the same index and config does nothing.
+    """
+    import ray
+
+    from inpars_ray.load import read_qrels, read_queries
+
+    out = Path(out)
+    index_manifest = read_manifest(index_dir) or {}
+    stage_config = {"index": str(Path(index_dir).resolve()), "index_config_hash": index_manifest.get("config_hash"),
+                    "dataset": collection.spec, "retrieve": config}
+    if is_complete(out.parent, "retrieve", stage_config, run_manifest_name(out)) and out.exists():
+        logger.info("run %s is complete for this config; nothing to do", out)
+        return read_manifest(out.parent, run_manifest_name(out)) or {}
+    record = StageRecord("retrieve", stage_config)
+    queries, bad = read_queries(collection, load_config)
+    if config.split is not None:
+        qrels, bad_qrels = read_qrels(collection, config.split, queries, load_config)
+        bad.extend(bad_qrels)
+        wanted = set(qrels.column(S.QUERY_ID).to_pylist())
+        queries = queries.filter(pa.array([q in wanted for q in queries.column(S.QUERY_ID).to_pylist()]))
+    lucene_path(index_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    hits = 0
+    answered: set[str] = set()
+    with record.timed("search"), tmp.open("w", encoding="utf-8") as fh:
+        ds = retrieve_dataset(index_dir, ray.data.from_arrow(queries), config.k, config.bm25)
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            fh.writelines(trec_lines(batch))
+            answered.update(batch.column(S.QUERY_ID).to_pylist())
+            hits += batch.num_rows
+    os.replace(tmp, out)
+    record.counts.update(queries=queries.num_rows, queries_without_hits=queries.num_rows - len(answered),
+                         hits=hits, bad_rows=len(bad))
+    if record.timings.get("search"):
+        record.extra["queries_per_second"] = round(queries.num_rows / record.timings["search"], 2)
+    return record.write(out.parent, name=run_manifest_name(out))

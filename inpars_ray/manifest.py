@@ -68,17 +68,17 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The manifest in ``directory``, or None when there is none."""
-    path = Path(directory) / MANIFEST_NAME
+def read_manifest(directory: str | os.PathLike[str], name: str = MANIFEST_NAME) -> dict[str, Any] | None:
+    """The manifest ``name`` in ``directory``, or None when there is none."""
+    path = Path(directory) / name
     if not path.exists():
         return None
     return json.loads(path.read_text())
 
 
-def is_complete(directory: str | os.PathLike[str], stage: str, config: Any) -> bool:
+def is_complete(directory: str | os.PathLike[str], stage: str, config: Any, name: str = MANIFEST_NAME) -> bool:
     """True when ``directory`` holds a complete manifest of ``stage`` made from this very config."""
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, name)
     return bool(
         manifest
         and manifest.get("stage") == stage
@@ -107,8 +107,9 @@ class StageRecord:
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
-    def write(self, directory: str | os.PathLike[str], status: str = "complete") -> dict[str, Any]:
-        """Write the manifest and log the stage's one-line summary."""
+    def write(self, directory: str | os.PathLike[str], status: str = "complete",
+              name: str = MANIFEST_NAME) -> dict[str, Any]:
+        """Write the manifest (``directory/name``) and log the stage's one-line summary."""
         payload = {
             "stage": self.stage,
             "status": status,
@@ -121,7 +122,7 @@ class StageRecord:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **({"extra": self.extra} if self.extra else {}),
         }
-        write_json_atomic(Path(directory) / MANIFEST_NAME, payload)
+        write_json_atomic(Path(directory) / name, payload)
         summary = ", ".join(f"{k}={v}" for k, v in self.counts.items())
         logger.info("[%s] %s in %.1fs (%s)", self.stage, status, payload["timings"]["total"], summary)
         return payload

@@ -1,0 +1,135 @@
+"""Stage 7 — evaluate: measure a run against qrels with ir-measures.
+
+Defaults are the InPars/BEIR reporting set: nDCG@10 (the headline), RR@10, R@100, R@1000 and MAP; any
+measure name ir-measures parses is accepted. Relevance threshold 1 (BEIR). Queries whose ids are listed
+in ``exclude_query_ids`` (e.g. queries used as few-shot examples in prompts) are left out of both
+qrels and run before measuring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from inpars_ray import schema as S
+from inpars_ray.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "R@1000", "AP")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Aggregate and per-query values of each measure.
+
+    Attributes:
+        aggregate: measure name -> mean over the judged queries.
+        per_query: (query id, measure name, value) rows.
+        num_queries: judged queries that were measured.
+        num_queries_without_hits: judged queries absent from the run (they count as zero).
+    """
+
+    aggregate: dict[str, float]
+    per_query: list[tuple[str, str, float]]
+    num_queries: int
+    num_queries_without_hits: int
+
+    def per_query_table(self) -> pa.Table:
+        qids, names, values = (list(c) for c in zip(*self.per_query)) if self.per_query else ([], [], [])
+        return pa.table({S.QUERY_ID: qids, "measure": names, "value": values})
+
+
+def parse_measures(names: Iterable[str]) -> list[Any]:
+    """Parse measure names with ir-measures; an unknown name is a :class:`ConfigError`."""
+    import ir_measures
+
+    out = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        try:
+            out.append(ir_measures.parse_measure(name))
+        except (ValueError, NameError, SyntaxError, TypeError) as exc:
+            raise ConfigError(f"unknown measure {name!r} ({exc}); use ir-measures names such as nDCG@10, RR@10, "
+                              "R@1000, AP") from exc
+    if not out:
+        raise ConfigError("no measures given")
+    return out
+
+
+def evaluate_run(run: pa.Table, qrels: pa.Table, measures: Sequence[str] = DEFAULT_MEASURES,
+                 exclude_query_ids: Iterable[str] = ()) -> EvalResult:
+    """Measure ``run`` (:data:`schema.RUN`) against ``qrels`` (:data:`schema.QRELS`).
+
+    Every judged query counts: a judged query the run has no hits for scores 0 (ir-measures would
+    otherwise leave it out of the mean and flatter the run).
+    """
+    import ir_measures
+
+    S.require_columns(run.column_names, [S.QUERY_ID, S.DOC_ID, S.SCORE], "evaluate (run)")
+    S.require_columns(qrels.column_names, [S.QUERY_ID, S.DOC_ID, S.RELEVANCE], "evaluate (qrels)")
+    parsed = parse_measures(measures)
+    excluded = set(exclude_query_ids)
+    qrels_rows = [ir_measures.Qrel(q, d, int(r)) for q, d, r in zip(
+        *(qrels.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RELEVANCE))) if q not in excluded]
+    judged = {q.query_id for q in qrels_rows}
+    run_rows = [ir_measures.ScoredDoc(q, d, float(s)) for q, d, s in zip(
+        *(run.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.SCORE))) if q in judged]
+    per_query: list[tuple[str, str, float]] = []
+    seen: dict[str, set[str]] = {}
+    for metric in ir_measures.iter_calc(parsed, qrels_rows, run_rows):
+        per_query.append((metric.query_id, str(metric.measure), float(metric.value)))
+        seen.setdefault(str(metric.measure), set()).add(metric.query_id)
+    missing_any = set()
+    for m in parsed:
+        for qid in sorted(judged - seen.get(str(m), set())):
+            per_query.append((qid, str(m), 0.0))
+            missing_any.add(qid)
+    aggregate = {}
+    for m in parsed:
+        values = [v for _, name, v in per_query if name == str(m)]
+        aggregate[str(m)] = math.fsum(values) / len(values) if values else 0.0
+    if missing_any:
+        logger.info("%d judged queries have no hits in the run; they count as 0", len(missing_any))
+    return EvalResult(aggregate=aggregate, per_query=sorted(per_query), num_queries=len(judged),
+                      num_queries_without_hits=len(missing_any))
+
+
+def evaluate_files(collection: Any, run_path: str, split: str, measures: Sequence[str],
+                   exclude_file: str | None = None, per_query_path: str | None = None,
+                   summary_path: str | None = None, skip_bad_rows: bool = False) -> tuple[EvalResult, dict]:
+    """Evaluate a TREC run file against ``collection``'s qrels; optionally write per-query and summary files."""
+    import json
+    import os
+
+    from inpars_ray.bm25 import read_trec_run
+    from inpars_ray.load import LoadConfig, read_qrels, read_queries
+    from inpars_ray.manifest import versions, write_json_atomic
+
+    if not os.path.exists(run_path):
+        raise ConfigError(f"run file {run_path} does not exist")
+    load = LoadConfig(skip_bad_rows=skip_bad_rows)
+    queries, _ = read_queries(collection, load)
+    qrels, _ = read_qrels(collection, split, queries, load)
+    excluded: list[str] = []
+    if exclude_file:
+        with open(exclude_file, encoding="utf-8") as fh:
+            excluded = [line.strip() for line in fh if line.strip()]
+    result = evaluate_run(read_trec_run(run_path), qrels, measures, excluded)
+    if per_query_path:
+        with open(per_query_path, "w", encoding="utf-8") as fh:
+            fh.write("query_id\tmeasure\tvalue\n")
+            fh.writelines(f"{q}\t{m}\t{v:.6f}\n" for q, m, v in result.per_query)
+    summary = {"run": run_path, "dataset": collection.spec, "split": split, "measures": result.aggregate,
+               "num_queries": result.num_queries, "num_queries_without_hits": result.num_queries_without_hits,
+               "excluded_queries": len(excluded), "versions": versions()}
+    if summary_path:
+        write_json_atomic(summary_path, summary)
+    logger.info("[evaluate] %s: %s", run_path, json.dumps({k: round(v, 4) for k, v in result.aggregate.items()}))
+    return result, summary
