@@ -1,0 +1,404 @@
+"""Stage — filter: keep the synthetic queries most likely to be good training data.
+
+Two strategies (REFERENCE.md, "filter"):
+
+* ``scores`` (InPars-v1): the generator's own confidence, the mean of the generated tokens' log-probs
+  (``sum`` and ``min`` are offered too); queries with fewer than ``min_tokens`` or more than
+  ``max_tokens`` tokens are dropped; the top ``keep_top_k`` survive.
+* ``reranker`` (InPars-v2): monoT5's P(true) of (query, its source document), computed by the shared
+  :class:`inpars_ray.monot5.MonoT5Scorer`; the top ``keep_top_k`` survive.
+
+Whatever the strategy, rows the generator failed on, empty queries, queries whose document is not in the
+corpus, queries copied verbatim from their document and duplicate queries are dropped first. Every input
+row ends up either in ``kept/`` or in ``dropped/`` with its reason, and the manifest counts both.
+
+Layers: pure functions over Arrow batches (:func:`classify`, :func:`mark_duplicates`,
+:func:`local_top_k`, :func:`threshold_of`, :func:`apply_threshold`); the monoT5 actor comes from
+:mod:`inpars_ray.monot5`; :func:`run_filter` wires them into Ray Data. The document text is joined to the
+queries with ``Dataset.join`` (a hash-partitioned join), so the corpus never sits in one process, and the
+top-k is distributed: each block keeps its own top-k, the driver merges those small candidate sets into a
+threshold, and a second pass over the blocks splits kept from dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from inpars_ray import schema as S
+from inpars_ray.catalog import Collection
+from inpars_ray.errors import ConfigError, FormatError, InparsError
+from inpars_ray.load import LoadConfig, read_corpus, split_bad_rows
+from inpars_ray.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("scores", "reranker")
+AGGREGATES = ("mean", "sum", "min")
+KEPT_DIR, DROPPED_DIR = "kept", "dropped"
+# drop reasons, in the order the checks apply (the first that applies is recorded)
+GENERATION_ERROR = "generation_error"
+EMPTY_QUERY = "empty_query"
+UNKNOWN_DOCUMENT = "unknown_document"
+COPIED = "copied_from_document"
+TOKEN_LENGTH = "token_length"
+NO_SCORE = "no_score"
+DUPLICATE = "duplicate_query"
+BELOW_TOP_K = "below_top_k"
+REASONS = (GENERATION_ERROR, EMPTY_QUERY, UNKNOWN_DOCUMENT, COPIED, TOKEN_LENGTH, NO_SCORE, DUPLICATE, BELOW_TOP_K)
+# helper columns that live only inside the stage
+_QNORM, _DOC = "_query_norm", "_document"
+_ORDER = [(S.FILTER_SCORE, "descending"), (S.QUERY_ID, "ascending"), (S.DOC_ID, "ascending")]
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterConfig:
+    """How synthetic queries are filtered (defaults: InPars, REFERENCE.md).
+
+    Attributes:
+        strategy: "scores" (InPars-v1, generator log-probs) or "reranker" (InPars-v2, monoT5 P(true)).
+        keep_top_k: how many queries survive (InPars: 10,000); ties broken by query id, then doc id.
+        aggregate: for "scores", how token log-probs become one score: "mean" (InPars), "sum" or "min".
+        min_tokens: queries with fewer generated tokens are dropped (InPars: 3).
+        max_tokens: queries with more generated tokens are dropped (InPars: 1000).
+        model: for "reranker", the monoT5 checkpoint (Hugging Face id or folder).
+        max_length: for "reranker", monoT5 input length in tokens (the document is truncated).
+        batch_size: for "reranker", pairs per forward pass.
+        num_actors: for "reranker", monoT5 actors scoring in parallel.
+        rows_per_call: for "reranker", rows handed to an actor per call.
+        shuffle_partitions: partitions of the hash join with the corpus and of the duplicate check.
+    """
+
+    strategy: str = "scores"
+    keep_top_k: int = 10_000
+    aggregate: str = "mean"
+    min_tokens: int = 3
+    max_tokens: int = 1000
+    model: str | None = None
+    max_length: int = 512
+    batch_size: int = 16
+    num_actors: int = 1
+    rows_per_call: int = 256
+    shuffle_partitions: int = 8
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"filter strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"filter aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if self.keep_top_k < 1:
+            raise ConfigError(f"keep_top_k must be at least 1, got {self.keep_top_k}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ConfigError(f"need 0 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
+        if self.strategy == "reranker" and not self.model:
+            raise ConfigError("the reranker strategy needs a monoT5 model (--model)")
+        if min(self.num_actors, self.rows_per_call, self.shuffle_partitions, self.batch_size) < 1:
+            raise ConfigError("num_actors, rows_per_call, shuffle_partitions and batch_size must be >= 1")
+
+
+# --- pure functions over batches ------------------------------------------------------------------------
+def normalise(text: str) -> str:
+    """Case-folded text with runs of whitespace collapsed to one space (for copy and duplicate checks)."""
+    return " ".join(text.casefold().split())
+
+
+def document_text(title: str | None, text: str | None) -> str:
+    """The text a document is scored and trained on: title and body, as BEIR "flat" indexes join them."""
+    return " ".join(part.strip() for part in (title or "", text or "") if part and part.strip())
+
+
+def aggregate_logprobs(logprobs: list[float] | None, mean_logprob: float | None, how: str) -> float:
+    """One score from a query's token log-probs; NaN when there is nothing to score."""
+    if logprobs:
+        values = np.asarray(logprobs, dtype=np.float64)
+        score = float(values.mean() if how == "mean" else values.sum() if how == "sum" else values.min())
+    elif how == "mean" and mean_logprob is not None:
+        score = float(mean_logprob)
+    else:
+        return float("nan")
+    return score if np.isfinite(score) else float("nan")
+
+
+def token_count(num_tokens: int | None, logprobs: list[float] | None, query: str) -> int:
+    """Generated tokens of a query: the recorded count, else its log-probs, else its whitespace words."""
+    if num_tokens is not None:
+        return int(num_tokens)
+    if logprobs is not None:
+        return len(logprobs)
+    return len(query.split())
+
+
+def classify(batch: pa.Table, config: FilterConfig) -> pa.Table:
+    """Per-row checks of generated rows joined with their document (``title``/``text``, null if unknown).
+
+    Adds ``reason`` (null for rows that pass), the normalised query (the duplicate key) and, for the
+    "scores" strategy, ``filter_score``; for "reranker" it adds the document text monoT5 reads. The
+    document's ``title``/``text`` columns are removed.
+    """
+    S.require_columns(batch.column_names, [S.QUERY_ID, S.DOC_ID, S.QUERY, S.ERROR, S.TITLE, S.TEXT], "filter")
+    cols = {c: batch.column(c).to_pylist() for c in
+            (S.QUERY, S.ERROR, S.TITLE, S.TEXT, S.NUM_TOKENS, S.TOKEN_LOGPROBS, S.MEAN_LOGPROB)
+            if c in batch.column_names}
+    n = batch.num_rows
+    none = [None] * n
+    reasons: list[str | None] = []
+    norms, docs, scores = [], [], []
+    for i in range(n):
+        query, title, text = cols[S.QUERY][i], cols[S.TITLE][i], cols[S.TEXT][i]
+        logprobs = cols.get(S.TOKEN_LOGPROBS, none)[i]
+        doc = document_text(title, text) if text is not None or title is not None else None
+        qnorm = normalise(query) if query else ""
+        score = (aggregate_logprobs(logprobs, cols.get(S.MEAN_LOGPROB, none)[i], config.aggregate)
+                 if config.strategy == "scores" else float("nan"))
+        if cols[S.ERROR][i] is not None:
+            reason = GENERATION_ERROR
+        elif not qnorm:
+            reason = EMPTY_QUERY
+        elif doc is None:
+            reason = UNKNOWN_DOCUMENT
+        elif qnorm in normalise(doc):  # the query is a verbatim span of its document
+            reason = COPIED
+        elif not config.min_tokens <= token_count(cols.get(S.NUM_TOKENS, none)[i], logprobs, query) \
+                <= config.max_tokens:
+            reason = TOKEN_LENGTH
+        elif config.strategy == "scores" and np.isnan(score):
+            reason = NO_SCORE
+        else:
+            reason = None
+        reasons.append(reason)
+        norms.append(qnorm)
+        docs.append(doc)
+        scores.append(score)
+    out = batch.drop_columns([S.TITLE, S.TEXT])
+    out = out.append_column(S.DROP_REASON, pa.array(reasons, pa.string()))
+    out = out.append_column(_QNORM, pa.array(norms, pa.string()))
+    if config.strategy == "reranker":
+        return out.append_column(_DOC, pa.array(docs, pa.string()))
+    return out.append_column(S.FILTER_SCORE, pa.array(scores, pa.float64()))
+
+
+def mark_duplicates(batch: pa.Table) -> pa.Table:
+    """Mark every row but one of each normalised query as a duplicate; the one kept has the smallest
+    (query id, doc id), so the choice does not depend on block order."""
+    if batch.num_rows == 0:
+        return batch
+    order = pc.sort_indices(batch, [(_QNORM, "ascending"), (S.QUERY_ID, "ascending"), (S.DOC_ID, "ascending")])
+    batch = batch.take(order)
+    norms = batch.column(_QNORM).to_numpy(zero_copy_only=False)
+    repeat = np.zeros(batch.num_rows, dtype=bool)
+    repeat[1:] = norms[1:] == norms[:-1]
+    reasons = pc.if_else(pa.array(repeat), pa.scalar(DUPLICATE, pa.string()), batch.column(S.DROP_REASON))
+    return batch.set_column(batch.schema.get_field_index(S.DROP_REASON), S.DROP_REASON, reasons)
+
+
+def rows_with(batch: pa.Table, dropped: bool) -> pa.Table:
+    """The rows that were dropped (``dropped=True``) or that are still in (``dropped=False``)."""
+    valid = pc.is_valid(batch.column(S.DROP_REASON))
+    return batch.filter(valid if dropped else pc.invert(valid))
+
+
+def local_top_k(batch: pa.Table, k: int) -> pa.Table:
+    """The sort keys of the best ``k`` rows of a block (higher score first; ties by query id, doc id)."""
+    keys = batch.select([S.FILTER_SCORE, S.QUERY_ID, S.DOC_ID])
+    return keys.take(pc.sort_indices(keys, _ORDER)[:k])
+
+
+def threshold_of(candidates: pa.Table, k: int) -> tuple[float, str, str] | None:
+    """The sort key of the k-th best candidate, or None when there are at most ``k`` (all are kept)."""
+    if candidates.num_rows <= k:
+        return None
+    row = candidates.take(pc.sort_indices(candidates, _ORDER)[k - 1 : k]).to_pylist()[0]
+    return row[S.FILTER_SCORE], row[S.QUERY_ID], row[S.DOC_ID]
+
+
+def apply_threshold(batch: pa.Table, threshold: tuple[float, str, str] | None) -> pa.Table:
+    """Set ``reason`` to below_top_k on every row whose sort key comes after ``threshold``."""
+    if threshold is None or batch.num_rows == 0:
+        return batch
+    score, qid, did = threshold
+    s, q, d = (batch.column(c) for c in (S.FILTER_SCORE, S.QUERY_ID, S.DOC_ID))
+    tie = pc.and_(pc.equal(s, score), pc.or_(pc.less(q, qid), pc.and_(pc.equal(q, qid), pc.less_equal(d, did))))
+    kept = pc.or_(pc.greater(s, score), tie)
+    reasons = pc.if_else(kept, batch.column(S.DROP_REASON), pa.scalar(BELOW_TOP_K, pa.string()))
+    return batch.set_column(batch.schema.get_field_index(S.DROP_REASON), S.DROP_REASON, reasons)
+
+
+def kept_table(batch: pa.Table) -> pa.Table:
+    """Rows that survived, as :data:`schema.FILTERED`."""
+    return rows_with(batch, dropped=False).select(S.FILTERED.names).cast(S.FILTERED)
+
+
+def dropped_table(batch: pa.Table) -> pa.Table:
+    """Rows that were dropped, as :data:`schema.FILTER_DROPPED`."""
+    rows = rows_with(batch, dropped=True)
+    if S.FILTER_SCORE not in rows.column_names:
+        rows = rows.append_column(S.FILTER_SCORE, pa.nulls(rows.num_rows, pa.float64()))
+    return rows.select(S.FILTER_DROPPED.names).cast(S.FILTER_DROPPED)
+
+
+# --- hash-partitioned exchange on Ray tasks ------------------------------------------------------------
+def hash_split(block: pa.Table, key: str, parts: int) -> tuple[pa.Table, ...] | pa.Table:
+    """Split a block into ``parts`` tables by a stable hash of ``key`` (one Ray return per part)."""
+    import pandas as pd
+
+    values = block.column(key).to_numpy(zero_copy_only=False).astype(object)
+    part = pd.util.hash_array(values, categorize=False) % np.uint64(parts)
+    pieces = tuple(block.filter(pa.array(part == p)) for p in range(parts))
+    return pieces if parts > 1 else pieces[0]
+
+
+def _reduce_partition(fn: Any, counts: list[int], schemas: list[pa.Schema], kwargs: dict[str, Any],
+                      *tables: pa.Table) -> pa.Table:
+    grouped, start = [], 0
+    for count, schema in zip(counts, schemas):
+        mine = [t.cast(schema) if t.schema != schema else t for t in tables[start:start + count]]
+        grouped.append(pa.concat_tables(mine) if mine else schema.empty_table())
+        start += count
+    return fn(*grouped, **kwargs)
+
+
+def hash_exchange(datasets: list[Any], keys: list[str], parts: int, fn: Any, **kwargs: Any) -> Any:
+    """Co-partition Ray Datasets by hash of their key columns, then run ``fn(*tables)`` once per partition.
+
+    Partition ``p`` of every input goes to the same Ray task, so ``fn`` sees all rows of each key it is
+    given (a distributed join or group-by). It runs on plain Ray tasks and object refs: no process holds
+    more than one partition of each input.
+    """
+    import ray
+
+    split = ray.remote(hash_split)
+    reduce = ray.remote(_reduce_partition)
+    per_input, counts, schemas = [], [], []
+    for ds, key in zip(datasets, keys):
+        refs = ds.to_arrow_refs()
+        schemas.append(_arrow_schema(ds))
+        per_input.append([[r] if parts == 1 else r for r in
+                          (split.options(num_returns=parts).remote(b, key, parts) for b in refs)])
+        counts.append(len(refs))
+    results = [reduce.remote(fn, counts, schemas, kwargs, *[blk[p] for refs in per_input for blk in refs])
+               for p in range(parts)]
+    return ray.data.from_arrow_refs(results)
+
+
+def _arrow_schema(ds: Any) -> pa.Schema:
+    schema = ds.schema()
+    return schema.base_schema if hasattr(schema, "base_schema") else schema
+
+
+def left_join_unique(left: pa.Table, right: pa.Table, key: str, right_key: str | None = None) -> pa.Table:
+    """``left`` with the columns of ``right`` whose ``right_key`` equals its ``key`` (null where none does).
+
+    ``right_key`` must be unique in ``right`` (a document id in a corpus); a repeated id is an error.
+    """
+    right_key = right_key or key
+    ids = right.column(right_key).cast(pa.string())
+    if right.num_rows and pc.count_distinct(ids).as_py() != right.num_rows:
+        counts = pc.value_counts(ids)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+        raise FormatError("corpus.jsonl", 0, f"duplicate document id {dup!r}; "
+                                             "run 'inpars-ray index' to list every bad row")
+    picked = right.drop_columns([right_key]).take(pc.index_in(left.column(key).cast(pa.string()), value_set=ids))
+    for name in picked.column_names:
+        left = left.append_column(name, picked.column(name))
+    return left
+
+
+# --- Ray wiring -------------------------------------------------------------------------------------------
+def input_fingerprint(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of every file under ``path``: a changed input invalidates a stage's manifest."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return [(str(p.relative_to(root)) if p != root else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def corpus_documents(collection: Collection, load_config: LoadConfig) -> Any:
+    """The corpus as a Ray Dataset of (doc_id, title, text); bad rows are left to the loader's rules."""
+    return read_corpus(collection, load_config).map_batches(
+        lambda b: split_bad_rows(b)[0].select([S.DOC_ID, S.TITLE, S.TEXT]), batch_format="pyarrow")
+
+
+def _count_reasons(dropped_dir: Path) -> dict[str, int]:
+    import pyarrow.dataset as pads
+
+    if not dropped_dir.exists():
+        return {}
+    reasons = pads.dataset(str(dropped_dir), format="parquet").to_table(columns=[S.DROP_REASON]).column(0)
+    return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(reasons).to_pylist()}
+
+
+def run_filter(queries_dir: str | os.PathLike[str], collection: Collection, out_dir: str | os.PathLike[str],
+               config: FilterConfig = FilterConfig(), load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
+    """Filter the generated queries in ``queries_dir`` (Parquet, :data:`schema.GENERATED`) into ``out_dir``.
+
+    Writes ``kept/`` (:data:`schema.FILTERED`), ``dropped/`` (:data:`schema.FILTER_DROPPED`) and the
+    manifest; returns the manifest. A rerun with the same inputs and config does nothing.
+    """
+    import ray
+
+    out_dir = Path(out_dir)
+    stage_config = {"queries": str(Path(queries_dir).resolve()), "inputs": input_fingerprint(queries_dir),
+                    "dataset": collection.spec, "root": collection.display(), "filter": config, "load": load_config}
+    if is_complete(out_dir, "filter", stage_config):
+        logger.info("filter output in %s is complete for this config; nothing to do", out_dir)
+        return read_manifest(out_dir) or {}
+    for stale in (out_dir / KEPT_DIR, out_dir / DROPPED_DIR, out_dir / MANIFEST_NAME):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    record = StageRecord("filter", stage_config)
+    parts = config.shuffle_partitions
+
+    generated = ray.data.read_parquet(str(queries_dir))
+    S.require_columns(generated.schema().names, S.GENERATED.names, f"filter ({queries_dir})")
+    n_in = generated.count()
+    record.counts["input_rows"] = n_in
+    with record.timed("checks"):
+        # the document of each generated row, joined by id over hash partitions of both sides
+        joined = hash_exchange([generated, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
+                               parts, left_join_unique, key=S.DOC_ID)
+        checked = joined.map_batches(classify, fn_kwargs={"config": config}, batch_format="pyarrow").materialize()
+        checked.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
+        # duplicates: every copy of a normalised query lands in the same partition
+        survivors = checked.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
+        deduped = hash_exchange([survivors], [_QNORM], parts, mark_duplicates).materialize()
+        deduped.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
+        survivors = deduped.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
+    with record.timed("score"):
+        if config.strategy == "reranker":
+            from inpars_ray.monot5 import MonoT5Config, score_dataset
+
+            monot5 = MonoT5Config(model=config.model, max_length=config.max_length, batch_size=config.batch_size)
+            survivors = score_dataset(survivors, monot5, num_actors=config.num_actors,
+                                      batch_rows=config.rows_per_call, query_column=S.QUERY,
+                                      text_column=_DOC, score_column=S.FILTER_SCORE)
+        scored = survivors.materialize()
+    with record.timed("top_k"):
+        # every block keeps only its own top-k keys; the driver merges those small candidate sets
+        candidates = [b for b in scored.map_batches(local_top_k, fn_kwargs={"k": config.keep_top_k},
+                                                    batch_format="pyarrow", batch_size=None)
+                      .iter_batches(batch_format="pyarrow", batch_size=None)]
+        threshold = threshold_of(pa.concat_tables(candidates) if candidates else
+                                 pa.table({S.FILTER_SCORE: pa.array([], pa.float64())}), config.keep_top_k)
+        final = scored.map_batches(apply_threshold, fn_kwargs={"threshold": threshold},
+                                   batch_format="pyarrow").materialize()
+        final.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
+        final.map_batches(kept_table, batch_format="pyarrow").write_parquet(str(out_dir / KEPT_DIR))
+    kept = int(sum(pq_rows(p) for p in (out_dir / KEPT_DIR).glob("*.parquet")))
+    dropped = _count_reasons(out_dir / DROPPED_DIR)
+    record.counts.update(kept=kept, **{f"dropped_{r}": dropped.get(r, 0) for r in REASONS})
+    if kept + sum(dropped.values()) != n_in:
+        raise InparsError(f"filter accounted for {kept + sum(dropped.values())} of {n_in} input rows")
+    record.extra["threshold"] = list(threshold) if threshold else None
+    return record.write(out_dir)
+
+
+def pq_rows(path: Path) -> int:
+    """Rows of one Parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
