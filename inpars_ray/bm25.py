@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from inpars_ray import schema as S
 from inpars_ray.catalog import Collection
-from inpars_ray.errors import ConfigError, FormatError, InparsError
+from inpars_ray.errors import ConfigError, FormatError, InparsError, find_typed_error
 from inpars_ray.load import BadRows, LoadConfig, id_hashes, iter_lines, read_corpus, split_bad_rows
 from inpars_ray.manifest import StageRecord, is_complete, read_manifest
 
@@ -170,7 +170,8 @@ def build_index(collection: Collection, index_dir: str | os.PathLike[str], load_
                     n_shards += 1
                 buffer, buffered = [], 0
 
-            for batch in read_corpus(collection, load_config).iter_batches(batch_format="pyarrow", batch_size=None):
+            for batch in _unwrapped(read_corpus(collection, load_config).iter_batches(batch_format="pyarrow",
+                                                                                        batch_size=None)):
                 good, bad_here = split_bad_rows(batch)
                 bad.extend(bad_here)
                 if good.num_rows == 0:
@@ -233,6 +234,17 @@ def build_index(collection: Collection, index_dir: str | os.PathLike[str], load_
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _unwrapped(batches: Any) -> Any:
+    """Iterate Ray batches, re-raising our own errors from remote tasks without Ray's wrapper."""
+    try:
+        yield from batches
+    except Exception as exc:
+        typed = find_typed_error(exc)
+        if typed is None or typed is exc:
+            raise
+        raise typed from None
 
 
 def _mkdir(path: Path) -> Path:

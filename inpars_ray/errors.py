@@ -24,6 +24,10 @@ class MissingDependencyError(InparsError, ImportError):
         )
         self.module = module
         self.extra = extra
+        self._purpose = purpose
+
+    def __reduce__(self):  # errors cross process boundaries in Ray: pickle the constructor's arguments
+        return (type(self), (self.module, self.extra, self._purpose))
 
 
 class CollectionError(InparsError):
@@ -50,6 +54,9 @@ class FormatError(CollectionError):
         self.line = line
         self.reason = reason
 
+    def __reduce__(self):  # errors cross process boundaries in Ray: pickle the constructor's arguments
+        return (type(self), (self.path, self.line, self.reason))
+
 
 class SchemaError(InparsError):
     """A table handed to a stage lacks columns that stage needs."""
@@ -57,3 +64,19 @@ class SchemaError(InparsError):
 
 class BackendError(InparsError):
     """A generation or scoring backend failed in a way retries could not cure."""
+
+
+def find_typed_error(exc: BaseException | None) -> InparsError | None:
+    """The innermost inpars-ray error inside ``exc`` and its causes, or None.
+
+    Ray re-raises an error from a task or actor as ``RayTaskError(<original type>)`` whose message carries
+    a remote traceback; this digs out the original error so users see its own message.
+    """
+    found: InparsError | None = None
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, InparsError) and not type(exc).__module__.startswith("ray."):
+            found = exc  # keep digging: the innermost original is the most precise
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return found

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from inpars_ray.errors import InparsError
+from inpars_ray.errors import find_typed_error
 
 #: verb -> module under inpars_ray.cli
 COMMANDS: dict[str, str] = {
@@ -24,17 +24,6 @@ COMMANDS: dict[str, str] = {
     "mine": "mine",
     "train": "train",
 }
-
-
-def _find_typed_error(exc: BaseException) -> InparsError | None:
-    """Our own error inside ``exc`` or its causes (Ray wraps errors raised in tasks and actors)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, InparsError):
-            return exc
-        exc = exc.__cause__ or getattr(exc, "cause", None) or exc.__context__
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
-        typed = _find_typed_error(exc)
+        typed = find_typed_error(exc)
         if typed is None:
             raise
         print(f"inpars-ray {args.command}: error: {typed}", file=sys.stderr)
