@@ -1,0 +1,149 @@
+"""The ``hf`` backend: a transformers causal LM, batched with left padding, on CPU or GPU.
+
+Decoding is greedy by default; with ``temperature > 0`` it samples. In both cases the log-probability
+recorded for a token is that of the token actually chosen under the model's own distribution
+(``log_softmax`` of the raw logits), so it equals a teacher-forced forward pass over prompt + answer.
+The reference toolkit took the scores *after* its logits processors, which is right only for greedy
+decoding (REFERENCE.md, upstream defects).
+
+Generation stops at the end of the first line. The test decodes the generated tokens and looks for a
+newline in the text, so it works for any tokenizer (byte-level BPE, SentencePiece byte fallback, ...):
+no newline token id is hard-coded.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from inpars_ray.backends.base import Backend, Generation, GenerationParams
+from inpars_ray.deps import require
+from inpars_ray.errors import BackendError
+
+logger = logging.getLogger(__name__)
+
+
+def first_line(token_ids: list[int], logprobs: list[float], decode: Any, stop_ids: set[int]) -> tuple[str, list[float]]:
+    """Cut a generated answer at its first newline (found in the decoded text) or stop token.
+
+    Returns the stripped text before the newline and the log-probs of the tokens before the token that
+    carries the newline (text the newline token holds before its ``\\n`` is kept in the text).
+    """
+    for k in range(len(token_ids)):
+        if token_ids[k] in stop_ids:
+            return decode(token_ids[:k]).strip(), logprobs[:k]
+        text = decode(token_ids[: k + 1])
+        if "\n" in text:
+            return text.split("\n", 1)[0].strip(), logprobs[:k]
+    return decode(token_ids).strip(), list(logprobs)
+
+
+class HFBackend(Backend):
+    """A transformers causal LM.
+
+    Args:
+        model: a Hugging Face model id or a local folder.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks ``cuda`` when available.
+        dtype: torch dtype name of the weights (``float32``, ``bfloat16``, ``float16``).
+    """
+
+    name = "hf"
+
+    def __init__(self, model: str, device: str | None = None, dtype: str = "float32") -> None:
+        super().__init__(model)
+        torch = require("torch", "the hf generation backend")
+        transformers = require("transformers", "the hf generation backend")
+        self._torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+        self.tokenizer.padding_side = "left"  # a causal LM must see its prompt end right before the answer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.lm = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
+        self.lm.to(self.device).eval()
+        self._stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
+        self._stopping = self._newline_criterion_class()
+
+    # --- tokens ---------------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        ids = self._encode(text)
+        if len(ids) <= max_tokens:
+            return text
+        return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # --- generation -----------------------------------------------------------------------------------
+    def _newline_criterion_class(self) -> Any:
+        transformers = require("transformers", "the hf generation backend")
+        torch = self._torch
+        decode = self._decode
+
+        class NewlineStop(transformers.StoppingCriteria):
+            """Marks a row done once its decoded answer holds a newline."""
+
+            def __init__(self, prompt_len: int) -> None:
+                self.prompt_len = prompt_len
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                tails = input_ids[:, self.prompt_len:].tolist()
+                return torch.tensor(["\n" in decode(t) for t in tails], device=input_ids.device)
+
+        return NewlineStop
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
+        out: list[Generation | None] = [None] * len(prompts)
+        encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
+        todo = []
+        for i, ids in enumerate(encoded):
+            if len(ids) > params.max_prompt_tokens:
+                out[i] = Generation("", [], len(ids),
+                                    error=f"prompt has {len(ids)} tokens, over max_prompt_tokens={params.max_prompt_tokens}")
+            else:
+                todo.append(i)
+        if todo:
+            try:
+                results = self._generate_batch([encoded[i] for i in todo], params)
+            except RuntimeError as exc:  # e.g. out of memory: report every prompt of the batch
+                logger.exception("hf generation failed for a batch of %d prompts", len(todo))
+                results = [Generation("", [], len(encoded[i]), error=f"hf backend: {exc}") for i in todo]
+            for i, res in zip(todo, results):
+                out[i] = res
+        return [g for g in out if g is not None]
+
+    def _generate_batch(self, encoded: list[list[int]], params: GenerationParams) -> list[Generation]:
+        torch = self._torch
+        batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
+        prompt_len = batch["input_ids"].shape[1]
+        sample = params.temperature > 0
+        kwargs: dict[str, Any] = {"do_sample": sample}
+        if sample:
+            torch.manual_seed(params.seed)
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.no_grad():
+            res = self.lm.generate(
+                **batch, max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                stopping_criteria=[self._stopping(prompt_len)], return_dict_in_generate=True, output_logits=True,
+            **kwargs)
+        if res.logits is None:  # pragma: no cover - guards a transformers API change
+            raise BackendError("transformers did not return the raw logits (output_logits=True)")
+        new_ids = res.sequences[:, prompt_len:]
+        logits = torch.stack(res.logits, dim=1).float()  # (batch, steps, vocab), before any processor
+        chosen = torch.log_softmax(logits, dim=-1).gather(-1, new_ids[:, : logits.shape[1], None])[..., 0]
+        out = []
+        for row, ids in enumerate(new_ids.tolist()):
+            text, lps = first_line(ids, chosen[row].tolist(), self._decode, self._stop_ids)
+            out.append(Generation(text, lps, len(encoded[row])))
+        return out
+
+    def close(self) -> None:
+        del self.lm

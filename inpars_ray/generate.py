@@ -1,0 +1,330 @@
+"""Stage — generate: one synthetic query per sampled document, on Ray Data, resumable at row level.
+
+Layers, as every stage:
+
+* pure functions over Arrow batches: :func:`block_candidates` / :func:`merge_candidates` /
+  :func:`below_threshold` (the seeded sample) and :func:`generate_batch` (prompts -> GENERATED rows);
+* :class:`GenerateWorker`, a callable class that loads the backend once per actor and writes each batch's
+  rows as one Parquet part file, atomically (temporary name, then rename);
+* :func:`run_generate`, which wires them into Ray Data and writes the manifest.
+
+**Sampling.** A document is in the sample when ``hash(seed, doc_id)`` is among the N smallest. Each block
+sends its N best (hash, id) pairs, the driver merges them in O(N) memory into a threshold, and a second
+streamed pass keeps the documents at or below it. Blocks, cluster size and read order do not matter.
+
+**Resume.** ``out/parts/part-<hash of the batch's doc ids>.parquet`` holds the rows (queries and error rows)
+of one batch. A rerun with the same config skips every document already present in a complete part file,
+so a document is never generated (or paid for) twice. ``out/run.json`` pins the config: a rerun with a
+different one is refused instead of mixing outputs. ``manifest.json`` is written last, once every sampled
+document has a row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from inpars_ray import schema as S
+from inpars_ray.backends.base import Backend, GenerationParams
+from inpars_ray.catalog import Collection
+from inpars_ray.errors import ConfigError, InparsError
+from inpars_ray.load import LoadConfig
+from inpars_ray.manifest import StageRecord, config_hash, is_complete, read_manifest, write_json_atomic
+from inpars_ray.prompts import PromptBuilder, PromptTemplate, resolve_template
+
+logger = logging.getLogger(__name__)
+
+STAGE = "generate"
+PARTS = "parts"
+_CANDIDATES = pa.schema([("hashes", pa.list_(pa.uint64())), ("ids", pa.list_(pa.string())),
+                         ("n_docs", pa.int64()), ("n_bad", pa.int64())])
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """What is generated. Every field enters the config hash: a rerun with another value needs a new folder.
+
+    Attributes:
+        backend: ``hf``, ``vllm`` or ``openai``.
+        model: model id, local folder, or API model name.
+        prompt: ``inpars``, ``inpars-gbq``, ``promptagator`` or a template file with a ``{document}`` placeholder.
+        num_docs: documents sampled from the corpus (InPars: 100,000); all of them when the corpus is smaller.
+        seed: seeds the document sample, the promptagator examples and sampling-based decoding.
+        doc_max_tokens: each document (target and few-shot) is cut to this many tokens (InPars: 256).
+        num_fewshot: promptagator examples drawn from the collection's qrels (Promptagator: up to 8).
+        fewshot_split: qrels split the promptagator examples come from.
+        generation: decoding settings (max new tokens, temperature, prompt limit...).
+        backend_options: extra keyword arguments of the backend, as sorted (name, value) pairs.
+    """
+
+    backend: str = "hf"
+    model: str = ""
+    prompt: str = "inpars"
+    num_docs: int = 100_000
+    seed: int = 1
+    doc_max_tokens: int = 256
+    num_fewshot: int = 8
+    fewshot_split: str = "train"
+    generation: GenerationParams = GenerationParams()
+    backend_options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("generate: a model is required")
+        if self.num_docs < 1 or self.doc_max_tokens < 1:
+            raise ConfigError("generate: num_docs and doc_max_tokens must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateResources:
+    """How the work is spread. Not hashed: a resumed run may use another cluster shape.
+
+    Attributes:
+        batch_size: documents per backend call (and per part file).
+        num_actors: backend actors (each loads the model once).
+        gpus_per_actor: GPUs reserved by each actor (0 on CPU machines).
+        cpus_per_actor: CPUs reserved by each actor.
+    """
+
+    batch_size: int = 16
+    num_actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+def doc_hashes(doc_ids: list[str] | np.ndarray, seed: int) -> np.ndarray:
+    """Seeded 64-bit hashes of document ids (SipHash keyed by the seed): the sample's ordering."""
+    key = hashlib.sha256(f"inpars-ray-sample:{seed}".encode()).hexdigest()[:16]
+    return pd.util.hash_array(np.asarray(doc_ids, dtype=object), hash_key=key, categorize=False)
+
+
+def _good(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch.column("reason"))) if "reason" in batch.column_names else batch
+
+
+def block_candidates(batch: pa.Table, n: int, seed: int) -> pa.Table:
+    """One row per corpus block: its ``n`` smallest (hash, id) pairs and its good / bad row counts."""
+    good = _good(batch)
+    ids = np.asarray(good.column(S.DOC_ID).to_pylist(), dtype=str)
+    hashes = doc_hashes(ids, seed)
+    keep = np.lexsort((ids, hashes))[:n]
+    return pa.table({"hashes": [hashes[keep].tolist()], "ids": [ids[keep].tolist()],
+                     "n_docs": [good.num_rows], "n_bad": [batch.num_rows - good.num_rows]}, schema=_CANDIDATES)
+
+
+def merge_candidates(rows: Any, n: int) -> tuple[tuple[int, str] | None, int, int]:
+    """Merge :func:`block_candidates` rows into the sample's threshold (largest kept (hash, id)).
+
+    Returns ``(threshold, good_docs, bad_rows)``; the threshold is None when the corpus has at most ``n``
+    documents (all are kept). Memory stays O(n) whatever the number of blocks.
+    """
+    hashes = np.empty(0, dtype=np.uint64)
+    ids = np.empty(0, dtype=str)
+    total = bad = 0
+    for row in rows:
+        total += row["n_docs"]
+        bad += row["n_bad"]
+        hashes = np.concatenate([hashes, np.asarray(row["hashes"], dtype=np.uint64)])
+        ids = np.concatenate([ids, np.asarray(row["ids"], dtype=str)])
+        if len(hashes) > 2 * n:
+            keep = np.lexsort((ids, hashes))[:n]
+            hashes, ids = hashes[keep], ids[keep]
+    if total <= n:
+        return None, total, bad
+    last = np.lexsort((ids, hashes))[n - 1]
+    return (int(hashes[last]), str(ids[last])), total, bad
+
+
+def below_threshold(batch: pa.Table, seed: int, threshold: tuple[int, str] | None) -> pa.Table:
+    """The good documents of a corpus block that belong to the sample."""
+    good = _good(batch)
+    if threshold is None or good.num_rows == 0:
+        return good.select(S.CORPUS.names)
+    ids = np.asarray(good.column(S.DOC_ID).to_pylist(), dtype=str)
+    hashes = doc_hashes(ids, seed)
+    t_hash, t_id = np.uint64(threshold[0]), threshold[1]
+    keep = (hashes < t_hash) | ((hashes == t_hash) & (ids <= t_id))
+    return good.filter(pa.array(keep)).select(S.CORPUS.names)
+
+
+# --- generation over a batch -------------------------------------------------------------------------
+def generated_query_id(doc_id: str) -> str:
+    """The id of the query generated for ``doc_id`` (one query per document)."""
+    return f"gen-{doc_id}"
+
+
+def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, params: GenerationParams,
+                   prompt_name: str, model: str, fewshot_ids: list[str]) -> pa.Table:
+    """GENERATED rows for a batch of corpus documents: a query, or an error row with its reason.
+
+    A prompt longer than ``params.max_prompt_tokens`` (after cutting the document) is an error row and
+    never reaches the backend; so is an empty first line.
+    """
+    S.require_columns(batch.column_names, [S.DOC_ID, S.TITLE, S.TEXT], STAGE)
+    doc_ids = batch.column(S.DOC_ID).to_pylist()
+    prompts = [builder.build(t, x) for t, x in zip(batch.column(S.TITLE).to_pylist(), batch.column(S.TEXT).to_pylist())]
+    errors: list[str | None] = [None] * len(prompts)
+    for i, prompt in enumerate(prompts):
+        n_tokens = backend.count_tokens(prompt)
+        if n_tokens > params.max_prompt_tokens:
+            errors[i] = f"prompt has {n_tokens} tokens, over max_prompt_tokens={params.max_prompt_tokens}"
+    todo = [i for i, e in enumerate(errors) if e is None]
+    results = dict(zip(todo, backend.generate([prompts[i] for i in todo], params))) if todo else {}
+    cols: dict[str, list[Any]] = {name: [] for name in S.GENERATED.names}
+    for i, doc_id in enumerate(doc_ids):
+        res = results.get(i)
+        error = errors[i] or (res.error if res else None)
+        if error is None and res is not None and not res.text:
+            error = "the model generated an empty first line"
+        ok = error is None and res is not None
+        cols[S.DOC_ID].append(doc_id)
+        cols[S.QUERY_ID].append(generated_query_id(doc_id))
+        cols[S.QUERY].append(res.text if ok else None)
+        cols[S.TOKEN_LOGPROBS].append([float(x) for x in res.token_logprobs] if ok else None)
+        cols[S.MEAN_LOGPROB].append(float(np.mean(res.token_logprobs)) if ok and res.token_logprobs else None)
+        cols[S.NUM_TOKENS].append(len(res.token_logprobs) if ok else None)
+        cols[S.PROMPT_NAME].append(prompt_name)
+        cols[S.MODEL].append(model)
+        cols[S.BACKEND].append(backend.name)
+        cols[S.FEWSHOT_IDS].append(list(fewshot_ids))
+        cols[S.ERROR].append(error)
+    return pa.table(cols, schema=S.GENERATED)
+
+
+def part_name(doc_ids: list[str]) -> str:
+    """A part file's name: a hash of its documents, so a retried batch overwrites its own file."""
+    return f"part-{hashlib.sha256(chr(0).join(sorted(doc_ids)).encode()).hexdigest()[:20]}.parquet"
+
+
+def write_part(table: pa.Table, parts_dir: Path) -> str:
+    """Write ``table`` as a part file atomically (temporary file + rename); return its name."""
+    name = part_name(table.column(S.DOC_ID).to_pylist())
+    tmp = parts_dir / f".{name}.{os.getpid()}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, parts_dir / name)
+    return name
+
+
+class GenerateWorker:
+    """Ray Data UDF: loads the backend once per actor, generates a batch, writes it as a part file."""
+
+    def __init__(self, config: GenerateConfig, template: PromptTemplate, parts_dir: str) -> None:
+        from inpars_ray.backends import make_backend
+
+        self.config = config
+        self.template = template
+        self.parts_dir = Path(parts_dir)
+        self.backend = make_backend(config.backend, config.model, **dict(config.backend_options))
+        limit = config.doc_max_tokens
+        self.builder = PromptBuilder(template, lambda text: self.backend.truncate(text, limit))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        table = generate_batch(batch, self.builder, self.backend, self.config.generation, self.template.name,
+                               self.config.model, list(self.template.fewshot_ids))
+        name = write_part(table, self.parts_dir)
+        errors = table.num_rows - table.column(S.ERROR).null_count
+        return pa.table({"part": [name], "docs": [table.num_rows], "errors": [errors]})
+
+
+# --- reading back ------------------------------------------------------------------------------------
+def _part_files(parts_dir: Path) -> list[Path]:
+    return sorted(p for p in parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
+
+
+def completed_doc_ids(out_dir: str | os.PathLike[str]) -> set[str]:
+    """Documents that already have a row (query or error) in a complete part file of ``out_dir``."""
+    done: set[str] = set()
+    for path in _part_files(Path(out_dir) / PARTS):
+        done.update(pq.read_table(path, columns=[S.DOC_ID]).column(S.DOC_ID).to_pylist())
+    return done
+
+
+def read_generated(out_dir: str | os.PathLike[str]) -> pa.Table:
+    """All rows of a generate output (queries and error rows), one per document, sorted by doc id."""
+    files = _part_files(Path(out_dir) / PARTS)
+    if not files:
+        return S.GENERATED.empty_table()
+    table = pa.concat_tables([pq.read_table(p, schema=S.GENERATED) for p in files])
+    table = table.sort_by(S.DOC_ID)
+    ids = table.column(S.DOC_ID).to_numpy(zero_copy_only=False)
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return table.filter(pa.array(first))
+
+
+# --- the stage -------------------------------------------------------------------------------------
+def run_generate(collection: Collection, out_dir: str | os.PathLike[str], config: GenerateConfig,
+                 resources: GenerateResources = GenerateResources(),
+                 load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
+    """Generate queries for a seeded sample of ``collection`` into ``out_dir``; return the manifest.
+
+    Resumes a previous run of the same config in ``out_dir``; skips entirely when it completed.
+    """
+    import ray
+
+    from inpars_ray.load import read_corpus
+
+    out = Path(out_dir)
+    template = resolve_template(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split)
+    pinned = {"config": config, "collection": collection.spec, "template": template.fingerprint()}
+    if is_complete(out, STAGE, pinned):
+        logger.info("generate: %s is complete for this config; nothing to do", out)
+        return read_manifest(out) or {}
+    run_file = out / "run.json"
+    if run_file.exists() and json.loads(run_file.read_text()).get("config_hash") != config_hash(pinned):
+        raise ConfigError(f"{out} holds a generate run with another config (see {run_file}); "
+                          "use a new output folder or delete that one")
+    (out / PARTS).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_file, {"config_hash": config_hash(pinned), **pinned})
+    write_json_atomic(out / "fewshot.json", {"prompt": template.name, "fewshot_query_ids": list(template.fewshot_ids)})
+    for stale in (out / PARTS).glob(".*.tmp"):  # half-written parts of a killed run
+        stale.unlink()
+
+    record = StageRecord(STAGE, pinned)
+    done = completed_doc_ids(out)
+    corpus = read_corpus(collection, load_config)
+    with record.timed("sample"):
+        cands = corpus.map_batches(block_candidates, fn_kwargs={"n": config.num_docs, "seed": config.seed},
+                                   batch_format="pyarrow", batch_size=None)
+        threshold, n_good, n_bad = merge_candidates(cands.iter_rows(), config.num_docs)
+    sampled = min(config.num_docs, n_good)
+
+    def keep_missing(batch: pa.Table, done_ids: set[str]) -> pa.Table:
+        kept = below_threshold(batch, config.seed, threshold)
+        mask = [d not in done_ids for d in kept.column(S.DOC_ID).to_pylist()]
+        return kept.filter(pa.array(mask, type=pa.bool_()))
+
+    todo = corpus.map_batches(keep_missing, fn_kwargs={"done_ids": done}, batch_format="pyarrow", batch_size=None)
+    results = todo.map_batches(
+        GenerateWorker, fn_constructor_args=(config, template, str(out / PARTS)), batch_size=resources.batch_size,
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
+        num_gpus=resources.gpus_per_actor, num_cpus=resources.cpus_per_actor,
+    )
+    resumed = len(done)
+    logger.info("generate: %d documents sampled (%d already done, %d to generate)", sampled, resumed, sampled - resumed)
+    new_docs = new_errors = 0
+    with record.timed("generate"):
+        for row in results.iter_rows():
+            new_docs += row["docs"]
+            new_errors += row["errors"]
+            logger.info("generate: %d/%d documents done (%d errors this run)", resumed + new_docs, sampled, new_errors)
+    final = read_generated(out)
+    n_errors = final.num_rows - final.column(S.ERROR).null_count
+    record.counts.update(sampled=sampled, resumed=resumed, generated_this_run=new_docs, rows=final.num_rows,
+                         queries=final.num_rows - n_errors, errors=n_errors, bad_corpus_rows=n_bad)
+    record.extra.update(prompt=template.name, fewshot_query_ids=list(template.fewshot_ids), parts=PARTS)
+    if final.num_rows != sampled:
+        record.write(out, status="incomplete")
+        raise InparsError(f"generate: {final.num_rows} documents have rows in {out / PARTS}, expected {sampled}")
+    return record.write(out)
