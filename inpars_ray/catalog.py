@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -184,11 +185,15 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
             logger.info("downloading %s from byte %d (%s more bytes)", url, have, total or "unknown")
             with part.open("ab" if have else "wb") as out:
                 shutil.copyfileobj(response, out, length=1 << 20)
+            got = part.stat().st_size - have
+            if total is not None and got < int(total):
+                raise DownloadError(f"download of {url} stopped after {part.stat().st_size} bytes "
+                                    f"({got} of {total} in this attempt); rerun to resume")
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the part file already holds the whole object
             return
         raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         raise DownloadError(f"download of {url} failed after {part.stat().st_size if part.exists() else 0} "
                             f"bytes: {exc}; rerun to resume") from exc
 

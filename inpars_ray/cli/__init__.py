@@ -1,6 +1,7 @@
 """The ``inpars-ray`` command line: a map from verb to a small module that parses and delegates.
 
-Each module in :data:`COMMANDS` defines ``add_parser(subparsers)`` and ``run(args) -> int``. Library code
+Each module in :data:`COMMANDS` defines ``add_parser(subparsers)`` and ``run(args) -> int``; ``main``
+dispatches on the verb. Library code
 raises typed errors; only here are they turned into a message on stderr and an exit status.
 """
 from __future__ import annotations
@@ -26,17 +27,23 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def _load_commands() -> dict[str, object]:
+    """verb -> its CLI module, for every verb whose module exists."""
+    loaded = {}
+    for verb, module in COMMANDS.items():
+        try:
+            loaded[verb] = importlib.import_module(f"inpars_ray.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"inpars_ray.cli.{module}":
+                raise
+    return loaded
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inpars-ray", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for verb, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"inpars_ray.cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"inpars_ray.cli.{module}":
-                continue  # a verb whose module is not written yet
-            raise
+    for mod in _load_commands().values():
         mod.add_parser(sub)
     return parser
 
@@ -50,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
-        return int(args.run(args) or 0)
+        # dispatch on the verb, not on a parser default: a verb may have an option named --run
+        return int(_load_commands()[args.command].run(args) or 0)
     except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
         typed = find_typed_error(exc)
         if typed is None:
