@@ -1,0 +1,80 @@
+"""gs:// collections, read in place through pyarrow, against a GCS emulator on loopback."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from inpars_ray import bm25, catalog
+from inpars_ray.load import read_qrels, read_queries
+
+from tests.conftest import BUNDLED
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator():
+    port = free_port()
+    exe = Path(sys.executable).with_name("gcp-storage-emulator")
+    proc = subprocess.Popen([str(exe), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:  # poll until the emulator answers (or give up at the deadline)
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b?project=test", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("the GCS emulator did not start")
+            time.sleep(0.2)
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    try:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        client = storage.Client(project="test", credentials=AnonymousCredentials())
+        bucket = client.create_bucket("inpars-test")
+        for path in sorted(BUNDLED.rglob("*")):
+            if path.is_file():
+                bucket.blob(f"tiny/{path.relative_to(BUNDLED)}").upload_from_filename(str(path))
+        yield url
+    finally:
+        if old is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = old
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_gs_collection_reads_and_indexes_in_place(gcs_emulator, ray_session, tmp_path: Path):
+    collection = catalog.resolve("gs://inpars-test/tiny")
+    collection.check_layout("test")
+    queries, _ = read_queries(collection)
+    qrels, _ = read_qrels(collection, "test", queries)
+    local = catalog.resolve(str(BUNDLED))
+    assert queries.equals(read_queries(local)[0]) and qrels.equals(read_qrels(local, "test")[0])
+    manifest = bm25.build_index(collection, tmp_path / "index")
+    assert manifest["counts"]["documents"] == len((BUNDLED / "corpus.jsonl").read_text().splitlines())
+    run = bm25.retrieve(tmp_path / "index", queries.slice(0, 5), k=10)
+    assert set(run.column("query_id").to_pylist()) <= set(queries.column("query_id").to_pylist()[:5])
+    assert run.num_rows > 0
+
+
+def test_missing_gs_files_are_named(gcs_emulator):
+    with pytest.raises(catalog.CollectionError, match="gs://inpars-test/nothing/corpus.jsonl"):
+        catalog.resolve("gs://inpars-test/nothing").check_layout()
