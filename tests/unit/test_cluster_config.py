@@ -1,0 +1,23 @@
+"""cluster.yaml is a valid Ray autoscaler config with CPU, GPU and TPU worker types."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import ray
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cluster_yaml_matches_rays_schema_and_has_every_worker_kind():
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    schema = json.loads((Path(os.path.dirname(ray.__file__)) / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    types = config["available_node_types"]
+    assert config["provider"]["type"] == "gcp"
+    assert any("GPU" in t["resources"] for t in types.values())
+    tpu = [t for t in types.values() if "acceleratorType" in t["node_config"]]
+    assert tpu and config["head_node_type"] not in [n for n, t in types.items() if t in tpu]  # a TPU is never the head
