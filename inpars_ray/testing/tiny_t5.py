@@ -109,3 +109,51 @@ def build_tiny_monot5(
     logger.info("tiny monoT5 (%d parameters, vocab %d) written to %s",
                 sum(p.numel() for p in model.parameters()), len(tokenizer), path)
     return path
+
+
+def build_tiny_triples(out_dir: str | Path, collection: Path = BUNDLED, split: str = "train", seed: int = 0,
+                       repeat: int = 1, files: int = 2) -> Path:
+    """Write training triples (schema.TRIPLES, Parquet) made from a collection's qrels, for tests and demos.
+
+    Positive: a document judged relevant (grade >= 1) to the query; negative: a random document not judged
+    relevant to it (with a fake 1-based rank). One triple per relevant (query, document) pair, ``repeat``
+    times over with fresh negatives, spread over ``files`` Parquet files. Stands in for the mining stage.
+    """
+    import csv
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from inpars_ray import schema as S
+
+    rng = random.Random(seed)
+    docs = {}
+    with open(collection / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            docs[row["_id"]] = f"{row.get('title', '')} {row['text']}".strip()
+    with open(collection / "queries.jsonl", encoding="utf-8") as fh:
+        queries = {r["_id"]: r["text"] for r in map(json.loads, fh)}
+    relevant: dict[str, set[str]] = {}
+    with open(collection / "qrels" / f"{split}.tsv", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh, delimiter="\t"):
+            if int(r["score"]) >= 1:
+                relevant.setdefault(r["query-id"], set()).add(r["corpus-id"])
+    doc_ids = sorted(docs)
+    rows = []
+    for _ in range(repeat):
+        for qid in sorted(relevant):
+            for pos in sorted(relevant[qid]):
+                neg = rng.choice([d for d in doc_ids if d not in relevant[qid]])
+                rows.append({S.QUERY_ID: qid, S.QUERY: queries[qid], S.POS_DOC_ID: pos, S.POS_TEXT: docs[pos],
+                             S.NEG_DOC_ID: neg, S.NEG_TEXT: docs[neg], S.NEG_RANK: rng.randint(1, 1000),
+                             S.FILTER_SCORE: None})
+    rng.shuffle(rows)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_file = -(-len(rows) // files)
+    for i in range(files):
+        chunk = rows[i * per_file:(i + 1) * per_file]
+        pq.write_table(pa.Table.from_pylist(chunk, schema=S.TRIPLES), out_dir / f"part-{i:03d}.parquet")
+    return out_dir

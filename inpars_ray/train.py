@@ -1,0 +1,525 @@
+"""Stage 5 — train: fine-tune a monoT5 reranker on (query, positive, negative) triples with Ray Train.
+
+Recipe (REFERENCE.md, "train"; InPars-v1 arXiv 2202.05144 §4, InPars repo issue #21 for the 3e-4 LR):
+input ``Query: {q} Document: {d} Relevant:``, target ``true`` for the positive and ``false`` for the
+negative of each triple; AdamW, constant LR 3e-4, effective batch 128 examples by gradient accumulation,
+max length 512, one epoch. The loss covers only the target tokens, and the document (never the
+``Relevant:`` suffix) is truncated — the encoder input is built by :mod:`inpars_ray.monot5`.
+
+Layers:
+
+* pure functions: :func:`plan_steps` (batch geometry), :func:`expand_triples` (one triple -> two
+  examples), :func:`encode_examples` and :func:`loss_sum` (per-example target-token loss);
+* :func:`train_loop_per_worker`, the Ray Train worker (model loaded once per worker);
+* :func:`train`, which wires triples Parquet -> Ray Data -> ``TorchTrainer`` and writes the manifest.
+
+Data and resume. Each worker streams its own split of the triples (``streaming_split`` without
+dropping rows), so no worker reads the whole file. Gradients are summed across workers by hand rather
+than by DDP: a step's loss is the sum of per-example losses divided by the *global* example count, so
+uneven splits (and a worker that has run dry) still give the exact mean gradient and every example is
+used once per epoch. A checkpoint (every ``checkpoint_every`` steps, Hugging Face format) holds the
+model, the optimizer, the step and the ids of the triples consumed so far; a replaced worker group
+restores all of it and skips consumed triples, so a killed worker costs at most the steps since the
+last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from inpars_ray import schema as S
+from inpars_ray.deps import require
+from inpars_ray.errors import ConfigError
+from inpars_ray.manifest import StageRecord, config_hash, is_complete, read_manifest
+from inpars_ray.monot5 import TARGET_FALSE, TARGET_TRUE, prompt_ids
+
+logger = logging.getLogger(__name__)
+
+STAGE = "train"
+TRAINER_STATE = "trainer_state.pt"
+DATA_STATE = "data_state"
+ACCELERATORS = ("cpu", "gpu", "tpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to fine-tune monoT5 (defaults: InPars-v1 on GPU, REFERENCE.md).
+
+    Attributes:
+        base_model: Hugging Face id or local folder of the seq2seq checkpoint to start from.
+        lr: AdamW learning rate, kept constant.
+        weight_decay: AdamW weight decay.
+        batch_size: effective batch in examples (a triple gives two) per optimizer step, all workers together.
+        micro_batch_size: examples per forward pass on one worker; batch_size / (workers * micro_batch_size)
+            is the number of gradient-accumulation micro-steps and must be a whole number.
+        max_length: encoder input length in tokens; the document is truncated, never the suffix.
+        epochs: passes over the triples.
+        max_steps: stop after this many optimizer steps; None trains for ``epochs`` full epochs.
+        num_workers: Ray Train workers (one per GPU, or one per TPU VM host).
+        accelerator: "cpu" (gloo), "gpu" (nccl) or "tpu" (torch-xla, see docs/tpu.md).
+        mixed_precision: on GPU, autocast to bfloat16 when True and the GPU supports it.
+        checkpoint_every: save a Hugging Face checkpoint every this many steps (and after the last one).
+        keep_checkpoints: how many checkpoints Ray Train keeps in storage.
+        max_failures: worker-group failures Ray Train recovers from (restoring the last checkpoint).
+        storage_path: where Ray Train writes checkpoints (local path or gs://...); None means <out>/ray.
+        cpus_per_worker: CPUs a worker reserves; below the node's CPU count so Ray Data's read tasks
+            can run beside the workers (two 1-CPU workers on a 2-CPU node starve the reader).
+        rows_per_block: triples per Ray Data block; workers take blocks from a shared stream, so blocks
+            much smaller than the data let every worker get some.
+        tpu_chips_per_worker: TPU chips a worker reserves (4 per v4 VM host; 0 to run the XLA path on
+            torch-xla's CPU device).
+        seed: torch seed (the model init is the checkpoint's; this seeds dropout).
+        validate_every: rank 0 computes nDCG@10 on the dev set every this many steps; None disables it.
+        record_dir: when set, workers write their pid and the ids of the examples they train on here
+            (tests and audits; must be a filesystem every worker sees).
+    """
+
+    base_model: str
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    micro_batch_size: int = 8
+    max_length: int = 512
+    epochs: int = 1
+    max_steps: int | None = None
+    num_workers: int = 1
+    accelerator: str = "cpu"
+    mixed_precision: bool = True
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    storage_path: str | None = None
+    cpus_per_worker: float = 1.0
+    rows_per_block: int = 1024
+    tpu_chips_per_worker: int = 4
+    seed: int = 0
+    validate_every: int | None = None
+    record_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        for name in ("batch_size", "micro_batch_size", "rows_per_block", "max_length", "epochs", "num_workers", "checkpoint_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.validate_every is not None and self.validate_every < 1:
+            raise ConfigError(f"TrainConfig.validate_every must be >= 1 or None, got {self.validate_every}")
+        if self.max_failures < 0:
+            raise ConfigError(f"TrainConfig.max_failures must be >= 0, got {self.max_failures}")
+        plan_steps(self.batch_size, self.micro_batch_size, self.num_workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """Batch geometry of one optimizer step on one worker."""
+
+    micro_triples: int  #: triples per forward pass (two examples each)
+    accum_steps: int  #: forward passes per optimizer step
+    triples_per_step: int  #: triples one worker consumes per optimizer step
+
+
+def plan_steps(batch_size: int, micro_batch_size: int, num_workers: int) -> StepPlan:
+    """Split an effective batch of ``batch_size`` examples over workers and accumulation micro-steps."""
+    if micro_batch_size % 2:
+        raise ConfigError(f"micro_batch_size={micro_batch_size} must be even: each triple gives two examples")
+    per_step = micro_batch_size * num_workers
+    if batch_size % per_step:
+        raise ConfigError(f"batch_size={batch_size} is not a multiple of micro_batch_size x workers = "
+                          f"{micro_batch_size} x {num_workers}")
+    accum = batch_size // per_step
+    return StepPlan(micro_batch_size // 2, accum, accum * micro_batch_size // 2)
+
+
+def triple_id(query_id: str, pos_doc_id: str, neg_doc_id: str) -> str:
+    """A triple's identity (a query may have several triples)."""
+    return f"{query_id}\t{pos_doc_id}\t{neg_doc_id}"
+
+
+def expand_triples(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Two examples per triple: (query, positive, ``true``) and (query, negative, ``false``), with ids."""
+    queries, docs, targets, ids = [], [], [], []
+    for r in rows:
+        tid = triple_id(r[S.QUERY_ID], r[S.POS_DOC_ID], r[S.NEG_DOC_ID])
+        queries += [r[S.QUERY], r[S.QUERY]]
+        docs += [r[S.POS_TEXT], r[S.NEG_TEXT]]
+        targets += [TARGET_TRUE, TARGET_FALSE]
+        ids += [tid + "\t+", tid + "\t-"]
+    return queries, docs, targets, ids
+
+
+def encode_examples(tokenizer, queries: list[str], docs: list[str], targets: list[str], max_length: int):
+    """Encoder inputs and labels (target ids + EOS; padding set to -100 so it carries no loss)."""
+    torch = require("torch", "monoT5 training")
+    enc_ids = prompt_ids(tokenizer, queries, docs, max_length)
+    lab_ids = tokenizer(targets, add_special_tokens=True)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def pad_to(rows: list[list[int]], value: int):
+        out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return out
+
+    input_ids = pad_to(enc_ids, pad)
+    return {"input_ids": input_ids, "attention_mask": (pad_to(enc_ids, -1) != -1).long(),
+            "labels": pad_to(lab_ids, -100)}
+
+
+def loss_sum(model, batch: dict[str, Any]):
+    """Sum over examples of each example's mean cross-entropy on its target tokens."""
+    torch = require("torch", "monoT5 training")
+    labels = batch["labels"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    tok = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                            reduction="none")
+    counts = (labels != -100).sum(1).clamp(min=1)
+    return (tok.sum(1) / counts).sum()
+
+
+def _fresh_triples(shard, consumed: set[str], rows_per_batch: int) -> Iterator[dict[str, Any]]:
+    """Rows of this worker's split, skipping triples a restored checkpoint says were already trained on."""
+    for batch in shard.iter_batches(batch_size=rows_per_batch, batch_format="pyarrow"):
+        for row in batch.select([S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, S.NEG_DOC_ID, S.NEG_TEXT]).to_pylist():
+            if triple_id(row[S.QUERY_ID], row[S.POS_DOC_ID], row[S.NEG_DOC_ID]) not in consumed:
+                yield row
+
+
+class _Collectives:
+    """Sums across workers through torch.distributed (gloo / nccl / xla); a no-op for one worker."""
+
+    def __init__(self, world_size: int, via_cpu: bool) -> None:
+        self.world_size = world_size
+        self.via_cpu = via_cpu  # XLA compute with gloo collectives moves tensors through host memory
+
+    def sum_(self, tensor):
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return tensor
+        if self.via_cpu and tensor.device.type != "cpu":
+            host = tensor.detach().cpu()
+            dist.all_reduce(host)
+            tensor.copy_(host.to(tensor.device))
+        else:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def sum_grads(self, params: list) -> None:
+        """Sum gradients of ``params`` over workers in one flat buffer (absent grads count as zeros)."""
+        import torch
+
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.sum_(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+
+def _save_checkpoint(ctx_rank: int, model, tokenizer, optimizer, state: dict[str, Any], consumed: set[str],
+                     history: list[dict[str, Any]], directory: Path) -> None:
+    """Rank 0 writes the Hugging Face model, the optimizer and the history; every rank its consumed ids."""
+    import torch
+
+    if ctx_rank == 0:
+        model_to_save = model
+        model_to_save.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        torch.save({"optimizer": _to_cpu(optimizer.state_dict()), **state}, directory / TRAINER_STATE)
+        (directory / "history.json").write_text(json.dumps(history))
+    (directory / DATA_STATE).mkdir(parents=True, exist_ok=True)
+    (directory / DATA_STATE / f"rank{ctx_rank}.json").write_text(json.dumps(sorted(consumed)))
+
+
+def _to_cpu(obj):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def _record(record_dir: str | None, name: str, text: str, mode: str = "a") -> None:
+    if record_dir:
+        Path(record_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(record_dir) / name, mode) as fh:
+            fh.write(text)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker: restore or load, stream the split, step, report, checkpoint."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    transformers = require("transformers", "monoT5 training")
+    config: TrainConfig = loop_config["config"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    plan = plan_steps(config.batch_size, config.micro_batch_size, world)
+    torch.manual_seed(config.seed + rank)
+    _record(config.record_dir, f"rank{rank}.pid", str(os.getpid()), mode="w")
+
+    if config.accelerator == "tpu":
+        from inpars_ray.tpu import xla_device, xla_sync
+
+        device, sync, coll = xla_device(), xla_sync, _Collectives(world, via_cpu=True)
+    else:
+        device = ray.train.torch.get_device() if config.accelerator == "gpu" else torch.device("cpu")
+        sync, coll = (lambda: None), _Collectives(world, via_cpu=False)
+    autocast = (config.accelerator == "gpu" and config.mixed_precision and torch.cuda.is_bf16_supported())
+
+    checkpoint = ray.train.get_checkpoint()
+    step, epoch, consumed, history, opt_state = 0, 0, set(), [], None
+    if checkpoint is None:
+        source = config.base_model
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(source)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    else:
+        with checkpoint.as_directory() as d:
+            d = Path(d)
+            model = transformers.AutoModelForSeq2SeqLM.from_pretrained(d)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(d)
+            saved = torch.load(d / TRAINER_STATE, map_location="cpu", weights_only=False)
+            step, epoch, history, opt_state = saved["step"], saved["epoch"], json.loads(
+                (d / "history.json").read_text()), saved["optimizer"]
+            for part in sorted((d / DATA_STATE).glob("rank*.json")):
+                consumed.update(json.loads(part.read_text()))
+        logger.info("rank %d restored step %d (epoch %d, %d triples consumed)", rank, step, epoch, len(consumed))
+    _record(config.record_dir, "events.log", f"start rank={rank} pid={os.getpid()} step={step}\n")
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    mine = set(consumed) if rank == 0 else set()  # rank 0 carries the restored ids into the next checkpoint
+
+    shard = ray.train.get_dataset_shard("train")
+    last_saved = step
+    dev = _DevSet(loop_config.get("dev"), config) if rank == 0 and config.validate_every else None
+    while epoch < config.epochs and (config.max_steps is None or step < config.max_steps):
+        rows = _fresh_triples(shard, consumed, max(plan.triples_per_step, 64))
+        while config.max_steps is None or step < config.max_steps:
+            t0 = time.perf_counter()
+            take = list(islice(rows, plan.triples_per_step))
+            n_global = int(coll.sum_(torch.tensor([2 * len(take)], dtype=torch.float64, device=device)).item())
+            if n_global == 0:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            local_loss = torch.zeros((), dtype=torch.float64, device=device)
+            seen: list[str] = []
+            for i in range(0, len(take), plan.micro_triples):
+                q, d, t, ids = expand_triples(take[i:i + plan.micro_triples])
+                batch = {k: v.to(device) for k, v in encode_examples(tokenizer, q, d, t, config.max_length).items()}
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                    loss = loss_sum(model, batch)
+                (loss / n_global).backward()
+                local_loss += loss.detach().double()
+                seen += ids
+            coll.sum_grads(params)
+            optimizer.step()
+            sync()
+            loss_value = coll.sum_(local_loss).item() / n_global
+            step += 1
+            new = {x.rsplit("\t", 1)[0] for x in seen}
+            consumed |= new
+            mine |= new
+            _record(config.record_dir, f"seen_rank{rank}.txt", "".join(f"{epoch}\t{x}\n" for x in seen))
+            seconds = time.perf_counter() - t0
+            metrics = {"step": step, "epoch": epoch, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
+                       "examples": n_global, "examples_per_s": n_global / seconds}
+            if dev is not None and step % config.validate_every == 0:
+                metrics["dev_ndcg@10"] = dev.ndcg10(model, tokenizer)
+                model.train()
+            history.append(metrics)
+            if step % config.checkpoint_every == 0:
+                _report(rank, model, tokenizer, optimizer, step, epoch, mine, history, metrics)
+                last_saved = step
+            else:
+                ray.train.report(metrics)
+        if config.max_steps is not None and step >= config.max_steps:
+            break
+        epoch += 1
+        consumed, mine = set(), set()
+    if step != last_saved:
+        # the final checkpoint (the last step did not fall on checkpoint_every)
+        _report(rank, model, tokenizer, optimizer, step, epoch, mine, history, history[-1] if history else {"step": 0})
+
+
+def _report(rank, model, tokenizer, optimizer, step, epoch, mine, history, metrics) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="inpars-ckpt-") as tmp:
+        _save_checkpoint(rank, model, tokenizer, optimizer, {"step": step, "epoch": epoch}, mine, history, Path(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+class _DevSet:
+    """A small reranking dev set: rank 0 scores it with the model being trained and computes nDCG@10."""
+
+    def __init__(self, dev: dict[str, str], config: TrainConfig) -> None:
+        import pyarrow.parquet as pq
+
+        self.pairs = pq.read_table(dev["pairs"])
+        self.qrels = pq.read_table(dev["qrels"])
+        S.require_columns(self.pairs.column_names, [S.QUERY_ID, S.QUERY, S.DOC_ID, S.TEXT], "train dev pairs")
+        S.require_columns(self.qrels.column_names, S.QRELS.names, "train dev qrels")
+        self.config = config
+
+    def ndcg10(self, model, tokenizer) -> float:
+        from inpars_ray.monot5 import score_pairs
+
+        model.eval()
+        scores = []
+        q, d = self.pairs[S.QUERY].to_pylist(), self.pairs[S.TEXT].to_pylist()
+        for i in range(0, len(q), 32):
+            scores.extend(score_pairs(model, tokenizer, q[i:i + 32], d[i:i + 32], self.config.max_length))
+        return ndcg_at_10(self.pairs.append_column(S.SCORE, pa.array(scores, pa.float64())), self.qrels)
+
+
+def ndcg_at_10(scored: pa.Table, qrels: pa.Table) -> float:
+    """nDCG@10 (ir_measures) of a table with query_id, doc_id, score against QRELS."""
+    ir_measures = require("ir_measures", "validation nDCG@10")
+    run = [ir_measures.ScoredDoc(q, d, float(s)) for q, d, s in zip(
+        scored[S.QUERY_ID].to_pylist(), scored[S.DOC_ID].to_pylist(), scored[S.SCORE].to_pylist())]
+    rels = [ir_measures.Qrel(q, d, int(r)) for q, d, r in zip(
+        qrels[S.QUERY_ID].to_pylist(), qrels[S.DOC_ID].to_pylist(), qrels[S.RELEVANCE].to_pylist())]
+    return float(ir_measures.calc_aggregate([ir_measures.nDCG @ 10], rels, run)[ir_measures.nDCG @ 10])
+
+
+def _hash_payload(triples: str, config: TrainConfig) -> dict[str, Any]:
+    # where checkpoints go and what is recorded does not change the model trained
+    return {"triples": str(triples), "config": dataclasses.replace(
+        config, storage_path=None, record_dir=None, max_failures=0, rows_per_block=1, cpus_per_worker=1.0)}
+
+
+def copy_model(checkpoint, dest: Path) -> None:
+    """Copy the Hugging Face files of a Ray checkpoint (local or gs://) to ``dest``, leaving trainer state out."""
+    pafs = require("pyarrow.fs", "copying the trained model")
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pafs.copy_files(checkpoint.path, str(tmp.resolve()), source_filesystem=checkpoint.filesystem,
+                    destination_filesystem=pafs.LocalFileSystem())
+    (tmp / TRAINER_STATE).unlink(missing_ok=True)
+    shutil.rmtree(tmp / DATA_STATE, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
+          ray_address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+    """Train monoT5 on the triples Parquet under ``triples_dir``; the model lands in ``<out>/model``.
+
+    ``dev`` (optional) names Parquet files for validation: ``{"pairs": ..., "qrels": ...}`` where pairs
+    has query_id, query, doc_id, text (a small first-stage run with texts) and qrels the QRELS schema.
+    Returns the manifest. A rerun with the same triples and config returns the existing manifest.
+    """
+    ray = require("ray", "training on Ray")
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from inpars_ray.raykit import ensure_ray
+
+    out = Path(out).resolve()
+    payload = _hash_payload(str(triples_dir), config)
+    if is_complete(out, STAGE, payload):
+        logger.info("[train] %s already holds a model trained with this config; nothing to do", out)
+        return read_manifest(out)
+    if config.validate_every is not None and not dev:
+        raise ConfigError("validate_every is set but no dev pairs/qrels were given")
+    out.mkdir(parents=True, exist_ok=True)
+    record = StageRecord(STAGE, payload)
+    ensure_ray(ray_address, num_cpus)
+
+    ds = ray.data.read_parquet(str(triples_dir))
+    S.require_columns(ds.schema().names, S.TRIPLES.names[:6], f"train ({triples_dir})")
+    ds = ds.repartition(target_num_rows_per_block=config.rows_per_block)
+    storage = config.storage_path or str(out / "ray")
+    use_gpu = config.accelerator == "gpu"
+    torch_config = None
+    if config.accelerator == "tpu":
+        from inpars_ray.tpu import XlaTorchConfig
+
+        torch_config = XlaTorchConfig()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "dev": dev},
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=_worker_resources(config)),
+        run_config=RunConfig(
+            storage_path=storage,
+            name=f"monot5-{config_hash(payload)}",  # same config -> same run folder -> resumes its checkpoints
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        ),
+        datasets={"train": ds},
+        dataset_config=_every_row_data_config(),
+        torch_config=torch_config,
+    )
+    with record.timed("fit"):
+        result = trainer.fit()
+    if result.checkpoint is None:
+        raise ConfigError(f"training produced no checkpoint: are there triples under {triples_dir}?")
+    with record.timed("copy_model"):
+        copy_model(result.checkpoint, out / "model")
+    history = _read_history(result.checkpoint)
+    record.counts.update(steps=history[-1]["step"] if history else 0,
+                         examples=sum(h["examples"] for h in history), workers=config.num_workers)
+    record.extra.update(model=str(out / "model"), checkpoint=result.checkpoint.path, history=history,
+                        first_loss=history[0]["loss"] if history else None,
+                        final_loss=history[-1]["loss"] if history else None)
+    return record.write(out)
+
+
+def _worker_resources(config: TrainConfig) -> dict[str, float]:
+    res: dict[str, float] = {"CPU": config.cpus_per_worker}
+    if config.accelerator == "gpu":
+        res["GPU"] = 1
+    if config.accelerator == "tpu" and config.tpu_chips_per_worker:
+        res["TPU"] = config.tpu_chips_per_worker
+    return res
+
+
+def _read_history(checkpoint) -> list[dict[str, Any]]:
+    with checkpoint.as_directory() as d:
+        path = Path(d) / "history.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+
+def _every_row_data_config():
+    """A DataConfig whose splits drop no rows (Ray's default ``equal=True`` split may drop a few)."""
+    from ray.train import DataConfig
+
+    class EveryRowDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = DataConfig.default_ingest_options()
+                hints = worker_node_ids if self._enable_shard_locality else None
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
+                    out[i][name] = split
+            return out
+
+    return EveryRowDataConfig()
