@@ -351,10 +351,19 @@ def run_filter(queries_dir: str | os.PathLike[str], collection: Collection, out_
     for stale in (out_dir / KEPT_DIR, out_dir / DROPPED_DIR, out_dir / MANIFEST_NAME):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     record = StageRecord("filter", stage_config)
-    parts = config.shuffle_partitions
-
     generated = ray.data.read_parquet(str(queries_dir))
-    S.require_columns(generated.schema().names, S.GENERATED.names, f"filter ({queries_dir})")
+    filter_dataset(generated, collection, out_dir, config, load_config, record)
+    return record.write(out_dir)
+
+
+def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.PathLike[str], config: FilterConfig,
+                   load_config: LoadConfig = LoadConfig(), record: StageRecord | None = None) -> dict[str, int]:
+    """The filter over a Ray Dataset of generated rows: writes ``kept/`` and ``dropped/`` under ``out_dir``
+    and returns the counts (``run_filter`` adds the manifest and the resume check)."""
+    out_dir = Path(out_dir)
+    record = record or StageRecord("filter", config)
+    parts = config.shuffle_partitions
+    S.require_columns(generated.schema().names, S.GENERATED.names, "filter (generated queries)")
     n_in = generated.count()
     record.counts["input_rows"] = n_in
     with record.timed("checks"):
@@ -394,7 +403,7 @@ def run_filter(queries_dir: str | os.PathLike[str], collection: Collection, out_
     if kept + sum(dropped.values()) != n_in:
         raise InparsError(f"filter accounted for {kept + sum(dropped.values())} of {n_in} input rows")
     record.extra["threshold"] = list(threshold) if threshold else None
-    return record.write(out_dir)
+    return record.counts
 
 
 def pq_rows(path: Path) -> int:

@@ -205,15 +205,31 @@ def run_mine(queries_dir: str | os.PathLike[str], collection: Collection, index_
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     record = StageRecord("mine", stage_config)
 
-    queries = ray.data.read_parquet(str(source))
+    mine_dataset(ray.data.read_parquet(str(source)), collection, index_dir, out_dir, config, load_config, record)
+    return record.write(out_dir)
+
+
+def mine_dataset(queries: Any, collection: Collection, index_dir: str | os.PathLike[str],
+                 out_dir: str | os.PathLike[str], config: MineConfig, load_config: LoadConfig = LoadConfig(),
+                 record: StageRecord | None = None) -> dict[str, int]:
+    """Mining over a Ray Dataset of queries: writes ``triples/`` and ``short_queries/`` under ``out_dir`` and
+    returns the counts (``run_mine`` adds the manifest and the resume check)."""
+    import ray
+
+    out_dir = Path(out_dir)
+    record = record or StageRecord("mine", config)
     names = queries.schema().names
-    S.require_columns(names, [S.QUERY_ID, S.QUERY, S.DOC_ID], f"mine ({source})")
+    S.require_columns(names, [S.QUERY_ID, S.QUERY, S.DOC_ID], "mine (queries)")
     queries = queries.select_columns([c for c in (S.QUERY_ID, S.QUERY, S.DOC_ID, S.FILTER_SCORE) if c in names])
+    # the queries are few (the filter kept them): materialize them so that no read task has to wait for
+    # CPUs the searcher actors hold, and never ask for more CPUs per actor than the cluster has
+    queries = queries.materialize()
+    cpus = max(1, min(config.bm25.threads, int(ray.cluster_resources().get("CPU", 1))))
     with record.timed("search_and_sample"):
         mined = queries.map_batches(
             NegativeMiner, fn_constructor_args=(str(index_dir), config), batch_size=config.queries_per_call,
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.num_actors),
-            num_cpus=config.bm25.threads,
+            num_cpus=cpus,
         ).materialize()
         mined.map_batches(short_report, fn_kwargs={"n": config.negatives},
                           batch_format="pyarrow").write_parquet(str(out_dir / SHORT_DIR))
@@ -228,7 +244,7 @@ def run_mine(queries_dir: str | os.PathLike[str], collection: Collection, index_
                             batch_format="pyarrow").write_parquet(str(out_dir / TRIPLES_DIR))
     counts = _mined_counts(mined, config.negatives)
     record.counts.update(queries=queries.count(), **counts)
-    return record.write(out_dir)
+    return record.counts
 
 
 def _mined_counts(mined: Any, n: int) -> dict[str, int]:
