@@ -39,6 +39,7 @@ from typing import Any
 
 from inpars_ray.backends.base import Backend, Generation, GenerationParams
 from inpars_ray.backends.ratelimit import RetryPolicy, TokenBucket, backoff_delay, parse_retry_after
+from inpars_ray.backends.vllm_backend import request_seed
 from inpars_ray.deps import require
 from inpars_ray.errors import BackendError, ConfigError
 
@@ -341,7 +342,7 @@ class OpenAIBackend(Backend):
             stop=["\n"],
         )
         if params.temperature > 0:
-            request.update(top_p=params.top_p, seed=params.seed)
+            request.update(top_p=params.top_p, seed=request_seed(params.seed, prompt))
         try:
             resp = self._with_retries(
                 "completion", lambda: self._client.completions.create(**request), before

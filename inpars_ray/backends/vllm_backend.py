@@ -19,6 +19,7 @@ assumed); ``stop=["\\n"]`` only saves the work of generating past it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -73,6 +74,12 @@ class VLLMConfig:
             kwargs["max_model_len"] = self.max_model_len
         kwargs.update(self.engine_kwargs)
         return kwargs
+
+
+def request_seed(seed: int, prompt: str) -> int:
+    """Sampling seed of one request: fixed by (run seed, prompt), so a rerun or a different batching draws
+    the same query, while different documents do not share one random stream."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()[:4], "little")
 
 
 def newline_cut(decode: Callable[[Sequence[int]], str], token_ids: Sequence[int]) -> int:
@@ -142,13 +149,12 @@ class VLLMBackend(Backend):
         ids = self._tok.encode(text, add_special_tokens=False)
         return text if len(ids) <= max_tokens else self._tok.decode(ids[:max_tokens])
 
-    def _sampling_params(self, params: GenerationParams) -> Any:
+    def _sampling_params(self, params: GenerationParams, prompt: str) -> Any:
         kwargs: dict[str, Any] = dict(
-            n=1, max_tokens=params.max_new_tokens, temperature=params.temperature, logprobs=1, stop=["\n"],
-            seed=params.seed,
+            n=1, max_tokens=params.max_new_tokens, temperature=params.temperature, logprobs=1, stop=["\n"]
         )
         if params.temperature > 0:
-            kwargs["top_p"] = params.top_p
+            kwargs.update(top_p=params.top_p, seed=request_seed(params.seed, prompt))
         return self._vllm.SamplingParams(**kwargs)
 
     def _to_generation(self, request_output: Any) -> Generation:
@@ -162,7 +168,9 @@ class VLLMBackend(Backend):
             lps = chosen_logprobs(ids[:cut], completion.logprobs)
         except KeyError as exc:
             return Generation("", [], n_prompt, error=str(exc))
-        text = self._tok.decode(ids[:cut + 1]) if cut < len(ids) else completion.text
+        # decoded here, not vLLM's incremental ``completion.text``: that one holds back an unfinished UTF-8
+        # sequence at the end, so the same tokens would read differently than under the hf backend
+        text = self._tok.decode(ids[: cut + 1], skip_special_tokens=True)
         return Generation(text=text.split("\n", 1)[0].strip(), token_logprobs=lps, prompt_tokens=n_prompt)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
@@ -176,16 +184,16 @@ class VLLMBackend(Backend):
             else:
                 todo.append(i)
         if todo:
-            sampling = self._sampling_params(params)
+            sampling = [self._sampling_params(params, prompts[i]) for i in todo]
             try:
                 results = self._llm.generate([prompts[i] for i in todo], sampling, use_tqdm=False)
                 for i, res in zip(todo, results, strict=True):
                     out[i] = self._to_generation(res)
             except Exception as exc:  # one bad prompt fails the batch: retry one by one to isolate it
                 log.warning("vLLM batch of %d failed (%s); retrying prompts one by one", len(todo), exc)
-                for i in todo:
+                for i, one in zip(todo, sampling, strict=True):
                     try:
-                        (res,) = self._llm.generate([prompts[i]], sampling, use_tqdm=False)
+                        (res,) = self._llm.generate([prompts[i]], one, use_tqdm=False)
                         out[i] = self._to_generation(res)
                     except Exception as one_exc:  # recorded in the row, never raised (Backend contract)
                         out[i] = Generation("", [], 0, error=f"{type(one_exc).__name__}: {one_exc}")
@@ -232,13 +240,14 @@ def vllm_processor(
     if accelerator_type:
         proc_kwargs["accelerator_type"] = accelerator_type
     proc_config = llm.vLLMEngineProcessorConfig(**proc_kwargs)
-    sampling = dict(max_tokens=params.max_new_tokens, temperature=params.temperature, logprobs=1,
-                    stop=["\n"], seed=params.seed)
+    sampling = dict(max_tokens=params.max_new_tokens, temperature=params.temperature, logprobs=1, stop=["\n"])
     if params.temperature > 0:
         sampling["top_p"] = params.top_p
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
-        return dict(row, prompt=row[prompt_column], sampling_params=sampling)
+        prompt = row[prompt_column]
+        per_row = dict(sampling, seed=request_seed(params.seed, prompt)) if params.temperature > 0 else sampling
+        return dict(row, prompt=prompt, sampling_params=per_row)
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
         ids = list(row.get("generated_tokens") or [])

@@ -24,6 +24,14 @@ import urllib.parse
 FAULT_KINDS = ("429", "500", "hang")
 
 
+def fault_for(seed: int, fail_rate: float, kinds: tuple[str, ...], prompt: str, attempt: int) -> str | None:
+    """The fault injected into ``attempt`` (0-based) of ``prompt`` under ``seed``, or ``None``."""
+    rng = random.Random(hashlib.sha256(f"{seed}\0{attempt}\0{prompt}".encode()).digest())
+    if rng.random() >= fail_rate:
+        return None
+    return rng.choice(kinds)
+
+
 class FaultProxy:
     """Loopback proxy to ``upstream`` (``http://host:port``) that fails ``fail_rate`` of the requests.
 
@@ -101,11 +109,7 @@ class FaultProxy:
 
     def decide(self, prompt: str, attempt: int) -> str | None:
         """The fault for ``attempt`` (0-based) of ``prompt``, or ``None`` to forward it."""
-        digest = hashlib.sha256(f"{self.seed}\0{attempt}\0{prompt}".encode()).digest()
-        rng = random.Random(digest)
-        if rng.random() >= self.fail_rate:
-            return None
-        return rng.choice(self.kinds)
+        return fault_for(self.seed, self.fail_rate, self.kinds, prompt, attempt)
 
     def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
         proxy = self

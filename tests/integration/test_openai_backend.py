@@ -7,10 +7,13 @@ prompt still gets its generation, from exactly one successful upstream request.
 """
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
 import pytest
-from fakes.fault_proxy import FaultProxy
-from vllm_cpu.hf_reference import greedy, prompts_from_bundled
-from vllm_cpu.vllm_env import VLLMServer, requires_vllm_venv
+from tests.fakes.fault_proxy import FAULT_KINDS, FaultProxy, fault_for
+from tests.vllm_cpu.hf_reference import greedy, prompts_from_bundled
+from tests.vllm_cpu.vllm_env import VLLMServer, requires_vllm_venv
 
 from inpars_ray.backends.base import GenerationParams
 from inpars_ray.backends.openai_backend import OpenAIBackend
@@ -31,6 +34,10 @@ def tiny_lm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_lm, tmp_path_factory):
+    reuse = os.environ.get("INPARS_RAY_TEST_VLLM_URL")
+    if reuse:  # a server already serving the tiny LM (saves the engine start when iterating locally)
+        yield SimpleNamespace(url=reuse.rstrip("/"))
+        return
     srv = VLLMServer(tiny_lm, tmp_path_factory.mktemp("vllm") / "server.log")
     try:
         srv.wait_ready()
@@ -54,13 +61,20 @@ def direct(server, tiny_lm, prompts):
         backend.close()
 
 
+def server_text(text: str) -> str:
+    """A completion's text as vLLM's server reports it: its incremental detokenizer holds back an unfinished
+    UTF-8 sequence at the end (a completion cut by max_tokens mid-character), which transformers' one-shot
+    decode shows as U+FFFD."""
+    return text.rstrip("\ufffd").strip()
+
+
 def test_greedy_text_and_logprobs_match_teacher_forced_transformers(direct, tiny_lm, prompts):
     gens, usage = direct
     assert [g.error for g in gens] == [None] * len(prompts)
     assert any(g.text for g in gens)
     for prompt, gen in zip(prompts, gens, strict=True):
         ref = greedy(str(tiny_lm), prompt, MAX_NEW)
-        assert gen.text == ref.text
+        assert gen.text == server_text(ref.text)
         assert len(gen.token_logprobs) == len(ref.ids)
         assert gen.token_logprobs == pytest.approx(ref.logprobs, abs=ATOL)
     assert usage["requests"] == len(prompts) and usage["failed_prompts"] == 0
@@ -101,14 +115,17 @@ def test_over_long_prompt_is_reported_per_row(server, tiny_lm, prompts):
 def test_faults_are_survived_and_each_prompt_is_generated_once(server, tiny_lm, prompts, direct):
     expected, _ = direct
     # the client timeout must exceed a real request's latency on a busy 2-core machine; a hang outlasts it
-    with FaultProxy(server.url, fail_rate=0.3, seed=11, hang_s=7.0) as proxy:
+    # the fault plan is a pure function of (seed, prompt, attempt): pick the first seed whose first attempts
+    # already show every kind of fault, so the test exercises all three whatever the prompts are
+    seed = next(s for s in range(1000) if {fault_for(s, 0.3, FAULT_KINDS, p, 0) for p in prompts} >= set(FAULT_KINDS))
+    with FaultProxy(server.url, fail_rate=0.3, seed=seed, hang_s=7.0) as proxy:
         backend = OpenAIBackend(str(tiny_lm), base_url=f"{proxy.url}/v1", api_key_env=None, max_concurrency=4,
                                 request_timeout_s=6.0, base_delay_s=0.05, max_delay_s=0.5, max_retries=8)
         try:
             gens = backend.generate(prompts, GenerationParams(max_new_tokens=MAX_NEW))
         finally:
             backend.close()
-        assert sum(proxy.faults.values()) >= 2
+        assert set(proxy.faults) == set(FAULT_KINDS)
         assert [g.error for g in gens] == [None] * len(prompts)
         assert [g.text for g in gens] == [g.text for g in expected]
         for got, want in zip(gens, expected, strict=True):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from fakes.fault_proxy import EchoCompletionsServer, FaultProxy
+from tests.fakes.fault_proxy import EchoCompletionsServer, FaultProxy
 
 from inpars_ray.backends.base import GenerationParams
 from inpars_ray.backends.openai_backend import OpenAIBackend, OpenAIConfig, first_line

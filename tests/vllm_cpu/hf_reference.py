@@ -50,7 +50,7 @@ def greedy(model_path: str, prompt: str, max_new_tokens: int) -> Reference:
                              pad_token_id=tok.pad_token_id)
     gen = out[0, enc["input_ids"].shape[1]:].tolist()
     cut = newline_cut(lambda t: tok.decode(list(t)), gen)
-    text = tok.decode(gen[: cut + 1]).split("\n", 1)[0].strip()
+    text = tok.decode(gen[: cut + 1], skip_special_tokens=True).split("\n", 1)[0].strip()
     return Reference(ids=gen[:cut], text=text, logprobs=teacher_forced(model_path, prompt, gen[:cut]))
 
 

@@ -27,7 +27,8 @@ def main(model: str, prompts_path: str, out_path: str, processor: bool) -> None:
 
     # sampling: the backend's own conversion, with the raw ids kept so the test can teacher-force them
     sampled = GenerationParams(max_new_tokens=24, temperature=1.0, seed=5)
-    results = backend._llm.generate(prompts, backend._sampling_params(sampled), use_tqdm=False)
+    results = backend._llm.generate(prompts, [backend._sampling_params(sampled, p) for p in prompts],
+                                    use_tqdm=False)
     rows = []
     for res in results:
         gen = backend._to_generation(res)

