@@ -132,3 +132,31 @@ def test_faults_are_survived_and_each_prompt_is_generated_once(server, tiny_lm, 
             assert got.token_logprobs == pytest.approx(want.token_logprobs, abs=ATOL)
         assert dict(proxy.upstream_ok) == {p: 1 for p in prompts}
         assert backend.usage()["retries"] == sum(proxy.faults.values())
+
+
+def test_generate_stage_on_ray_through_faults_generates_each_document_once(ray_session, server, tiny_lm, tmp_path):
+    """The Ray Data generate stage with the openai backend in its actors, behind the fault proxy; a rerun
+    of the finished run sends no request at all."""
+    from inpars_ray.catalog import resolve
+    from inpars_ray.generate import GenerateConfig, GenerateResources, read_generated, run_generate
+
+    template = tmp_path / "short.txt"
+    template.write_text("Passage: {document}\nQuestion:")
+    num_docs = 12
+    with FaultProxy(server.url, fail_rate=0.3, seed=5, hang_s=7.0) as proxy:
+        options = dict(api_key_env=None, base_url=f"{proxy.url}/v1", max_concurrency=4, request_timeout_s=6.0,
+                       base_delay_s=0.05, max_delay_s=0.5, max_retries=8)
+        config = GenerateConfig(backend="openai", model=str(tiny_lm), prompt=str(template), num_docs=num_docs,
+                                seed=3, doc_max_tokens=48, generation=GenerationParams(max_new_tokens=16, seed=3),
+                                backend_options=tuple(sorted(options.items())))
+        out = tmp_path / "generated"
+        manifest = run_generate(resolve("bundled/tiny-science"), out, config, GenerateResources(batch_size=4))
+        first_run = sum(proxy.attempts.values())
+        assert manifest["counts"]["rows"] == num_docs and manifest["counts"]["errors"] == 0
+        table = read_generated(out)
+        assert table.num_rows == num_docs
+        assert sum(proxy.faults.values()) > 0
+        # one successful upstream completion per document, none lost, none repeated
+        assert len(proxy.upstream_ok) == num_docs and set(proxy.upstream_ok.values()) == {1}
+        run_generate(resolve("bundled/tiny-science"), out, config, GenerateResources(batch_size=4))
+        assert sum(proxy.attempts.values()) == first_run
