@@ -211,8 +211,8 @@ def local_top_k(batch: pa.Table, k: int) -> pa.Table:
 
 
 def threshold_of(candidates: pa.Table, k: int) -> tuple[float, str, str] | None:
-    """The sort key of the k-th best candidate, or None when there are at most ``k`` (all are kept)."""
-    if candidates.num_rows <= k:
+    """The sort key of the k-th best candidate, or None when there are fewer than ``k`` (all are kept)."""
+    if candidates.num_rows < k:
         return None
     row = candidates.take(pc.sort_indices(candidates, _ORDER)[k - 1 : k]).to_pylist()[0]
     return row[S.FILTER_SCORE], row[S.QUERY_ID], row[S.DOC_ID]

@@ -99,6 +99,13 @@ def test_top_k_threshold_matches_full_sort_with_ties():
     assert kept == {r[S.DOC_ID] for r in brute}
 
 
+def test_one_block_threshold_still_cuts_the_rest():
+    table = pa.table({S.FILTER_SCORE: [3.0, 1.0, 2.0, 5.0], S.QUERY_ID: ["a", "b", "c", "d"],
+                      S.DOC_ID: ["x"] * 4, S.DROP_REASON: pa.nulls(4, pa.string())})
+    marked = F.apply_threshold(table, F.threshold_of(F.local_top_k(table, 2), 2))
+    assert reasons(marked) == [None, F.BELOW_TOP_K, F.BELOW_TOP_K, None]
+
+
 def test_threshold_none_when_fewer_than_k():
     cand = pa.table({S.FILTER_SCORE: [1.0], S.QUERY_ID: ["q"], S.DOC_ID: ["d"]})
     assert F.threshold_of(cand, 5) is None
