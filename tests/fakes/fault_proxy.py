@@ -191,8 +191,8 @@ class EchoCompletionsServer:
     ``["Q", "<n>", " about", " <last word of prompt>", "\\n", "tail"]`` with log-probs
     ``-0.1, -0.2, ...``; with ``stop=["\\n"]`` the text ends before the newline but, like vLLM, the
     newline-carrying token is still reported in ``logprobs``. ``POST /tokenize`` / ``/detokenize`` use
-    one token per UTF-8 byte. A request whose ``Authorization`` header is not ``Bearer <api_key>`` gets a
-    401 whose message quotes the key it received (as some providers do), so tests can check redaction.
+    one token per UTF-8 byte. A completion request whose ``Authorization`` header is not ``Bearer <api_key>``
+    gets a 401 whose message quotes the key it received (as some providers do), so tests can check redaction.
     """
 
     def __init__(self, api_key: str | None = None) -> None:
@@ -245,7 +245,7 @@ class EchoCompletionsServer:
                 with server._lock:
                     server.requests[path] += 1
                 auth = self.headers.get("Authorization", "")
-                if server.api_key is not None and auth != f"Bearer {server.api_key}":
+                if path == "/v1/completions" and server.api_key is not None and auth != f"Bearer {server.api_key}":
                     msg = f"Incorrect API key provided: {auth.removeprefix('Bearer ')}"
                     FaultProxy._reply(self, 401, json.dumps({"error": {"message": msg}}).encode(), {})
                     return

@@ -136,7 +136,7 @@ def test_client_errors_are_not_retried_and_the_key_never_leaks(monkeypatch, capl
             backend.close()
         # the endpoint echoed the wrong key in its 401 message; it must come back scrubbed
         assert gen.error is not None and "401" in gen.error
-        assert server.requests["/tokenize"] == 1  # a 401 is final: no retries
+        assert server.requests["/v1/completions"] == 1  # a 401 is final: no retries
         everything = " ".join([gen.error, repr(backend), str(backend), str(backend.usage()),
                                repr(backend.config), caplog.text])
         assert SECRET not in everything

@@ -54,7 +54,7 @@ class VLLMServer:
         self.proc = subprocess.Popen(cmd, env=vllm_env(), stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
-    def wait_ready(self, deadline_s: float = 300.0) -> None:
+    def wait_ready(self, deadline_s: float = 600.0) -> None:
         """Poll ``/v1/models`` until it lists the model; fail with the server log on exit or deadline."""
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
@@ -84,7 +84,7 @@ class VLLMServer:
         self._log.close()
 
 
-def run_in_vllm_venv(script: Path, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess:
+def run_in_vllm_venv(script: Path, *args: str, timeout: float = 1200.0) -> subprocess.CompletedProcess:
     """Run ``script`` with the vllm venv's python; raise with its output when it fails."""
     proc = subprocess.run([str(VLLM_PYTHON), str(script), *args], env=vllm_env(), capture_output=True,
                           text=True, timeout=timeout)
