@@ -233,6 +233,35 @@ class _Collectives:
             offset += n
 
 
+def _fill_step(rows: Iterator[dict[str, Any]], per_worker: int, coll: _Collectives, rank: int, world: int,
+               device) -> list[dict[str, Any]]:
+    """This worker's triples for one step, so that the step holds a full global batch while any worker has data.
+
+    Streaming splits are uneven, so a worker may run dry before the others; the others then take its
+    share (a few rounds of one small all-reduce). Every step but the last of an epoch is therefore full,
+    and the number of steps is ceil(2 * triples / batch_size) whatever the split.
+    """
+    import torch
+
+    take = list(islice(rows, per_worker))
+    dry = len(take) < per_worker
+    target = per_worker * world
+    while True:
+        state = torch.zeros(2 * world, dtype=torch.float64, device=device)
+        state[2 * rank], state[2 * rank + 1] = len(take), float(dry)
+        state = coll.sum_(state).cpu().tolist()
+        deficit = target - int(sum(state[0::2]))
+        wet = [r for r in range(world) if not state[2 * r + 1]]
+        if deficit <= 0 or not wet:
+            return take
+        share = -(-deficit // len(wet))  # ceil: a wet worker may overshoot by < len(wet) triples; trimmed below
+        if not dry:
+            pos = wet.index(rank)
+            extra = list(islice(rows, max(0, min(share, deficit - pos * share))))
+            dry = len(extra) < min(share, deficit - pos * share) or dry
+            take += extra
+
+
 def _save_checkpoint(ctx_rank: int, model, tokenizer, optimizer, state: dict[str, Any], consumed: set[str],
                      history: list[dict[str, Any]], directory: Path) -> None:
     """Rank 0 writes the Hugging Face model, the optimizer and the history; every rank its consumed ids."""
@@ -322,8 +351,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         rows = _fresh_triples(shard, consumed, max(plan.triples_per_step, 64))
         while config.max_steps is None or step < config.max_steps:
             t0 = time.perf_counter()
-            take = list(islice(rows, plan.triples_per_step))
-            n_global = int(coll.sum_(torch.tensor([2 * len(take)], dtype=torch.float64, device=device)).item())
+            take = _fill_step(rows, plan.triples_per_step, coll, rank, world, device)
+            n_global = 2 * int(coll.sum_(torch.tensor([len(take)], dtype=torch.float64, device=device)).item())
             if n_global == 0:
                 break
             optimizer.zero_grad(set_to_none=True)

@@ -112,12 +112,13 @@ def build_tiny_monot5(
 
 
 def build_tiny_triples(out_dir: str | Path, collection: Path = BUNDLED, split: str = "train", seed: int = 0,
-                       repeat: int = 1, files: int = 2) -> Path:
+                       repeat: int = 1, files: int = 2, limit: int | None = None) -> Path:
     """Write training triples (schema.TRIPLES, Parquet) made from a collection's qrels, for tests and demos.
 
     Positive: a document judged relevant (grade >= 1) to the query; negative: a random document not judged
     relevant to it (with a fake 1-based rank). One triple per relevant (query, document) pair, ``repeat``
-    times over with fresh negatives, spread over ``files`` Parquet files. Stands in for the mining stage.
+    times over with fresh negatives, shuffled, cut to the first ``limit`` (all when None), spread over
+    ``files`` Parquet files. Stands in for the mining stage.
     """
     import csv
     import random
@@ -150,6 +151,7 @@ def build_tiny_triples(out_dir: str | Path, collection: Path = BUNDLED, split: s
                              S.NEG_DOC_ID: neg, S.NEG_TEXT: docs[neg], S.NEG_RANK: rng.randint(1, 1000),
                              S.FILTER_SCORE: None})
     rng.shuffle(rows)
+    rows = rows[:limit] if limit is not None else rows
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_file = -(-len(rows) // files)

@@ -37,7 +37,7 @@ def _mean_loss(model_path, rows) -> float:
 
 
 def test_two_workers_learn_see_each_example_once_and_rerun_is_a_no_op(tmp_path, tiny_model):
-    triples = build_tiny_triples(tmp_path / "triples", files=3)
+    triples = build_tiny_triples(tmp_path / "triples", files=3, limit=320)
     table = pq.read_table(triples)
     n = table.num_rows
     cfg = TrainConfig(base_model=str(tiny_model), batch_size=32, micro_batch_size=8, num_workers=2, max_length=96,
@@ -57,6 +57,7 @@ def test_two_workers_learn_see_each_example_once_and_rerun_is_a_no_op(tmp_path, 
     assert manifest["counts"]["examples"] == 2 * n
     history = manifest["extra"]["history"]
     assert [h["step"] for h in history] == list(range(1, len(history) + 1))
+    assert all(h["examples"] == 32 for h in history[:-1])  # uneven splits still fill every step but the last
     assert all(h["lr"] == pytest.approx(3e-3) and h["examples_per_s"] > 0 for h in history)
 
     # the saved model loads with from_pretrained, scores pairs, and fits the training triples far better
@@ -89,7 +90,7 @@ def _wait_for(predicate, deadline_s: float, what: str, poll_s: float = 0.2):
 
 
 def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tmp_path, tiny_model):
-    triples = build_tiny_triples(tmp_path / "triples", files=2)
+    triples = build_tiny_triples(tmp_path / "triples", files=2, limit=160)
     n = pq.read_table(triples).num_rows
     rec = tmp_path / "rec"
     cfg = TrainConfig(base_model=str(tiny_model), batch_size=16, micro_batch_size=8, num_workers=2, max_length=96,
@@ -99,10 +100,11 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tm
     runner = threading.Thread(target=lambda: box.update(manifest=train(triples, out, cfg)), daemon=True)
     runner.start()
 
-    def a_checkpoint():
-        return [p for p in (out / "ray").glob("*/checkpoint_*/trainer_state.pt")]
+    def two_checkpoints():
+        # the second one existing means the first was registered by Ray Train well before
+        return len(list((out / "ray").glob("*/checkpoint_*/trainer_state.pt"))) >= 2
 
-    _wait_for(a_checkpoint, 600, "a first checkpoint")
+    _wait_for(two_checkpoints, 600, "two checkpoints")
     victim = int((rec / "rank1.pid").read_text())
     os.kill(victim, signal.SIGKILL)
     runner.join(timeout=900)

@@ -87,3 +87,18 @@ def test_ndcg_at_10_prefers_the_right_order():
     bad = pa.table({S.QUERY_ID: ["q1", "q1"], S.DOC_ID: ["d1", "d2"], S.SCORE: [0.1, 0.9]})
     assert ndcg_at_10(good, qrels) == pytest.approx(1.0)
     assert ndcg_at_10(bad, qrels) == pytest.approx(1 / 1.5849625, rel=1e-4)
+
+
+def test_cli_parses_into_a_train_config_and_derives_the_micro_batch():
+    from inpars_ray.cli import build_parser
+    from inpars_ray.cli.train import micro_batch
+
+    args = build_parser().parse_args(["train", "--triples", "t", "--base-model", "m", "--out", "o", "--workers", "2",
+                                      "--accelerator", "gpu", "--steps", "156", "--lr", "1e-3", "--grad-accum", "4"])
+    assert (args.workers, args.accelerator, args.steps, args.lr, args.batch_size) == (2, "gpu", 156, 1e-3, 128)
+    assert micro_batch(args.batch_size, args.workers, args.micro_batch_size, args.grad_accum) == 16
+    assert micro_batch(128, 1, None, None) == 8
+    with pytest.raises(ConfigError):
+        micro_batch(128, 3, None, 4)
+    with pytest.raises(ConfigError, match="not both"):
+        micro_batch(128, 1, 8, 4)
