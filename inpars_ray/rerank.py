@@ -1,0 +1,160 @@
+"""Stage 6 — rerank: monoT5 rescoring of a first-stage run (InPars reranks BM25's top 1000).
+
+Layers:
+
+* pure functions over Arrow batches: :func:`attach_texts` (run rows + query text + document text, the
+  document as BEIR flat indexes join it) and :func:`rank_by_score` (ranks within each query by
+  descending score, ties broken by doc id);
+* the scoring actor is :class:`inpars_ray.monot5.MonoT5Scorer`, the one P(true) function the InPars-v2
+  filter uses too (one forward pass; the document is truncated, never the ``Relevant:`` suffix);
+* :func:`rerank_run` wires them into Ray: the run is streamed from its file, joined with the corpus by a
+  hash exchange on the document id (no process holds the corpus or all pairs), scored by a pool of
+  actors, regrouped by query id for ranking, and streamed into a TREC run file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from inpars_ray import schema as S
+from inpars_ray.catalog import Collection
+from inpars_ray.errors import ConfigError
+from inpars_ray.load import LoadConfig
+from inpars_ray.manifest import StageRecord, is_complete, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankConfig:
+    """Reranking settings.
+
+    Attributes:
+        model: monoT5 checkpoint (Hugging Face id or local folder), e.g. a folder written by ``train``.
+        depth: hits per query that are rescored (InPars: the BM25 top 1000); deeper hits are dropped.
+        max_length: monoT5 input length in tokens (REFERENCE: 512).
+        batch_size: pairs per forward pass.
+        rows_per_call: pairs handed to one actor call.
+        num_actors: scoring actors.
+        num_gpus_per_actor: GPUs each actor reserves (0 on CPU).
+        device: torch device of each actor.
+        partitions: hash partitions of the run/corpus join and of the regrouping by query.
+    """
+
+    model: str
+    depth: int = 1000
+    max_length: int = 512
+    batch_size: int = 16
+    rows_per_call: int = 256
+    num_actors: int = 1
+    num_gpus_per_actor: float = 0.0
+    device: str = "cpu"
+    partitions: int = 4
+
+    def __post_init__(self) -> None:
+        if min(self.depth, self.batch_size, self.rows_per_call, self.num_actors, self.partitions) < 1:
+            raise ConfigError("depth, batch_size, rows_per_call, num_actors and partitions must be >= 1")
+
+
+def attach_texts(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
+    """Run rows with the query text (:data:`schema.QUERY`) and document text (:data:`schema.TEXT`).
+
+    A hit whose document or query is unknown keeps a null text (counted and left unscored by the caller).
+    """
+    from inpars_ray.filter import document_text
+
+    S.require_columns(run.column_names, [S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE], "rerank (run)")
+    doc_pos = pc.index_in(run.column(S.DOC_ID), value_set=docs.column(S.DOC_ID))
+    titles = docs.column(S.TITLE).take(doc_pos).to_pylist()
+    bodies = docs.column(S.TEXT).take(doc_pos).to_pylist()
+    texts = [None if b is None else document_text(t, b) for t, b in zip(titles, bodies)]
+    q_pos = pc.index_in(run.column(S.QUERY_ID), value_set=queries.column(S.QUERY_ID))
+    return (run.select([S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE])
+            .rename_columns([S.QUERY_ID, S.DOC_ID, "first_stage_rank", "first_stage_score"])
+            .append_column(S.QUERY, queries.column(S.QUERY).take(q_pos))
+            .append_column(S.TEXT, pa.array(texts, pa.string())))
+
+
+def rank_by_score(scored: pa.Table) -> pa.Table:
+    """A :data:`schema.RUN` table ranked within each query by descending score, ties by doc id."""
+    if scored.num_rows == 0:
+        return S.RUN.empty_table()
+    order = pc.sort_indices(scored, [(S.QUERY_ID, "ascending"), (S.SCORE, "descending"), (S.DOC_ID, "ascending")])
+    rows = scored.take(order)
+    qids = rows.column(S.QUERY_ID).to_pylist()
+    ranks, prev, r = [], None, 0
+    for q in qids:
+        r = r + 1 if q == prev else 1
+        prev = q
+        ranks.append(r)
+    return pa.table({S.QUERY_ID: rows.column(S.QUERY_ID), S.DOC_ID: rows.column(S.DOC_ID),
+                     S.RANK: pa.array(ranks, pa.int64()), S.SCORE: rows.column(S.SCORE)}, schema=S.RUN)
+
+
+def _join_part(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
+    return attach_texts(run, docs, queries)
+
+
+def _read_run_dataset(run_path: Path, depth: int) -> Any:
+    import ray
+
+    # a TREC run is read in blocks by Ray (read_text), never whole by the driver
+    def parse(batch: dict) -> pa.Table:
+        rows = [line.split() for line in batch["text"] if line.strip()]
+        table = pa.table({S.QUERY_ID: [r[0] for r in rows], S.DOC_ID: [r[2] for r in rows],
+                          S.RANK: pa.array([int(r[3]) for r in rows], pa.int64()),
+                          S.SCORE: pa.array([float(r[4]) for r in rows], pa.float64())}, schema=S.RUN)
+        return table.filter(pc.less_equal(table.column(S.RANK), depth))
+
+    return ray.data.read_text(str(run_path)).map_batches(parse, batch_format="numpy")
+
+
+def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
+               config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> dict:
+    """Rescore ``run_path`` with monoT5 and write the reranked TREC run to ``out_path`` (+ its manifest)."""
+    from inpars_ray.bm25 import run_manifest_name, trec_lines
+    from inpars_ray.filter import corpus_documents, hash_exchange
+    from inpars_ray.load import read_queries
+    from inpars_ray.monot5 import MonoT5Config, score_dataset
+
+    run_path, out_path = Path(run_path), Path(out_path)
+    info = run_path.stat()
+    stage_config = {"dataset": collection.spec, "run": str(run_path.resolve()), "run_size": info.st_size,
+                    "run_mtime_ns": info.st_mtime_ns, "rerank": config}
+    if is_complete(out_path.parent, "rerank", stage_config, run_manifest_name(out_path)) and out_path.exists():
+        logger.info("reranked run %s is complete for this config; nothing to do", out_path)
+        return read_manifest(out_path.parent, run_manifest_name(out_path)) or {}
+    record = StageRecord("rerank", stage_config)
+    queries, _ = read_queries(collection, load_config)
+    run = _read_run_dataset(run_path, config.depth)
+    joined = hash_exchange([run, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
+                           config.partitions, _join_part, queries=queries)
+    missing = joined.filter(lambda r: r[S.TEXT] is None or r[S.QUERY] is None).count()
+    if missing:
+        logger.warning("%d hits name a document or query the collection lacks; they are not reranked", missing)
+    pairs = joined.filter(lambda r: r[S.TEXT] is not None and r[S.QUERY] is not None)
+    scored = score_dataset(pairs, MonoT5Config(config.model, config.max_length, config.batch_size, config.device),
+                           num_actors=config.num_actors, batch_rows=config.rows_per_call,
+                           num_gpus_per_actor=config.num_gpus_per_actor)
+    ranked = hash_exchange([scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE])], [S.QUERY_ID],
+                           config.partitions, rank_by_score)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    pairs_scored = 0
+    queries_out: set[str] = set()
+    with record.timed("rerank"), tmp.open("w", encoding="utf-8") as fh:
+        for batch in ranked.iter_batches(batch_format="pyarrow", batch_size=None):
+            fh.writelines(trec_lines(batch, tag="inpars-ray-monot5"))
+            pairs_scored += batch.num_rows
+            queries_out.update(batch.column(S.QUERY_ID).to_pylist())
+    os.replace(tmp, out_path)
+    record.counts.update(pairs_scored=pairs_scored, pairs_unknown=missing, queries=len(queries_out))
+    if record.timings.get("rerank"):
+        record.extra["pairs_per_second"] = round(pairs_scored / record.timings["rerank"], 2)
+    return record.write(out_path.parent, name=run_manifest_name(out_path))

@@ -1,0 +1,58 @@
+"""Rerank stage: monoT5 rescoring of a BM25 run through Ray, compared with direct scoring."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inpars_ray import bm25, catalog
+from inpars_ray import schema as S
+from inpars_ray.filter import document_text
+from inpars_ray.load import read_queries
+from inpars_ray.rerank import RerankConfig, rank_by_score, rerank_run
+
+from tests.conftest import BUNDLED
+
+
+def test_rank_by_score_orders_within_each_query_and_breaks_ties_by_doc_id():
+    import pyarrow as pa
+
+    scored = pa.table({S.QUERY_ID: ["b", "a", "a", "a", "b"], S.DOC_ID: ["x", "d2", "d1", "d3", "y"],
+                       S.SCORE: [0.1, 0.5, 0.5, 0.9, 0.7]})
+    run = rank_by_score(scored)
+    assert list(zip(*(run.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK)))) == [
+        ("a", "d3", 1), ("a", "d1", 2), ("a", "d2", 3), ("b", "y", 1), ("b", "x", 2)]
+
+
+def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
+    transformers = pytest.importorskip("transformers")
+    from inpars_ray.monot5 import score_pairs
+    from inpars_ray.testing.tiny_t5 import build_tiny_monot5
+
+    model_dir = build_tiny_monot5(tmp_path / "monot5")
+    collection = catalog.resolve(str(BUNDLED))
+    bm25.build_index(collection, tmp_path / "index")
+    queries, _ = read_queries(collection)
+    first = bm25.retrieve(tmp_path / "index", queries.slice(0, 6), k=20)
+    bm25.write_trec_run(first, tmp_path / "bm25.trec")
+
+    manifest = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "rerank.trec",
+                          RerankConfig(model=str(model_dir), depth=10, partitions=3, rows_per_call=16))
+    out = bm25.read_trec_run(tmp_path / "rerank.trec")
+    assert manifest["counts"]["pairs_scored"] == out.num_rows == first.filter(
+        np.array(first.column(S.RANK).to_pylist()) <= 10).num_rows
+
+    # independent check: score the same pairs in this process and compare scores and order
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    docs = {d["_id"]: document_text(d.get("title"), d["text"])
+            for d in map(__import__("json").loads, (BUNDLED / "corpus.jsonl").read_text().splitlines())}
+    qtext = dict(zip(queries.column(S.QUERY_ID).to_pylist(), queries.column(S.QUERY).to_pylist()))
+    rows = list(zip(*(out.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE))))
+    expected = score_pairs(model, tok, [qtext[q] for q, *_ in rows], [docs[d] for _, d, *_ in rows], 512)
+    assert np.allclose([r[3] for r in rows], expected, atol=1e-5)
+    for qid in {r[0] for r in rows}:
+        mine = [r for r in rows if r[0] == qid]
+        assert [r[2] for r in mine] == list(range(1, len(mine) + 1))
+        assert all(a[3] >= b[3] for a, b in zip(mine, mine[1:]))
