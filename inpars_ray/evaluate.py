@@ -86,11 +86,10 @@ def evaluate_run(run: pa.Table, qrels: pa.Table, measures: Sequence[str] = DEFAU
     for metric in ir_measures.iter_calc(parsed, qrels_rows, run_rows):
         per_query.append((metric.query_id, str(metric.measure), float(metric.value)))
         seen.setdefault(str(metric.measure), set()).add(metric.query_id)
-    missing_any = set()
-    for m in parsed:
+    for m in parsed:  # ir-measures may leave a query without hits out of a measure: it scores 0 here
         for qid in sorted(judged - seen.get(str(m), set())):
             per_query.append((qid, str(m), 0.0))
-            missing_any.add(qid)
+    missing_any = judged - {r.query_id for r in run_rows}
     aggregate = {}
     for m in parsed:
         values = [v for _, name, v in per_query if name == str(m)]
