@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 STAGE = "generate"
 PARTS = "parts"
+#: prefix of error rows the backend reported (API refused, quota, out of memory...): unlike the stage's own
+#: deterministic errors (prompt too long, empty answer), these documents are generated again on a rerun
+BACKEND_ERROR = "backend error: "
 _CANDIDATES = pa.schema([("hashes", pa.list_(pa.uint64())), ("ids", pa.list_(pa.string())),
                          ("n_docs", pa.int64()), ("n_bad", pa.int64())])
 
@@ -184,7 +187,7 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, pa
     cols: dict[str, list[Any]] = {name: [] for name in S.GENERATED.names}
     for i, doc_id in enumerate(doc_ids):
         res = results.get(i)
-        error = errors[i] or (res.error if res else None)
+        error = errors[i] or (BACKEND_ERROR + res.error if res is not None and res.error else None)
         if error is None and res is not None and not res.text:
             error = "the model generated an empty first line"
         ok = error is None and res is not None
@@ -243,20 +246,30 @@ def _part_files(parts_dir: Path) -> list[Path]:
 
 
 def completed_doc_ids(out_dir: str | os.PathLike[str]) -> set[str]:
-    """Documents that already have a row (query or error) in a complete part file of ``out_dir``."""
+    """Documents that have a final row (a query or a deterministic error) in a complete part file.
+
+    Documents whose only row is a backend error are not done: a rerun generates them again.
+    """
     done: set[str] = set()
     for path in _part_files(Path(out_dir) / PARTS):
-        done.update(pq.read_table(path, columns=[S.DOC_ID]).column(S.DOC_ID).to_pylist())
+        t = pq.read_table(path, columns=[S.DOC_ID, S.ERROR])
+        retry = pc.fill_null(pc.starts_with(t.column(S.ERROR), BACKEND_ERROR), False)
+        done.update(t.filter(pc.invert(retry)).column(S.DOC_ID).to_pylist())
     return done
 
 
 def read_generated(out_dir: str | os.PathLike[str]) -> pa.Table:
-    """All rows of a generate output (queries and error rows), one per document, sorted by doc id."""
+    """All rows of a generate output (queries and error rows), one per document, sorted by doc id.
+
+    A document retried after a backend error has two rows; its later, final one is kept.
+    """
     files = _part_files(Path(out_dir) / PARTS)
     if not files:
         return S.GENERATED.empty_table()
     table = pa.concat_tables([pq.read_table(p, schema=S.GENERATED) for p in files])
-    table = table.sort_by(S.DOC_ID)
+    retry = pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
+    table = table.append_column("_retry", retry).sort_by([(S.DOC_ID, "ascending"), ("_retry", "ascending")])
+    table = table.drop_columns(["_retry"])
     ids = table.column(S.DOC_ID).to_numpy(zero_copy_only=False)
     first = np.ones(len(ids), dtype=bool)
     first[1:] = ids[1:] != ids[:-1]
@@ -321,10 +334,15 @@ def run_generate(collection: Collection, out_dir: str | os.PathLike[str], config
             logger.info("generate: %d/%d documents done (%d errors this run)", resumed + new_docs, sampled, new_errors)
     final = read_generated(out)
     n_errors = final.num_rows - final.column(S.ERROR).null_count
+    n_retry = pc.sum(pc.fill_null(pc.starts_with(final.column(S.ERROR), BACKEND_ERROR), False)).as_py() or 0
     record.counts.update(sampled=sampled, resumed=resumed, generated_this_run=new_docs, rows=final.num_rows,
-                         queries=final.num_rows - n_errors, errors=n_errors, bad_corpus_rows=n_bad)
+                         queries=final.num_rows - n_errors, errors=n_errors, backend_errors=n_retry,
+                         bad_corpus_rows=n_bad)
     record.extra.update(prompt=template.name, fewshot_query_ids=list(template.fewshot_ids), parts=PARTS)
     if final.num_rows != sampled:
         record.write(out, status="incomplete")
         raise InparsError(f"generate: {final.num_rows} documents have rows in {out / PARTS}, expected {sampled}")
+    if n_retry:  # not complete: a rerun must retry these documents instead of skipping the stage
+        logger.warning("generate: %d documents failed in the backend; rerun the same command to retry them", n_retry)
+        return record.write(out, status="incomplete")
     return record.write(out)

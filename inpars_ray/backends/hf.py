@@ -102,9 +102,11 @@ class HFBackend(Backend):
         encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
         todo = []
         for i, ids in enumerate(encoded):
-            if len(ids) > params.max_prompt_tokens:
+            # counted like count_tokens (without special tokens), so the stage's own check and this one agree
+            n_tokens = self.count_tokens(prompts[i])
+            if n_tokens > params.max_prompt_tokens:
                 out[i] = Generation("", [], len(ids),
-                                    error=f"prompt has {len(ids)} tokens, over max_prompt_tokens={params.max_prompt_tokens}")
+                                    error=f"prompt has {n_tokens} tokens, over max_prompt_tokens={params.max_prompt_tokens}")
             else:
                 todo.append(i)
         if todo:

@@ -49,3 +49,28 @@ def test_bad_rows_are_counted_and_never_sampled():
     kept, good, bad = _sample(_corpus(40, bad=5), 100, 1, 16)
     assert (len(kept), good, bad) == (40, 40, 5)
     assert "" not in kept
+
+
+def test_backend_errors_are_retried_and_superseded(tmp_path):
+    from inpars_ray.generate import BACKEND_ERROR, PARTS, completed_doc_ids, read_generated, write_part
+
+    def rows(doc_ids, errors):
+        n = len(doc_ids)
+        return pa.table({
+            S.DOC_ID: doc_ids, S.QUERY_ID: [f"gen-{d}" for d in doc_ids],
+            S.QUERY: [None if e else f"q {d}" for d, e in zip(doc_ids, errors)],
+            S.TOKEN_LOGPROBS: [None if e else [-1.0] for e in errors],
+            S.MEAN_LOGPROB: [None if e else -1.0 for e in errors], S.NUM_TOKENS: [None if e else 1 for e in errors],
+            S.PROMPT_NAME: ["inpars"] * n, S.MODEL: ["m"] * n, S.BACKEND: ["openai"] * n, S.FEWSHOT_IDS: [[]] * n,
+            S.ERROR: errors,
+        }, schema=S.GENERATED)
+
+    parts = tmp_path / PARTS
+    parts.mkdir()
+    write_part(rows(["a", "b", "c"], [None, BACKEND_ERROR + "HTTP 429", "prompt has 3000 tokens"]), parts)
+    assert completed_doc_ids(tmp_path) == {"a", "c"}  # b failed in the backend: generate it again
+    write_part(rows(["b"], [None]), parts)
+    assert completed_doc_ids(tmp_path) == {"a", "b", "c"}
+    final = read_generated(tmp_path)
+    assert final.column(S.DOC_ID).to_pylist() == ["a", "b", "c"]
+    assert final.column(S.ERROR).to_pylist() == [None, None, "prompt has 3000 tokens"]
