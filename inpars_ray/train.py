@@ -268,8 +268,9 @@ def _save_checkpoint(ctx_rank: int, model, tokenizer, optimizer, state: dict[str
     import torch
 
     if ctx_rank == 0:
-        model_to_save = model
-        model_to_save.save_pretrained(directory)
+        # safetensors reads host memory: XLA (and CUDA) tensors are copied to the CPU first
+        cpu_state = None if next(model.parameters()).device.type == "cpu" else _to_cpu(model.state_dict())
+        model.save_pretrained(directory, state_dict=cpu_state)
         tokenizer.save_pretrained(directory)
         torch.save({"optimizer": _to_cpu(optimizer.state_dict()), **state}, directory / TRAINER_STATE)
         (directory / "history.json").write_text(json.dumps(history))
@@ -281,7 +282,7 @@ def _to_cpu(obj):
     import torch
 
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return obj.detach().cpu().clone()
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
