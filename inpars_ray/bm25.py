@@ -388,13 +388,16 @@ def retrieve_dataset(index_dir: str | os.PathLike[str], queries: Any, k: int = 1
     import ray
 
     lucene_path(index_dir)  # fail fast, in the driver, on a missing index
-    return queries.map_batches(
+    # An actor that reserved every CPU of the cluster would starve the tasks that feed it and hang: the
+    # queries (small) are materialised first, and an actor never asks for more CPUs than the cluster has.
+    cpus = min(float(config.threads), float(ray.cluster_resources().get("CPU", 1.0)))
+    return queries.materialize().map_batches(
         BM25Searcher,
         fn_constructor_args=(str(index_dir), k, config),
         batch_size=config.queries_per_task,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=config.num_actors),
-        num_cpus=config.threads,
+        num_cpus=cpus,
     )
 
 
