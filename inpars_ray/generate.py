@@ -231,13 +231,25 @@ class GenerateWorker:
         self.backend = make_backend(config.backend, config.model, **dict(config.backend_options))
         limit = config.doc_max_tokens
         self.builder = PromptBuilder(template, lambda text: self.backend.truncate(text, limit))
+        self._usage: dict[str, float] = {}
+
+    def _usage_delta(self) -> str:
+        """What this batch cost (tokens, requests, money) for backends that count it (openai), as JSON."""
+        usage = getattr(self.backend, "usage", None)
+        if usage is None:
+            return "{}"
+        now = {k: v for k, v in usage().items() if isinstance(v, (int, float))}
+        delta = {k: v - self._usage.get(k, 0) for k, v in now.items()}  # the backend's totals are cumulative
+        self._usage = now
+        return json.dumps(delta)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         table = generate_batch(batch, self.builder, self.backend, self.config.generation, self.template.name,
                                self.config.model, list(self.template.fewshot_ids))
         name = write_part(table, self.parts_dir)
         errors = table.num_rows - table.column(S.ERROR).null_count
-        return pa.table({"part": [name], "docs": [table.num_rows], "errors": [errors]})
+        return pa.table({"part": [name], "docs": [table.num_rows], "errors": [errors],
+                         "usage": [self._usage_delta()]})
 
 
 # --- reading back ------------------------------------------------------------------------------------
@@ -327,10 +339,13 @@ def run_generate(collection: Collection, out_dir: str | os.PathLike[str], config
     resumed = len(done)
     logger.info("generate: %d documents sampled (%d already done, %d to generate)", sampled, resumed, sampled - resumed)
     new_docs = new_errors = 0
+    usage: dict[str, float] = {}
     with record.timed("generate"):
         for row in results.iter_rows():
             new_docs += row["docs"]
             new_errors += row["errors"]
+            for key, value in json.loads(row["usage"]).items():
+                usage[key] = usage.get(key, 0) + value
             logger.info("generate: %d/%d documents done (%d errors this run)", resumed + new_docs, sampled, new_errors)
     final = read_generated(out)
     n_errors = final.num_rows - final.column(S.ERROR).null_count
@@ -339,6 +354,8 @@ def run_generate(collection: Collection, out_dir: str | os.PathLike[str], config
                          queries=final.num_rows - n_errors, errors=n_errors, backend_errors=n_retry,
                          bad_corpus_rows=n_bad)
     record.extra.update(prompt=template.name, fewshot_query_ids=list(template.fewshot_ids), parts=PARTS)
+    if usage:  # tokens and cost of this run's API calls (never the key)
+        record.extra["usage_this_run"] = {k: round(v, 6) for k, v in usage.items()}
     if final.num_rows != sampled:
         record.write(out, status="incomplete")
         raise InparsError(f"generate: {final.num_rows} documents have rows in {out / PARTS}, expected {sampled}")

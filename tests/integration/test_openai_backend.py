@@ -158,5 +158,8 @@ def test_generate_stage_on_ray_through_faults_generates_each_document_once(ray_s
         assert sum(proxy.faults.values()) > 0
         # one successful upstream completion per document, none lost, none repeated
         assert len(proxy.upstream_ok) == num_docs and set(proxy.upstream_ok.values()) == {1}
+        usage = manifest["extra"]["usage_this_run"]  # the run's API accounting lands in the manifest
+        assert usage["retries"] == sum(proxy.faults.values()) and usage["requests"] == num_docs + usage["retries"]
+        assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
         run_generate(resolve("bundled/tiny-science"), out, config, GenerateResources(batch_size=4))
         assert sum(proxy.attempts.values()) == first_run
