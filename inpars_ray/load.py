@@ -117,6 +117,16 @@ def _string_field(obj: dict[str, Any], key: str, path: str, line: int, bad: BadR
     return value
 
 
+def _json_objects(lines: Iterable[bytes], path: str, first_line: int, bad: BadRows) -> Iterator[tuple[int, dict]]:
+    """(1-based line, object) of every non-blank line that holds a JSON object; the rest go to ``bad``."""
+    for offset, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        obj = _decode_json_object(raw, path, first_line + offset, bad)
+        if obj is not None:
+            yield first_line + offset, obj
+
+
 def parse_corpus_lines(lines: Iterable[bytes], path: str, first_line: int,
                        config: LoadConfig = LoadConfig()) -> tuple[pa.Table, BadRows]:
     """Parse corpus JSONL lines into a :data:`schema.CORPUS` table plus the bad rows found.
@@ -126,13 +136,7 @@ def parse_corpus_lines(lines: Iterable[bytes], path: str, first_line: int,
     """
     ids, titles, texts, lines_out = [], [], [], []
     bad = BadRows()
-    for offset, raw in enumerate(lines):
-        line = first_line + offset
-        if not raw.strip():
-            continue
-        obj = _decode_json_object(raw, path, line, bad)
-        if obj is None:
-            continue
+    for line, obj in _json_objects(lines, path, first_line, bad):
         doc_id = _string_field(obj, "_id", path, line, bad, required=True)
         if doc_id is None:
             continue
@@ -169,13 +173,7 @@ def parse_queries_lines(lines: Iterable[bytes], path: str, first_line: int = 1) 
     ids, texts = [], []
     bad = BadRows()
     seen: dict[str, int] = {}
-    for offset, raw in enumerate(lines):
-        line = first_line + offset
-        if not raw.strip():
-            continue
-        obj = _decode_json_object(raw, path, line, bad)
-        if obj is None:
-            continue
+    for line, obj in _json_objects(lines, path, first_line, bad):
         qid = _string_field(obj, "_id", path, line, bad, required=True)
         text = _string_field(obj, "text", path, line, bad, required=True) if qid is not None else None
         if qid is None or text is None:
