@@ -30,7 +30,10 @@ def free_port() -> int:
 
 @pytest.fixture()
 def ray_head(tmp_path: Path):
-    gcs, dash = free_port(), free_port()
+    ports: set[int] = set()
+    while len(ports) < 7:
+        ports.add(free_port())
+    gcs, dash, agent, agent_grpc, client, metrics, runtime_env = sorted(ports)
     # a short temp dir: Ray puts Unix sockets in it and pytest's tmp paths exceed the socket path limit
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     # Ray 2.60 enables token auth by default; this throw-away loopback head runs without it (ENVIRONMENT.md)
@@ -38,7 +41,11 @@ def ray_head(tmp_path: Path):
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp}",
+         # every port of its own: the test session's Ray already holds Ray's default agent ports
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={runtime_env}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     deadline = time.monotonic() + 300
