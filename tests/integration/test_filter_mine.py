@@ -106,9 +106,11 @@ def test_scores_filter_equals_brute_force_for_any_blocks(ray_session, generated_
 
 
 def test_reranker_filter_uses_monot5_scores(ray_session, tmp_path):
-    monot5 = pytest.importorskip("inpars_ray.monot5")
-    tiny = pytest.importorskip("inpars_ray.testing.tiny_t5")
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
+    from inpars_ray import monot5
+    from inpars_ray.testing import tiny_t5 as tiny
+
     model_dir = tiny.build_tiny_monot5(tmp_path / "monot5")
     gen = tmp_path / "gen"
     gen.mkdir()
@@ -135,7 +137,6 @@ def test_reranker_filter_uses_monot5_scores(ray_session, tmp_path):
 # --- mining -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
-    pytest.importorskip("pyserini")
     from inpars_ray.bm25 import build_index
 
     out = tmp_path_factory.mktemp("bm25") / "index"
