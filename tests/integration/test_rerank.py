@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from inpars_ray import bm25, catalog
 from inpars_ray import schema as S
