@@ -325,12 +325,25 @@ def trec_lines(run: pa.Table, tag: str = "inpars-ray") -> list[str]:
 
 def write_trec_run(run: pa.Table, path: str | os.PathLike[str], tag: str = "inpars-ray") -> None:
     """Write a :data:`schema.RUN` table as a TREC run file (atomically)."""
+    write_trec_stream([run], path, tag)
+
+
+def write_trec_stream(batches: Any, path: str | os.PathLike[str], tag: str = "inpars-ray") -> tuple[int, set[str]]:
+    """Stream :data:`schema.RUN` batches into a TREC run file (atomically); returns (hits, query ids seen).
+
+    The driver holds one batch at a time, never the whole run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.partial")
+    hits, seen = 0, set()
     with tmp.open("w", encoding="utf-8") as fh:
-        fh.writelines(trec_lines(run, tag))
+        for batch in batches:
+            fh.writelines(trec_lines(batch, tag))
+            seen.update(batch.column(S.QUERY_ID).to_pylist())
+            hits += batch.num_rows
     os.replace(tmp, path)
+    return hits, seen
 
 
 class BM25Searcher:
@@ -446,17 +459,9 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
         wanted = set(qrels.column(S.QUERY_ID).to_pylist())
         queries = queries.filter(pa.array([q in wanted for q in queries.column(S.QUERY_ID).to_pylist()]))
     lucene_path(index_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    hits = 0
-    answered: set[str] = set()
-    with record.timed("search"), tmp.open("w", encoding="utf-8") as fh:
+    with record.timed("search"):
         ds = retrieve_dataset(index_dir, ray.data.from_arrow(queries), config.k, config.bm25)
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            fh.writelines(trec_lines(batch))
-            answered.update(batch.column(S.QUERY_ID).to_pylist())
-            hits += batch.num_rows
-    os.replace(tmp, out)
+        hits, answered = write_trec_stream(ds.iter_batches(batch_format="pyarrow", batch_size=None), out)
     record.counts.update(queries=queries.num_rows, queries_without_hits=queries.num_rows - len(answered),
                          hits=hits, bad_rows=len(bad))
     if record.timings.get("search"):

@@ -118,7 +118,7 @@ def _read_run_dataset(run_path: Path, depth: int) -> Any:
 def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> dict:
     """Rescore ``run_path`` with monoT5 and write the reranked TREC run to ``out_path`` (+ its manifest)."""
-    from inpars_ray.bm25 import run_manifest_name, trec_lines
+    from inpars_ray.bm25 import run_manifest_name, write_trec_stream
     from inpars_ray.filter import corpus_documents, hash_exchange
     from inpars_ray.load import read_queries
     from inpars_ray.monot5 import MonoT5Config, score_dataset
@@ -144,16 +144,9 @@ def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_pat
                            num_gpus_per_actor=config.num_gpus_per_actor)
     ranked = hash_exchange([scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE])], [S.QUERY_ID],
                            config.partitions, rank_by_score)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
-    pairs_scored = 0
-    queries_out: set[str] = set()
-    with record.timed("rerank"), tmp.open("w", encoding="utf-8") as fh:
-        for batch in ranked.iter_batches(batch_format="pyarrow", batch_size=None):
-            fh.writelines(trec_lines(batch, tag="inpars-ray-monot5"))
-            pairs_scored += batch.num_rows
-            queries_out.update(batch.column(S.QUERY_ID).to_pylist())
-    os.replace(tmp, out_path)
+    with record.timed("rerank"):
+        pairs_scored, queries_out = write_trec_stream(ranked.iter_batches(batch_format="pyarrow", batch_size=None),
+                                                      out_path, tag="inpars-ray-monot5")
     record.counts.update(pairs_scored=pairs_scored, pairs_unknown=missing, queries=len(queries_out))
     if record.timings.get("rerank"):
         record.extra["pairs_per_second"] = round(pairs_scored / record.timings["rerank"], 2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,16 @@ os.environ.setdefault("INPARS_RAY_PROGRESS", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 BUNDLED = Path(__file__).resolve().parents[1] / "inpars_ray" / "data" / "collections" / "tiny-science"
+
+
+def free_port() -> int:
+    """A free loopback port outside 10000-19999, the range Ray keeps for its worker processes."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not 10000 <= port <= 19999:
+            return port
 
 
 @pytest.fixture(scope="session")

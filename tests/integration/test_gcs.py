@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ import pytest
 from inpars_ray import bm25, catalog
 from inpars_ray.load import read_qrels, read_queries
 
-from tests.conftest import BUNDLED
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import BUNDLED, free_port
 
 
 @pytest.fixture(scope="module")
