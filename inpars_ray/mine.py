@@ -12,7 +12,7 @@ is the Ray actor, which opens the index once (it holds a :class:`inpars_ray.bm25
 searcher :func:`inpars_ray.bm25.retrieve_dataset` uses) and samples right after searching, while every
 hit of a query and its positive are in the same call — so the depth-1000 run (1000 rows per query) never
 has to be shuffled. :func:`run_mine` wires it into Ray Data and joins the texts from the corpus by id over
-hash partitions (:func:`inpars_ray.filter.hash_exchange`).
+hash partitions (:func:`inpars_ray.exchange.hash_exchange`).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from inpars_ray import schema as S
 from inpars_ray.bm25 import BM25Config
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
-from inpars_ray.filter import (KEPT_DIR, corpus_documents, document_text, hash_exchange, input_fingerprint,
-                               left_join_unique)
+from inpars_ray.exchange import corpus_documents, hash_exchange, left_join_unique
+from inpars_ray.filter import KEPT_DIR, document_text, input_fingerprint
 from inpars_ray.load import LoadConfig
 from inpars_ray.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
 

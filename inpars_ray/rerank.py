@@ -119,7 +119,7 @@ def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_pat
                config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> dict:
     """Rescore ``run_path`` with monoT5 and write the reranked TREC run to ``out_path`` (+ its manifest)."""
     from inpars_ray.bm25 import run_manifest_name, write_trec_stream
-    from inpars_ray.filter import corpus_documents, hash_exchange
+    from inpars_ray.exchange import corpus_documents, hash_exchange
     from inpars_ray.load import read_queries
     from inpars_ray.monot5 import MonoT5Config, score_dataset
 

@@ -7,6 +7,7 @@ import random
 import pyarrow as pa
 import pytest
 
+from inpars_ray import exchange
 from inpars_ray import filter as F
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError, FormatError
@@ -114,17 +115,17 @@ def test_threshold_none_when_fewer_than_k():
 def test_left_join_unique_fills_nulls_and_rejects_duplicate_ids():
     left = pa.table({S.DOC_ID: ["b", "zz", "a"], "x": [1, 2, 3]})
     right = pa.table({S.DOC_ID: ["a", "b"], S.TEXT: ["ta", "tb"]})
-    assert F.left_join_unique(left, right, S.DOC_ID).column(S.TEXT).to_pylist() == ["tb", None, "ta"]
+    assert exchange.left_join_unique(left, right, S.DOC_ID).column(S.TEXT).to_pylist() == ["tb", None, "ta"]
     with pytest.raises(FormatError, match="duplicate document id 'a'"):
-        F.left_join_unique(left, pa.table({S.DOC_ID: ["a", "a"], S.TEXT: ["1", "2"]}), S.DOC_ID)
+        exchange.left_join_unique(left, pa.table({S.DOC_ID: ["a", "a"], S.TEXT: ["1", "2"]}), S.DOC_ID)
 
 
 def test_hash_split_is_a_partition():
     t = pa.table({S.DOC_ID: [f"d{i}" for i in range(50)]})
-    parts = F.hash_split(t, S.DOC_ID, 4)
+    parts = exchange.hash_split(t, S.DOC_ID, 4)
     assert sum(p.num_rows for p in parts) == 50
     assert set().union(*(set(p.column(0).to_pylist()) for p in parts)) == set(t.column(0).to_pylist())
-    again = F.hash_split(t.take(list(range(49, -1, -1))), S.DOC_ID, 4)
+    again = exchange.hash_split(t.take(list(range(49, -1, -1))), S.DOC_ID, 4)
     assert [set(p.column(0).to_pylist()) for p in parts] == [set(p.column(0).to_pylist()) for p in again]
 
 
