@@ -433,6 +433,14 @@ def run_manifest_name(run_path: Path) -> str:
     return f"{run_path.name}.manifest.json"
 
 
+def completed_run(run_path: Path, stage: str, stage_config: Any) -> dict | None:
+    """The manifest of a run file that ``stage`` already completed from this very config, else None."""
+    if run_path.exists() and is_complete(run_path.parent, stage, stage_config, run_manifest_name(run_path)):
+        logger.info("%s run %s is complete for this config; nothing to do", stage, run_path)
+        return read_manifest(run_path.parent, run_manifest_name(run_path)) or {}
+    return None
+
+
 def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], out: str | os.PathLike[str],
                      config: RetrieveConfig = RetrieveConfig(), load_config: LoadConfig = LoadConfig()) -> dict:
     """Search the collection's queries (of ``config.split``) and write a TREC run to ``out``.
@@ -448,9 +456,9 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
     index_manifest = read_manifest(index_dir) or {}
     stage_config = {"index": str(Path(index_dir).resolve()), "index_config_hash": index_manifest.get("config_hash"),
                     "dataset": collection.spec, "retrieve": config}
-    if is_complete(out.parent, "retrieve", stage_config, run_manifest_name(out)) and out.exists():
-        logger.info("run %s is complete for this config; nothing to do", out)
-        return read_manifest(out.parent, run_manifest_name(out)) or {}
+    done = completed_run(out, "retrieve", stage_config)
+    if done is not None:
+        return done
     record = StageRecord("retrieve", stage_config)
     queries, bad = read_queries(collection, load_config)
     if config.split is not None:

@@ -26,7 +26,7 @@ from inpars_ray import schema as S
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError
 from inpars_ray.load import LoadConfig
-from inpars_ray.manifest import StageRecord, is_complete, read_manifest
+from inpars_ray.manifest import StageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _read_run_dataset(run_path: Path, depth: int) -> Any:
 def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> dict:
     """Rescore ``run_path`` with monoT5 and write the reranked TREC run to ``out_path`` (+ its manifest)."""
-    from inpars_ray.bm25 import run_manifest_name, write_trec_stream
+    from inpars_ray.bm25 import completed_run, run_manifest_name, write_trec_stream
     from inpars_ray.exchange import corpus_documents, hash_exchange
     from inpars_ray.load import read_queries
     from inpars_ray.monot5 import MonoT5Config, score_dataset
@@ -127,9 +127,9 @@ def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_pat
     info = run_path.stat()
     stage_config = {"dataset": collection.spec, "run": str(run_path.resolve()), "run_size": info.st_size,
                     "run_mtime_ns": info.st_mtime_ns, "rerank": config}
-    if is_complete(out_path.parent, "rerank", stage_config, run_manifest_name(out_path)) and out_path.exists():
-        logger.info("reranked run %s is complete for this config; nothing to do", out_path)
-        return read_manifest(out_path.parent, run_manifest_name(out_path)) or {}
+    done = completed_run(out_path, "rerank", stage_config)
+    if done is not None:
+        return done
     record = StageRecord("rerank", stage_config)
     queries, _ = read_queries(collection, load_config)
     run = _read_run_dataset(run_path, config.depth)
