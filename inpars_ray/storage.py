@@ -155,8 +155,8 @@ class Location:
         with self.open_input() as fh:
             return fh.read()
 
-    def read_text(self) -> str:
-        return self.read_bytes().decode("utf-8")
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
 
     def read_json(self) -> Any:
         return json.loads(self.read_bytes())
@@ -349,6 +349,10 @@ def snapshot(root: PathLike, *subdirs: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for sub in subdirs or ("",):
         base = loc.join(sub) if sub else loc
+        info = loc.fs.get_file_info(base.path)
+        if info.type == pafs.FileType.File:
+            out[sub] = int(info.size or 0)
+            continue
         try:
             infos = loc.fs.get_file_info(pafs.FileSelector(base.path, recursive=True, allow_not_found=True))
         except (FileNotFoundError, NotADirectoryError):
