@@ -155,8 +155,8 @@ class Location:
         with self.open_input() as fh:
             return fh.read()
 
-    def read_text(self) -> str:
-        return self.read_bytes().decode("utf-8")
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
 
     def read_json(self) -> Any:
         return json.loads(self.read_bytes())
@@ -336,6 +336,81 @@ def download_dir(source: PathLike, local_dir: str | os.PathLike[str], names: lis
     return target
 
 
+# --- node-local copies ------------------------------------------------------------------------------
+def node_cache_dir() -> Path:
+    """Where a node keeps local copies of published artifacts: ``$INPARS_RAY_NODE_CACHE`` or
+    ``~/.cache/inpars-ray/artifacts``."""
+    return Path(os.environ.get("INPARS_RAY_NODE_CACHE", Path.home() / ".cache" / "inpars-ray" / "artifacts"))
+
+
+def materialize(source: PathLike, files: dict[str, int] | None = None, key: str | None = None,
+                cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """A local folder holding the published folder ``source``: for actors that need real files (a Lucene
+    index, a model) on whichever node they run.
+
+    A local ``source`` is returned as it is (one node, or a shared mount). An object-store ``source`` is
+    copied once per node into ``cache_dir/<key>`` and reused by every later caller on that node; ``files``
+    (``{relative name: size}``, the manifest's list; default: every file under ``source``) are the ones
+    copied, and ``key`` (default: a hash of the URI and that list) names the copy, so a republished artifact
+    gets a fresh copy. A copy is verified (every listed file, with its size) before it is used; concurrent
+    callers on one node each download to a private folder and the first rename wins.
+    """
+    import hashlib
+
+    src = location(source)
+    if src.is_local:
+        return Path(src.path)
+    if files is None:
+        files = {name: src.join(name).size() for name in src.files()}
+    if not files:
+        raise StorageError(f"{src.uri} holds no files to copy")
+    key = key or hashlib.sha256(json.dumps([src.uri, sorted(files.items())]).encode()).hexdigest()[:20]
+    target = Path(cache_dir) if cache_dir else node_cache_dir()
+    final = target / key
+
+    def whole(folder: Path) -> bool:
+        return all((folder / n).is_file() and (folder / n).stat().st_size == int(size) for n, size in files.items())
+
+    if final.is_dir() and whole(final):
+        return final
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target))
+    try:
+        for name in sorted(files):
+            dest = staging / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with src.join(name).open_input() as fh, dest.open("wb") as out:
+                shutil.copyfileobj(fh, out, length=1 << 22)
+        if not whole(staging):
+            raise StorageError(f"the copy of {src.uri} does not match its manifest (sizes differ)")
+        try:
+            os.replace(staging, final)  # atomic; fails if another caller's complete copy is already there
+        except OSError:
+            if not (final.is_dir() and whole(final)):
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(staging, final)
+        logger.info("copied %s (%d files) to %s", src.uri, len(files), final)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_dir(local_dir: str | os.PathLike[str], dest: PathLike, manifest: dict[str, Any] | None = None,
+                name: str = "manifest.json") -> dict[str, Any]:
+    """Publish a local folder (a model, an index) at ``dest``: upload its files, then write a manifest that
+    lists them (``files``), last. Returns that manifest. A local ``dest`` equal to ``local_dir`` only gets
+    the manifest."""
+    dst = location(dest)
+    src = Path(local_dir)
+    if not (dst.is_local and Path(dst.path) == src.resolve()):
+        dst.delete()
+        upload_dir(src, dst)
+    payload = {**(manifest or {}), "files": snapshot(dst)}
+    payload["files"].pop(name, None)
+    dst.join(name).write_json(payload)
+    return payload
+
+
 # --- write-once publishing ----------------------------------------------------------------------------
 def attempt_id() -> str:
     """A fresh id for one attempt at writing an artifact: write-once names carry it."""
@@ -349,6 +424,10 @@ def snapshot(root: PathLike, *subdirs: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for sub in subdirs or ("",):
         base = loc.join(sub) if sub else loc
+        info = loc.fs.get_file_info(base.path)
+        if info.type == pafs.FileType.File:
+            out[sub] = int(info.size or 0)
+            continue
         try:
             infos = loc.fs.get_file_info(pafs.FileSelector(base.path, recursive=True, allow_not_found=True))
         except (FileNotFoundError, NotADirectoryError):

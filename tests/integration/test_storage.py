@@ -76,3 +76,24 @@ def test_uris_are_never_taken_for_local_folders(tmp_path: Path, monkeypatch):
     assert storage.location("gs://bucket/runs/x/").uri == "gs://bucket/runs/x"
     assert storage.location("rel/dir").uri == str(tmp_path / "rel" / "dir")
     assert not list(tmp_path.iterdir())
+
+
+def test_published_folders_materialise_once_per_node(root: storage.Location, tmp_path: Path):
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "w.bin").write_bytes(b"w" * 100)
+    manifest = storage.publish_dir(src, root.join("model"), {"stage": "train", "status": "complete"})
+    assert manifest["files"] == {"config.json": 2, "sub/w.bin": 100}
+    assert root.join("model", "manifest.json").read_json() == manifest
+    cache = tmp_path / "cache"
+    local = storage.materialize(root.join("model"), manifest["files"], cache_dir=cache)
+    assert (local / "sub" / "w.bin").read_bytes() == b"w" * 100
+    if root.is_local:
+        assert local == Path(root.join("model").path)  # a local artifact is used in place
+    else:
+        assert local.parent == cache and storage.materialize(root.join("model"), manifest["files"],
+                                                             cache_dir=cache) == local
+        (local / "sub" / "w.bin").write_bytes(b"torn")  # a damaged copy is replaced, never used
+        assert (storage.materialize(root.join("model"), manifest["files"], cache_dir=cache)
+                / "sub" / "w.bin").read_bytes() == b"w" * 100
