@@ -165,9 +165,10 @@ def build_index(collection: Collection, index_dir: storage.PathLike, load_config
     except ImportError:  # pragma: no cover - ray is a core dependency
         ray = None
     if ray is not None and ray.is_initialized() and not _in_ray_worker():
-        # a builder reserves one CPU only where that leaves CPUs for the corpus-reading tasks it starts
-        cpus = 1 if ray.cluster_resources().get("CPU", 0) >= 2 else 0
-        task = ray.remote(_build_and_publish).options(num_cpus=cpus, max_retries=0)
+        # A sliver of a CPU: enough to keep the builder off nodes without CPUs (the cluster's head), while
+        # the corpus-reading tasks it starts still find whole CPUs even with several builders at once
+        # (collections indexing concurrently); a whole CPU per builder could starve them all.
+        task = ray.remote(_build_and_publish).options(num_cpus=0.01, max_retries=0)
         try:
             return ray.get(task.remote(collection, loc, load_config, config, stage_config, prebuilt))
         except Exception as exc:
