@@ -160,7 +160,7 @@ def tsv_field(values: pa.ChunkedArray | pa.Array) -> pa.Array:
 class NegativeMiner:
     """Ray Data UDF: BM25-searches a batch of queries and samples their negatives; opens the index once."""
 
-    def __init__(self, index_dir: str, config: MineConfig) -> None:
+    def __init__(self, index_dir: storage.PathLike, config: MineConfig) -> None:
         from inpars_ray.bm25 import BM25Searcher
 
         self.config = config
@@ -226,7 +226,7 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLi
     cpus = max(1, min(config.bm25.threads, int(ray.cluster_resources().get("CPU", 1))))
     with record.timed("search_and_sample"):
         mined = queries.map_batches(
-            NegativeMiner, fn_constructor_args=(storage.location(index_dir).uri, config),
+            NegativeMiner, fn_constructor_args=(storage.location(index_dir), config),  # carries its filesystem
             batch_size=config.queries_per_call,
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.num_actors),
             num_cpus=cpus,
