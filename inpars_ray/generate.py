@@ -228,7 +228,10 @@ class GenerateWorker:
         self.config = config
         self.template = template
         self.parts_dir = storage.location(parts_dir)
-        self.backend = make_backend(config.backend, config.model, **dict(config.backend_options))
+        model = config.model
+        if "://" in model and config.backend != "openai":  # a model published under the run root (gs://...)
+            model = str(storage.materialize(model))  # copied once per node, then loaded from local disk
+        self.backend = make_backend(config.backend, model, **dict(config.backend_options))
         limit = config.doc_max_tokens
         self.builder = PromptBuilder(template, lambda text: self.backend.truncate(text, limit))
         self._usage: dict[str, float] = {}

@@ -353,7 +353,8 @@ def materialize(source: PathLike, files: dict[str, int] | None = None, key: str 
     (``{relative name: size}``, the manifest's list; default: every file under ``source``) are the ones
     copied, and ``key`` (default: a hash of the URI and that list) names the copy, so a republished artifact
     gets a fresh copy. A copy is verified (every listed file, with its size) before it is used; concurrent
-    callers on one node each download to a private folder and the first rename wins.
+    callers on one node each download to a private folder and the first rename wins. With no ``files``, a
+    ``manifest.json`` in ``source`` that lists files (see :func:`publish_dir`) decides what is copied.
     """
     import hashlib
 
@@ -361,7 +362,12 @@ def materialize(source: PathLike, files: dict[str, int] | None = None, key: str 
     if src.is_local:
         return Path(src.path)
     if files is None:
-        files = {name: src.join(name).size() for name in src.files()}
+        published = src.join("manifest.json")
+        if published.is_file() and "files" in (payload := published.read_json()):
+            files = payload["files"]  # what the publisher listed: never a stray file of a killed attempt
+            key = key or hashlib.sha256(published.read_bytes()).hexdigest()[:20]
+        else:
+            files = {name: src.join(name).size() for name in src.files()}
     if not files:
         raise StorageError(f"{src.uri} holds no files to copy")
     key = key or hashlib.sha256(json.dumps([src.uri, sorted(files.items())]).encode()).hexdigest()[:20]
