@@ -149,9 +149,16 @@ class _ConsoleHandler(logging.StreamHandler):
             _display.draw()
 
 
-def log_file(out: str | os.PathLike[str]) -> Path:
-    """Where a run's logs go: ``<out>/logs/inpars-ray.log`` (``out`` is a run folder)."""
-    return Path(out) / "logs" / LOG_NAME
+def log_file(out: Any) -> Path:
+    """Where a run's logs go: ``<out>/logs/inpars-ray.log`` (``out`` is a run folder). An object store
+    takes no appends: the log of a ``gs://`` run stays on this machine, under ``~/.cache/inpars-ray/logs``."""
+    from inpars_ray import storage
+
+    loc = storage.location(out)
+    if loc.is_local:
+        return loc.local_path() / "logs" / LOG_NAME
+    cache = Path(os.environ.get("INPARS_RAY_CACHE", Path.home() / ".cache" / "inpars-ray"))
+    return cache / "logs" / loc.scheme / loc.path / LOG_NAME
 
 
 def configure(verbose: bool = False, stream: TextIO | None = None) -> None:

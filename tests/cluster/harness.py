@@ -53,7 +53,9 @@ def _free_ports(n: int) -> list[int]:
 def _free_range(width: int = 200) -> tuple[int, int]:
     """A block of ``width`` ports none of which is bound now (for a node's worker processes)."""
     for _ in range(100):
-        start = random.randrange(40000, 60000 - width, width)
+        # below the kernel's ephemeral range (32768+), where the single ports come from, and above Ray's
+        # default worker range 10000-19999 that other clusters on this machine use
+        start = random.randrange(20000, 32000 - width, width)
         try:
             socks = []
             for port in range(start, start + width, 17):  # a sample: a busy block is usually busy throughout
