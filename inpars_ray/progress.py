@@ -124,7 +124,8 @@ class Display:
             self.current = None
             self.clear()
             if summary:
-                self.stream.write(summary + "\n")
+                width = self._width() if self.live else 10_000
+                self.stream.write((summary if len(summary) < width else summary[: width - 2] + "…") + "\n")
                 self.stream.flush()
 
     def _tick(self) -> None:
@@ -351,6 +352,8 @@ def _route_worker_output(log_path: Path) -> None:
         with lock, contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as fh:
             fh.writelines(prefix + line + "\n" for line in data.get("lines", []))
 
+    # raylet warnings (e.g. "N worker processes have been started") bypass the dispatcher
+    ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: to_file(data)
     with contextlib.suppress(Exception):
         dispatcher.remove_handler("ray_print_logs")
     with contextlib.suppress(Exception):

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from inpars_ray.report import build_report, terminal_table
 
     log = progress.attach_log(progress.log_file(config.out_dir))
-    progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir} (log: {log})")
+    progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir}")
+    progress.echo(f"log: {log}")
     ensure_ray(args.ray_address, args.num_cpus)
     run_pipeline(config, args.cache_dir)
     report = build_report(config.out_dir)
