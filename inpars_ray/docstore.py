@@ -320,3 +320,34 @@ def ensure_store(collection: Any, load_config: Any = None, path: str | os.PathLi
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
+
+
+# --- Ray-side helpers the stages call (one store open per process, see open_store) -------------------------
+def store_for(collection: Any, load_config: Any = None) -> Path | None:
+    """An up-to-date store of ``collection`` when every Ray worker can read it, else None.
+
+    The store is built on the driver's disk; on a one-node cluster every worker reads it there. On a
+    cluster of several nodes the stages keep the hash exchange of the corpus (None) until the store is
+    published to the run root like the index.
+    """
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1:
+        logger.info("%d Ray nodes: document texts are joined by a hash exchange, not the local store", len(alive))
+        return None
+    return ensure_store(collection, load_config)
+
+
+def attach_documents(batch: pa.Table, store: str, key: str = S.DOC_ID) -> pa.Table:
+    """``batch`` with the ``title`` and ``text`` of the document named in ``key`` (null when unknown)."""
+    rows = open_store(store).fetch(batch.column(key), [S.TITLE, S.TEXT])
+    return batch.append_column(S.TITLE, rows.column(S.TITLE)).append_column(S.TEXT, rows.column(S.TEXT))
+
+
+def attach_text(batch: pa.Table, store: str, key: str, column: str, missing: str = "raise") -> pa.Table:
+    """``batch`` with ``column``: the text (title + body) of the document named in ``key``.
+
+    ``missing="raise"`` makes an unknown id a :class:`DocStoreError` naming it; ``"null"`` leaves it null.
+    """
+    return batch.append_column(column, open_store(store).texts(batch.column(key), missing=missing, what=key))

@@ -94,3 +94,13 @@ def test_incomplete_or_damaged_stores_are_refused(tmp_path):
     (tmp_path / "s" / D.MANIFEST_FILE).write_text(json.dumps(dict(manifest, format=99)))
     with pytest.raises(D.DocStoreError, match="format 99"):
         D.DocStore(tmp_path / "s")
+
+
+def test_batch_helpers_append_columns_by_id(store):
+    batch = pa.table({"neg": ["doc-5", "doc-9"], "doc_id": ["doc-1", "nope"]})
+    with_docs = D.attach_documents(batch, str(store.path))
+    assert with_docs.column("text").to_pylist() == [" body 1 ", None]
+    with_text = D.attach_text(batch, str(store.path), key="neg", column="neg_text")
+    assert with_text.column("neg_text").to_pylist() == ["T5 body 5", "body 9"]
+    with pytest.raises(D.DocStoreError, match="'nope' \\(doc_id\\)"):
+        D.attach_text(batch, str(store.path), key="doc_id", column="x")
