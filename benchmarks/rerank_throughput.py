@@ -34,7 +34,7 @@ from _common import machine, ratio, warm_ray, write_result  # noqa: E402
 from corpus_gen import write_collection  # noqa: E402
 from models import minilm_cross_encoder  # noqa: E402
 
-PRESETS = {"quick": dict(docs=5000, queries=20, depth=100), "full": dict(docs=20_000, queries=200, depth=100)}
+PRESETS = {"quick": dict(docs=5000, queries=10, depth=100), "full": dict(docs=20_000, queries=200, depth=100)}
 
 
 def _pairs(work: Path, args: argparse.Namespace):
