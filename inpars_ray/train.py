@@ -43,6 +43,7 @@ from inpars_ray.deps import require
 from inpars_ray.errors import ConfigError
 from inpars_ray.manifest import StageRecord, config_hash, is_complete, read_manifest
 from inpars_ray.monot5 import TARGET_FALSE, TARGET_TRUE, prompt_ids
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,60 +53,46 @@ DATA_STATE = "data_state"
 ACCELERATORS = ("cpu", "gpu", "tpu")
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class TrainConfig:
     """How to fine-tune monoT5 (defaults: InPars-v1 on GPU, REFERENCE.md).
 
-    Attributes:
-        base_model: Hugging Face id or local folder of the seq2seq checkpoint to start from.
-        lr: AdamW learning rate, kept constant.
-        weight_decay: AdamW weight decay.
-        batch_size: effective batch in examples (a triple gives two) per optimizer step, all workers together.
-        micro_batch_size: examples per forward pass on one worker; batch_size / (workers * micro_batch_size)
-            is the number of gradient-accumulation micro-steps and must be a whole number.
-        max_length: encoder input length in tokens; the document is truncated, never the suffix.
-        epochs: passes over the triples.
-        max_steps: stop after this many optimizer steps; None trains for ``epochs`` full epochs.
-        num_workers: Ray Train workers (one per GPU, or one per TPU VM host).
-        accelerator: "cpu" (gloo), "gpu" (nccl) or "tpu" (torch-xla, see docs/tpu.md).
-        mixed_precision: on GPU, autocast to bfloat16 when True and the GPU supports it.
-        checkpoint_every: save a Hugging Face checkpoint every this many steps (and after the last one).
-        keep_checkpoints: how many checkpoints Ray Train keeps in storage.
-        max_failures: worker-group failures Ray Train recovers from (restoring the last checkpoint).
-        storage_path: where Ray Train writes checkpoints (local path or gs://...); None means <out>/ray.
-        cpus_per_worker: CPUs a worker reserves; below the node's CPU count so Ray Data's read tasks
-            can run beside the workers (two 1-CPU workers on a 2-CPU node starve the reader).
-        rows_per_block: triples per Ray Data block; workers take blocks from a shared stream, so blocks
-            much smaller than the data let every worker get some.
-        tpu_chips_per_worker: TPU chips a worker reserves (4 per v4 VM host; 0 to run the XLA path on
-            torch-xla's CPU device).
-        seed: torch seed (the model init is the checkpoint's; this seeds dropout).
-        validate_every: rank 0 computes nDCG@10 on the dev set every this many steps; None disables it.
-        record_dir: when set, workers write their pid and the ids of the examples they train on here
-            (tests and audits; must be a filesystem every worker sees).
+    ``batch_size / (num_workers * micro_batch_size)`` is the number of gradient-accumulation micro-steps and
+    must be a whole number.
     """
 
-    base_model: str
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    micro_batch_size: int = 8
-    max_length: int = 512
-    epochs: int = 1
-    max_steps: int | None = None
-    num_workers: int = 1
-    accelerator: str = "cpu"
-    mixed_precision: bool = True
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    max_failures: int = 2
-    storage_path: str | None = None
-    cpus_per_worker: float = 1.0
-    rows_per_block: int = 1024
-    tpu_chips_per_worker: int = 4
-    seed: int = 0
-    validate_every: int | None = None
-    record_dir: str | None = None
+    base_model: str = Field(description="Hugging Face id or local folder of the seq2seq checkpoint to start from")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate, kept constant")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(128, description="effective batch in examples (a triple gives two) per optimizer "
+                            "step, all workers together")
+    micro_batch_size: int = Field(8, description="examples per forward pass on one worker")
+    max_length: int = Field(512, description="encoder input length in tokens; the document is truncated, "
+                            "never the suffix")
+    epochs: int = Field(1, description="passes over the triples")
+    max_steps: int | None = Field(None, description="stop after this many optimizer steps; None trains for "
+                                  "`epochs` full epochs")
+    num_workers: int = Field(1, description="Ray Train workers (one per GPU, or one per TPU VM host)")
+    accelerator: str = Field("cpu", description="cpu (gloo), gpu (nccl) or tpu (torch-xla, see docs/tpu.md)")
+    mixed_precision: bool = Field(True, description="on GPU, autocast to bfloat16 when the GPU supports it")
+    checkpoint_every: int = Field(50, description="save a Hugging Face checkpoint every this many steps (and "
+                                  "after the last one)")
+    keep_checkpoints: int = Field(2, description="how many checkpoints Ray Train keeps in storage")
+    max_failures: int = Field(2, description="worker-group failures Ray Train recovers from (restoring the "
+                              "last checkpoint)")
+    storage_path: str | None = Field(None, description="where Ray Train writes checkpoints (local path or "
+                                     "gs://...); None means <out>/ray")
+    cpus_per_worker: float = Field(1.0, ge=0, description="CPUs a worker reserves; below the node's CPU count "
+                                   "so Ray Data's read tasks can run beside the workers")
+    rows_per_block: int = Field(1024, description="triples per Ray Data block; blocks much smaller than the "
+                                "data let every worker get some")
+    tpu_chips_per_worker: int = Field(4, ge=0, description="TPU chips a worker reserves (4 per v4 VM host; 0 "
+                                      "runs the XLA path on torch-xla's CPU device)")
+    seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout)")
+    validate_every: int | None = Field(None, description="rank 0 computes nDCG@10 on the dev set every this "
+                                       "many steps; None disables it")
+    record_dir: str | None = Field(None, description="when set, workers write their pid and the ids of the "
+                                   "examples they train on here (tests and audits)")
 
     def __post_init__(self) -> None:
         if self.accelerator not in ACCELERATORS:

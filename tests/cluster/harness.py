@@ -53,7 +53,9 @@ def _free_ports(n: int) -> list[int]:
 def _free_range(width: int = 200) -> tuple[int, int]:
     """A block of ``width`` ports none of which is bound now (for a node's worker processes)."""
     for _ in range(100):
-        start = random.randrange(40000, 60000 - width, width)
+        # below the kernel's ephemeral range (32768+), where the single ports come from, and above Ray's
+        # default worker range 10000-19999 that other clusters on this machine use
+        start = random.randrange(20000, 32000 - width, width)
         try:
             socks = []
             for port in range(start, start + width, 17):  # a sample: a busy block is usually busy throughout
@@ -104,6 +106,8 @@ class TwoNodeCluster:
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=str(self.base))
         self._procs.append(proc)
+        if name == "head":
+            self._head = proc  # drivers (and the readiness probe) run in its namespace
         return proc
 
     def start(self, timeout: float = 240.0) -> None:
@@ -131,7 +135,7 @@ class TwoNodeCluster:
         self._start_with_retries("worker", self.worker_disk, worker_args, "2", timeout)
 
     def _start_with_retries(self, name: str, disk: Path, args: list[str], nodes: str, timeout: float,
-                            attempts: int = 3) -> subprocess.Popen:
+                            attempts: int = 5) -> subprocess.Popen:
         """Start a node; start it again when it died starting (Ray gives a raylet 30 s to register, which a
         loaded machine can miss)."""
         for attempt in range(1, attempts + 1):
@@ -230,6 +234,8 @@ def two_node_cluster(base: Path, gcs_url: str, extra_env: dict[str, str] | None 
         "PYTHONPATH": str(REPO), "STORAGE_EMULATOR_HOST": gcs_url, "RAY_TMPDIR": str(tmpdir),
         "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "INPARS_RAY_PROGRESS": "0", "RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0",
+        # a loaded machine starts a node's Python agents slowly: give the raylet longer to wait for them
+        "RAY_agent_register_timeout_ms": "300000",
         "INPARS_RAY_CACHE": str(base / "cache"),
         # each node's copies of published artifacts stay on that node's own disk
         "INPARS_RAY_NODE_CACHE": str(base / "runs" / ".node-cache"), **(extra_env or {}),
