@@ -56,7 +56,8 @@ class RankerConfig:
         model: Hugging Face id or local folder (e.g. ``<run>/train/model``).
         family: ``monot5``, ``cross-encoder`` or ``bi-encoder``; None reads it from the checkpoint.
         max_length: tokens per input: the whole prompt (monoT5), the query+document pair (cross-encoder)
-            or each text (bi-encoder); the document is what gets truncated.
+            or each text (bi-encoder, capped by a sentence-transformers folder's max_seq_length); the
+            document is what gets truncated.
         batch_size: pairs per forward pass (bi-encoder: texts per forward pass).
         device: torch device string ("cpu", "cuda", "cuda:1").
         pooling: bi-encoder pooling, "mean" (sentence-transformers' default) or "cls".
@@ -256,6 +257,12 @@ def bi_encoder_pooling(model: str | Path, default: str = "mean") -> str:
     return default
 
 
+def st_max_length(model: str | Path) -> int | None:
+    """The ``max_seq_length`` a sentence-transformers folder was trained with (all-MiniLM-L6-v2: 256)."""
+    path = Path(model) / "sentence_bert_config.json"
+    return json.loads(path.read_text()).get("max_seq_length") if path.exists() else None
+
+
 # --- saving -----------------------------------------------------------------------------------------------
 def save_cross_encoder(model, tokenizer, path: str | Path, state_dict=None) -> None:
     """Save a cross-encoder so ``CrossEncoder(path)`` loads it and predicts our raw logits.
@@ -319,6 +326,7 @@ class Ranker:
         self.model, self.tokenizer = model, tokenizer
         self._left = getattr(tokenizer, "padding_side", "right") == "left"
         self.pooling = bi_encoder_pooling(config.model, config.pooling) if self.family == BI_ENCODER else None
+        self.max_length = min(config.max_length, st_max_length(config.model) or config.max_length)
         if self.family == MONOT5:
             from inpars_ray.monot5 import true_false_ids
 
@@ -349,11 +357,11 @@ class Ranker:
                 return self._score_bi(queries, docs)
             q, d = _as_list(queries), _as_list(docs)
             if self.family == MONOT5:
-                enc = encode_monot5(self.tokenizer, q, d, self.config.max_length)
+                enc = encode_monot5(self.tokenizer, q, d, self.max_length)
                 t, f = self.true_false
                 forward = lambda b: monot5_ptrue(self.model, b, t, f)  # noqa: E731
             else:
-                enc = encode_pairs(self.tokenizer, q, d, self.config.max_length)
+                enc = encode_pairs(self.tokenizer, q, d, self.max_length)
                 forward = lambda b: cross_encoder_logits(self.model, b)  # noqa: E731
             return self._bucketed(enc, forward)
 
@@ -371,7 +379,7 @@ class Ranker:
         torch = require("torch", "bi-encoder scoring")
         if self.family != BI_ENCODER:
             raise ConfigError(f"embed() needs a bi-encoder, this ranker is a {self.family}")
-        enc = encode_texts(self.tokenizer, _as_list(texts), self.config.max_length)
+        enc = encode_texts(self.tokenizer, _as_list(texts), self.max_length)
         lengths = enc["attention_mask"].sum(1)
         out = None
         with torch.inference_mode():

@@ -25,8 +25,12 @@ Layers:
 * :func:`train_loop_per_worker`, the Ray Train worker (model loaded once per worker);
 * :func:`train`, which wires triples Parquet -> Ray Data -> ``TorchTrainer`` and writes the manifest.
 
-Data and resume. Each worker streams its own split of the triples (``streaming_split`` without
-dropping rows), so no worker reads the whole file. Gradients are summed across workers by hand rather
+Data and resume. The triples are read (and grouped) into small blocks in Ray's object store before the
+workers start, and each worker streams its own split of those blocks (``streaming_split`` without
+dropping rows), so no process holds the whole file. Reading them while the workers hold their CPUs could
+starve the read tasks of a CPU and leave every worker waiting on its split forever (issue 9.8). Every
+worker takes the same stop/next-epoch decision from the same all-reduced counts, so all splits begin each
+epoch together, as a streaming split requires. Gradients are summed across workers by hand rather
 than by DDP: a step's loss is the sum of per-example losses divided by the *global* example count, so
 uneven splits (and a worker that has run dry) still give the exact mean gradient and every example is
 used once per epoch. A checkpoint (every ``checkpoint_every`` steps, Hugging Face format) holds the
@@ -67,10 +71,6 @@ LOSSES = {MONOT5: ("monot5",), CROSS_ENCODER: ("listwise", "pointwise"), BI_ENCO
 GROUPED_LOSSES = ("listwise", "contrastive")
 #: columns of a grouped training row: one (query, positive) with all its negatives
 NEG_DOC_IDS, NEG_TEXTS = "neg_doc_ids", "neg_texts"
-#: CPUs left free for Ray Data's reading tasks beside the workers when cpus_per_worker is derived
-DATA_CPUS = 0.5
-#: CPUs each Ray Data task of the training input reserves (small, so they fit beside the workers)
-DATA_TASK_CPUS = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +104,8 @@ class TrainConfig:
         keep_checkpoints: how many checkpoints Ray Train keeps in storage.
         max_failures: worker-group failures Ray Train recovers from (restoring the last checkpoint).
         storage_path: where Ray Train writes checkpoints (local path or gs://...); None means <out>/ray.
-        cpus_per_worker: CPUs a worker reserves; None takes 1 but leaves room beside the workers for Ray
-            Data's reading tasks (two 1-CPU workers on a 2-CPU node starve the reader and the run never
-            ends); a value that leaves no room is refused.
+        cpus_per_worker: CPUs a worker reserves; None takes 1, or an equal share of a smaller cluster; more
+            than the cluster holds is refused (Ray Train would wait for them forever).
         rows_per_block: triples per Ray Data block; workers take blocks from a shared stream, so blocks
             much smaller than the data let every worker get some.
         tpu_chips_per_worker: TPU chips a worker reserves (4 per v4 VM host; 0 to run the XLA path on
@@ -698,18 +697,18 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     ensure_ray(ray_address, num_cpus)
 
     config = dataclasses.replace(config, cpus_per_worker=_cpus_per_worker(config, ray.cluster_resources()))
-    ds = ray.data.read_parquet(str(triples_dir), ray_remote_args={"num_cpus": DATA_TASK_CPUS})
+    ds = ray.data.read_parquet(str(triples_dir))
     S.require_columns(ds.schema().names, S.TRIPLES.names[:6], f"train ({triples_dir})")
-    if config.grouped:
-        # a query's triples become one list; grouped (a shuffle) and materialised before the workers
-        # hold their CPUs, so no shuffle task competes with them for a CPU
-        with record.timed("group"):
+    with record.timed("prepare"):
+        if config.grouped:
+            # a query's triples become one list (a shuffle), in a seeded random order
             ds = (ds.groupby([S.QUERY_ID, S.POS_DOC_ID]).map_groups(group_triples, batch_format="pyarrow")
-                  .random_shuffle(seed=config.seed).materialize())
-        record.counts["lists"] = ds.count()
-    # small blocks so every worker gets some; light tasks so they run beside the workers
-    ds = ds.map_batches(_identity, batch_size=config.rows_per_block, batch_format="pyarrow",
-                        num_cpus=DATA_TASK_CPUS)
+                  .random_shuffle(seed=config.seed))
+        # Small blocks so every worker gets some. Materialised (in the object store, not in this process)
+        # before the workers start: a streaming input needs CPUs for its read tasks while the workers hold
+        # theirs, and with every CPU held the splits waited forever on a read that never ran (issue 9.8).
+        ds = ds.map_batches(_identity, batch_size=config.rows_per_block, batch_format="pyarrow").materialize()
+    record.counts["rows" if not config.grouped else "lists"] = ds.count()
     storage = config.storage_path or str(out / "ray")
     use_gpu = config.accelerator == "gpu"
     torch_config = None
@@ -752,24 +751,16 @@ def _identity(batch: pa.Table) -> pa.Table:
 
 
 def _cpus_per_worker(config: TrainConfig, cluster: dict[str, float]) -> float:
-    """CPUs per worker that leave room for the input's Ray Data tasks; refuses a value that leaves none.
+    """CPUs per worker: 1, or an equal share of a smaller cluster; refuses workers the cluster cannot hold.
 
-    Workers that take every CPU of the cluster leave Ray Data's read tasks waiting for a CPU that never
-    frees, and the workers then wait on their (empty) streaming splits forever (issue 9.8).
+    Ray Train would otherwise wait for a placement group that never fits, and the run would not end.
     """
     cpus = float(cluster.get("CPU", 0))
-    room = cpus - DATA_CPUS
-    if config.cpus_per_worker is None:
-        per = min(1.0, room / config.num_workers)
-        if per <= 0:
-            raise ConfigError(f"{config.num_workers} training workers do not fit beside the data reader on a "
-                              f"cluster of {cpus:g} CPUs")
-        return per
-    if config.cpus_per_worker * config.num_workers > room:
-        raise ConfigError(f"{config.num_workers} workers x cpus_per_worker={config.cpus_per_worker:g} leave less than "
-                          f"{DATA_CPUS:g} of the cluster's {cpus:g} CPUs to read the triples: training would wait "
-                          "forever; lower cpus_per_worker or num_workers (or leave cpus_per_worker unset)")
-    return config.cpus_per_worker
+    per = config.cpus_per_worker if config.cpus_per_worker is not None else min(1.0, cpus / config.num_workers)
+    if per <= 0 or per * config.num_workers > cpus:
+        raise ConfigError(f"{config.num_workers} training workers x {per:g} CPUs do not fit in the cluster's "
+                          f"{cpus:g} CPUs; lower num_workers or cpus_per_worker")
+    return per
 
 
 def _worker_resources(config: TrainConfig) -> dict[str, float]:
