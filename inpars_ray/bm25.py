@@ -34,6 +34,7 @@ from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, FormatError, InparsError, find_typed_error
 from inpars_ray.load import BadRows, LoadConfig, id_hashes, iter_lines, read_corpus, split_bad_rows
 from inpars_ray.manifest import StageRecord, is_complete, read_manifest
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -41,40 +42,27 @@ LUCENE_DIR = "lucene"
 BAD_ROWS_FILE = "bad_rows.parquet"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class IndexConfig:
-    """How the Lucene index is built (defaults: Anserini's BEIR flat regressions).
+    """How the Lucene index is built (defaults: Anserini's BEIR flat regressions)."""
 
-    Attributes:
-        threads: indexing threads (Anserini's regressions use 1; ranking does not depend on it).
-        shard_rows: documents per staged JSONL shard.
-        store_raw: store the raw document (lets users fetch texts from the index).
-    """
-
-    threads: int = 1
-    shard_rows: int = 100_000
-    store_raw: bool = True
+    threads: int = Field(1, ge=1, description="indexing threads (Anserini's regressions use 1; ranking "
+                         "does not depend on it)")
+    shard_rows: int = Field(100_000, ge=1, description="documents per staged JSONL shard")
+    store_raw: bool = Field(True, description="store the raw document (lets users fetch texts from the index)")
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class BM25Config:
-    """BM25 retrieval settings (defaults: the BEIR setting of Anserini/pyserini).
+    """BM25 retrieval settings (defaults: the BEIR setting of Anserini/pyserini)."""
 
-    Attributes:
-        k1: BM25 term-frequency saturation.
-        b: BM25 length normalisation.
-        threads: search threads per actor (or per process in :func:`retrieve`).
-        queries_per_task: queries handed to one ``SearchCollection`` call.
-        remove_query: drop a hit whose doc id equals the query id (Anserini's BEIR regressions do).
-        num_actors: Ray actors searching in parallel in :func:`retrieve_dataset`.
-    """
-
-    k1: float = 0.9
-    b: float = 0.4
-    threads: int = 2
-    queries_per_task: int = 2000
-    remove_query: bool = True
-    num_actors: int = 1
+    k1: float = Field(0.9, ge=0, description="BM25 term-frequency saturation")
+    b: float = Field(0.4, ge=0, le=1, description="BM25 length normalisation")
+    threads: int = Field(2, ge=1, description="search threads per actor (or per process in retrieve())")
+    queries_per_task: int = Field(2000, ge=1, description="queries handed to one SearchCollection call")
+    remove_query: bool = Field(True, description="drop a hit whose doc id equals the query id (Anserini's "
+                               "BEIR regressions do)")
+    num_actors: int = Field(1, ge=1, description="Ray actors searching in parallel")
 
 
 class IndexError_(InparsError):  # noqa: N801 - avoid shadowing the builtin IndexError
@@ -414,19 +402,14 @@ def retrieve_dataset(index_dir: str | os.PathLike[str], queries: Any, k: int = 1
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class RetrieveConfig:
-    """A retrieval run: which queries, how deep, with which BM25 settings.
+    """A retrieval run: which queries, how deep, with which BM25 settings."""
 
-    Attributes:
-        split: the qrels split whose queries are searched (``None``: every query in queries.jsonl).
-        k: hits per query.
-        bm25: BM25 parameters and parallelism.
-    """
-
-    split: str | None = "test"
-    k: int = 1000
-    bm25: BM25Config = BM25Config()
+    split: str | None = Field("test", description="the qrels split whose queries are searched (None: every "
+                              "query in queries.jsonl)")
+    k: int = Field(1000, ge=1, description="hits per query")
+    bm25: BM25Config = Field(BM25Config(), description="BM25 parameters and parallelism")
 
 
 def run_manifest_name(run_path: Path) -> str:

@@ -40,6 +40,7 @@ from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.exchange import corpus_documents, hash_exchange, left_join_unique
 from inpars_ray.load import LoadConfig
 from inpars_ray.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -63,38 +64,30 @@ _QNORM, _DOC = "_query_norm", "_document"
 _ORDER = [(S.FILTER_SCORE, "descending"), (S.QUERY_ID, "ascending"), (S.DOC_ID, "ascending")]
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class FilterConfig:
-    """How synthetic queries are filtered (defaults: InPars, REFERENCE.md).
+    """How synthetic queries are filtered (defaults: InPars, REFERENCE.md)."""
 
-    Attributes:
-        strategy: "scores" (InPars-v1, generator log-probs) or "reranker" (InPars-v2, monoT5 P(true)).
-        keep_top_k: how many queries survive (InPars: 10,000); ties broken by query id, then doc id.
-        aggregate: for "scores", how token log-probs become one score: "mean" (InPars), "sum" or "min".
-        min_tokens: queries with fewer generated tokens are dropped (InPars: 3).
-        max_tokens: queries with more generated tokens are dropped (InPars: 1000).
-        model: for "reranker", the ranker checkpoint (Hugging Face id or folder).
-        family: for "reranker", the ranker family (monot5, cross-encoder, bi-encoder); None reads it from
-            the checkpoint.
-        max_length: for "reranker", ranker input length in tokens (the document is truncated).
-        batch_size: for "reranker", pairs per forward pass.
-        num_actors: for "reranker", ranker actors scoring in parallel.
-        rows_per_call: for "reranker", rows handed to an actor per call.
-        shuffle_partitions: partitions of the hash join with the corpus and of the duplicate check.
-    """
-
-    strategy: str = "scores"
-    keep_top_k: int = 10_000
-    aggregate: str = "mean"
-    min_tokens: int = 3
-    max_tokens: int = 1000
-    model: str | None = None
-    family: str | None = None
-    max_length: int = 512
-    batch_size: int = 16
-    num_actors: int = 1
-    rows_per_call: int = 256
-    shuffle_partitions: int = 8
+    strategy: str = Field("scores", description="scores (InPars-v1, generator log-probs) or reranker "
+                          "(InPars-v2: a ranker's score of the query and its document, monoT5 P(true) in the paper)")
+    keep_top_k: int = Field(10_000, ge=1, description="how many queries survive (InPars: 10,000); ties broken "
+                            "by query id, then doc id")
+    aggregate: str = Field("mean", description="for scores, how token log-probs become one score: mean "
+                           "(InPars), sum or min")
+    min_tokens: int = Field(3, ge=0, description="queries with fewer generated tokens are dropped (InPars: 3)")
+    max_tokens: int = Field(1000, ge=0, description="queries with more generated tokens are dropped (InPars: 1000)")
+    model: str | None = Field(None, description="for reranker, the ranker checkpoint (Hugging Face id or folder)")
+    family: str | None = Field(None, description="for reranker, the ranker family (monot5, cross-encoder, "
+                               "bi-encoder); None reads it from the checkpoint")
+    max_length: int = Field(512, ge=16, description="for reranker, ranker input length in tokens (the document "
+                            "is truncated)")
+    batch_size: int = Field(16, ge=1, description="for reranker, pairs per forward pass")
+    num_actors: int = Field(1, ge=1, description="for reranker, ranker actors scoring in parallel")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="for reranker, GPUs each actor reserves (0 on CPU)")
+    device: str = Field("cpu", description="for reranker, torch device of each actor (cpu, cuda)")
+    rows_per_call: int = Field(256, ge=1, description="for reranker, rows handed to an actor per call")
+    shuffle_partitions: int = Field(8, ge=1, description="partitions of the hash join with the corpus and of "
+                                    "the duplicate check")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -381,8 +374,9 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.Pat
             from inpars_ray.rankers import RankerConfig, score_dataset
 
             ranker = RankerConfig(model=config.model, family=config.family, max_length=config.max_length,
-                                  batch_size=config.batch_size)
+                                  batch_size=config.batch_size, device=config.device)
             survivors = score_dataset(survivors, ranker, num_actors=config.num_actors,
+                                      num_gpus_per_actor=config.num_gpus_per_actor,
                                       batch_rows=config.rows_per_call, query_column=S.QUERY,
                                       text_column=_DOC, score_column=S.FILTER_SCORE)
         scored = survivors.materialize()

@@ -41,6 +41,7 @@ from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.load import LoadConfig
 from inpars_ray.manifest import StageRecord, config_hash, is_complete, read_manifest, write_json_atomic
 from inpars_ray.prompts import PromptBuilder, PromptTemplate, resolve_template
+from inpars_ray.stageconfig import Field, field_validator, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -53,33 +54,32 @@ _CANDIDATES = pa.schema([("hashes", pa.list_(pa.uint64())), ("ids", pa.list_(pa.
                          ("n_docs", pa.int64()), ("n_bad", pa.int64())])
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class GenerateConfig:
-    """What is generated. Every field enters the config hash: a rerun with another value needs a new folder.
+    """What is generated. Every field enters the config hash: a rerun with another value needs a new folder."""
 
-    Attributes:
-        backend: ``hf``, ``vllm`` or ``openai``.
-        model: model id, local folder, or API model name.
-        prompt: ``inpars``, ``inpars-gbq``, ``promptagator`` or a template file with a ``{document}`` placeholder.
-        num_docs: documents sampled from the corpus (InPars: 100,000); all of them when the corpus is smaller.
-        seed: seeds the document sample, the promptagator examples and sampling-based decoding.
-        doc_max_tokens: each document (target and few-shot) is cut to this many tokens (InPars: 256).
-        num_fewshot: promptagator examples drawn from the collection's qrels (Promptagator: up to 8).
-        fewshot_split: qrels split the promptagator examples come from.
-        generation: decoding settings (max new tokens, temperature, prompt limit...).
-        backend_options: extra keyword arguments of the backend, as sorted (name, value) pairs.
-    """
+    backend: str = Field("hf", description="hf, vllm or openai")
+    model: str = Field("", description="model id, local folder, or API model name")
+    prompt: str = Field("inpars", description="inpars, inpars-gbq, promptagator or a template file with a "
+                        "{document} placeholder")
+    num_docs: int = Field(100_000, ge=1, description="documents sampled from the corpus (InPars: 100,000); all "
+                          "of them when the corpus is smaller")
+    seed: int = Field(1, ge=0, description="seeds the document sample, the promptagator examples and "
+                      "sampling-based decoding")
+    doc_max_tokens: int = Field(256, ge=1, description="each document (target and few-shot) is cut to this many "
+                                "tokens (InPars: 256)")
+    num_fewshot: int = Field(8, ge=0, description="promptagator examples drawn from the collection's qrels "
+                             "(Promptagator: up to 8)")
+    fewshot_split: str = Field("train", description="qrels split the promptagator examples come from")
+    generation: GenerationParams = Field(GenerationParams(), description="decoding settings")
+    backend_options: tuple[tuple[str, Any], ...] = Field((), description="extra keyword arguments of the "
+                                                         "backend (e.g. device: cuda), as sorted (name, value) pairs")
 
-    backend: str = "hf"
-    model: str = ""
-    prompt: str = "inpars"
-    num_docs: int = 100_000
-    seed: int = 1
-    doc_max_tokens: int = 256
-    num_fewshot: int = 8
-    fewshot_split: str = "train"
-    generation: GenerationParams = GenerationParams()
-    backend_options: tuple[tuple[str, Any], ...] = ()
+    @field_validator("backend_options", mode="before")
+    @classmethod
+    def _options_from_mapping(cls, value: Any) -> Any:
+        # YAML writes options as a mapping; the hash needs one canonical order
+        return tuple(sorted(value.items())) if isinstance(value, dict) else value
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -88,21 +88,14 @@ class GenerateConfig:
             raise ConfigError("generate: num_docs and doc_max_tokens must be positive")
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class GenerateResources:
-    """How the work is spread. Not hashed: a resumed run may use another cluster shape.
+    """How the work is spread. Not hashed: a resumed run may use another cluster shape."""
 
-    Attributes:
-        batch_size: documents per backend call (and per part file).
-        num_actors: backend actors (each loads the model once).
-        gpus_per_actor: GPUs reserved by each actor (0 on CPU machines).
-        cpus_per_actor: CPUs reserved by each actor.
-    """
-
-    batch_size: int = 16
-    num_actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
+    batch_size: int = Field(16, ge=1, description="documents per backend call (and per part file)")
+    num_actors: int = Field(1, ge=1, description="backend actors (each loads the model once)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs reserved by each actor (0 on CPU machines)")
+    cpus_per_actor: float = Field(1.0, ge=0, description="CPUs reserved by each actor")
 
 
 # --- sampling ---------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from inpars_ray.exchange import corpus_documents, hash_exchange, left_join_uniqu
 from inpars_ray.filter import KEPT_DIR, document_text, input_fingerprint
 from inpars_ray.load import LoadConfig
 from inpars_ray.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -51,27 +52,19 @@ MINED = pa.schema([
 ])
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class MineConfig:
-    """How negatives are mined (defaults: InPars-v2, REFERENCE.md).
+    """How negatives are mined (defaults: InPars-v2, REFERENCE.md)."""
 
-    Attributes:
-        depth: BM25 hits retrieved per query, the pool negatives are drawn from (InPars: 1000).
-        negatives: negatives drawn per query (InPars-v2 paper: 1); each makes one triple.
-        seed: seed of the draws; the same seed gives the same triples on any cluster.
-        bm25: BM25 settings; ``remove_query`` is off because synthetic query ids are not document ids.
-        queries_per_call: queries an actor searches per call.
-        num_actors: searcher actors (each starts its own JVM and opens the index once).
-        shuffle_partitions: partitions of the hash joins that attach document texts.
-    """
-
-    depth: int = 1000
-    negatives: int = 1
-    seed: int = 1
-    bm25: BM25Config = BM25Config(remove_query=False)
-    queries_per_call: int = 2000
-    num_actors: int = 1
-    shuffle_partitions: int = 8
+    depth: int = Field(1000, ge=1, description="BM25 hits retrieved per query, the pool negatives are drawn from "
+                       "(InPars: 1000)")
+    negatives: int = Field(1, ge=1, description="negatives drawn per query (InPars-v2 paper: 1); each makes one triple")
+    seed: int = Field(1, ge=0, description="seed of the draws; the same seed gives the same triples on any cluster")
+    bm25: BM25Config = Field(BM25Config(remove_query=False), description="BM25 settings; remove_query is off "
+                             "because synthetic query ids are not document ids")
+    queries_per_call: int = Field(2000, ge=1, description="queries an actor searches per call")
+    num_actors: int = Field(1, ge=1, description="searcher actors (each starts its own JVM and opens the index once)")
+    shuffle_partitions: int = Field(8, ge=1, description="partitions of the hash joins that attach document texts")
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.negatives < 1:

@@ -38,6 +38,7 @@ import pyarrow as pa
 from inpars_ray import schema as S
 from inpars_ray.deps import require
 from inpars_ray.errors import ConfigError
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -48,32 +49,24 @@ POOLINGS = ("mean", "cls")
 ST_MODULES = "modules.json"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class RankerConfig:
-    """Which ranker to load and how to feed it.
+    """Which ranker to load and how to feed it."""
 
-    Attributes:
-        model: Hugging Face id or local folder (e.g. ``<run>/train/model``).
-        family: ``monot5``, ``cross-encoder`` or ``bi-encoder``; None reads it from the checkpoint.
-        max_length: tokens per input: the whole prompt (monoT5), the query+document pair (cross-encoder)
-            or each text (bi-encoder, capped by a sentence-transformers folder's max_seq_length); the
-            document is what gets truncated.
-        batch_size: pairs per forward pass (bi-encoder: texts per forward pass).
-        device: torch device string ("cpu", "cuda", "cuda:1").
-        pooling: bi-encoder pooling, "mean" (sentence-transformers' default) or "cls".
-        sort_by_length: order a batch's pairs by token length before cutting sub-batches (less padding);
-            False keeps input order (for comparisons).
-        torch_threads: intra-op threads of each actor; None leaves torch's default.
-    """
-
-    model: str
-    family: str | None = None
-    max_length: int = 512
-    batch_size: int = 16
-    device: str = "cpu"
-    pooling: str = "mean"
-    sort_by_length: bool = True
-    torch_threads: int | None = None
+    model: str = Field(description="Hugging Face id or local folder (e.g. <run>/train/model)")
+    family: str | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from the "
+                               "checkpoint")
+    max_length: int = Field(512, ge=16, description="tokens per input: the whole prompt (monoT5), the "
+                            "query+document pair (cross-encoder) or each text (bi-encoder, capped by a "
+                            "sentence-transformers folder's max_seq_length); the document is what gets truncated")
+    batch_size: int = Field(16, ge=1, description="pairs per forward pass (bi-encoder: texts per forward pass)")
+    device: str = Field("cpu", description="torch device string (cpu, cuda, cuda:1)")
+    pooling: str = Field("mean", description="bi-encoder pooling: mean (sentence-transformers' default) or cls; "
+                         "a sentence-transformers folder's own pooling config wins")
+    sort_by_length: bool = Field(True, description="order a batch's pairs by token length before cutting "
+                                 "sub-batches (less padding); False keeps input order (for comparisons)")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads of each actor; None leaves "
+                                      "torch's default")
 
     def __post_init__(self) -> None:
         if self.family is not None and self.family not in FAMILIES:

@@ -21,4 +21,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("INPARS_RAY_PROGRESS", "1") != "0"
+    from inpars_ray import progress
+
+    progress.install()  # quiet CLI: Ray's and Ray Data's output to the run's log file, rows to the stage lines
     logger.info("Ray ready: %s", ray.cluster_resources())

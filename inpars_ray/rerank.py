@@ -27,37 +27,29 @@ from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError
 from inpars_ray.load import LoadConfig
 from inpars_ray.manifest import StageRecord
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class RerankConfig:
-    """Reranking settings.
+    """Reranking settings."""
 
-    Attributes:
-        model: ranker checkpoint (Hugging Face id or local folder), e.g. a folder written by ``train``.
-        family: ranker family (``monot5``, ``cross-encoder``, ``bi-encoder``); None reads it from the checkpoint.
-        depth: hits per query that are rescored (InPars: the BM25 top 1000); deeper hits are dropped.
-        max_length: ranker input length in tokens (REFERENCE: 512).
-        batch_size: pairs per forward pass.
-        rows_per_call: pairs handed to one actor call.
-        num_actors: scoring actors.
-        num_gpus_per_actor: GPUs each actor reserves (0 on CPU).
-        device: torch device of each actor.
-        partitions: hash partitions of the run/corpus join and of the regrouping by query.
-    """
-
-    model: str
-    family: str | None = None
-    depth: int = 1000
-    max_length: int = 512
-    batch_size: int = 16
-    rows_per_call: int = 256
-    num_actors: int = 1
-    num_gpus_per_actor: float = 0.0
-    device: str = "cpu"
-    partitions: int = 4
+    model: str = Field(description="ranker checkpoint (Hugging Face id or local folder), e.g. a folder "
+                       "written by train")
+    family: str | None = Field(None, description="ranker family (monot5, cross-encoder, bi-encoder); None reads "
+                               "it from the checkpoint")
+    depth: int = Field(1000, ge=1, description="hits per query that are rescored (InPars: the BM25 top 1000); "
+                       "deeper hits are dropped")
+    max_length: int = Field(512, ge=16, description="ranker input length in tokens (REFERENCE: 512)")
+    batch_size: int = Field(16, ge=1, description="pairs per forward pass")
+    rows_per_call: int = Field(256, ge=1, description="pairs handed to one actor call")
+    num_actors: int = Field(1, ge=1, description="scoring actors")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor reserves (0 on CPU)")
+    device: str = Field("cpu", description="torch device of each actor (cpu, cuda)")
+    partitions: int = Field(4, ge=1, description="hash partitions of the run/corpus join and of the "
+                            "regrouping by query")
 
     def __post_init__(self) -> None:
         if min(self.depth, self.batch_size, self.rows_per_call, self.num_actors, self.partitions) < 1:

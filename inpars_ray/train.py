@@ -60,6 +60,7 @@ from inpars_ray.errors import ConfigError
 from inpars_ray.manifest import StageRecord, config_hash, is_complete, read_manifest
 from inpars_ray.monot5 import TARGET_FALSE, TARGET_TRUE, prompt_ids
 from inpars_ray.rankers import BI_ENCODER, CROSS_ENCODER, FAMILIES, MONOT5, POOLINGS
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -73,76 +74,60 @@ GROUPED_LOSSES = ("listwise", "contrastive")
 NEG_DOC_IDS, NEG_TEXTS = "neg_doc_ids", "neg_texts"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class TrainConfig:
     """How to fine-tune a ranker (defaults: InPars-v1 monoT5 on GPU, REFERENCE.md).
 
-    Attributes:
-        base_model: Hugging Face id or local folder of the checkpoint to start from.
-        family: ``monot5``, ``cross-encoder`` or ``bi-encoder``; None reads it from ``base_model`` (a bare
-            encoder such as all-MiniLM-L6-v2 reads as a bi-encoder: say ``cross-encoder`` to train one).
-        loss: ``monot5`` (monoT5), ``listwise`` or ``pointwise`` (cross-encoder), ``contrastive``
-            (bi-encoder); None picks the first of these for the family.
-        lr: AdamW learning rate, constant after the warm-up.
-        warmup_steps: steps of linear warm-up from 0 to ``lr``.
-        weight_decay: AdamW weight decay.
-        batch_size: effective batch per optimizer step, all workers together: examples (a triple gives two)
-            for the pairwise losses, (query, positive) lists for listwise and contrastive.
-        micro_batch_size: the same unit per forward pass on one worker; batch_size / (workers *
-            micro_batch_size) is the number of gradient-accumulation micro-steps and must be whole.
-        max_length: input length in tokens; the document is truncated (never monoT5's suffix).
-        max_negatives: listwise/contrastive: at most this many BM25 negatives per list (None: all mined).
-        temperature: contrastive: softmax temperature of the cosine similarities (0.05 = scale 20).
-        pooling: bi-encoder pooling (``mean`` or ``cls``).
-        epochs: passes over the triples (when ``max_steps`` is None).
-        max_steps: train exactly this many optimizer steps, over as many epochs as that takes; None
-            trains for ``epochs`` full epochs.
-        num_workers: Ray Train workers (one per GPU, or one per TPU VM host).
-        accelerator: "cpu" (gloo), "gpu" (nccl) or "tpu" (torch-xla, see docs/tpu.md).
-        mixed_precision: on GPU, autocast to bfloat16 when True and the GPU supports it.
-        checkpoint_every: save a Hugging Face checkpoint every this many steps (and after the last one).
-        keep_checkpoints: how many checkpoints Ray Train keeps in storage.
-        max_failures: worker-group failures Ray Train recovers from (restoring the last checkpoint).
-        storage_path: where Ray Train writes checkpoints (local path or gs://...); None means <out>/ray.
-        cpus_per_worker: CPUs a worker reserves; None takes 1, or an equal share of a smaller cluster; more
-            than the cluster holds is refused (Ray Train would wait for them forever).
-        rows_per_block: triples per Ray Data block; workers take blocks from a shared stream, so blocks
-            much smaller than the data let every worker get some.
-        tpu_chips_per_worker: TPU chips a worker reserves (4 per v4 VM host; 0 to run the XLA path on
-            torch-xla's CPU device).
-        seed: torch seed (the model init is the checkpoint's; this seeds dropout).
-        validate_every: rank 0 computes nDCG@10 on the dev set every this many steps; None disables it.
-        record_dir: when set, workers write their pid and the ids of the examples they train on here
-            (tests and audits; must be a filesystem every worker sees).
+    ``batch_size / (num_workers * micro_batch_size)`` is the number of gradient-accumulation micro-steps and
+    must be a whole number. The unit of both is an example (two per triple) for the pairwise losses
+    (monot5, pointwise) and a (query, positive, negatives) list for listwise and contrastive.
     """
 
-    base_model: str
-    family: str | None = None
-    loss: str | None = None
-    lr: float = 3e-4
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    micro_batch_size: int = 8
-    max_length: int = 512
-    max_negatives: int | None = None
-    temperature: float = 0.05
-    pooling: str = "mean"
-    epochs: int = 1
-    max_steps: int | None = None
-    num_workers: int = 1
-    accelerator: str = "cpu"
-    mixed_precision: bool = True
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    max_failures: int = 2
-    storage_path: str | None = None
-    cpus_per_worker: float | None = None
-    rows_per_block: int = 1024
-    tpu_chips_per_worker: int = 4
-    seed: int = 0
-    validate_every: int | None = None
-    record_dir: str | None = None
+    base_model: str = Field(description="Hugging Face id or local folder of the checkpoint to start from")
+    family: str | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from "
+                               "base_model (a bare encoder such as all-MiniLM-L6-v2 reads as a bi-encoder: say "
+                               "cross-encoder to train one)")
+    loss: str | None = Field(None, description="monot5 (monoT5), listwise or pointwise (cross-encoder), "
+                             "contrastive (bi-encoder); None picks the first of these for the family")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate, constant after the warm-up")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(128, description="effective batch per optimizer step, all workers together: "
+                            "examples (a triple gives two) or lists (listwise, contrastive)")
+    micro_batch_size: int = Field(8, description="examples (or lists) per forward pass on one worker")
+    max_length: int = Field(512, description="input length in tokens; the document is truncated, never "
+                            "monoT5's suffix")
+    max_negatives: int | None = Field(None, description="listwise/contrastive: at most this many BM25 negatives "
+                                      "per list (None: all mined)")
+    temperature: float = Field(0.05, gt=0, description="contrastive: softmax temperature of the cosine "
+                               "similarities (0.05 = scale 20)")
+    pooling: str = Field("mean", description="bi-encoder pooling: mean or cls")
+    epochs: int = Field(1, description="passes over the triples (when max_steps is None)")
+    max_steps: int | None = Field(None, description="train exactly this many optimizer steps, over as many "
+                                  "epochs as that takes; None trains for `epochs` full epochs")
+    num_workers: int = Field(1, description="Ray Train workers (one per GPU, or one per TPU VM host)")
+    accelerator: str = Field("cpu", description="cpu (gloo), gpu (nccl) or tpu (torch-xla, see docs/tpu.md)")
+    mixed_precision: bool = Field(True, description="on GPU, autocast to bfloat16 when the GPU supports it")
+    checkpoint_every: int = Field(50, description="save a Hugging Face checkpoint every this many steps (and "
+                                  "after the last one)")
+    keep_checkpoints: int = Field(2, description="how many checkpoints Ray Train keeps in storage")
+    max_failures: int = Field(2, description="worker-group failures Ray Train recovers from (restoring the "
+                              "last checkpoint)")
+    storage_path: str | None = Field(None, description="where Ray Train writes checkpoints (local path or "
+                                     "gs://...); None means <out>/ray")
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs a worker reserves; None takes 1, or an "
+                                          "equal share of a smaller cluster; more than the cluster holds is "
+                                          "refused (Ray Train would wait for them forever)")
+    rows_per_block: int = Field(1024, description="training rows per Ray Data block; blocks much smaller than "
+                                "the data let every worker get some")
+    tpu_chips_per_worker: int = Field(4, ge=0, description="TPU chips a worker reserves (4 per v4 VM host; 0 "
+                                      "runs the XLA path on torch-xla's CPU device)")
+    seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout "
+                      "and the order of the lists)")
+    validate_every: int | None = Field(None, description="rank 0 computes nDCG@10 on the dev set every this "
+                                       "many steps; None disables it")
+    record_dir: str | None = Field(None, description="when set, workers write their pid and the ids of the "
+                                   "examples they train on here (tests and audits)")
 
     def __post_init__(self) -> None:
         if self.accelerator not in ACCELERATORS:
