@@ -85,6 +85,17 @@ class RankerConfig:
         return self if self.family else dataclasses.replace(self, family=detect_family(self.model))
 
 
+def local_model(model: str | Path) -> str:
+    """A model this process can load: a published run artifact on an object store (``gs://...``) is copied
+    once to this node (:func:`inpars_ray.storage.materialize`); local folders and hub ids are unchanged."""
+    text = str(model)
+    if "://" in text:
+        from inpars_ray import storage
+
+        return str(storage.materialize(text))
+    return text
+
+
 # --- family detection -------------------------------------------------------------------------------------
 def family_of_config(config: dict[str, Any]) -> str:
     """The family a Hugging Face ``config.json`` describes (its ``architectures``, else its shape)."""
@@ -106,6 +117,15 @@ def detect_family(model: str | Path) -> str:
     ``architectures`` decide: ``*ForConditionalGeneration`` (T5) is monoT5, ``*ForSequenceClassification``
     a cross-encoder, a bare encoder (``BertModel``) a bi-encoder.
     """
+    if "://" in str(model):  # a published run artifact: read its config where it is
+        from inpars_ray import storage
+
+        loc = storage.location(str(model))
+        if loc.join(ST_MODULES).is_file():
+            return BI_ENCODER
+        if not loc.join("config.json").is_file():
+            raise ConfigError(f"{loc.uri} holds no config.json: not a Hugging Face checkpoint")
+        return family_of_config(loc.join("config.json").read_json())
     folder = Path(model)
     if folder.is_dir():
         if (folder / ST_MODULES).exists():
@@ -218,7 +238,7 @@ def load_model(family: str, source: str | Path, training: bool = False):
     A cross-encoder can start from a bare encoder (all-MiniLM-L6-v2): its one-label head is then new.
     """
     transformers = require("transformers", "loading a ranker")
-    source = str(source)
+    source = local_model(source)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     if family == MONOT5:
         model = transformers.AutoModelForSeq2SeqLM.from_pretrained(source)
@@ -318,8 +338,9 @@ class Ranker:
             model.to(torch.device(config.device))
         self.model, self.tokenizer = model, tokenizer
         self._left = getattr(tokenizer, "padding_side", "right") == "left"
-        self.pooling = bi_encoder_pooling(config.model, config.pooling) if self.family == BI_ENCODER else None
-        self.max_length = min(config.max_length, st_max_length(config.model) or config.max_length)
+        folder = local_model(config.model) if model is None else config.model
+        self.pooling = bi_encoder_pooling(folder, config.pooling) if self.family == BI_ENCODER else None
+        self.max_length = min(config.max_length, st_max_length(folder) or config.max_length)
         if self.family == MONOT5:
             from inpars_ray.monot5 import true_false_ids
 

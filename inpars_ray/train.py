@@ -55,9 +55,10 @@ from typing import Any
 import pyarrow as pa
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.deps import require
 from inpars_ray.errors import ConfigError
-from inpars_ray.manifest import StageRecord, config_hash, is_complete, read_manifest
+from inpars_ray.manifest import MANIFEST_NAME, StageRecord, config_hash, is_complete, read_manifest
 from inpars_ray.monot5 import TARGET_FALSE, TARGET_TRUE, prompt_ids
 from inpars_ray.rankers import BI_ENCODER, CROSS_ENCODER, FAMILIES, MONOT5, POOLINGS
 from inpars_ray.stageconfig import Field, stage_config
@@ -636,23 +637,28 @@ def ndcg_at_10(scored: pa.Table, qrels: pa.Table) -> float:
     return float(ir_measures.calc_aggregate([ir_measures.nDCG @ 10], rels, run)[ir_measures.nDCG @ 10])
 
 
-def _hash_payload(triples: str, config: TrainConfig) -> dict[str, Any]:
+def _hash_payload(triples_key: str, config: TrainConfig) -> dict[str, Any]:
+    # the triples by content (their manifest's hash), the base model by content when it is a run artifact;
     # where checkpoints go and what is recorded does not change the model trained
-    return {"triples": str(triples), "config": dataclasses.replace(
+    from inpars_ray.manifest import artifact_key
+
+    return {"triples": triples_key, "base_model": artifact_key(config.base_model), "config": dataclasses.replace(
         config, storage_path=None, record_dir=None, max_failures=0, rows_per_block=1, cpus_per_worker=None)}
 
 
-def copy_model(checkpoint, dest: Path) -> None:
-    """Copy the Hugging Face files of a Ray checkpoint (local or gs://) to ``dest``, leaving trainer state out."""
+def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None) -> dict[str, Any]:
+    """Publish the model files of a Ray checkpoint (local or gs://) at ``dest`` (local or gs://), trainer
+    state left out: the files, then a manifest listing them, so readers (rerank and filter actors on any
+    node, :func:`inpars_ray.storage.materialize`) take exactly those and key them by content."""
     pafs = require("pyarrow.fs", "copying the trained model")
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pafs.copy_files(checkpoint.path, str(tmp.resolve()), source_filesystem=checkpoint.filesystem,
-                    destination_filesystem=pafs.LocalFileSystem())
-    (tmp / TRAINER_STATE).unlink(missing_ok=True)
-    shutil.rmtree(tmp / DATA_STATE, ignore_errors=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    with tempfile.TemporaryDirectory(prefix="inpars-model-") as tmp:
+        local = Path(tmp) / "model"
+        pafs.copy_files(checkpoint.path, str(local), source_filesystem=checkpoint.filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
+        (local / TRAINER_STATE).unlink(missing_ok=True)
+        shutil.rmtree(local / DATA_STATE, ignore_errors=True)
+        (local / "history.json").unlink(missing_ok=True)
+        return storage.publish_dir(local, dest, {"stage": "model", "status": "complete", "family": family})
 
 
 def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
@@ -669,20 +675,28 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
 
     from inpars_ray.raykit import ensure_ray
 
-    out = Path(out).resolve()
+    from inpars_ray.manifest import published
+
+    out = storage.location(out)
+    if out.is_local:
+        out = storage.location(str(Path(out.path).resolve()))
+    storage.check_reachable(out, triples_dir)
     config = config.resolved()
-    payload = _hash_payload(str(triples_dir), config)
+    files, triples_key = published(triples_dir, "mine", "triples")
+    payload = _hash_payload(triples_key, config)
     if is_complete(out, STAGE, payload):
         logger.info("[train] %s already holds a model trained with this config; nothing to do", out)
         return read_manifest(out)
     if config.validate_every is not None and not dev:
         raise ConfigError("validate_every is set but no dev pairs/qrels were given")
-    out.mkdir(parents=True, exist_ok=True)
+    if not files:
+        raise ConfigError(f"train: no triples (Parquet files) in {storage.location(triples_dir)}")
+    out.join(MANIFEST_NAME).delete()  # a half-finished earlier attempt must not look complete
     record = StageRecord(STAGE, payload)
     ensure_ray(ray_address, num_cpus)
 
     config = dataclasses.replace(config, cpus_per_worker=_cpus_per_worker(config, ray.cluster_resources()))
-    ds = ray.data.read_parquet(str(triples_dir))
+    ds = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
     S.require_columns(ds.schema().names, S.TRIPLES.names[:6], f"train ({triples_dir})")
     with record.timed("prepare"):
         if config.grouped:
@@ -694,7 +708,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         # theirs, and with every CPU held the splits waited forever on a read that never ran (issue 9.8).
         ds = ds.map_batches(_identity, batch_size=config.rows_per_block, batch_format="pyarrow").materialize()
     record.counts["rows" if not config.grouped else "lists"] = ds.count()
-    storage = config.storage_path or str(out / "ray")
+    checkpoints = config.storage_path or out.join("ray").uri  # under the run root (local or gs://)
     use_gpu = config.accelerator == "gpu"
     torch_config = None
     if config.accelerator == "tpu":
@@ -707,7 +721,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=_worker_resources(config)),
         run_config=RunConfig(
-            storage_path=storage,
+            storage_path=checkpoints,
             name=f"{config.family}-{config_hash(payload)}",  # same config -> same run folder -> resumes its checkpoints
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
@@ -721,11 +735,12 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     if result.checkpoint is None:
         raise ConfigError(f"training produced no checkpoint: are there triples under {triples_dir}?")
     with record.timed("copy_model"):
-        copy_model(result.checkpoint, out / "model")
+        copy_model(result.checkpoint, out.join("model"), config.family)
     history = _read_history(result.checkpoint)
     record.counts.update(steps=history[-1]["step"] if history else 0,
                          examples=sum(h["examples"] for h in history), workers=config.num_workers)
-    record.extra.update(model=str(out / "model"), checkpoint=result.checkpoint.path, history=history,
+    record.extra.update(model=out.join("model").uri, family=config.family, loss=config.loss,
+                        checkpoint=result.checkpoint.path, history=history,
                         first_loss=history[0]["loss"] if history else None,
                         final_loss=history[-1]["loss"] if history else None)
     return record.write(out)
