@@ -332,7 +332,10 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     def keep_missing(batch: pa.Table, done_ids: set[str]) -> pa.Table:
         kept = below_threshold(batch, config.seed, threshold)
         mask = [d not in done_ids for d in kept.column(S.DOC_ID).to_pylist()]
-        return kept.filter(pa.array(mask, type=pa.bool_()))
+        kept = kept.filter(pa.array(mask, type=pa.bool_()))
+        # backend batches are cut from consecutive rows: ordered by length, a batch pads its prompts little
+        # (issue #11); part files are named by their documents, so resuming does not depend on this order
+        return kept.take(pc.sort_indices(pc.utf8_length(kept.column(S.TEXT))))
 
     todo = corpus.map_batches(keep_missing, fn_kwargs={"done_ids": done}, batch_format="pyarrow", batch_size=None)
     results = todo.map_batches(

@@ -101,7 +101,7 @@ def _summary(manifest: dict[str, Any] | None, started: float) -> str:
     counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items() if v or k in ("kept", "triples"))
     finished = manifest.get("finished_at")
     reused = bool(finished) and finished < time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started)))
-    return f"{counts}{' (already complete)' if reused else ''}"
+    return f"already complete: {counts}" if reused else counts
 
 
 class _Stage:

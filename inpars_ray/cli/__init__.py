@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         typed = find_typed_error(exc)
         if typed is None:
             raise
-        print(f"inpars-ray {args.command}: error: {typed}", file=sys.stderr)
+        progress.echo_error(f"inpars-ray {args.command}: error: {typed}")
         return 2
+    finally:
+        progress.restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     ensure_ray(args.ray_address, args.num_cpus)
     storage.check_reachable(config.out_dir)  # before anything is written, the log included
     log = progress.attach_log(progress.log_file(config.out_dir))
-    progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir} (log: {log})")
+    progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir}")
+    progress.echo(f"log: {log}")
     run_pipeline(config, args.cache_dir)
     report, where = _report(config.out_dir)
     print(terminal_table(report), end="")
