@@ -67,7 +67,7 @@ class StageLine:
         if self.rows:
             rate = self.exec_rows / max(time.monotonic() - self.exec_started, 1e-9)
             done = _fmt_count(self.exec_rows) + (f"/{_fmt_count(self.exec_total)}" if self.exec_total else "")
-            parts.append(f"{done} rows  {rate:,.1f} rows/s")
+            parts.append(f"{done} rows  {rate:,.1f} rows/s" if rate >= 1 else f"{done} rows  {rate:.2g} rows/s")
             if self.exec_total and rate > 0 and self.exec_rows < self.exec_total:
                 parts.append(f"ETA {_fmt_seconds((self.exec_total - self.exec_rows) / rate)}")
         parts.append(_fmt_seconds(elapsed))
@@ -124,7 +124,8 @@ class Display:
             self.current = None
             self.clear()
             if summary:
-                self.stream.write(summary + "\n")
+                width = self._width() if self.live else 10_000
+                self.stream.write((summary if len(summary) < width else summary[: width - 2] + "…") + "\n")
                 self.stream.flush()
 
     def _tick(self) -> None:
@@ -133,7 +134,7 @@ class Display:
 
 
 _display: Display | None = None
-_lines: list[StageLine] = []
+_lines: list[StageLine] = []  # running stages, innermost last
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -149,9 +150,22 @@ class _ConsoleHandler(logging.StreamHandler):
             _display.draw()
 
 
-def log_file(out: str | os.PathLike[str]) -> Path:
-    """Where a run's logs go: ``<out>/logs/inpars-ray.log`` (``out`` is a run folder)."""
-    return Path(out) / "logs" / LOG_NAME
+def log_file(out: Any) -> Path:
+    """Where a run's logs go: ``<out>/logs/inpars-ray.log`` (``out`` is a run folder). An object store
+    takes no appends: the log of a ``gs://`` run stays on this machine, under ``~/.cache/inpars-ray/logs``."""
+    from inpars_ray import storage
+
+    loc = storage.location(out)
+    if loc.is_local:
+        return loc.local_path() / "logs" / LOG_NAME
+    cache = Path(os.environ.get("INPARS_RAY_CACHE", Path.home() / ".cache" / "inpars-ray"))
+    return cache / "logs" / loc.scheme / loc.path / LOG_NAME
+
+
+_console: logging.Handler | None = None
+_log_path: Path | None = None
+_saved_fd: int | None = None  # the terminal's fd 2 while native output goes to the log file
+_saved_stderr: TextIO | None = None
 
 
 def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
@@ -159,37 +173,34 @@ def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
 
     Log records go to the log file once :func:`attach_log` names it.
     """
-    global _display
+    global _display, _console
+    os.environ["INPARS_RAY_QUIET"] = "0" if verbose else "1"
+    if not verbose:  # before tqdm, transformers or huggingface_hub read them
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     stream = stream or sys.stderr
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_inpars_ray", None) == "console":
-            root.removeHandler(handler)
+    if _console is not None:
+        root.removeHandler(_console)
     root.setLevel(logging.DEBUG)
     _display = Display(stream, live=stream.isatty() and not verbose)
-    console = _ConsoleHandler(stream)
-    console.setFormatter(logging.Formatter(_FORMAT if verbose else "%(levelname)s %(name)s: %(message)s"))
-    console.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    _console = _ConsoleHandler(stream)
+    _console.setFormatter(logging.Formatter(_FORMAT if verbose else "%(levelname)s %(name)s: %(message)s"))
+    _console.setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:
-        console.addFilter(_quiet_filter)
-    console._inpars_ray = "console"  # type: ignore[attr-defined]
-    root.addHandler(console)
+        _console.addFilter(_quiet_filter)
+    root.addHandler(_console)
     logging.captureWarnings(True)  # Python warnings become log records: in the log file, not the console
     if not verbose:
         _route_ray_logs()
     for noisy in ("filelock", "urllib3", "fsspec", "asyncio", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.INFO)
-    os.environ["INPARS_RAY_QUIET"] = "0" if verbose else "1"
-    if not verbose:
-        os.environ.setdefault("TQDM_DISABLE", "1")  # worker-side bars (transformers, datasets) stay silent
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-_log_path: Path | None = None
 
 
 def attach_log(path: str | os.PathLike[str]) -> Path:
-    """Write every log record (DEBUG and up), and Ray's worker output once :func:`install` ran, to ``path``."""
+    """Write every log record (DEBUG and up) to ``path``; when quiet, also what native code (the JVM, Ray's
+    C++ core, the Ray processes this command starts) writes to stderr."""
     global _log_path
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -204,7 +215,56 @@ def attach_log(path: str | os.PathLike[str]) -> Path:
     handler._inpars_ray = "file"  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    if quiet():
+        _redirect_native_stderr(_log_path)
     return _log_path
+
+
+def _redirect_native_stderr(path: Path) -> None:
+    # fd 2 -> the log file, so that writes from outside Python (Lucene's JVM, Ray's core worker, a local
+    # raylet started later) land there; Python's own stderr (our lines, errors) keeps the terminal
+    global _saved_fd, _saved_stderr
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):  # stderr is not a file (e.g. captured by a test runner)
+        return
+    if _saved_fd is None:
+        sys.stderr.flush()
+        _saved_fd = os.dup(2)
+        _saved_stderr = sys.stderr
+        terminal = os.fdopen(os.dup(_saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+        sys.stderr = terminal
+        if _display is not None:
+            _display.stream = terminal
+        if _console is not None:
+            _console.setStream(terminal)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def restore() -> None:
+    """End of a CLI command: fd 2 back to the terminal, our handlers removed, quiet mode off."""
+    global _saved_fd, _saved_stderr, _display, _console, _log_path
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler is _console or getattr(handler, "_inpars_ray", None) == "file":
+            root.removeHandler(handler)
+            if handler is not _console:
+                handler.close()
+    _display = _console = _log_path = None
+    os.environ.pop("INPARS_RAY_QUIET", None)
+    if _saved_fd is None:
+        return
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os.dup2(_saved_fd, 2)
+    os.close(_saved_fd)
+    terminal, sys.stderr = sys.stderr, _saved_stderr
+    with contextlib.suppress(Exception):
+        terminal.close()
+    _saved_fd = _saved_stderr = None
 
 
 def quiet() -> bool:
@@ -296,9 +356,11 @@ def _route_worker_output(log_path: Path) -> None:
         path = _log_path or log_path
         prefix = f"({data.get('actor_name') or data.get('task_name') or 'worker'} pid={data.get('pid')}"
         prefix += f", ip={data.get('ip')}) " if data.get("ip") else ") "
-        with lock, open(path, "a", encoding="utf-8") as fh:
+        with lock, contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as fh:
             fh.writelines(prefix + line + "\n" for line in data.get("lines", []))
 
+    # raylet warnings (e.g. "N worker processes have been started") bypass the dispatcher
+    ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: to_file(data)
     with contextlib.suppress(Exception):
         dispatcher.remove_handler("ray_print_logs")
     with contextlib.suppress(Exception):
@@ -330,6 +392,13 @@ def stage(name: str) -> Iterator[StageLine]:
                     f": {detail}" if detail else "")
         if _display is not None and quiet():
             _display.stop(text)
+
+
+def echo_error(text: str) -> None:
+    """An error message for the user, on the terminal's stderr (also while native stderr is redirected)."""
+    if _display is not None:
+        _display.clear()
+    print(text, file=sys.stderr)
 
 
 def echo(text: str) -> None:

@@ -64,6 +64,11 @@ def read_per_query(path: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def measure_order(root: Path) -> list[str]:
+    """The run's configured measures, headline first."""
+    return list(_read_json(root / MANIFEST_NAME).get("config", {}).get("measures") or [])
+
+
 def read_systems(root: Path) -> list[dict[str, Any]]:
     """The evaluated systems of a run (baseline first), each with its per-query values loaded."""
     manifest = _read_json(root / MANIFEST_NAME)
@@ -133,17 +138,22 @@ def compare(baseline: Mapping[str, float], system: Mapping[str, float]) -> dict[
     }
 
 
-def summarise(systems: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """report.json's content: each system's means and each system's comparison with the first."""
+def summarise(systems: Sequence[dict[str, Any]], order: Sequence[str] = ()) -> dict[str, Any]:
+    """report.json's content: each system's means and each system's comparison with the first.
+
+    ``order``: the measures' order, headline first (the run's configured measures; manifests sort keys).
+    """
     if not systems:
         raise ConfigError("no systems to report")
-    measures = list(systems[0]["values"])
     base = systems[0]
+    measures = [m for m in order if m in base["values"]] + [m for m in base["values"] if m not in order]
     out: dict[str, Any] = {"baseline": base["name"], "measures": measures, "test": TEST_NAME, "systems": []}
     for system in systems:
-        entry = {"name": system["name"], "run": system.get("run"), "queries": len(
-            next(iter(system["values"].values()), {})), "means": {
-            m: math.fsum(v.values()) / len(v) if v else None for m, v in system["values"].items()}}
+        values = system["values"]
+        entry = {"name": system["name"], "run": system.get("run"),
+                 "queries": len(next(iter(values.values()), {})),
+                 "means": {m: math.fsum(values[m].values()) / len(values[m]) if values.get(m) else None
+                           for m in measures}}
         if system is not base:
             entry["vs_baseline"] = {m: compare(base["values"].get(m, {}), system["values"].get(m, {}))
                                     for m in measures if m in system["values"]}
@@ -160,6 +170,11 @@ def _p(value: float | None) -> str:
     if value is None:
         return "n/a"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _p_eq(value: float | None) -> str:
+    text = _p(value)
+    return f"p{text}" if text.startswith("<") else f"p={text}"
 
 
 def markdown(summary: dict[str, Any], title: str | None = None, times: Sequence[tuple[str, float, bool]] = (),
@@ -217,7 +232,7 @@ def plot_per_query(summary: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlim(-0.5, max(len(diffs), 1) - 0.5)
         ax.set_ylabel(f"Δ {head}")
         ax.set_title(f"{s['name']} − {summary['baseline']}: mean Δ {_num(c['difference'], '+.4f')}, "
-                     f"p={_p(c['p_value'])}; better {c['better']}, worse {c['worse']}, tied {c['tied']}",
+                     f"{_p_eq(c['p_value'])}; better {c['better']}, worse {c['worse']}, tied {c['tied']}",
                      fontsize=10)
     axes[-1, 0].set_xlabel(f"queries, sorted by difference ({others[0]['vs_baseline'][head]['queries']} queries)")
     fig.tight_layout()
@@ -253,7 +268,7 @@ def build_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Report:
     """Read a run's artifacts, write report.md, report.json and the PNGs under it, and return them."""
     root = Path(run_dir).resolve()
     systems = read_systems(root)
-    summary = summarise(systems)
+    summary = summarise(systems, measure_order(root))
     times = stage_times(root)
     manifest = _read_json(root / MANIFEST_NAME)
     dataset = manifest.get("config", {}).get("dataset", root.name)
@@ -291,7 +306,7 @@ def collections_report(run_dirs: Mapping[str, str | os.PathLike[str]], out_dir: 
     head = None
     for collection, run_dir in run_dirs.items():
         try:
-            summary = summarise(read_systems(Path(run_dir)))
+            summary = summarise(read_systems(Path(run_dir)), measure_order(Path(run_dir)))
         except ConfigError as exc:
             rows.append({"collection": collection, "error": str(exc)})
             continue
@@ -319,7 +334,7 @@ def collections_report(run_dirs: Mapping[str, str | os.PathLike[str]], out_dir: 
             if v is None:
                 cells.append("–")
             elif "difference" in v:
-                cells.append(f"{_num(v['mean'])} ({_num(v['difference'], '+.3f')}, p={_p(v['p_value'])})")
+                cells.append(f"{_num(v['mean'])} ({_num(v['difference'], '+.3f')}, {_p_eq(v['p_value'])})")
             else:
                 cells.append(_num(v["mean"]))
         cells += [_num(r["published"].get(c), ".3f") if r["published"].get(c) is not None else "–" for c in pub_cols]
