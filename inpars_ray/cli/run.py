@@ -47,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
     run_pipeline(config, args.cache_dir)
     report = build_report(config.out_dir)
     print(terminal_table(report), end="")
-    print(f"\nreport: {report.paths['md']} (+ {report.paths['json'].name}, "
-          f"{', '.join(p.name for p in report.plots)})")
+    print(f"\nreport: {report.paths['md']} (and {report.paths['json'].name})")
+    print(f"plots:  {', '.join(p.name for p in report.plots)}")
     return 0
