@@ -30,10 +30,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, FormatError, InparsError, find_typed_error
 from inpars_ray.load import BadRows, LoadConfig, id_hashes, iter_lines, read_corpus, split_bad_rows
-from inpars_ray.manifest import StageRecord, is_complete, read_manifest
+from inpars_ray.manifest import StageRecord, collection_key, input_key, is_complete, read_manifest
 from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
@@ -69,15 +70,9 @@ class IndexError_(InparsError):  # noqa: N801 - avoid shadowing the builtin Inde
     """A Lucene index is missing, incomplete or unusable."""
 
 
-def _corpus_fingerprint(collection: Collection) -> dict[str, Any]:
-    """Size and modification time of the corpus, so an index is never reused for a changed corpus."""
-    info = collection.filesystem.get_file_info(collection.corpus_path())
-    return {"size": info.size, "mtime_ns": info.mtime_ns}
-
-
 def _index_config(collection: Collection, load: LoadConfig, cfg: IndexConfig) -> dict[str, Any]:
-    return {"dataset": collection.spec, "root": collection.display(), "corpus": _corpus_fingerprint(collection),
-            "load": load, "index": cfg}
+    # the collection enters by content (its files' fingerprint), never by path
+    return {"collection": collection_key(collection), "load": load, "index": cfg}
 
 
 def _write_shard(rows: pa.Table, path: Path) -> None:
@@ -290,19 +285,25 @@ def write_topics(queries: pa.Table, path: Path) -> int:
     return n
 
 
-def read_trec_run(path: str | os.PathLike[str]) -> pa.Table:
-    """Read a TREC run file (``qid Q0 docid rank score tag``) as a :data:`schema.RUN` table."""
-    if os.path.getsize(path) == 0:
+def read_trec_run(path: storage.PathLike) -> pa.Table:
+    """Read a TREC run file (``qid Q0 docid rank score tag``, local or ``gs://``) as a :data:`schema.RUN` table."""
+    loc = storage.location(path)
+    if loc.size() == 0:
         return S.RUN.empty_table()
-    table = pacsv.read_csv(
-        path,
+    with loc.open_input() as fh:
+        table = _read_trec(fh)
+    return pa.table({S.QUERY_ID: table["qid"], S.DOC_ID: table["docid"], S.RANK: table["rank"],
+                     S.SCORE: table["score"]}, schema=S.RUN)
+
+
+def _read_trec(source: Any) -> pa.Table:
+    return pacsv.read_csv(
+        source,
         read_options=pacsv.ReadOptions(column_names=["qid", "q0", "docid", "rank", "score", "tag"]),
         parse_options=pacsv.ParseOptions(delimiter=" "),
         convert_options=pacsv.ConvertOptions(column_types={"qid": pa.string(), "docid": pa.string(),
                                                            "rank": pa.int64(), "score": pa.float64()}),
     )
-    return pa.table({S.QUERY_ID: table["qid"], S.DOC_ID: table["docid"], S.RANK: table["rank"],
-                     S.SCORE: table["score"]}, schema=S.RUN)
 
 
 def trec_lines(run: pa.Table, tag: str = "inpars-ray") -> list[str]:
@@ -311,26 +312,21 @@ def trec_lines(run: pa.Table, tag: str = "inpars-ray") -> list[str]:
     return [f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n" for qid, did, rank, score in zip(*cols)]
 
 
-def write_trec_run(run: pa.Table, path: str | os.PathLike[str], tag: str = "inpars-ray") -> None:
+def write_trec_run(run: pa.Table, path: storage.PathLike, tag: str = "inpars-ray") -> None:
     """Write a :data:`schema.RUN` table as a TREC run file (atomically)."""
     write_trec_stream([run], path, tag)
 
 
-def write_trec_stream(batches: Any, path: str | os.PathLike[str], tag: str = "inpars-ray") -> tuple[int, set[str]]:
-    """Stream :data:`schema.RUN` batches into a TREC run file (atomically); returns (hits, query ids seen).
-
-    The driver holds one batch at a time, never the whole run.
+def write_trec_stream(batches: Any, path: storage.PathLike, tag: str = "inpars-ray") -> tuple[int, set[str]]:
+    """Stream :data:`schema.RUN` batches into a TREC run file, local or ``gs://``, whole or not at all;
+    returns (hits, query ids seen). The driver holds one batch at a time, never the whole run.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
     hits, seen = 0, set()
-    with tmp.open("w", encoding="utf-8") as fh:
+    with storage.location(path).open_output() as fh:
         for batch in batches:
-            fh.writelines(trec_lines(batch, tag))
+            fh.write("".join(trec_lines(batch, tag)).encode("utf-8"))
             seen.update(batch.column(S.QUERY_ID).to_pylist())
             hits += batch.num_rows
-    os.replace(tmp, path)
     return hits, seen
 
 
@@ -412,11 +408,11 @@ class RetrieveConfig:
     bm25: BM25Config = Field(BM25Config(), description="BM25 parameters and parallelism")
 
 
-def run_manifest_name(run_path: Path) -> str:
+def run_manifest_name(run_path: Path | storage.Location) -> str:
     return f"{run_path.name}.manifest.json"
 
 
-def completed_run(run_path: Path, stage: str, stage_config: Any) -> dict | None:
+def completed_run(run_path: Path | storage.Location, stage: str, stage_config: Any) -> dict | None:
     """The manifest of a run file that ``stage`` already completed from this very config, else None."""
     if run_path.exists() and is_complete(run_path.parent, stage, stage_config, run_manifest_name(run_path)):
         logger.info("%s run %s is complete for this config; nothing to do", stage, run_path)
@@ -435,10 +431,12 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
 
     from inpars_ray.load import read_qrels, read_queries
 
-    out = Path(out)
-    index_manifest = read_manifest(index_dir) or {}
-    stage_config = {"index": str(Path(index_dir).resolve()), "index_config_hash": index_manifest.get("config_hash"),
-                    "dataset": collection.spec, "retrieve": config}
+    out = storage.location(out)
+    storage.check_reachable(out)
+    lucene_path(index_dir)
+    # inputs by content: the index's manifest, the collection's files (its queries and qrels)
+    stage_config = {"index": input_key(index_dir, stage="index"), "collection": collection_key(collection),
+                    "retrieve": config}
     done = completed_run(out, "retrieve", stage_config)
     if done is not None:
         return done
@@ -457,4 +455,4 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
                          hits=hits, bad_rows=len(bad))
     if record.timings.get("search"):
         record.extra["queries_per_second"] = round(queries.num_rows / record.timings["search"], 2)
-    return record.write(out.parent, name=run_manifest_name(out))
+    return record.write(out.parent, name=run_manifest_name(out), files=storage.snapshot(out.parent, out.name))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.exchange import corpus_documents, hash_exchange, left_join_unique
 from inpars_ray.load import LoadConfig
-from inpars_ray.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.manifest import MANIFEST_NAME, StageRecord, collection_key, is_complete, published, read_manifest
 from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
@@ -246,43 +246,54 @@ def input_fingerprint(path: str | os.PathLike[str]) -> list[tuple[str, int, int]
     return [(str(p.relative_to(root)) if p != root else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-def _count_reasons(dropped_dir: Path) -> dict[str, int]:
+def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
     import pyarrow.dataset as pads
 
-    if not dropped_dir.exists():
+    files = dropped_dir.files(suffix=".parquet")
+    if not files:
         return {}
-    reasons = pads.dataset(str(dropped_dir), format="parquet").to_table(columns=[S.DROP_REASON]).column(0)
+    data = pads.dataset([dropped_dir.join(f).path for f in files], format="parquet", filesystem=dropped_dir.fs)
+    reasons = data.to_table(columns=[S.DROP_REASON]).column(0)
     return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(reasons).to_pylist()}
 
 
-def run_filter(queries_dir: str | os.PathLike[str], collection: Collection, out_dir: str | os.PathLike[str],
+def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: storage.PathLike,
                config: FilterConfig = FilterConfig(), load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
-    """Filter the generated queries in ``queries_dir`` (Parquet, :data:`schema.GENERATED`) into ``out_dir``.
+    """Filter the generated queries into ``out_dir`` (a local folder or ``gs://...``).
 
-    Writes ``kept/`` (:data:`schema.FILTERED`), ``dropped/`` (:data:`schema.FILTER_DROPPED`) and the
-    manifest; returns the manifest. A rerun with the same inputs and config does nothing.
+    ``queries_dir`` is a generate output (its folder or its ``parts/``: the part files its manifest lists
+    are read) or any folder of Parquet files (:data:`schema.GENERATED`). Writes ``kept/``
+    (:data:`schema.FILTERED`), ``dropped/`` (:data:`schema.FILTER_DROPPED`) and, last, the manifest listing
+    them; returns the manifest. A rerun with the same inputs (by content) and config does nothing.
     """
     import ray
 
-    out_dir = Path(out_dir)
-    stage_config = {"queries": str(Path(queries_dir).resolve()), "inputs": input_fingerprint(queries_dir),
-                    "dataset": collection.spec, "root": collection.display(), "filter": config, "load": load_config}
-    if is_complete(out_dir, "filter", stage_config):
-        logger.info("filter output in %s is complete for this config; nothing to do", out_dir)
-        return read_manifest(out_dir) or {}
-    for stale in (out_dir / KEPT_DIR, out_dir / DROPPED_DIR, out_dir / MANIFEST_NAME):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    out = storage.location(out_dir)
+    storage.check_reachable(out, queries_dir)
+    files, queries_key = published(queries_dir, "generate", "parts")
+    stage_config = {"queries": queries_key, "dataset": collection_key(collection), "filter": config,
+                    "load": load_config}
+    if is_complete(out, "filter", stage_config):
+        logger.info("filter output in %s is complete for this config; nothing to do", out)
+        return read_manifest(out) or {}
+    for stale in (out / MANIFEST_NAME, out / KEPT_DIR, out / DROPPED_DIR):  # the manifest goes first
+        stale.delete()
+    if not files:
+        raise InparsError(f"filter: no generated queries (Parquet files) in {storage.location(queries_dir)}")
     record = StageRecord("filter", stage_config)
-    generated = ray.data.read_parquet(str(queries_dir))
-    filter_dataset(generated, collection, out_dir, config, load_config, record)
-    return record.write(out_dir)
+    generated = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
+    filter_dataset(generated, collection, out, config, load_config, record)
+    return record.write(out, files=storage.snapshot(out, KEPT_DIR, DROPPED_DIR))
 
 
-def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.PathLike[str], config: FilterConfig,
+def filter_dataset(generated: Any, collection: Collection, out_dir: storage.PathLike, config: FilterConfig,
                    load_config: LoadConfig = LoadConfig(), record: StageRecord | None = None) -> dict[str, int]:
     """The filter over a Ray Dataset of generated rows: writes ``kept/`` and ``dropped/`` under ``out_dir``
     and returns the counts (``run_filter`` adds the manifest and the resume check)."""
-    out_dir = Path(out_dir)
+    out = storage.location(out_dir)
+    # Ray Data writes from the worker nodes, through the run root's filesystem (local or gs://)
+    dropped_at = {"path": (out / DROPPED_DIR).path, "filesystem": out.fs}
+    kept_at = {"path": (out / KEPT_DIR).path, "filesystem": out.fs}
     record = record or StageRecord("filter", config)
     parts = config.shuffle_partitions
     S.require_columns(generated.schema().names, S.GENERATED.names, "filter (generated queries)")
@@ -293,11 +304,11 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.Pat
         joined = hash_exchange([generated, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
                                parts, left_join_unique, key=S.DOC_ID)
         checked = joined.map_batches(classify, fn_kwargs={"config": config}, batch_format="pyarrow").materialize()
-        checked.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
+        checked.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
         # duplicates: every copy of a normalised query lands in the same partition
         survivors = checked.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
         deduped = hash_exchange([survivors], [_QNORM], parts, mark_duplicates).materialize()
-        deduped.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
+        deduped.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
         survivors = deduped.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
     with record.timed("score"):
         if config.strategy == "reranker":
@@ -319,10 +330,10 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.Pat
                                  pa.table({S.FILTER_SCORE: pa.array([], pa.float64())}), config.keep_top_k)
         final = scored.map_batches(apply_threshold, fn_kwargs={"threshold": threshold},
                                    batch_format="pyarrow").materialize()
-        final.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
-        final.map_batches(kept_table, batch_format="pyarrow").write_parquet(str(out_dir / KEPT_DIR))
-    kept = int(sum(pq_rows(p) for p in (out_dir / KEPT_DIR).glob("*.parquet")))
-    dropped = _count_reasons(out_dir / DROPPED_DIR)
+        final.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
+        final.map_batches(kept_table, batch_format="pyarrow").write_parquet(**kept_at)
+    kept = int(sum(pq_rows(out / KEPT_DIR / f) for f in (out / KEPT_DIR).files(suffix=".parquet")))
+    dropped = _count_reasons(out / DROPPED_DIR)
     record.counts.update(kept=kept, **{f"dropped_{r}": dropped.get(r, 0) for r in REASONS})
     if kept + sum(dropped.values()) != n_in:
         raise InparsError(f"filter accounted for {kept + sum(dropped.values())} of {n_in} input rows")
@@ -330,8 +341,9 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.Pat
     return record.counts
 
 
-def pq_rows(path: Path) -> int:
+def pq_rows(path: storage.PathLike) -> int:
     """Rows of one Parquet file, from its footer."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).metadata.num_rows
+    with storage.location(path).open_input() as fh:
+        return pq.ParquetFile(fh).metadata.num_rows

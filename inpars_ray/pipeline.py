@@ -12,6 +12,10 @@ build tiny random models in ``out_dir/models`` (no download), which run the pipe
 to show the mechanics (the reranker is untrained noise, not a result). Real runs name Hugging Face ids
 (e.g. EleutherAI/gpt-j-6B and castorini/monot5-3b-msmarco-10k, REFERENCE.md) in a YAML config.
 
+The run root is a local folder or an object-store URI (``gs://bucket/prefix``): every artifact goes
+through :mod:`inpars_ray.storage`, written from whichever node does the work. On a Ray cluster of several
+nodes a local run root fails at once (unless declared a shared mount), before any stage runs.
+
 Every evaluated system (BM25, then each reranker) writes ``<folder>/eval.<split>.json`` and per-query
 values ``<folder>/eval.<split>.per_query.tsv``, listed under ``systems`` in the run's manifest: the
 report (:mod:`inpars_ray.report`) is rebuilt from those files alone.
@@ -21,10 +25,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from inpars_ray import bm25, catalog, progress
+from inpars_ray import bm25, catalog, progress, storage
 from inpars_ray.config import TINY_LM, TINY_MONOT5, TRAINED, InparsConfig, PipelineConfig
 from inpars_ray.evaluate import evaluate_files
 from inpars_ray.manifest import StageRecord
@@ -37,26 +42,34 @@ __all__ = ["InparsConfig", "PipelineConfig", "resolve_model", "run_pipeline", "s
 SYSTEMS = "systems"
 
 
-def resolve_model(name: str, out: Path) -> str:
+def resolve_model(name: str, out: storage.PathLike) -> str:
     """The one place a model name becomes something a stage loads: a Hugging Face id, a folder or a file.
 
-    ``local:tiny-lm`` / ``local:tiny-monot5`` build tiny random models (once) under ``out/models``;
-    any other name is returned unchanged.
+    ``local:tiny-lm`` / ``local:tiny-monot5`` build tiny random models (once) under ``out/models``; under an
+    object-store run root they are built here and published there (files, then a manifest listing them),
+    and the actors that load them copy them to their own node. Any other name is returned unchanged.
     """
     if name == TINY_LM:
-        from inpars_ray.testing.tiny_lm import build_tiny_lm
+        from inpars_ray.testing.tiny_lm import build_tiny_lm as build
+        folder = "tiny-lm"
+    elif name == TINY_MONOT5:
+        from inpars_ray.testing.tiny_t5 import build_tiny_monot5 as build
+        folder = "tiny-monot5"
+    else:
+        return name
+    root = storage.location(out)
+    if root.is_local:
+        path = root.local_path() / "models" / folder
+        return str(path if (path / "config.json").exists() else build(path))
+    target = root / "models" / folder
+    if not (target / "manifest.json").is_file():
+        with tempfile.TemporaryDirectory(prefix="inpars-model-") as tmp:
+            built = build(Path(tmp) / folder)
+            storage.publish_dir(built, target, {"stage": "model", "status": "complete", "name": name})
+    return target.uri
 
-        path = out / "models" / "tiny-lm"
-        return str(path if (path / "config.json").exists() else build_tiny_lm(path))
-    if name == TINY_MONOT5:
-        from inpars_ray.testing.tiny_t5 import build_tiny_monot5
 
-        path = out / "models" / "tiny-monot5"
-        return str(path if (path / "config.json").exists() else build_tiny_monot5(path))
-    return name
-
-
-def stage_configs(config: PipelineConfig, out: Path, resolve=resolve_model) -> dict[str, Any]:
+def stage_configs(config: PipelineConfig, out: storage.PathLike, resolve=resolve_model) -> dict[str, Any]:
     """The config each stage runs with: the nested stage configs, with model names resolved.
 
     Keys: ``retrieve``, and with ``inpars`` set ``generate``, ``generate_resources``, ``filter``, ``mine``,
@@ -67,7 +80,8 @@ def stage_configs(config: PipelineConfig, out: Path, resolve=resolve_model) -> d
     if ic is None:
         return stages
     filt = ic.filter
-    rerank_model = str(out / "train" / "model") if ic.rerank.model == TRAINED else resolve(ic.rerank.model, out)
+    rerank_model = storage.join(out, "train", "model") if ic.rerank.model == TRAINED else \
+        resolve(ic.rerank.model, out)
     stages.update(
         generate=dataclasses.replace(ic.generate, model=resolve(ic.generate.model, out)),
         generate_resources=ic.generate_resources,
@@ -116,58 +130,61 @@ class _Stage:
             self._timed.__exit__(*exc)
 
 
-def _evaluate(name: str, collection: catalog.Collection, config: PipelineConfig, out: Path, run_path: Path,
-              record: StageRecord, exclude_file: Path | None = None) -> dict[str, float]:
+def _relative(loc: storage.Location, root: storage.Location) -> str:
+    return loc.path[len(root.path.rstrip("/")) + 1:]
+
+
+def _evaluate(name: str, collection: catalog.Collection, config: PipelineConfig, out: storage.Location,
+              run_path: storage.Location, record: StageRecord,
+              exclude_file: storage.Location | None = None) -> dict[str, float]:
     """Evaluate one system's run, write its summary and per-query values, and list it in the manifest."""
     folder = run_path.parent
     summary_path = folder / f"eval.{config.split}.json"
     per_query_path = folder / f"eval.{config.split}.per_query.tsv"
     with _Stage(record, f"evaluate_{folder.name}") as stage:
-        result, _ = evaluate_files(collection, str(run_path), config.split, list(config.measures),
-                                   exclude_file=str(exclude_file) if exclude_file else None,
-                                   per_query_path=str(per_query_path), summary_path=str(summary_path),
+        result, _ = evaluate_files(collection, run_path.uri, config.split, list(config.measures),
+                                   exclude_file=exclude_file.uri if exclude_file else None,
+                                   per_query_path=per_query_path.uri, summary_path=summary_path.uri,
                                    skip_bad_rows=config.load.skip_bad_rows)
         headline = next(iter(result.aggregate))
         stage.done(text=f"{name}: {headline} {result.aggregate[headline]:.4f} over {result.num_queries} queries")
     record.extra.setdefault(SYSTEMS, []).append({
-        "name": name, "run": str(run_path.relative_to(out)), "summary": str(summary_path.relative_to(out)),
-        "per_query": str(per_query_path.relative_to(out)), "queries": result.num_queries,
+        "name": name, "run": _relative(run_path, out), "summary": _relative(summary_path, out),
+        "per_query": _relative(per_query_path, out), "queries": result.num_queries,
         "measures": result.aggregate})
     return result.aggregate
 
 
 def run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run every stage on ``config.dataset``; returns the summary also written to ``out_dir/manifest.json``."""
-    out = Path(config.out_dir).resolve()  # Ray workers run in other folders: paths must be absolute
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.location(config.out_dir)  # absolute: Ray workers run in other folders
+    storage.check_reachable(out)  # a local run root on many nodes fails here, before any work
+    out.mkdir()
     record = StageRecord("pipeline", config)
     collection = catalog.resolve(config.dataset, cache_dir)
     stages = stage_configs(config, out)
     with _Stage(record, "index") as stage:
-        index_manifest = bm25.build_index(collection, out / "index", config.load, config.index)
+        index_manifest = bm25.build_index(collection, (out / "index").uri, config.load, config.index)
         stage.done(index_manifest)
     run_path = out / "bm25" / f"run.{config.split}.trec"
     with _Stage(record, "retrieve") as stage:
-        retrieve_manifest = bm25.retrieve_to_file(collection, out / "index", run_path, stages["retrieve"],
-                                                  config.load)
+        retrieve_manifest = bm25.retrieve_to_file(collection, (out / "index").uri, run_path.uri,
+                                                  stages["retrieve"], config.load)
         stage.done(retrieve_manifest)
     bm25_measures = _evaluate("BM25", collection, config, out, run_path, record)
     record.counts.update(documents=index_manifest.get("counts", {}).get("documents", 0),
                          queries=retrieve_manifest.get("counts", {}).get("queries", 0))
     record.extra["bm25"] = bm25_measures
-    summary = {"dataset": config.dataset, "bm25": bm25_measures, "out_dir": str(out)}
+    summary = {"dataset": config.dataset, "bm25": bm25_measures, "out_dir": out.uri}
     if config.inpars is not None:
         summary["inpars"] = _run_inpars(config, stages, collection, out, run_path, record)
     record.write(out)
     return summary
 
 
-def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection, out: Path,
-                bm25_run: Path, record: StageRecord) -> dict[str, Any]:
+def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
+                out: storage.Location, bm25_run: storage.Location, record: StageRecord) -> dict[str, Any]:
     """generate -> filter -> mine -> train -> rerank -> evaluate; returns the reranked run's measures."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
     from inpars_ray.filter import run_filter
     from inpars_ray.generate import run_generate
     from inpars_ray.mine import run_mine
@@ -175,24 +192,24 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     from inpars_ray.train import train
 
     with _Stage(record, "generate") as stage:
-        gen = run_generate(collection, out / "generate", stages["generate"], stages["generate_resources"],
+        gen = run_generate(collection, (out / "generate").uri, stages["generate"], stages["generate_resources"],
                            config.load)
         stage.done(gen)
     with _Stage(record, "filter") as stage:
-        filt = run_filter(out / "generate" / "parts", collection, out / "filter", stages["filter"], config.load)
+        filt = run_filter((out / "generate").uri, collection, (out / "filter").uri, stages["filter"], config.load)
         stage.done(filt)
     with _Stage(record, "mine") as stage:
-        mined = run_mine(out / "filter", collection, out / "index", out / "mine", stages["mine"], config.load)
+        mined = run_mine((out / "filter").uri, collection, (out / "index").uri, (out / "mine").uri, stages["mine"],
+                         config.load)
         stage.done(mined)
     with _Stage(record, "train") as stage:
-        trained = train(out / "mine" / "triples", out / "train", stages["train"])
+        trained = train((out / "mine" / "triples").uri, (out / "train").uri, stages["train"])
         stage.done(trained)
     rerank_path = out / "rerank" / f"run.{config.split}.trec"
     with _Stage(record, "rerank") as stage:
-        stage.done(rerank_run(collection, bm25_run, rerank_path, stages["rerank"], config.load))
+        stage.done(rerank_run(collection, bm25_run.uri, rerank_path.uri, stages["rerank"], config.load))
     # query ids shown to the generator as few-shot examples (promptagator) are left out of evaluation
-    fewshot = pads.dataset(str(out / "generate" / "parts"), format="parquet").to_table(columns=["fewshot_ids"])
-    excluded = sorted(set(pc.list_flatten(fewshot.column("fewshot_ids")).to_pylist()) - {None})
+    excluded = sorted(set((out / "generate" / "fewshot.json").read_json()["fewshot_query_ids"]))
     exclude_file = out / "rerank" / "excluded_queries.txt"
     exclude_file.write_text("".join(f"{q}\n" for q in excluded))
     measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)

@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress.configure(verbose=args.verbose)  # quiet: warnings and stage lines; the rest goes to a log file
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if getattr(args, "shared_fs", False):  # read by inpars_ray.storage.check_reachable before any stage works
+        from inpars_ray.storage import SHARED_FS_ENV
+
+        os.environ[SHARED_FS_ENV] = "1"
     try:
         # dispatch on the verb, not on a parser default: a verb may have an option named --run
         return int(_load_commands()[args.command].run(args) or 0)

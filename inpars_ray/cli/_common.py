@@ -29,6 +29,9 @@ def add_ray(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray started for this run)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    parser.add_argument("--shared-fs", action="store_true",
+                        help="local paths are on a disk every Ray node mounts at the same place (NFS, Filestore): "
+                             "allow them on a cluster of several nodes (otherwise use gs://bucket/prefix)")
 
 
 def _fields(cls: type) -> Mapping[str, Any]:
@@ -142,8 +145,6 @@ def _build(cls: type, values: Mapping[str, Any], path: str, base: Any, fixed: Ma
 def log_beside(out: str) -> None:
     """Send this command's log (and Ray's output) to ``logs/inpars-ray.log`` beside its output ``out``
     (in a run root, every stage's folder or file sits in the root: one log per run)."""
-    from pathlib import Path
+    from inpars_ray import progress, storage
 
-    from inpars_ray import progress
-
-    progress.attach_log(Path(out).resolve().parent / "logs" / progress.LOG_NAME)
+    progress.attach_log(progress.log_file(storage.location(out).parent))

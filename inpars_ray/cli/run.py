@@ -35,18 +35,42 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(config), end="")
         return 0
-    from inpars_ray import progress
+    from inpars_ray import progress, storage
     from inpars_ray.pipeline import run_pipeline
     from inpars_ray.raykit import ensure_ray
-    from inpars_ray.report import build_report, terminal_table
+    from inpars_ray.report import terminal_table
 
+    ensure_ray(args.ray_address, args.num_cpus)
+    storage.check_reachable(config.out_dir)  # before anything is written, the log included
     log = progress.attach_log(progress.log_file(config.out_dir))
     progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir}")
     progress.echo(f"log: {log}")
-    ensure_ray(args.ray_address, args.num_cpus)
     run_pipeline(config, args.cache_dir)
-    report = build_report(config.out_dir)
+    report, where = _report(config.out_dir)
     print(terminal_table(report), end="")
-    print(f"\nreport: {report.paths['md']} (and {report.paths['json'].name})")
+    print(f"\nreport: {where} (and {report.paths['json'].name})")
     print(f"plots:  {', '.join(p.name for p in report.plots)}")
     return 0
+
+
+def _report(out_dir: str):
+    """Build the run's report; for an object-store run root, from a local copy of the files it reads,
+    published back beside the run. Returns the report and where its Markdown is."""
+    import tempfile
+    from pathlib import Path
+
+    from inpars_ray import storage
+    from inpars_ray.report import build_report
+
+    root = storage.location(out_dir)
+    if root.is_local:
+        report = build_report(out_dir)
+        return report, report.paths["md"]
+    wanted = [n for n in root.files() if n.endswith(".json") and n.count("/") <= 1 or n.endswith(".tsv")
+              and "/eval." in f"/{n}"]
+    with tempfile.TemporaryDirectory(prefix="inpars-report-") as tmp:
+        local = storage.download_dir(root, Path(tmp) / "run", names=wanted)
+        report = build_report(local)
+        for made in [report.paths["md"], report.paths["json"], *report.plots]:
+            root.join(made.name).write_bytes(Path(made).read_bytes())
+    return report, root.join(report.paths["md"].name).uri
