@@ -119,7 +119,8 @@ def run_key(run: storage.Location) -> str:
     return f"{run.name}:{info.size}:{info.mtime_ns}"
 
 
-def pairs_with_texts(collection: Collection, run: Any, config: RerankConfig, load_config: LoadConfig) -> tuple[Any, int]:
+def pairs_with_texts(collection: Collection, run: Any, config: RerankConfig,
+                     load_config: LoadConfig) -> tuple[Any, int]:
     """(Run rows with query and document text, hits whose query or document is unknown).
 
     The one step that fetches texts: a hash exchange of the run with the corpus on the document id (no

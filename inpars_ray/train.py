@@ -553,7 +553,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if n_global == 0:
                 break
             for group in optimizer.param_groups:  # linear warm-up, then constant
-                group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+                warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+                group["lr"] = config.lr * warm
             optimizer.zero_grad(set_to_none=True)
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             seen: list[str] = []

@@ -32,3 +32,11 @@ def test_every_worker_type_can_write_the_bucket():
             continue  # `ray up` gives the head its own account with the cloud-platform scope
         accounts = node_type["node_config"].get("serviceAccounts", [])
         assert accounts and set(accounts[0]["scopes"]) & writable, name
+
+
+def test_every_node_runs_with_the_token_the_client_sends():
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    assert config["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in config[key] if "ray start" in c]
+        assert start and all("RAY_AUTH_MODE=token" in c for c in start), key
