@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import shutil
 import sys
@@ -163,6 +164,7 @@ def log_file(out: Any) -> Path:
 
 
 _console: logging.Handler | None = None
+_early: logging.handlers.MemoryHandler | None = None
 _log_path: Path | None = None
 _saved_fd: int | None = None  # the terminal's fd 2 while native output goes to the log file
 _saved_stderr: TextIO | None = None
@@ -191,10 +193,17 @@ def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
     if not verbose:
         _console.addFilter(_quiet_filter)
     root.addHandler(_console)
+    global _early
+    if _early is not None:
+        root.removeHandler(_early)
+    # records logged before the command knows its log file (e.g. while Ray starts) wait here for it
+    _early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    _early.setLevel(logging.DEBUG)
+    root.addHandler(_early)
     logging.captureWarnings(True)  # Python warnings become log records: in the log file, not the console
     if not verbose:
         _route_ray_logs()
-    for noisy in ("filelock", "urllib3", "fsspec", "asyncio", "matplotlib", "PIL"):
+    for noisy in ("filelock", "urllib3", "fsspec", "asyncio", "matplotlib", "PIL", "kivy", "jnius"):
         logging.getLogger(noisy).setLevel(logging.INFO)
 
 
@@ -215,6 +224,12 @@ def attach_log(path: str | os.PathLike[str]) -> Path:
     handler._inpars_ray = "file"  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    global _early
+    if _early is not None:
+        _early.setTarget(handler)
+        _early.flush()
+        root.removeHandler(_early)
+        _early = None
     if quiet():
         _redirect_native_stderr(_log_path)
     return _log_path
@@ -246,14 +261,16 @@ def _redirect_native_stderr(path: Path) -> None:
 
 def restore() -> None:
     """End of a CLI command: fd 2 back to the terminal, our handlers removed, quiet mode off."""
-    global _saved_fd, _saved_stderr, _display, _console, _log_path
+    global _saved_fd, _saved_stderr, _display, _console, _log_path, _early
     root = logging.getLogger()
     for handler in list(root.handlers):
         if handler is _console or getattr(handler, "_inpars_ray", None) == "file":
             root.removeHandler(handler)
             if handler is not _console:
                 handler.close()
-    _display = _console = _log_path = None
+    if _early is not None:
+        root.removeHandler(_early)
+    _display = _console = _log_path = _early = None
     os.environ.pop("INPARS_RAY_QUIET", None)
     if _saved_fd is None:
         return
@@ -285,8 +302,7 @@ def install() -> None:
     _route_ray_logs()
     _route_ray_data_logs()
     _hook_progress_manager()
-    if _log_path is not None:
-        _route_worker_output(_log_path)
+    _route_worker_output()
 
 
 def _quiet_filter(record: logging.LogRecord) -> bool:
@@ -341,8 +357,9 @@ def _hook_progress_manager() -> None:
     se.get_progress_manager = get_progress_manager
 
 
-def _route_worker_output(log_path: Path) -> None:
-    """Ray prints the stdout/stderr of workers and actors on the driver's console: write it to the log."""
+def _route_worker_output() -> None:
+    """Ray prints the stdout/stderr of workers and actors (and raylet warnings) on the driver's console:
+    write them to the log file instead (held in memory until the command names its log file)."""
     try:
         from ray._private import worker as ray_worker
     except ImportError:
@@ -352,12 +369,19 @@ def _route_worker_output(log_path: Path) -> None:
         return
     lock = threading.Lock()
 
+    pending: list[str] = []
+
     def to_file(data: dict) -> None:
-        path = _log_path or log_path
         prefix = f"({data.get('actor_name') or data.get('task_name') or 'worker'} pid={data.get('pid')}"
         prefix += f", ip={data.get('ip')}) " if data.get("ip") else ") "
-        with lock, contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as fh:
-            fh.writelines(prefix + line + "\n" for line in data.get("lines", []))
+        with lock:
+            pending.extend(prefix + line + "\n" for line in data.get("lines", []))
+            if _log_path is None:
+                del pending[:-1000]  # before the log file is known: keep the latest lines only
+                return
+            with contextlib.suppress(OSError), open(_log_path, "a", encoding="utf-8") as fh:
+                fh.writelines(pending)
+            pending.clear()
 
     # raylet warnings (e.g. "N worker processes have been started") bypass the dispatcher
     ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: to_file(data)

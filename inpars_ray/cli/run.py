@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     run_pipeline(config, args.cache_dir)
     report, where = _report(config.out_dir)
     print(terminal_table(report), end="")
-    print(f"\nreport: {where} (+ {report.paths['json'].name}, {', '.join(p.name for p in report.plots)})")
+    print(f"\nreport: {where} (and {report.paths['json'].name})")
+    print(f"plots:  {', '.join(p.name for p in report.plots)}")
     return 0
 
 
