@@ -73,6 +73,8 @@ LOSSES = {MONOT5: ("monot5",), CROSS_ENCODER: ("listwise", "pointwise"), BI_ENCO
 GROUPED_LOSSES = ("listwise", "contrastive")
 #: columns of a grouped training row: one (query, positive) with all its negatives
 NEG_DOC_IDS, NEG_TEXTS = "neg_doc_ids", "neg_texts"
+#: triples per hash partition when they are grouped into lists
+GROUP_ROWS_PER_PARTITION = 200_000
 
 
 @stage_config
@@ -123,8 +125,7 @@ class TrainConfig:
                                 "the data let every worker get some")
     tpu_chips_per_worker: int = Field(4, ge=0, description="TPU chips a worker reserves (4 per v4 VM host; 0 "
                                       "runs the XLA path on torch-xla's CPU device)")
-    seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout "
-                      "and the order of the lists)")
+    seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout)")
     validate_every: int | None = Field(None, description="rank 0 computes nDCG@10 on the dev set every this "
                                        "many steps; None disables it")
     record_dir: str | None = Field(None, description="when set, workers write their pid and the ids of the "
@@ -701,9 +702,11 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     S.require_columns(ds.schema().names, S.TRIPLES.names[:6], f"train ({triples_dir})")
     with record.timed("prepare"):
         if config.grouped:
-            # a query's triples become one list (a shuffle), in a seeded random order
-            ds = (ds.groupby([S.QUERY_ID, S.POS_DOC_ID]).map_groups(group_triples, batch_format="pyarrow")
-                  .random_shuffle(seed=config.seed))
+            # a query's triples become one list (a shuffle). Few partitions: Ray Data's default (200 hash
+            # partitions, one aggregator each) took many minutes for a few hundred triples on 2 CPUs.
+            parts = max(1, -(-ds.count() // GROUP_ROWS_PER_PARTITION))
+            ds = ds.groupby([S.QUERY_ID, S.POS_DOC_ID], num_partitions=parts).map_groups(
+                group_triples, batch_format="pyarrow")
         # Small blocks so every worker gets some. Materialised (in the object store, not in this process)
         # before the workers start: a streaming input needs CPUs for its read tasks while the workers hold
         # theirs, and with every CPU held the splits waited forever on a read that never ran (issue 9.8).
