@@ -367,6 +367,9 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
     parts = config.shuffle_partitions
     S.require_columns(generated.schema().names, S.GENERATED.names, "filter (generated queries)")
     with record.timed("checks"):
+        # read once: the few-shot check and the checks below both pass over these rows, and reading the
+        # Parquet parts was most of this stage's time (benchmarks/filter_throughput.py, issue #11)
+        generated = generated.materialize()
         store = store_for(collection, load_config)
         if store is not None:  # the document of each generated row, fetched by id from the corpus's store
             joined = generated.map_batches(attach_documents, fn_kwargs={"store": str(store)}, batch_format="pyarrow")
