@@ -37,6 +37,7 @@ from inpars_ray import schema as S
 from inpars_ray import storage
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
+from inpars_ray.docstore import attach_documents, store_for
 from inpars_ray.exchange import corpus_documents, hash_exchange, left_join_unique
 from inpars_ray.load import LoadConfig
 from inpars_ray.manifest import MANIFEST_NAME, StageRecord, collection_key, is_complete, published, read_manifest
@@ -365,15 +366,20 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
     record = record or StageRecord("filter", config)
     parts = config.shuffle_partitions
     S.require_columns(generated.schema().names, S.GENERATED.names, "filter (generated queries)")
-    n_in = generated.count()
-    record.counts["input_rows"] = n_in
     with record.timed("checks"):
-        # the document of each generated row, joined by id over hash partitions of both sides
-        joined = hash_exchange([generated, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
-                               parts, left_join_unique, key=S.DOC_ID)
+        # read once: the few-shot check and the checks below both pass over these rows, and reading the
+        # Parquet parts was most of this stage's time (benchmarks/filter_throughput.py, issue #11)
+        generated = generated.materialize()
+        store = store_for(collection, load_config)
+        if store is not None:  # the document of each generated row, fetched by id from the corpus's store
+            joined = generated.map_batches(attach_documents, fn_kwargs={"store": str(store)}, batch_format="pyarrow")
+        else:  # joined by id over hash partitions of both sides
+            joined = hash_exchange([generated, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
+                                   parts, left_join_unique, key=S.DOC_ID)
         fewshot = fewshot_queries(generated, collection, load_config)
         checked = joined.map_batches(classify, fn_kwargs={"config": config, "fewshot": fewshot},
                                      batch_format="pyarrow").materialize()
+        n_in = record.counts["input_rows"] = checked.count()  # one row per input row (a left join)
         checked.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
         # duplicates: every copy of a normalised query lands in the same partition
         survivors = checked.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")

@@ -338,8 +338,13 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         return kept.take(pc.sort_indices(pc.utf8_length(kept.column(S.TEXT))))
 
     todo = corpus.map_batches(keep_missing, fn_kwargs={"done_ids": done}, batch_format="pyarrow", batch_size=None)
+    batch_size = resources.batch_size
+    if config.backend == "vllm":  # the engine batches continuously within a call: hand it large ones (issue #11)
+        from inpars_ray.backends.vllm_backend import MIN_SUBMISSION
+
+        batch_size = max(batch_size, MIN_SUBMISSION)
     results = todo.map_batches(
-        GenerateWorker, fn_constructor_args=(config, template, out / PARTS), batch_size=resources.batch_size,
+        GenerateWorker, fn_constructor_args=(config, template, out / PARTS), batch_size=batch_size,
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
         num_gpus=resources.gpus_per_actor, num_cpus=resources.cpus_per_actor,
     )

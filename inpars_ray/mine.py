@@ -30,6 +30,7 @@ from inpars_ray import storage
 from inpars_ray.bm25 import BM25Config
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
+from inpars_ray.docstore import store_for
 from inpars_ray.exchange import corpus_documents, hash_exchange, left_join_unique
 from inpars_ray.filter import KEPT_DIR, document_text
 from inpars_ray.load import LoadConfig
@@ -229,15 +230,26 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLi
     with record.timed("attach_texts"):
         corpus, parts = corpus_documents(collection, load_config), config.shuffle_partitions
         skeleton = mined.map_batches(explode, batch_format="pyarrow")
-        with_pos = hash_exchange([skeleton, corpus], [S.POS_DOC_ID, S.DOC_ID], parts, attach_text,
-                                 key=S.POS_DOC_ID, column=S.POS_TEXT)
-        triples = hash_exchange([with_pos, corpus], [S.NEG_DOC_ID, S.DOC_ID], parts, attach_text,
-                                key=S.NEG_DOC_ID, column=S.NEG_TEXT)
+        store = store_for(collection, load_config)
+        if store is not None:  # both texts fetched by id from the corpus's store: no corpus pass, no shuffle
+            triples = skeleton.map_batches(_texts_from_store, fn_kwargs={"store": str(store)}, batch_format="pyarrow")
+        else:
+            with_pos = hash_exchange([skeleton, corpus], [S.POS_DOC_ID, S.DOC_ID], parts, attach_text,
+                                     key=S.POS_DOC_ID, column=S.POS_TEXT)
+            triples = hash_exchange([with_pos, corpus], [S.NEG_DOC_ID, S.DOC_ID], parts, attach_text,
+                                    key=S.NEG_DOC_ID, column=S.NEG_TEXT)
         triples.map_batches(lambda b: b.select(S.TRIPLES.names).cast(S.TRIPLES),
                             batch_format="pyarrow").write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs)
     counts = _mined_counts(mined, config.negatives)
     record.counts.update(queries=queries.count(), **counts)
     return record.counts
+
+
+def _texts_from_store(rows: pa.Table, store: str) -> pa.Table:
+    from inpars_ray.docstore import attach_text as text_by_id
+
+    rows = text_by_id(rows, store, S.POS_DOC_ID, S.POS_TEXT)
+    return text_by_id(rows, store, S.NEG_DOC_ID, S.NEG_TEXT)
 
 
 def _mined_counts(mined: Any, n: int) -> dict[str, int]:

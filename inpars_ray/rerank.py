@@ -94,6 +94,12 @@ def _join_part(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
     return attach_texts(run, docs, queries)
 
 
+def _join_from_store(run: pa.Table, store: str, queries: pa.Table) -> pa.Table:
+    from inpars_ray.docstore import open_store
+
+    return attach_texts(run, open_store(store).fetch(pc.unique(run.column(S.DOC_ID))), queries)
+
+
 def _read_run_dataset(run: storage.Location, depth: int) -> Any:
     import ray
 
@@ -123,15 +129,22 @@ def pairs_with_texts(collection: Collection, run: Any, config: RerankConfig,
                      load_config: LoadConfig) -> tuple[Any, int]:
     """(Run rows with query and document text, hits whose query or document is unknown).
 
-    The one step that fetches texts: a hash exchange of the run with the corpus on the document id (no
-    process holds the corpus or all pairs). Kept small so a document store can replace it.
+    The one step that fetches texts: by id from the corpus's document store (:mod:`inpars_ray.docstore`)
+    on a one-node cluster, else a hash exchange of the run with the corpus on the document id (no process
+    holds the corpus or all pairs).
     """
+    from inpars_ray.docstore import store_for
     from inpars_ray.exchange import corpus_documents, hash_exchange
     from inpars_ray.load import read_queries
 
     queries, _ = read_queries(collection, load_config)
-    joined = hash_exchange([run, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
-                           config.partitions, _join_part, queries=queries)
+    store = store_for(collection, load_config)
+    if store is not None:  # the hits' documents fetched by id from the corpus's store: no corpus pass
+        joined = run.map_batches(_join_from_store, fn_kwargs={"store": str(store), "queries": queries},
+                                 batch_format="pyarrow")
+    else:
+        joined = hash_exchange([run, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
+                               config.partitions, _join_part, queries=queries)
     missing = joined.filter(lambda r: r[S.TEXT] is None or r[S.QUERY] is None).count()
     return joined.filter(lambda r: r[S.TEXT] is not None and r[S.QUERY] is not None), missing
 
