@@ -157,8 +157,7 @@ def run_hf_ray(ctx: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gen-bench-") as out:
         t0 = time.perf_counter()
         manifest = run_generate(ctx["collection"], out, ctx["config"],
-                                GenerateResources(batch_size=args.batch_size, num_actors=args.actors,
-                                                  cpus_per_actor=args.num_cpus / args.actors))
+                                GenerateResources(batch_size=args.batch_size, num_actors=args.actors))
         seconds = time.perf_counter() - t0
     return {"docs": manifest["counts"]["rows"], "seconds": seconds, "batch_size": args.batch_size,
             "actors": args.actors, "stage_timings": manifest["timings"]}
@@ -201,6 +200,9 @@ def main() -> None:
         if not (coll / "corpus.jsonl").exists():
             write_collection(coll, 2000, 10)
         args.dataset = str(coll)
+    # the actor reserves one CPU (reserving both would starve the tasks that feed it) but runs torch with
+    # as many threads as the plain loop: Ray passes the driver's OMP_NUM_THREADS on to its workers
+    os.environ["OMP_NUM_THREADS"] = str(args.num_cpus)
     import torch
 
     torch.set_num_threads(args.num_cpus)

@@ -132,6 +132,9 @@ def main() -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
 
+    # Ray gives an actor OMP_NUM_THREADS = its CPUs unless the driver sets it: the scoring actor (one CPU
+    # reserved, so the tasks that feed it can run) uses as many torch threads as the one-process contenders
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -64,6 +64,8 @@ def summary(mode_of: dict[str, str]) -> str:
         targets = data.get("targets", {})
         payload[name] = {"ratios": data.get("ratios", {}), "targets": targets, "mode": mode, "command": cmd,
                          "load_average_at_start": load}
+        if not data.get("ratios"):
+            rows.append(f"| {name} | - | - | - | - | no ratio in {result} (an older run): rerun | `{cmd}` |")
         for rname, value in (data.get("ratios") or {}).items():
             target = next((t for k, t in targets.items() if k.split(" / ")[0].split()[0] in rname), None)
             if target is None and len(targets) == 1:

@@ -119,7 +119,8 @@ def evaluate_files(collection: Any, run_path: str, split: str, measures: Sequenc
                    summary_path: str | None = None, skip_bad_rows: bool = False) -> tuple[EvalResult, dict]:
     """Evaluate a TREC run file against ``collection``'s qrels; optionally write per-query and summary files.
 
-    Every path may be local or ``gs://...``. Measuring is cheap and happens in this process every time; the
+    Every path may be local or ``gs://...`` (all are read and written here, in the driver, so a local path
+    is fine on any cluster). Measuring is cheap and happens in this process every time; the
     summary records the content keys of its inputs (the run's manifest, the collection's files, the measures
     and excluded queries) and is rewritten only when they changed, so an unchanged rerun writes nothing.
     """
@@ -132,7 +133,6 @@ def evaluate_files(collection: Any, run_path: str, split: str, measures: Sequenc
     from inpars_ray.manifest import collection_key, config_hash, versions, write_json_atomic
 
     run = storage.location(run_path)
-    storage.check_reachable(*(p for p in (run_path, exclude_file, per_query_path, summary_path) if p))
     if not run.is_file():
         raise ConfigError(f"run file {run.uri} does not exist")
     load = LoadConfig(skip_bad_rows=skip_bad_rows)

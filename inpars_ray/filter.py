@@ -5,16 +5,18 @@ Two strategies (REFERENCE.md, "filter"):
 * ``scores`` (InPars-v1): the generator's own confidence, the mean of the generated tokens' log-probs
   (``sum`` and ``min`` are offered too); queries with fewer than ``min_tokens`` or more than
   ``max_tokens`` tokens are dropped; the top ``keep_top_k`` survive.
-* ``reranker`` (InPars-v2): monoT5's P(true) of (query, its source document), computed by the shared
-  :class:`inpars_ray.monot5.MonoT5Scorer`; the top ``keep_top_k`` survive.
+* ``reranker`` (InPars-v2): a ranker's score of (query, its source document): monoT5's P(true) as in
+  InPars-v2, or a cross-/bi-encoder's score, computed by the shared :class:`inpars_ray.rankers.RankerUDF`;
+  the top ``keep_top_k`` survive.
 
 Whatever the strategy, rows the generator failed on, empty queries, queries whose document is not in the
-corpus, queries copied verbatim from their document and duplicate queries are dropped first. Every input
+corpus, queries copied verbatim from their document, queries that repeat one of their prompt's few-shot
+example queries (small generators copy them word for word) and duplicate queries are dropped first. Every input
 row ends up either in ``kept/`` or in ``dropped/`` with its reason, and the manifest counts both.
 
 Layers: pure functions over Arrow batches (:func:`classify`, :func:`mark_duplicates`,
-:func:`local_top_k`, :func:`threshold_of`, :func:`apply_threshold`); the monoT5 actor comes from
-:mod:`inpars_ray.monot5`; :func:`run_filter` wires them into Ray Data. The document text is joined to the
+:func:`local_top_k`, :func:`threshold_of`, :func:`apply_threshold`); the ranker actor comes from
+:mod:`inpars_ray.rankers`; :func:`run_filter` wires them into Ray Data. The document text is joined to the
 queries by :func:`inpars_ray.exchange.hash_exchange` (a hash-partitioned join on Ray tasks), so the corpus never sits in one process, and the
 top-k is distributed: each block keeps its own top-k, the driver merges those small candidate sets into a
 threshold, and a second pass over the blocks splits kept from dropped.
@@ -50,11 +52,13 @@ GENERATION_ERROR = "generation_error"
 EMPTY_QUERY = "empty_query"
 UNKNOWN_DOCUMENT = "unknown_document"
 COPIED = "copied_from_document"
+FEWSHOT_REPEAT = "repeats_fewshot_example"
 TOKEN_LENGTH = "token_length"
 NO_SCORE = "no_score"
 DUPLICATE = "duplicate_query"
 BELOW_TOP_K = "below_top_k"
-REASONS = (GENERATION_ERROR, EMPTY_QUERY, UNKNOWN_DOCUMENT, COPIED, TOKEN_LENGTH, NO_SCORE, DUPLICATE, BELOW_TOP_K)
+REASONS = (GENERATION_ERROR, EMPTY_QUERY, UNKNOWN_DOCUMENT, COPIED, FEWSHOT_REPEAT, TOKEN_LENGTH, NO_SCORE, DUPLICATE,
+           BELOW_TOP_K)
 # helper columns that live only inside the stage
 _QNORM, _DOC = "_query_norm", "_document"
 _ORDER = [(S.FILTER_SCORE, "descending"), (S.QUERY_ID, "ascending"), (S.DOC_ID, "ascending")]
@@ -65,18 +69,20 @@ class FilterConfig:
     """How synthetic queries are filtered (defaults: InPars, REFERENCE.md)."""
 
     strategy: str = Field("scores", description="scores (InPars-v1, generator log-probs) or reranker "
-                          "(InPars-v2, monoT5 P(true))")
+                          "(InPars-v2: a ranker's score of the query and its document, monoT5 P(true) in the paper)")
     keep_top_k: int = Field(10_000, ge=1, description="how many queries survive (InPars: 10,000); ties broken "
                             "by query id, then doc id")
     aggregate: str = Field("mean", description="for scores, how token log-probs become one score: mean "
                            "(InPars), sum or min")
     min_tokens: int = Field(3, ge=0, description="queries with fewer generated tokens are dropped (InPars: 3)")
     max_tokens: int = Field(1000, ge=0, description="queries with more generated tokens are dropped (InPars: 1000)")
-    model: str | None = Field(None, description="for reranker, the monoT5 checkpoint (Hugging Face id or folder)")
-    max_length: int = Field(512, ge=16, description="for reranker, monoT5 input length in tokens (the document "
+    model: str | None = Field(None, description="for reranker, the ranker checkpoint (Hugging Face id or folder)")
+    family: str | None = Field(None, description="for reranker, the ranker family (monot5, cross-encoder, "
+                               "bi-encoder); None reads it from the checkpoint")
+    max_length: int = Field(512, ge=16, description="for reranker, ranker input length in tokens (the document "
                             "is truncated)")
     batch_size: int = Field(16, ge=1, description="for reranker, pairs per forward pass")
-    num_actors: int = Field(1, ge=1, description="for reranker, monoT5 actors scoring in parallel")
+    num_actors: int = Field(1, ge=1, description="for reranker, ranker actors scoring in parallel")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="for reranker, GPUs each actor reserves (0 on CPU)")
     device: str = Field("cpu", description="for reranker, torch device of each actor (cpu, cuda)")
     rows_per_call: int = Field(256, ge=1, description="for reranker, rows handed to an actor per call")
@@ -93,7 +99,7 @@ class FilterConfig:
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise ConfigError(f"need 0 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
         if self.strategy == "reranker" and not self.model:
-            raise ConfigError("the reranker strategy needs a monoT5 model (--model)")
+            raise ConfigError("the reranker strategy needs a ranker model (--model)")
         if min(self.num_actors, self.rows_per_call, self.shuffle_partitions, self.batch_size) < 1:
             raise ConfigError("num_actors, rows_per_call, shuffle_partitions and batch_size must be >= 1")
 
@@ -130,16 +136,51 @@ def token_count(num_tokens: int | None, logprobs: list[float] | None, query: str
     return len(query.split())
 
 
-def classify(batch: pa.Table, config: FilterConfig) -> pa.Table:
+@dataclasses.dataclass(frozen=True)
+class FewShotQueries:
+    """The normalised example queries a generated row's prompt showed the generator.
+
+    Attributes:
+        by_prompt: prompt name -> example queries every prompt of that name holds (the built-in
+            ``inpars``/``inpars-gbq`` examples, good and bad questions alike).
+        by_id: collection query id -> its normalised text, for the examples a row names in ``fewshot_ids``
+            (promptagator draws them from the collection).
+    """
+
+    by_prompt: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    by_id: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def of(self, prompt_name: str | None, fewshot_ids: list[str] | None) -> set[str] | frozenset[str]:
+        shown = self.by_prompt.get(prompt_name or "", frozenset())
+        if fewshot_ids:
+            return shown | {self.by_id[i] for i in fewshot_ids if i in self.by_id}
+        return shown
+
+
+def builtin_fewshot_queries() -> dict[str, frozenset[str]]:
+    """Normalised example queries of the built-in InPars prompts, by prompt name."""
+    from inpars_ray.prompts import inpars_template
+
+    out = {}
+    for gbq in (False, True):
+        template = inpars_template(gbq)
+        out[template.name] = frozenset(normalise(text) for ex in template.examples for _, text in ex.lines)
+    return out
+
+
+def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | None = None) -> pa.Table:
     """Per-row checks of generated rows joined with their document (``title``/``text``, null if unknown).
 
     Adds ``reason`` (null for rows that pass), the normalised query (the duplicate key) and, for the
-    "scores" strategy, ``filter_score``; for "reranker" it adds the document text monoT5 reads. The
-    document's ``title``/``text`` columns are removed.
+    "scores" strategy, ``filter_score``; for "reranker" it adds the document text the ranker reads. The
+    document's ``title``/``text`` columns are removed. ``fewshot`` (default: the built-in prompts'
+    examples) says which example queries each row's prompt showed.
     """
+    fewshot = fewshot if fewshot is not None else FewShotQueries(builtin_fewshot_queries())
     S.require_columns(batch.column_names, [S.QUERY_ID, S.DOC_ID, S.QUERY, S.ERROR, S.TITLE, S.TEXT], "filter")
     cols = {c: batch.column(c).to_pylist() for c in
-            (S.QUERY, S.ERROR, S.TITLE, S.TEXT, S.NUM_TOKENS, S.TOKEN_LOGPROBS, S.MEAN_LOGPROB)
+            (S.QUERY, S.ERROR, S.TITLE, S.TEXT, S.NUM_TOKENS, S.TOKEN_LOGPROBS, S.MEAN_LOGPROB, S.PROMPT_NAME,
+             S.FEWSHOT_IDS)
             if c in batch.column_names}
     n = batch.num_rows
     none = [None] * n
@@ -160,6 +201,8 @@ def classify(batch: pa.Table, config: FilterConfig) -> pa.Table:
             reason = UNKNOWN_DOCUMENT
         elif qnorm in normalise(doc):  # the query is a verbatim span of its document
             reason = COPIED
+        elif qnorm in fewshot.of(cols.get(S.PROMPT_NAME, none)[i], cols.get(S.FEWSHOT_IDS, none)[i]):
+            reason = FEWSHOT_REPEAT
         elif not config.min_tokens <= token_count(cols.get(S.NUM_TOKENS, none)[i], logprobs, query) \
                 <= config.max_tokens:
             reason = TOKEN_LENGTH
@@ -246,6 +289,31 @@ def input_fingerprint(path: str | os.PathLike[str]) -> list[tuple[str, int, int]
     return [(str(p.relative_to(root)) if p != root else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
+def _distinct_fewshot_ids(batch: pa.Table) -> pa.Table:
+    ids = pc.unique(pc.list_flatten(batch.column(S.FEWSHOT_IDS)).drop_null())
+    return pa.table({"id": ids.cast(pa.string())})
+
+
+def fewshot_queries(generated: Any, collection: Collection, load_config: LoadConfig = LoadConfig()) -> FewShotQueries:
+    """The example queries of the prompts behind ``generated``: the built-in prompts' and, for ids the
+    rows name in ``fewshot_ids`` (a handful per run), the collection's query texts."""
+    from inpars_ray.load import read_queries
+
+    ids = set()
+    for part in generated.select_columns([S.FEWSHOT_IDS]).map_batches(
+            _distinct_fewshot_ids, batch_format="pyarrow").iter_batches(batch_format="pyarrow", batch_size=None):
+        ids.update(part.column("id").to_pylist())
+    by_id: dict[str, str] = {}
+    if ids:
+        queries, _ = read_queries(collection, load_config)
+        keep = queries.filter(pc.is_in(queries.column(S.QUERY_ID), value_set=pa.array(sorted(ids), pa.string())))
+        by_id = {q: normalise(t) for q, t in zip(keep.column(S.QUERY_ID).to_pylist(), keep.column(S.QUERY).to_pylist())}
+        if len(by_id) < len(ids):
+            logger.warning("%d few-shot query ids are not in the collection's queries; their repeats are not "
+                           "detected", len(ids) - len(by_id))
+    return FewShotQueries(builtin_fewshot_queries(), by_id)
+
+
 def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
     import pyarrow.dataset as pads
 
@@ -303,7 +371,9 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
         # the document of each generated row, joined by id over hash partitions of both sides
         joined = hash_exchange([generated, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
                                parts, left_join_unique, key=S.DOC_ID)
-        checked = joined.map_batches(classify, fn_kwargs={"config": config}, batch_format="pyarrow").materialize()
+        fewshot = fewshot_queries(generated, collection, load_config)
+        checked = joined.map_batches(classify, fn_kwargs={"config": config, "fewshot": fewshot},
+                                     batch_format="pyarrow").materialize()
         checked.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
         # duplicates: every copy of a normalised query lands in the same partition
         survivors = checked.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
@@ -312,11 +382,11 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
         survivors = deduped.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
     with record.timed("score"):
         if config.strategy == "reranker":
-            from inpars_ray.monot5 import MonoT5Config, score_dataset
+            from inpars_ray.rankers import RankerConfig, score_dataset
 
-            monot5 = MonoT5Config(model=config.model, max_length=config.max_length, batch_size=config.batch_size,
-                                  device=config.device)
-            survivors = score_dataset(survivors, monot5, num_actors=config.num_actors,
+            ranker = RankerConfig(model=config.model, family=config.family, max_length=config.max_length,
+                                  batch_size=config.batch_size, device=config.device)
+            survivors = score_dataset(survivors, ranker, num_actors=config.num_actors,
                                       num_gpus_per_actor=config.num_gpus_per_actor,
                                       batch_rows=config.rows_per_call, query_column=S.QUERY,
                                       text_column=_DOC, score_column=S.FILTER_SCORE)

@@ -33,7 +33,14 @@ def ray_session():
 
     from inpars_ray.raykit import ensure_ray
 
-    ensure_ray(num_cpus=2)
+    for attempt in range(3):  # Ray gives a starting node 30 s to register, which a loaded machine can miss
+        try:
+            ensure_ray(num_cpus=2)
+            break
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            ray.shutdown()
     yield ray
     ray.shutdown()
 

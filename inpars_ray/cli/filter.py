@@ -1,4 +1,4 @@
-"""``inpars-ray filter``: keep the best synthetic queries (InPars-v1 log-prob scores or InPars-v2 monoT5)."""
+"""``inpars-ray filter``: keep the best synthetic queries (InPars-v1 log-prob scores or InPars-v2 ranker scores)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,8 @@ from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, con
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from inpars_ray.filter import FilterConfig
 
-    p = sub.add_parser("filter", help="filter generated queries by generator scores or by a monoT5 reranker")
+    p = sub.add_parser("filter", help="filter generated queries by generator scores or by a ranker "
+                       "(monoT5, cross-encoder, bi-encoder)")
     p.add_argument("--queries", required=True, help="folder of generated queries (Parquet, from 'generate')")
     add_dataset(p)  # the documents: needed to drop queries copied from them, and for the reranker
     add_ray(p)

@@ -1,4 +1,5 @@
-"""``inpars-ray train``: fine-tune monoT5 on triples with Ray Train (delegates to :func:`inpars_ray.train.train`)."""
+"""``inpars-ray train``: fine-tune a ranker (monoT5, cross-encoder, bi-encoder) on triples with Ray Train
+(delegates to :func:`inpars_ray.train.train`)."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,8 @@ logger = logging.getLogger(__name__)
 def add_parser(subparsers) -> None:
     from inpars_ray.train import TrainConfig
 
-    p = subparsers.add_parser("train", help="fine-tune a monoT5 reranker on (query, positive, negative) triples")
+    p = subparsers.add_parser("train", help="fine-tune a ranker (monoT5, cross-encoder or bi-encoder) on "
+                              "(query, positive, negative) triples")
     p.add_argument("--triples", required=True, help="folder (or file) of triples Parquet (schema.TRIPLES)")
     p.add_argument("--out", required=True, help="run folder: model/, manifest.json, and (by default) checkpoints")
     p.add_argument("--grad-accum", type=int, default=None,
