@@ -40,10 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from inpars_ray.raykit import ensure_ray
     from inpars_ray.report import terminal_table
 
-    ensure_ray(args.ray_address, args.num_cpus)
+    progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir}")
+    with progress.stage("ray") as line:  # starting a local Ray takes a while on a small machine
+        ensure_ray(args.ray_address, args.num_cpus)
+        line.summary = _cluster()
     storage.check_reachable(config.out_dir)  # before anything is written, the log included
     log = progress.attach_log(progress.log_file(config.out_dir))
-    progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir}")
     progress.echo(f"log: {log}")
     run_pipeline(config, args.cache_dir)
     report, where = _report(config.out_dir)
@@ -74,3 +76,13 @@ def _report(out_dir: str):
         for made in [report.paths["md"], report.paths["json"], *report.plots]:
             root.join(made.name).write_bytes(Path(made).read_bytes())
     return report, root.join(report.paths["md"].name).uri
+
+
+def _cluster() -> str:
+    """The Ray cluster joined, in a few words: nodes, CPUs, GPUs."""
+    import ray
+
+    res = ray.cluster_resources()
+    nodes = sum(1 for k in res if k.startswith("node:") and k != "node:__internal_head__")
+    gpus = f", {res['GPU']:g} GPUs" if res.get("GPU") else ""
+    return f"{nodes} node{'s' if nodes != 1 else ''}, {res.get('CPU', 0):g} CPUs{gpus}"

@@ -1,9 +1,12 @@
-"""``inpars-ray rerank``: every input pair within the depth is scored exactly once; a rerun skips."""
+"""``inpars-ray rerank``: every input pair within the depth is scored exactly once, for each ranker family
+(read from the checkpoint, or given with --family); a rerun skips."""
 from __future__ import annotations
 
 import collections
 import json
 from pathlib import Path
+
+import pytest
 
 from inpars_ray import bm25, catalog, cli
 from inpars_ray.load import read_queries
@@ -11,10 +14,20 @@ from inpars_ray.load import read_queries
 from tests.conftest import BUNDLED
 
 
-def test_rerank_verb_scores_every_pair_once_and_a_rerun_skips(ray_session, tmp_path: Path, capsys):
-    from inpars_ray.testing.tiny_t5 import build_tiny_monot5
+def _model(family: str, path: Path) -> tuple[Path, list[str]]:
+    if family == "monot5":
+        from inpars_ray.testing.tiny_t5 import build_tiny_monot5
 
-    model = build_tiny_monot5(tmp_path / "monot5")
+        return build_tiny_monot5(path), []  # the family is read from the checkpoint
+    from inpars_ray.testing.tiny_bert import build_tiny_bi_encoder, build_tiny_cross_encoder
+
+    build = build_tiny_cross_encoder if family == "cross-encoder" else build_tiny_bi_encoder
+    return build(path), ["--family", family]
+
+
+@pytest.mark.parametrize("family", ["monot5", "cross-encoder", "bi-encoder"])
+def test_rerank_verb_scores_every_pair_once_and_a_rerun_skips(ray_session, tmp_path: Path, capsys, family):
+    model, family_args = _model(family, tmp_path / "model")
     collection = catalog.resolve(str(BUNDLED))
     bm25.build_index(collection, tmp_path / "index")
     queries, _ = read_queries(collection)
@@ -22,7 +35,7 @@ def test_rerank_verb_scores_every_pair_once_and_a_rerun_skips(ray_session, tmp_p
     bm25.write_trec_run(first, tmp_path / "bm25.trec")
     out = tmp_path / "reranked.trec"
     argv = ["rerank", "--dataset", str(BUNDLED), "--run", str(tmp_path / "bm25.trec"), "--model", str(model),
-            "--out", str(out), "--depth", "8", "--partitions", "2"]
+            "--out", str(out), "--depth", "8", "--partitions", "2", *family_args]
     assert cli.main(argv) == 0
     assert "reranked" in capsys.readouterr().out
 
