@@ -5,16 +5,17 @@ Two strategies (REFERENCE.md, "filter"):
 * ``scores`` (InPars-v1): the generator's own confidence, the mean of the generated tokens' log-probs
   (``sum`` and ``min`` are offered too); queries with fewer than ``min_tokens`` or more than
   ``max_tokens`` tokens are dropped; the top ``keep_top_k`` survive.
-* ``reranker`` (InPars-v2): monoT5's P(true) of (query, its source document), computed by the shared
-  :class:`inpars_ray.monot5.MonoT5Scorer`; the top ``keep_top_k`` survive.
+* ``reranker`` (InPars-v2): a ranker's score of (query, its source document): monoT5's P(true) as in
+  InPars-v2, or a cross-/bi-encoder's score, computed by the shared :class:`inpars_ray.rankers.RankerUDF`;
+  the top ``keep_top_k`` survive.
 
 Whatever the strategy, rows the generator failed on, empty queries, queries whose document is not in the
 corpus, queries copied verbatim from their document and duplicate queries are dropped first. Every input
 row ends up either in ``kept/`` or in ``dropped/`` with its reason, and the manifest counts both.
 
 Layers: pure functions over Arrow batches (:func:`classify`, :func:`mark_duplicates`,
-:func:`local_top_k`, :func:`threshold_of`, :func:`apply_threshold`); the monoT5 actor comes from
-:mod:`inpars_ray.monot5`; :func:`run_filter` wires them into Ray Data. The document text is joined to the
+:func:`local_top_k`, :func:`threshold_of`, :func:`apply_threshold`); the ranker actor comes from
+:mod:`inpars_ray.rankers`; :func:`run_filter` wires them into Ray Data. The document text is joined to the
 queries by :func:`inpars_ray.exchange.hash_exchange` (a hash-partitioned join on Ray tasks), so the corpus never sits in one process, and the
 top-k is distributed: each block keeps its own top-k, the driver merges those small candidate sets into a
 threshold, and a second pass over the blocks splits kept from dropped.
@@ -69,10 +70,12 @@ class FilterConfig:
         aggregate: for "scores", how token log-probs become one score: "mean" (InPars), "sum" or "min".
         min_tokens: queries with fewer generated tokens are dropped (InPars: 3).
         max_tokens: queries with more generated tokens are dropped (InPars: 1000).
-        model: for "reranker", the monoT5 checkpoint (Hugging Face id or folder).
-        max_length: for "reranker", monoT5 input length in tokens (the document is truncated).
+        model: for "reranker", the ranker checkpoint (Hugging Face id or folder).
+        family: for "reranker", the ranker family (monot5, cross-encoder, bi-encoder); None reads it from
+            the checkpoint.
+        max_length: for "reranker", ranker input length in tokens (the document is truncated).
         batch_size: for "reranker", pairs per forward pass.
-        num_actors: for "reranker", monoT5 actors scoring in parallel.
+        num_actors: for "reranker", ranker actors scoring in parallel.
         rows_per_call: for "reranker", rows handed to an actor per call.
         shuffle_partitions: partitions of the hash join with the corpus and of the duplicate check.
     """
@@ -83,6 +86,7 @@ class FilterConfig:
     min_tokens: int = 3
     max_tokens: int = 1000
     model: str | None = None
+    family: str | None = None
     max_length: int = 512
     batch_size: int = 16
     num_actors: int = 1
@@ -99,7 +103,7 @@ class FilterConfig:
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise ConfigError(f"need 0 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
         if self.strategy == "reranker" and not self.model:
-            raise ConfigError("the reranker strategy needs a monoT5 model (--model)")
+            raise ConfigError("the reranker strategy needs a ranker model (--model)")
         if min(self.num_actors, self.rows_per_call, self.shuffle_partitions, self.batch_size) < 1:
             raise ConfigError("num_actors, rows_per_call, shuffle_partitions and batch_size must be >= 1")
 
@@ -307,10 +311,11 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.Pat
         survivors = deduped.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
     with record.timed("score"):
         if config.strategy == "reranker":
-            from inpars_ray.monot5 import MonoT5Config, score_dataset
+            from inpars_ray.rankers import RankerConfig, score_dataset
 
-            monot5 = MonoT5Config(model=config.model, max_length=config.max_length, batch_size=config.batch_size)
-            survivors = score_dataset(survivors, monot5, num_actors=config.num_actors,
+            ranker = RankerConfig(model=config.model, family=config.family, max_length=config.max_length,
+                                  batch_size=config.batch_size)
+            survivors = score_dataset(survivors, ranker, num_actors=config.num_actors,
                                       batch_rows=config.rows_per_call, query_column=S.QUERY,
                                       text_column=_DOC, score_column=S.FILTER_SCORE)
         scored = survivors.materialize()

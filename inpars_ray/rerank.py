@@ -1,12 +1,12 @@
-"""Stage 6 — rerank: monoT5 rescoring of a first-stage run (InPars reranks BM25's top 1000).
+"""Stage 6 — rerank: rescoring of a first-stage run by a ranker (InPars reranks BM25's top 1000).
 
 Layers:
 
 * pure functions over Arrow batches: :func:`attach_texts` (run rows + query text + document text, the
   document as BEIR flat indexes join it) and :func:`rank_by_score` (ranks within each query by
   descending score, ties broken by doc id);
-* the scoring actor is :class:`inpars_ray.monot5.MonoT5Scorer`, the one P(true) function the InPars-v2
-  filter uses too (one forward pass; the document is truncated, never the ``Relevant:`` suffix);
+* the scoring actor is :class:`inpars_ray.rankers.RankerUDF` (monoT5, cross-encoder or bi-encoder, read
+  from the checkpoint), the same scorer the InPars-v2 filter uses;
 * :func:`rerank_run` wires them into Ray: the run is streamed from its file, joined with the corpus by a
   hash exchange on the document id (no process holds the corpus or all pairs), scored by a pool of
   actors, regrouped by query id for ranking, and streamed into a TREC run file.
@@ -36,9 +36,10 @@ class RerankConfig:
     """Reranking settings.
 
     Attributes:
-        model: monoT5 checkpoint (Hugging Face id or local folder), e.g. a folder written by ``train``.
+        model: ranker checkpoint (Hugging Face id or local folder), e.g. a folder written by ``train``.
+        family: ranker family (``monot5``, ``cross-encoder``, ``bi-encoder``); None reads it from the checkpoint.
         depth: hits per query that are rescored (InPars: the BM25 top 1000); deeper hits are dropped.
-        max_length: monoT5 input length in tokens (REFERENCE: 512).
+        max_length: ranker input length in tokens (REFERENCE: 512).
         batch_size: pairs per forward pass.
         rows_per_call: pairs handed to one actor call.
         num_actors: scoring actors.
@@ -48,6 +49,7 @@ class RerankConfig:
     """
 
     model: str
+    family: str | None = None
     depth: int = 1000
     max_length: int = 512
     batch_size: int = 16
@@ -117,11 +119,11 @@ def _read_run_dataset(run_path: Path, depth: int) -> Any:
 
 def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> dict:
-    """Rescore ``run_path`` with monoT5 and write the reranked TREC run to ``out_path`` (+ its manifest)."""
+    """Rescore ``run_path`` with a ranker and write the reranked TREC run to ``out_path`` (+ its manifest)."""
     from inpars_ray.bm25 import completed_run, run_manifest_name, write_trec_stream
     from inpars_ray.exchange import corpus_documents, hash_exchange
     from inpars_ray.load import read_queries
-    from inpars_ray.monot5 import MonoT5Config, score_dataset
+    from inpars_ray.rankers import RankerConfig, score_dataset
 
     run_path, out_path = Path(run_path), Path(out_path)
     info = run_path.stat()
@@ -139,14 +141,15 @@ def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_pat
     if missing:
         logger.warning("%d hits name a document or query the collection lacks; they are not reranked", missing)
     pairs = joined.filter(lambda r: r[S.TEXT] is not None and r[S.QUERY] is not None)
-    scored = score_dataset(pairs, MonoT5Config(config.model, config.max_length, config.batch_size, config.device),
+    ranker = RankerConfig(config.model, config.family, config.max_length, config.batch_size, config.device).resolved()
+    scored = score_dataset(pairs, ranker,
                            num_actors=config.num_actors, batch_rows=config.rows_per_call,
                            num_gpus_per_actor=config.num_gpus_per_actor)
     ranked = hash_exchange([scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE])], [S.QUERY_ID],
                            config.partitions, rank_by_score)
     with record.timed("rerank"):
         pairs_scored, queries_out = write_trec_stream(ranked.iter_batches(batch_format="pyarrow", batch_size=None),
-                                                      out_path, tag="inpars-ray-monot5")
+                                                      out_path, tag=f"inpars-ray-{ranker.family}")
     record.counts.update(pairs_scored=pairs_scored, pairs_unknown=missing, queries=len(queries_out))
     if record.timings.get("rerank"):
         record.extra["pairs_per_second"] = round(pairs_scored / record.timings["rerank"], 2)

@@ -1,0 +1,438 @@
+"""Ranker families behind one interface: monoT5, cross-encoders and bi-encoders.
+
+Every consumer of a relevance model (the InPars-v2 filter, training's dev set, the rerank stage, the
+consistency filter) scores (query, document) pairs through :class:`Ranker`; which family a checkpoint
+belongs to is read from the checkpoint itself (:func:`detect_family`) or given explicitly.
+
+* ``monot5``: a seq2seq model; the score is P(true) at the first decoder step, with the prompt and
+  truncation of :mod:`inpars_ray.monot5` (the document is cut, never the ``Relevant:`` suffix).
+* ``cross-encoder``: ``AutoModelForSequenceClassification`` with one label (BERT, MiniLM, ELECTRA,
+  DeBERTa...); the query and the document are one input pair, the score is the raw logit. A checkpoint
+  saved by :func:`save_cross_encoder` loads in ``sentence_transformers.CrossEncoder`` with the same scores.
+* ``bi-encoder``: ``AutoModel`` + pooling (mean over tokens by default, as all-MiniLM-L6-v2 uses); the score
+  is the cosine of the query and document embeddings. :func:`save_bi_encoder` writes the
+  sentence-transformers files, so ``SentenceTransformer(path)`` loads it too.
+
+Speed (issue 11): an actor's batch is tokenised in one call of the fast tokenizer (padded once to the
+batch's longest pair, as NumPy arrays), the pairs are ordered by token length and cut into sub-batches
+that are trimmed to their own longest pair, so padding stays small; scores are scattered back into the
+input order. A bi-encoder embeds each distinct query of a batch once (a rerank batch holds the hits of a
+few queries).
+
+Layers: pure functions (:func:`detect_family`, :func:`length_buckets`, the per-family ``encode`` /
+``forward`` helpers that training reuses), :class:`Ranker` (loads once per actor), :class:`RankerUDF`
+and :func:`score_dataset` (Ray Data wiring).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from inpars_ray import schema as S
+from inpars_ray.deps import require
+from inpars_ray.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MONOT5, CROSS_ENCODER, BI_ENCODER = "monot5", "cross-encoder", "bi-encoder"
+FAMILIES = (MONOT5, CROSS_ENCODER, BI_ENCODER)
+POOLINGS = ("mean", "cls")
+#: files sentence-transformers writes for a bi-encoder (SentenceTransformer.save)
+ST_MODULES = "modules.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerConfig:
+    """Which ranker to load and how to feed it.
+
+    Attributes:
+        model: Hugging Face id or local folder (e.g. ``<run>/train/model``).
+        family: ``monot5``, ``cross-encoder`` or ``bi-encoder``; None reads it from the checkpoint.
+        max_length: tokens per input: the whole prompt (monoT5), the query+document pair (cross-encoder)
+            or each text (bi-encoder); the document is what gets truncated.
+        batch_size: pairs per forward pass (bi-encoder: texts per forward pass).
+        device: torch device string ("cpu", "cuda", "cuda:1").
+        pooling: bi-encoder pooling, "mean" (sentence-transformers' default) or "cls".
+        sort_by_length: order a batch's pairs by token length before cutting sub-batches (less padding);
+            False keeps input order (for comparisons).
+        torch_threads: intra-op threads of each actor; None leaves torch's default.
+    """
+
+    model: str
+    family: str | None = None
+    max_length: int = 512
+    batch_size: int = 16
+    device: str = "cpu"
+    pooling: str = "mean"
+    sort_by_length: bool = True
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.family is not None and self.family not in FAMILIES:
+            raise ConfigError(f"ranker family must be one of {FAMILIES} or None, got {self.family!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.max_length < 16:
+            raise ConfigError(f"RankerConfig.max_length={self.max_length} is too small (>= 16)")
+        if self.batch_size < 1:
+            raise ConfigError(f"RankerConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"RankerConfig.torch_threads must be >= 1 or None, got {self.torch_threads}")
+
+    def resolved(self) -> RankerConfig:
+        """This config with ``family`` read from the checkpoint when it was None."""
+        return self if self.family else dataclasses.replace(self, family=detect_family(self.model))
+
+
+# --- family detection -------------------------------------------------------------------------------------
+def family_of_config(config: dict[str, Any]) -> str:
+    """The family a Hugging Face ``config.json`` describes (its ``architectures``, else its shape)."""
+    archs = config.get("architectures") or []
+    if config.get("is_encoder_decoder") or any("ConditionalGeneration" in a or "Seq2Seq" in a for a in archs):
+        return MONOT5
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return CROSS_ENCODER
+    if archs and all(a.endswith("Model") for a in archs):
+        return BI_ENCODER
+    raise ConfigError(f"cannot tell the ranker family from architectures={archs}; give family explicitly "
+                      f"(one of {FAMILIES})")
+
+
+def detect_family(model: str | Path) -> str:
+    """``monot5``, ``cross-encoder`` or ``bi-encoder`` for a local folder or a (cached) Hugging Face id.
+
+    A sentence-transformers bi-encoder folder (``modules.json``) is a bi-encoder; otherwise config.json's
+    ``architectures`` decide: ``*ForConditionalGeneration`` (T5) is monoT5, ``*ForSequenceClassification``
+    a cross-encoder, a bare encoder (``BertModel``) a bi-encoder.
+    """
+    folder = Path(model)
+    if folder.is_dir():
+        if (folder / ST_MODULES).exists():
+            return BI_ENCODER
+        if not (folder / "config.json").exists():
+            raise ConfigError(f"{folder} holds no config.json: not a Hugging Face checkpoint")
+        return family_of_config(json.loads((folder / "config.json").read_text()))
+    transformers = require("transformers", "reading a checkpoint's config")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(model)).to_dict()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config of ranker {model!r}: {exc}") from exc
+    return family_of_config(config)
+
+
+# --- pure helpers -----------------------------------------------------------------------------------------
+def length_buckets(lengths: np.ndarray, batch_size: int, sort: bool = True) -> Iterator[np.ndarray]:
+    """Index arrays of sub-batches of at most ``batch_size``; by ascending length when ``sort``.
+
+    The sort is stable, so equal lengths keep input order and the result does not depend on anything
+    but the lengths.
+    """
+    order = np.argsort(lengths, kind="stable") if sort else np.arange(len(lengths))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _as_list(values: Sequence[str] | pa.Array | pa.ChunkedArray | np.ndarray) -> list[str]:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.to_pylist()
+    if isinstance(values, np.ndarray):
+        return values.tolist()
+    return list(values)
+
+
+def encode_pairs(tokenizer, queries: list[str], docs: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """Cross-encoder inputs for all pairs in one fast-tokenizer call: int64 arrays padded to the longest.
+
+    Truncation is ``longest_first`` as in ``sentence_transformers.CrossEncoder``, which in practice cuts the
+    document (queries are short).
+    """
+    enc = tokenizer(queries, docs, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+    return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """Bi-encoder inputs for single texts (queries or documents), padded to the longest."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+    return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
+def encode_monot5(tokenizer, queries: list[str], docs: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """monoT5 encoder inputs (prompt built by :func:`inpars_ray.monot5.prompt_ids`), padded by ``tokenizer.pad``."""
+    from inpars_ray.monot5 import prompt_ids
+
+    ids = prompt_ids(tokenizer, queries, docs, max_length)
+    enc = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="np")
+    return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
+def _trim(enc: dict[str, np.ndarray], rows: np.ndarray, torch, device, left: bool = False) -> dict[str, Any]:
+    """Rows ``rows`` of a padded encoding, cut to their own longest sequence, as torch tensors.
+
+    Works for right padding (the first ``width`` columns) and left padding (the last ``width``)."""
+    mask = enc["attention_mask"][rows]
+    width = max(int(mask.sum(1).max()), 1)
+    cols = slice(mask.shape[1] - width, None) if left else slice(0, width)
+    return {k: torch.from_numpy(np.ascontiguousarray(v[rows][:, cols])).to(device) for k, v in enc.items()}
+
+
+def mean_pool(hidden, mask):
+    """Mean of the token embeddings where ``mask`` is 1 (sentence-transformers' mean pooling)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def pool(hidden, mask, how: str):
+    """Sentence embedding from the last hidden state: ``mean`` or ``cls`` (first token)."""
+    return mean_pool(hidden, mask) if how == "mean" else hidden[:, 0]
+
+
+def cross_encoder_logits(model, batch: dict[str, Any]):
+    """The single relevance logit of each pair (shape ``(n,)``)."""
+    return model(**batch).logits[:, 0]
+
+
+def embed(model, batch: dict[str, Any], pooling: str = "mean", normalize: bool = True):
+    """Pooled (and L2-normalised) embeddings of a batch of texts."""
+    torch = require("torch", "bi-encoder scoring")
+    hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {})
+                   ).last_hidden_state
+    out = pool(hidden, batch["attention_mask"], pooling)
+    return torch.nn.functional.normalize(out.float(), dim=-1) if normalize else out
+
+
+def monot5_ptrue(model, batch: dict[str, Any], true_id: int, false_id: int):
+    """P(true) at the first decoder step (softmax over the true/false logits)."""
+    torch = require("torch", "monoT5 scoring")
+    from inpars_ray.monot5 import decoder_start_ids
+
+    logits = model(**batch, decoder_input_ids=decoder_start_ids(model, batch["input_ids"].shape[0])).logits
+    return torch.softmax(logits[:, 0, [true_id, false_id]].float(), dim=-1)[:, 0]
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+def load_model(family: str, source: str | Path, training: bool = False):
+    """(model, tokenizer) of ``family`` from a folder or Hugging Face id.
+
+    A cross-encoder can start from a bare encoder (all-MiniLM-L6-v2): its one-label head is then new.
+    """
+    transformers = require("transformers", "loading a ranker")
+    source = str(source)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    if family == MONOT5:
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(source)
+    elif family == CROSS_ENCODER:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    elif family == BI_ENCODER:
+        model = transformers.AutoModel.from_pretrained(source)
+    else:
+        raise ConfigError(f"unknown ranker family {family!r}; one of {FAMILIES}")
+    if not training:
+        model.eval()
+    return model, tokenizer
+
+
+def bi_encoder_pooling(model: str | Path, default: str = "mean") -> str:
+    """The pooling a sentence-transformers folder declares (``1_Pooling/config.json``), else ``default``."""
+    folder = Path(model)
+    modules = folder / ST_MODULES
+    if not modules.exists():
+        return default
+    for module in json.loads(modules.read_text()):
+        if module.get("type", "").endswith("Pooling"):
+            cfg = json.loads((folder / module["path"] / "config.json").read_text())
+            if cfg.get("pooling_mode_cls_token"):
+                return "cls"
+            if cfg.get("pooling_mode_mean_tokens"):
+                return "mean"
+            raise ConfigError(f"{folder}: pooling {cfg} is not supported (mean or cls)")
+    return default
+
+
+# --- saving -----------------------------------------------------------------------------------------------
+def save_cross_encoder(model, tokenizer, path: str | Path, state_dict=None) -> None:
+    """Save a cross-encoder so ``CrossEncoder(path)`` loads it and predicts our raw logits.
+
+    sentence-transformers applies a sigmoid to one-label models unless config.json names another
+    activation; the identity makes its ``predict`` return exactly :meth:`Ranker.score`'s numbers.
+    """
+    model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
+    model.save_pretrained(path, state_dict=state_dict)
+    tokenizer.save_pretrained(path)
+
+
+def save_bi_encoder(model, tokenizer, path: str | Path, pooling: str = "mean", max_length: int = 512,
+                    state_dict=None) -> None:
+    """Save a bi-encoder as Hugging Face files plus the sentence-transformers module files."""
+    path = Path(path)
+    model.save_pretrained(path, state_dict=state_dict)
+    tokenizer.save_pretrained(path)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (path / ST_MODULES).write_text(json.dumps(modules, indent=2))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
+                                                                "do_lower_case": False}))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": model.config.hidden_size, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (path / "2_Normalize").mkdir(exist_ok=True)
+
+
+def save_ranker(family: str, model, tokenizer, path: str | Path, pooling: str = "mean", max_length: int = 512,
+                state_dict=None) -> None:
+    """Save a trained ranker of any family in the format its loaders expect."""
+    if family == CROSS_ENCODER:
+        save_cross_encoder(model, tokenizer, path, state_dict)
+    elif family == BI_ENCODER:
+        save_bi_encoder(model, tokenizer, path, pooling, max_length, state_dict)
+    else:
+        model.save_pretrained(path, state_dict=state_dict)
+        tokenizer.save_pretrained(path)
+
+
+# --- the scorer -------------------------------------------------------------------------------------------
+class Ranker:
+    """A loaded ranker: ``score(queries, docs)`` returns one float64 per pair, in input order.
+
+    Build it from a config (loads the checkpoint) or, for a model being trained, with :meth:`from_model`.
+    """
+
+    def __init__(self, config: RankerConfig, model=None, tokenizer=None) -> None:
+        torch = require("torch", "ranker scoring")
+        self.config = config = config.resolved()
+        self.family = config.family
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        if model is None:
+            model, tokenizer = load_model(self.family, config.model)
+            model.to(torch.device(config.device))
+        self.model, self.tokenizer = model, tokenizer
+        self._left = getattr(tokenizer, "padding_side", "right") == "left"
+        self.pooling = bi_encoder_pooling(config.model, config.pooling) if self.family == BI_ENCODER else None
+        if self.family == MONOT5:
+            from inpars_ray.monot5 import true_false_ids
+
+            self.true_false = true_false_ids(tokenizer)  # fail at load time, not on the first batch
+        logger.info("%s ranker %s ready on %s", self.family, config.model, config.device)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, family: str, max_length: int = 512, batch_size: int = 32,
+                   pooling: str = "mean") -> Ranker:
+        """A ranker around an in-memory model (training's dev evaluation); the caller sets eval/train mode."""
+        config = RankerConfig(model="<in-memory>", family=family, max_length=max_length, batch_size=batch_size,
+                              device=str(next(model.parameters()).device), pooling=pooling)
+        return cls(config, model=model, tokenizer=tokenizer)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def score(self, queries: Sequence[str] | pa.Array, docs: Sequence[str] | pa.Array) -> np.ndarray:
+        """Relevance scores of (query, document) pairs: P(true), logit or cosine by family."""
+        torch = require("torch", "ranker scoring")
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries but {len(docs)} documents")
+        if len(queries) == 0:
+            return np.zeros(0, dtype=np.float64)
+        with torch.inference_mode():
+            if self.family == BI_ENCODER:
+                return self._score_bi(queries, docs)
+            q, d = _as_list(queries), _as_list(docs)
+            if self.family == MONOT5:
+                enc = encode_monot5(self.tokenizer, q, d, self.config.max_length)
+                t, f = self.true_false
+                forward = lambda b: monot5_ptrue(self.model, b, t, f)  # noqa: E731
+            else:
+                enc = encode_pairs(self.tokenizer, q, d, self.config.max_length)
+                forward = lambda b: cross_encoder_logits(self.model, b)  # noqa: E731
+            return self._bucketed(enc, forward)
+
+    def _bucketed(self, enc: dict[str, np.ndarray], forward) -> np.ndarray:
+        """Run ``forward`` over length-sorted sub-batches of ``enc``; scores come back in input order."""
+        torch = require("torch", "ranker scoring")
+        lengths = enc["attention_mask"].sum(1)
+        out = np.empty(len(lengths), dtype=np.float64)
+        for rows in length_buckets(lengths, self.config.batch_size, self.config.sort_by_length):
+            out[rows] = forward(_trim(enc, rows, torch, self.device, self._left)).float().cpu().numpy()
+        return out
+
+    def embed(self, texts: Sequence[str] | pa.Array) -> np.ndarray:
+        """Normalised embeddings (float32, one row per text) of a bi-encoder."""
+        torch = require("torch", "bi-encoder scoring")
+        if self.family != BI_ENCODER:
+            raise ConfigError(f"embed() needs a bi-encoder, this ranker is a {self.family}")
+        enc = encode_texts(self.tokenizer, _as_list(texts), self.config.max_length)
+        lengths = enc["attention_mask"].sum(1)
+        out = None
+        with torch.inference_mode():
+            for rows in length_buckets(lengths, self.config.batch_size, self.config.sort_by_length):
+                e = embed(self.model, _trim(enc, rows, torch, self.device, self._left), self.pooling).cpu().numpy()
+                if out is None:
+                    out = np.empty((len(lengths), e.shape[1]), dtype=np.float32)
+                out[rows] = e
+        return out
+
+    def _score_bi(self, queries, docs) -> np.ndarray:
+        # a batch of rerank pairs holds few distinct queries: embed each once
+        codes = pa.array(_as_list(queries) if not isinstance(queries, (pa.Array, pa.ChunkedArray)) else queries,
+                         pa.string())
+        if isinstance(codes, pa.ChunkedArray):
+            codes = codes.combine_chunks()
+        dict_arr = codes.dictionary_encode()
+        q_emb = self.embed(dict_arr.dictionary)
+        d_emb = self.embed(docs)
+        idx = dict_arr.indices.to_numpy(zero_copy_only=False)
+        return np.einsum("ij,ij->i", q_emb[idx], d_emb).astype(np.float64)
+
+    def __str__(self) -> str:
+        return f"{self.family}({self.config.model})"
+
+
+class RankerUDF:
+    """Ray Data UDF: adds a score column to batches of (query, text) rows; loads the ranker once per actor."""
+
+    def __init__(self, config: RankerConfig, query_column: str = S.QUERY, text_column: str = S.TEXT,
+                 score_column: str = S.SCORE) -> None:
+        self.ranker = Ranker(config)
+        self.query_column, self.text_column, self.score_column = query_column, text_column, score_column
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if not isinstance(batch, pa.Table):  # pandas batches, when a caller asks for them
+            batch = pa.Table.from_pandas(batch, preserve_index=False)
+        S.require_columns(batch.column_names, [self.query_column, self.text_column], f"{self.ranker} scoring")
+        scores = self.ranker.score(batch.column(self.query_column), batch.column(self.text_column))
+        if self.score_column in batch.column_names:
+            batch = batch.drop_columns([self.score_column])
+        return batch.append_column(self.score_column, pa.array(scores, pa.float64()))
+
+
+def score_dataset(ds, config: RankerConfig, num_actors: int = 1, batch_rows: int = 256,
+                  num_gpus_per_actor: float = 0.0, query_column: str = S.QUERY, text_column: str = S.TEXT,
+                  score_column: str = S.SCORE):
+    """Score every row of a Ray Dataset with a pool of ``num_actors`` ranker actors.
+
+    The family is resolved on the driver, so a bad checkpoint fails here and not in every actor.
+    """
+    ray = require("ray", "ranker scoring on Ray")
+    if num_actors < 1 or batch_rows < 1:
+        raise ConfigError(f"num_actors and batch_rows must be >= 1, got {num_actors}, {batch_rows}")
+    config = config.resolved()
+    return ds.map_batches(
+        RankerUDF,
+        fn_constructor_kwargs=dict(config=config, query_column=query_column, text_column=text_column,
+                                   score_column=score_column),
+        batch_size=batch_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_gpus=num_gpus_per_actor or None,
+    )
