@@ -123,9 +123,20 @@ def main(argv: list[str] | None = None) -> int:
                    "seconds": round(time.time() - t0, 1), "train": cache.get(f"info:{system}")}
             logger.info("ROW %s", json.dumps(row))
             rows.append(row)
+            write_result(args, data, all_gen, rows, systems, t_start, final=False)
+    write_result(args, data, all_gen, rows, systems, t_start, final=True)
+    return 0
+
+
+def write_result(args: argparse.Namespace, data: rs.Data, all_gen: list, rows: list[dict[str, Any]],
+                 systems: list[str], t_start: float, final: bool) -> None:
+    """Write the JSON (after every row, so an interrupted run keeps what it measured) and, at the end,
+    the PNG and the Markdown table."""
     summary = {}
     for system in systems:
         mine = [r for r in rows if r["system"] == system]
+        if not mine:
+            continue
         summary[system] = {k: {"mean": round(statistics.fmean(r[k] for r in mine), 4),
                                "std": round(statistics.pstdev(r[k] for r in mine), 4)}
                            for k in ("nDCG@10", "RR@10", "R@100", "improved_vs_bm25", "hurt_vs_bm25")}
@@ -136,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
               "train_fraction": args.train_fraction, "recipe": RECIPE, "filters": FILTERS,
               "generator": "local:smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF, hf backend, prompt inpars, greedy)",
               "ranker": "local:minilm (all-MiniLM-L6-v2)", "wall_seconds": round(time.time() - t_start, 1),
-              "versions": versions(), "rows": rows, "summary": summary}
+              "complete": final, "versions": versions(), "rows": rows, "summary": summary}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(table(result))
-    return 0
+    if final:
+        plot(result, out.with_suffix(".png"))
+        print(table(result))
 
 
 def table(result: dict[str, Any]) -> str:

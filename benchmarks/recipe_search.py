@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,9 +74,12 @@ def load_data(dataset: str, generated: str, work: str, depth: int = 100, max_tes
     work_dir.mkdir(parents=True, exist_ok=True)
     collection = catalog.resolve(dataset, cache_dir)
     index = work_dir / "index"
-    if not (index / "manifest.json").exists():
-        _ray_local(str(work_dir / "ray"))
-        bm25.build_index(collection, index)
+    if not (index / "manifest.json").exists():  # in a child process too (JVM), on a private local Ray
+        code = ("import sys, ray; from inpars_ray import bm25, catalog; "
+                "ray.init(address='local', num_cpus=2, include_dashboard=False, _temp_dir=sys.argv[4]); "
+                "bm25.build_index(catalog.resolve(sys.argv[1], sys.argv[2] or None), sys.argv[3]); ray.shutdown()")
+        subprocess.run([sys.executable, "-c", code, dataset, cache_dir or "", str(index), str(work_dir / "ray")],
+                       check=True)
     docs = [json.loads(line) for line in Path(collection.corpus_path()).read_text(encoding="utf-8").splitlines() if line.strip()]
     doc_text = {d["_id"]: document_text(d.get("title"), d.get("text")) for d in docs}
     queries, _ = read_queries(collection)
@@ -90,12 +94,17 @@ def load_data(dataset: str, generated: str, work: str, depth: int = 100, max_tes
     test_queries = {q: qtext[q] for q in test_ids}
 
     def run_of(name: str, table: pa.Table) -> dict[str, list[tuple[str, float]]]:
+        import pyarrow.parquet as pq
+
         path = work_dir / f"{name}.d{depth}.parquet"
         if not path.exists():
-            import pyarrow.parquet as pq
-
-            pq.write_table(bm25.retrieve(index, table, k=depth), path)
-        import pyarrow.parquet as pq
+            # Lucene runs in a child process: a JVM and torch in one process crashed here (SIGSEGV in
+            # libtorch's getAccelerator under the JVM's signal handlers)
+            topics = work_dir / f"{name}.topics.parquet"
+            pq.write_table(table, topics)
+            code = ("import sys, pyarrow.parquet as pq; from inpars_ray import bm25; "
+                    "pq.write_table(bm25.retrieve(sys.argv[1], pq.read_table(sys.argv[2]), k=int(sys.argv[3])), sys.argv[4])")
+            subprocess.run([sys.executable, "-c", code, str(index), str(topics), str(depth), str(path)], check=True)
 
         run = pq.read_table(path).sort_by([(S.QUERY_ID, "ascending"), (S.RANK, "ascending")])
         out: dict[str, list[tuple[str, float]]] = {}
@@ -470,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generated", required=True, help="the generate stage's parts folder")
     ap.add_argument("--work", required=True, help="cache folder for the index and BM25 runs")
     ap.add_argument("--variants", default="bm25,zs-bi", help="comma-separated names of VARIANTS; or 'list'")
-    ap.add_argument("--depth", type=int, default=100, help="BM25 hits reranked per test query")
+    ap.add_argument("--depth", type=int, default=100, help="BM25 run depth per test query (R@100 needs 100)")
+    ap.add_argument("--rerank-depth", type=int, default=None, help="hits each reranker reorders (default: --depth, "
+                    "unless the variant sets its own)")
     ap.add_argument("--max-test-queries", type=int, default=None)
     ap.add_argument("--max-generated", type=int, default=None, help="use only the first N generated queries")
     ap.add_argument("--seed", type=int, default=1)
@@ -493,9 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for name in args.variants.split(","):
         t0 = time.time()
-        m = bm25_m if name == "bm25" else measure(run_variant(name, VARIANTS[name], data, args.depth, args.seed, cache), data)
+        spec = dict(VARIANTS[name])
+        if args.rerank_depth and "rerank_depth" not in spec:
+            spec["rerank_depth"] = args.rerank_depth
+        m = bm25_m if name == "bm25" else measure(run_variant(name, spec, data, args.depth, args.seed, cache), data)
         better, worse = vs_bm25(m, bm25_m)
-        row = {"variant": name, "spec": VARIANTS[name], "seed": args.seed, "dataset": args.dataset,
+        row = {"variant": name, "spec": spec, "seed": args.seed, "dataset": args.dataset,
                "test_queries": len(data.test_queries), "generated": len(data.gen), "depth": args.depth,
                **{k: round(v, 4) for k, v in m.items() if k != "per_query_ndcg"},
                "improved_vs_bm25": better, "hurt_vs_bm25": worse, "seconds": round(time.time() - t0, 1),
