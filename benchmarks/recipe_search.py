@@ -159,10 +159,13 @@ def minilm_path() -> str:
 class BiEncoder:
     """all-MiniLM-L6-v2 (or a fine-tuned copy) as a bi-encoder: mean pooling, cosine."""
 
-    def __init__(self, path: str, q_len: int = 48, d_len: int = 192) -> None:
+    def __init__(self, path: str, q_len: int = 48, d_len: int = 192, doc_encoder: BiEncoder | None = None) -> None:
+        """``doc_encoder``: a frozen encoder for documents (query-side fine-tuning: the corpus embeddings
+        of the zero-shot model stay valid, so nothing is re-embedded after training)."""
         import torch
         import transformers
 
+        self.doc_encoder = doc_encoder
         self.torch = torch
         self.tok = transformers.AutoTokenizer.from_pretrained(path)
         self.model = transformers.AutoModel.from_pretrained(path)
@@ -189,6 +192,8 @@ class BiEncoder:
 
     def doc_embeddings(self, data: Data, ids: set[str]) -> dict[str, np.ndarray]:
         """Embeddings of documents ``ids``; each document is embedded once per model state."""
+        if self.doc_encoder is not None:
+            return self.doc_encoder.doc_embeddings(data, ids)
         todo = sorted(set(ids) - set(self._doc_cache))
         if todo:
             self._doc_cache.update(zip(todo, self.embed([data.doc_text[d] for d in todo], self.d_len)))
@@ -202,7 +207,7 @@ class BiEncoder:
         return {q: [(d, float(qemb[q] @ demb[d])) for d, _ in data.test_run.get(q, [])[:depth]] for q in qids}
 
     def train(self, examples: list[tuple[str, str, list[str]]], epochs: float, lr: float, batch: int, warmup: float,
-              scale: float = 20.0, seed: int = 0) -> dict[str, Any]:
+              scale: float = 20.0, seed: int = 0, doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """In-batch contrastive fine-tuning (MultipleNegativesRanking with hard negatives):
         each query against every positive and negative of its batch, softmax cross-entropy."""
         torch = self.torch
@@ -216,7 +221,7 @@ class BiEncoder:
             opt, lambda s: min(1.0, (s + 1) / max(1, warm)) * max(0.0, (total - s) / max(1, total - warm)) if s >= warm
             else (s + 1) / max(1, warm))
         self.model.train()
-        self._doc_cache.clear()
+        self._doc_cache.clear()  # (a frozen doc_encoder keeps its own cache)
         losses = []
         order: list[int] = []
         t0 = time.time()
@@ -229,7 +234,10 @@ class BiEncoder:
             order = order[batch:]
             q = self._embed([r[0] for r in rows], self.q_len, grad=True)
             docs = [r[1] for r in rows] + [n for r in rows for n in r[2]]
-            d = self._embed(docs, self.d_len, grad=True)
+            if doc_vectors is not None:  # frozen document side: constant vectors
+                d = torch.from_numpy(np.stack([doc_vectors[x] for x in docs]))
+            else:
+                d = self._embed(docs, self.d_len, grad=True)
             logits = scale * q @ d.T
             loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(rows)))
             opt.zero_grad()
@@ -383,7 +391,7 @@ def filter_rows(data: Data, how: str, keep: float, seed: int, consistency_k: int
     raise ValueError(how)
 
 
-def consistency_topk(data: Data, rows: list[dict[str, Any]], ranker: Any, k: int, depth: int = 30) -> list[set[str]]:
+def consistency_topk(data: Data, rows: list[dict[str, Any]], ranker: Any, k: int, depth: int = 20) -> list[set[str]]:
     """For each row, the ``k`` best of its BM25 top ``depth`` under ``ranker`` (a :class:`BiEncoder`); as in
     InPars-light, a source document BM25 did not retrieve cannot be in it."""
     demb = ranker.doc_embeddings(data, {d for r in rows for d, _ in data.gen_run.get(r["query_id"], [])[:depth]})
@@ -431,9 +439,18 @@ def run_variant(name: str, spec: dict[str, Any], data: Data, depth: int, seed: i
         ex = examples_for(data, rows, spec.get("negatives", 1), spec.get("neg_depth", 30), seed, spec.get("skip_top", 0))
         logger.info("%s: %d generated rows -> %d kept -> %d training examples", name, len(data.gen), len(rows), len(ex))
         if family == "bi":
-            model = BiEncoder(minilm_path())
+            vectors = None
+            if spec.get("query_only"):
+                zs = cache.setdefault("zs-model", BiEncoder(minilm_path()))
+                model = BiEncoder(minilm_path(), doc_encoder=zs)
+                by_id = {data.doc_text[d]: d for d in data.doc_text}
+                texts = {x for e in ex for x in [e[1], *e[2]]}
+                emb = zs.doc_embeddings(data, {by_id[t] for t in texts})
+                vectors = {t: emb[by_id[t]] for t in texts}
+            else:
+                model = BiEncoder(minilm_path())
             info = model.train(ex, spec.get("epochs", 1.0), spec.get("lr", 2e-5), spec.get("batch", 16),
-                               spec.get("warmup", 0.1), seed=seed)
+                               spec.get("warmup", 0.1), seed=seed, doc_vectors=vectors)
         else:
             model = CrossEncoder(minilm_path())
             info = model.train(ex, spec.get("epochs", 1.0), spec.get("lr", 1e-4), spec.get("batch", 8),
