@@ -20,25 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus_gen import write_collection  # noqa: E402 - the shared generated collection
 
 
 def make_collection(root: Path, n_docs: int, n_queries: int, seed: int = 7) -> None:
-    rng = np.random.default_rng(seed)
-    vocab = np.array([f"w{i}" for i in range(50_000)])
-    zipf = 1.0 / np.arange(1, len(vocab) + 1) ** 1.1
-    zipf /= zipf.sum()
-    (root / "qrels").mkdir(parents=True)
-    with (root / "corpus.jsonl").open("w") as fh:
-        for d in range(n_docs):
-            words = vocab[rng.choice(len(vocab), size=int(rng.integers(30, 120)), p=zipf)]
-            fh.write(json.dumps({"_id": f"d{d}", "title": "", "text": " ".join(words)}) + "\n")
-    with (root / "queries.jsonl").open("w") as fh, (root / "qrels" / "test.tsv").open("w") as qr:
-        qr.write("query-id\tcorpus-id\tscore\n")
-        for q in range(n_queries):
-            words = vocab[rng.choice(len(vocab), size=int(rng.integers(2, 6)), p=zipf)]
-            fh.write(json.dumps({"_id": f"q{q}", "text": " ".join(words)}) + "\n")
-            qr.write(f"q{q}\td{int(rng.integers(n_docs))}\t1\n")
+    """The shared generated collection (Zipf vocabulary): see ``corpus_gen.write_collection``."""
+    write_collection(root, n_docs, n_queries, seed)
 
 
 def main() -> None:

@@ -10,7 +10,11 @@ empty, copied and duplicate rows). Contenders:
 3. the ``reranker`` (InPars-v2) stage with the tiny random monoT5 of ``inpars_ray.testing.tiny_t5`` on a
    subset: measures the stage's plumbing around monoT5, not the speed of a real monoT5-3B.
 
-    .venv/bin/python benchmarks/filter_throughput.py [--rows 20000] [--rerank-rows 1000] [--cpus 2]
+    .venv/bin/python benchmarks/filter_throughput.py [--quick | --full] [--rows N] [--rerank-rows N] [--cpus 2]
+
+``--quick``: 20,000 rows; ``--full``: 100,000 rows (issue #11). Ray is started and warmed up before any
+contender is timed; the document store of the collection (``inpars_ray.docstore``), a per-corpus artifact
+like the index, is built before the stage is timed, and its build time is reported on its own.
 
 Prints a table and writes benchmarks/results/filter_throughput.json.
 """
@@ -21,12 +25,16 @@ import json
 import os
 import platform
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ratio, warm_ray, write_result  # noqa: E402
 
 
 def make_generated(docs: list[dict], n: int, seed: int = 5) -> pa.Table:
@@ -65,18 +73,22 @@ def single_process(generated: pa.Table, docs: list[dict], k: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=20_000)
-    ap.add_argument("--rerank-rows", type=int, default=1000)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full")
+    ap.add_argument("--rows", type=int, default=None)
+    ap.add_argument("--rerank-rows", type=int, default=0, help="rows for the reranker stage (0: skip it)")
     ap.add_argument("--keep-top-k", type=int, default=2000)
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
+    args.mode = args.mode or "quick"
+    args.rows = args.rows or {"quick": 20_000, "full": 100_000}[args.mode]
     os.environ.setdefault("INPARS_RAY_PROGRESS", "0")
+    start_load = os.getloadavg()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from inpars_ray.catalog import BUNDLED_ROOT, resolve
     from inpars_ray.filter import FilterConfig, filter_dataset
-    from inpars_ray.raykit import ensure_ray
-    from inpars_ray.testing.tiny_t5 import build_tiny_monot5
 
     docs = [json.loads(line) for line in (BUNDLED_ROOT / "corpus.jsonl").read_text().splitlines() if line.strip()]
     work = Path(tempfile.mkdtemp(prefix="filter-bench-"))
@@ -91,13 +103,49 @@ def main() -> None:
     kept = single_process(generated, docs, args.keep_top_k)
     results["pure functions, one process (no Ray, no I/O)"] = {"rows": args.rows, "seconds": time.perf_counter() - t,
                                                                 "kept": kept}
-    ensure_ray(num_cpus=args.cpus)
+    warm_ray(args.cpus)
     import ray
+
+    try:  # the per-corpus document store (absent before issue #11's docstore): built once, timed on its own
+        from inpars_ray.docstore import ensure_store
+        from inpars_ray.load import LoadConfig
+
+        t = time.perf_counter()
+        ensure_store(collection, LoadConfig())
+        store_s = round(time.perf_counter() - t, 3)
+    except ImportError:
+        store_s = None
 
     t = time.perf_counter()
     counts = filter_dataset(ray.data.read_parquet(str(work / "gen")), collection, work / "scores",
                             FilterConfig(keep_top_k=args.keep_top_k, shuffle_partitions=args.cpus))
     results["scores stage (Ray)"] = {"rows": args.rows, "seconds": time.perf_counter() - t, "kept": counts["kept"]}
+
+    if args.rerank_rows:
+        _rerank_contender(args, generated, collection, work, results)
+
+    for r in results.values():
+        r["rows_per_second"] = round(r["rows"] / r["seconds"], 1)
+        r["seconds"] = round(r["seconds"], 3)
+    base = results["pure functions, one process (no Ray, no I/O)"]["rows_per_second"]
+    ratios = {"scores stage / one-process functions": ratio(results["scores stage (Ray)"]["rows_per_second"], base)}
+    report = {"mode": args.mode, "rows": args.rows, "keep_top_k": args.keep_top_k, "cpus": args.cpus,
+              "load_average_at_start": [round(x, 2) for x in start_load], "docstore_build_seconds": store_s,
+              "results": results, "ratios": ratios, "targets": {"scores stage / one-process functions": 0.3}}
+    out = write_result("filter_throughput", report)
+    print(f"filter throughput, {args.rows} generated rows, {args.cpus} CPUs (load average at start {start_load[0]:.1f})")
+    print(f"{'contender':<52} {'rows':>7} {'seconds':>9} {'rows/s':>9}")
+    for name, r in results.items():
+        print(f"{name:<52} {r['rows']:>7} {r['seconds']:>9.2f} {r['rows_per_second']:>9.1f}")
+    print(json.dumps(ratios), f"wrote {out}")
+    ray.shutdown()
+
+
+def _rerank_contender(args, generated, collection, work, results) -> None:
+    import ray
+
+    from inpars_ray.filter import FilterConfig, filter_dataset
+    from inpars_ray.testing.tiny_t5 import build_tiny_monot5
 
     model = build_tiny_monot5(work / "monot5")
     (work / "gen-small").mkdir()
@@ -108,22 +156,6 @@ def main() -> None:
                                          num_actors=1, shuffle_partitions=args.cpus, batch_size=32))
     results["reranker stage (Ray, tiny random monoT5, 1 actor)"] = {
         "rows": args.rerank_rows, "seconds": time.perf_counter() - t, "kept": counts["kept"]}
-
-    for r in results.values():
-        r["rows_per_second"] = round(r["rows"] / r["seconds"], 1)
-        r["seconds"] = round(r["seconds"], 3)
-    report = {"rows": args.rows, "keep_top_k": args.keep_top_k, "cpus": args.cpus,
-              "load_average_1min": os.getloadavg()[0],
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "results": results}
-    out = Path(__file__).parent / "results" / "filter_throughput.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"filter throughput, {args.rows} generated rows, {args.cpus} CPUs "
-          f"(load average {report['load_average_1min']:.1f})")
-    print(f"{'contender':<52} {'rows':>7} {'seconds':>9} {'rows/s':>9}")
-    for name, r in results.items():
-        print(f"{name:<52} {r['rows']:>7} {r['seconds']:>9.2f} {r['rows_per_second']:>9.1f}")
-    ray.shutdown()
 
 
 if __name__ == "__main__":

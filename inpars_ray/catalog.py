@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from inpars_ray.errors import CollectionError, DownloadError
+from inpars_ray.storage import gcs_filesystem  # noqa: F401 - one place reaches gs:// (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +135,6 @@ class Collection:
         if missing:
             shown = ", ".join(p if self.is_local else f"gs://{p}" for p in missing)
             raise CollectionError(f"collection {self.spec!r} is not in BEIR layout: missing {shown}")
-
-
-def gcs_filesystem() -> pafs.FileSystem:
-    """A pyarrow GCS filesystem; anonymous against ``STORAGE_EMULATOR_HOST`` when that is set."""
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if emulator:
-        scheme, _, host = emulator.rpartition("://")
-        return pafs.GcsFileSystem(anonymous=True, endpoint_override=host, scheme=scheme or "http")
-    return pafs.GcsFileSystem()
 
 
 def resolve(spec: str, cache_dir: str | os.PathLike[str] | None = None) -> Collection:

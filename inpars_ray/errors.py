@@ -62,6 +62,10 @@ class SchemaError(InparsError):
     """A table handed to a stage lacks columns that stage needs."""
 
 
+class StorageError(InparsError):
+    """An artifact location cannot be used: a bad URI, a missing or changed file, a local path on many nodes."""
+
+
 class BackendError(InparsError):
     """A generation or scoring backend failed in a way retries could not cure."""
 

@@ -100,35 +100,60 @@ def evaluate_run(run: pa.Table, qrels: pa.Table, measures: Sequence[str] = DEFAU
                       num_queries_without_hits=len(missing_any))
 
 
+def run_key(run_path: str) -> str:
+    """The content key of a run file: the hash of the manifest its stage wrote beside it
+    (``<run>.manifest.json``), else the file's size and modification time (a run from elsewhere)."""
+    from inpars_ray import storage
+    from inpars_ray.manifest import manifest_hash, read_manifest
+
+    loc = storage.location(run_path)
+    manifest = read_manifest(loc.parent, f"{loc.name}.manifest.json")
+    if manifest and manifest.get("status") == "complete":
+        return manifest_hash(manifest)
+    info = loc.fs.get_file_info(loc.path)
+    return f"{info.size}:{info.mtime_ns}"
+
+
 def evaluate_files(collection: Any, run_path: str, split: str, measures: Sequence[str],
                    exclude_file: str | None = None, per_query_path: str | None = None,
                    summary_path: str | None = None, skip_bad_rows: bool = False) -> tuple[EvalResult, dict]:
-    """Evaluate a TREC run file against ``collection``'s qrels; optionally write per-query and summary files."""
-    import json
-    import os
+    """Evaluate a TREC run file against ``collection``'s qrels; optionally write per-query and summary files.
 
+    Every path may be local or ``gs://...`` (all are read and written here, in the driver, so a local path
+    is fine on any cluster). Measuring is cheap and happens in this process every time; the
+    summary records the content keys of its inputs (the run's manifest, the collection's files, the measures
+    and excluded queries) and is rewritten only when they changed, so an unchanged rerun writes nothing.
+    """
+    import hashlib
+    import json
+
+    from inpars_ray import storage
     from inpars_ray.bm25 import read_trec_run
     from inpars_ray.load import LoadConfig, read_qrels, read_queries
-    from inpars_ray.manifest import versions, write_json_atomic
+    from inpars_ray.manifest import collection_key, config_hash, versions, write_json_atomic
 
-    if not os.path.exists(run_path):
-        raise ConfigError(f"run file {run_path} does not exist")
+    run = storage.location(run_path)
+    if not run.is_file():
+        raise ConfigError(f"run file {run.uri} does not exist")
     load = LoadConfig(skip_bad_rows=skip_bad_rows)
     queries, _ = read_queries(collection, load)
     qrels, _ = read_qrels(collection, split, queries, load)
     excluded: list[str] = []
     if exclude_file:
-        with open(exclude_file, encoding="utf-8") as fh:
-            excluded = [line.strip() for line in fh if line.strip()]
+        excluded = [line.strip() for line in storage.read_text(exclude_file).splitlines() if line.strip()]
     result = evaluate_run(read_trec_run(run_path), qrels, measures, excluded)
+    inputs = {"run": run_key(run_path), "collection": collection_key(collection), "split": split,
+              "measures": list(measures), "skip_bad_rows": skip_bad_rows,
+              "excluded": hashlib.sha256("\n".join(sorted(excluded)).encode()).hexdigest()[:16]}
     if per_query_path:
-        with open(per_query_path, "w", encoding="utf-8") as fh:
-            fh.write("query_id\tmeasure\tvalue\n")
-            fh.writelines(f"{q}\t{m}\t{v:.6f}\n" for q, m, v in result.per_query)
-    summary = {"run": run_path, "dataset": collection.spec, "split": split, "measures": result.aggregate,
+        storage.write_text(per_query_path, "query_id\tmeasure\tvalue\n"
+                           + "".join(f"{q}\t{m}\t{v:.6f}\n" for q, m, v in result.per_query))
+    summary = {"run": run.uri, "dataset": collection.spec, "split": split, "measures": result.aggregate,
                "num_queries": result.num_queries, "num_queries_without_hits": result.num_queries_without_hits,
-               "excluded_queries": len(excluded), "versions": versions()}
+               "excluded_queries": len(excluded), "versions": versions(), "inputs_hash": config_hash(inputs)}
     if summary_path:
-        write_json_atomic(summary_path, summary)
-    logger.info("[evaluate] %s: %s", run_path, json.dumps({k: round(v, 4) for k, v in result.aggregate.items()}))
+        old = storage.location(summary_path)
+        if not (old.is_file() and old.read_json().get("inputs_hash") == summary["inputs_hash"]):
+            write_json_atomic(summary_path, summary)
+    logger.info("[evaluate] %s: %s", run.uri, json.dumps({k: round(v, 4) for k, v in result.aggregate.items()}))
     return result, summary

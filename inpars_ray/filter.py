@@ -10,7 +10,8 @@ Two strategies (REFERENCE.md, "filter"):
   the top ``keep_top_k`` survive.
 
 Whatever the strategy, rows the generator failed on, empty queries, queries whose document is not in the
-corpus, queries copied verbatim from their document and duplicate queries are dropped first. Every input
+corpus, queries copied verbatim from their document, queries that repeat one of their prompt's few-shot
+example queries (small generators copy them word for word) and duplicate queries are dropped first. Every input
 row ends up either in ``kept/`` or in ``dropped/`` with its reason, and the manifest counts both.
 
 Layers: pure functions over Arrow batches (:func:`classify`, :func:`mark_duplicates`,
@@ -25,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.exchange import corpus_documents, hash_exchange, left_join_unique
 from inpars_ray.load import LoadConfig
-from inpars_ray.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.manifest import MANIFEST_NAME, StageRecord, collection_key, is_complete, published, read_manifest
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -50,48 +52,42 @@ GENERATION_ERROR = "generation_error"
 EMPTY_QUERY = "empty_query"
 UNKNOWN_DOCUMENT = "unknown_document"
 COPIED = "copied_from_document"
+FEWSHOT_REPEAT = "repeats_fewshot_example"
 TOKEN_LENGTH = "token_length"
 NO_SCORE = "no_score"
 DUPLICATE = "duplicate_query"
 BELOW_TOP_K = "below_top_k"
-REASONS = (GENERATION_ERROR, EMPTY_QUERY, UNKNOWN_DOCUMENT, COPIED, TOKEN_LENGTH, NO_SCORE, DUPLICATE, BELOW_TOP_K)
+REASONS = (GENERATION_ERROR, EMPTY_QUERY, UNKNOWN_DOCUMENT, COPIED, FEWSHOT_REPEAT, TOKEN_LENGTH, NO_SCORE, DUPLICATE,
+           BELOW_TOP_K)
 # helper columns that live only inside the stage
 _QNORM, _DOC = "_query_norm", "_document"
 _ORDER = [(S.FILTER_SCORE, "descending"), (S.QUERY_ID, "ascending"), (S.DOC_ID, "ascending")]
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class FilterConfig:
-    """How synthetic queries are filtered (defaults: InPars, REFERENCE.md).
+    """How synthetic queries are filtered (defaults: InPars, REFERENCE.md)."""
 
-    Attributes:
-        strategy: "scores" (InPars-v1, generator log-probs) or "reranker" (InPars-v2, monoT5 P(true)).
-        keep_top_k: how many queries survive (InPars: 10,000); ties broken by query id, then doc id.
-        aggregate: for "scores", how token log-probs become one score: "mean" (InPars), "sum" or "min".
-        min_tokens: queries with fewer generated tokens are dropped (InPars: 3).
-        max_tokens: queries with more generated tokens are dropped (InPars: 1000).
-        model: for "reranker", the ranker checkpoint (Hugging Face id or folder).
-        family: for "reranker", the ranker family (monot5, cross-encoder, bi-encoder); None reads it from
-            the checkpoint.
-        max_length: for "reranker", ranker input length in tokens (the document is truncated).
-        batch_size: for "reranker", pairs per forward pass.
-        num_actors: for "reranker", ranker actors scoring in parallel.
-        rows_per_call: for "reranker", rows handed to an actor per call.
-        shuffle_partitions: partitions of the hash join with the corpus and of the duplicate check.
-    """
-
-    strategy: str = "scores"
-    keep_top_k: int = 10_000
-    aggregate: str = "mean"
-    min_tokens: int = 3
-    max_tokens: int = 1000
-    model: str | None = None
-    family: str | None = None
-    max_length: int = 512
-    batch_size: int = 16
-    num_actors: int = 1
-    rows_per_call: int = 256
-    shuffle_partitions: int = 8
+    strategy: str = Field("scores", description="scores (InPars-v1, generator log-probs) or reranker "
+                          "(InPars-v2: a ranker's score of the query and its document, monoT5 P(true) in the paper)")
+    keep_top_k: int = Field(10_000, ge=1, description="how many queries survive (InPars: 10,000); ties broken "
+                            "by query id, then doc id")
+    aggregate: str = Field("mean", description="for scores, how token log-probs become one score: mean "
+                           "(InPars), sum or min")
+    min_tokens: int = Field(3, ge=0, description="queries with fewer generated tokens are dropped (InPars: 3)")
+    max_tokens: int = Field(1000, ge=0, description="queries with more generated tokens are dropped (InPars: 1000)")
+    model: str | None = Field(None, description="for reranker, the ranker checkpoint (Hugging Face id or folder)")
+    family: str | None = Field(None, description="for reranker, the ranker family (monot5, cross-encoder, "
+                               "bi-encoder); None reads it from the checkpoint")
+    max_length: int = Field(512, ge=16, description="for reranker, ranker input length in tokens (the document "
+                            "is truncated)")
+    batch_size: int = Field(16, ge=1, description="for reranker, pairs per forward pass")
+    num_actors: int = Field(1, ge=1, description="for reranker, ranker actors scoring in parallel")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="for reranker, GPUs each actor reserves (0 on CPU)")
+    device: str = Field("cpu", description="for reranker, torch device of each actor (cpu, cuda)")
+    rows_per_call: int = Field(256, ge=1, description="for reranker, rows handed to an actor per call")
+    shuffle_partitions: int = Field(8, ge=1, description="partitions of the hash join with the corpus and of "
+                                    "the duplicate check")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -140,16 +136,51 @@ def token_count(num_tokens: int | None, logprobs: list[float] | None, query: str
     return len(query.split())
 
 
-def classify(batch: pa.Table, config: FilterConfig) -> pa.Table:
+@dataclasses.dataclass(frozen=True)
+class FewShotQueries:
+    """The normalised example queries a generated row's prompt showed the generator.
+
+    Attributes:
+        by_prompt: prompt name -> example queries every prompt of that name holds (the built-in
+            ``inpars``/``inpars-gbq`` examples, good and bad questions alike).
+        by_id: collection query id -> its normalised text, for the examples a row names in ``fewshot_ids``
+            (promptagator draws them from the collection).
+    """
+
+    by_prompt: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    by_id: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def of(self, prompt_name: str | None, fewshot_ids: list[str] | None) -> set[str] | frozenset[str]:
+        shown = self.by_prompt.get(prompt_name or "", frozenset())
+        if fewshot_ids:
+            return shown | {self.by_id[i] for i in fewshot_ids if i in self.by_id}
+        return shown
+
+
+def builtin_fewshot_queries() -> dict[str, frozenset[str]]:
+    """Normalised example queries of the built-in InPars prompts, by prompt name."""
+    from inpars_ray.prompts import inpars_template
+
+    out = {}
+    for gbq in (False, True):
+        template = inpars_template(gbq)
+        out[template.name] = frozenset(normalise(text) for ex in template.examples for _, text in ex.lines)
+    return out
+
+
+def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | None = None) -> pa.Table:
     """Per-row checks of generated rows joined with their document (``title``/``text``, null if unknown).
 
     Adds ``reason`` (null for rows that pass), the normalised query (the duplicate key) and, for the
-    "scores" strategy, ``filter_score``; for "reranker" it adds the document text monoT5 reads. The
-    document's ``title``/``text`` columns are removed.
+    "scores" strategy, ``filter_score``; for "reranker" it adds the document text the ranker reads. The
+    document's ``title``/``text`` columns are removed. ``fewshot`` (default: the built-in prompts'
+    examples) says which example queries each row's prompt showed.
     """
+    fewshot = fewshot if fewshot is not None else FewShotQueries(builtin_fewshot_queries())
     S.require_columns(batch.column_names, [S.QUERY_ID, S.DOC_ID, S.QUERY, S.ERROR, S.TITLE, S.TEXT], "filter")
     cols = {c: batch.column(c).to_pylist() for c in
-            (S.QUERY, S.ERROR, S.TITLE, S.TEXT, S.NUM_TOKENS, S.TOKEN_LOGPROBS, S.MEAN_LOGPROB)
+            (S.QUERY, S.ERROR, S.TITLE, S.TEXT, S.NUM_TOKENS, S.TOKEN_LOGPROBS, S.MEAN_LOGPROB, S.PROMPT_NAME,
+             S.FEWSHOT_IDS)
             if c in batch.column_names}
     n = batch.num_rows
     none = [None] * n
@@ -170,6 +201,8 @@ def classify(batch: pa.Table, config: FilterConfig) -> pa.Table:
             reason = UNKNOWN_DOCUMENT
         elif qnorm in normalise(doc):  # the query is a verbatim span of its document
             reason = COPIED
+        elif qnorm in fewshot.of(cols.get(S.PROMPT_NAME, none)[i], cols.get(S.FEWSHOT_IDS, none)[i]):
+            reason = FEWSHOT_REPEAT
         elif not config.min_tokens <= token_count(cols.get(S.NUM_TOKENS, none)[i], logprobs, query) \
                 <= config.max_tokens:
             reason = TOKEN_LENGTH
@@ -256,43 +289,79 @@ def input_fingerprint(path: str | os.PathLike[str]) -> list[tuple[str, int, int]
     return [(str(p.relative_to(root)) if p != root else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-def _count_reasons(dropped_dir: Path) -> dict[str, int]:
+def _distinct_fewshot_ids(batch: pa.Table) -> pa.Table:
+    ids = pc.unique(pc.list_flatten(batch.column(S.FEWSHOT_IDS)).drop_null())
+    return pa.table({"id": ids.cast(pa.string())})
+
+
+def fewshot_queries(generated: Any, collection: Collection, load_config: LoadConfig = LoadConfig()) -> FewShotQueries:
+    """The example queries of the prompts behind ``generated``: the built-in prompts' and, for ids the
+    rows name in ``fewshot_ids`` (a handful per run), the collection's query texts."""
+    from inpars_ray.load import read_queries
+
+    ids = set()
+    for part in generated.select_columns([S.FEWSHOT_IDS]).map_batches(
+            _distinct_fewshot_ids, batch_format="pyarrow").iter_batches(batch_format="pyarrow", batch_size=None):
+        ids.update(part.column("id").to_pylist())
+    by_id: dict[str, str] = {}
+    if ids:
+        queries, _ = read_queries(collection, load_config)
+        keep = queries.filter(pc.is_in(queries.column(S.QUERY_ID), value_set=pa.array(sorted(ids), pa.string())))
+        by_id = {q: normalise(t) for q, t in zip(keep.column(S.QUERY_ID).to_pylist(), keep.column(S.QUERY).to_pylist())}
+        if len(by_id) < len(ids):
+            logger.warning("%d few-shot query ids are not in the collection's queries; their repeats are not "
+                           "detected", len(ids) - len(by_id))
+    return FewShotQueries(builtin_fewshot_queries(), by_id)
+
+
+def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
     import pyarrow.dataset as pads
 
-    if not dropped_dir.exists():
+    files = dropped_dir.files(suffix=".parquet")
+    if not files:
         return {}
-    reasons = pads.dataset(str(dropped_dir), format="parquet").to_table(columns=[S.DROP_REASON]).column(0)
+    data = pads.dataset([dropped_dir.join(f).path for f in files], format="parquet", filesystem=dropped_dir.fs)
+    reasons = data.to_table(columns=[S.DROP_REASON]).column(0)
     return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(reasons).to_pylist()}
 
 
-def run_filter(queries_dir: str | os.PathLike[str], collection: Collection, out_dir: str | os.PathLike[str],
+def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: storage.PathLike,
                config: FilterConfig = FilterConfig(), load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
-    """Filter the generated queries in ``queries_dir`` (Parquet, :data:`schema.GENERATED`) into ``out_dir``.
+    """Filter the generated queries into ``out_dir`` (a local folder or ``gs://...``).
 
-    Writes ``kept/`` (:data:`schema.FILTERED`), ``dropped/`` (:data:`schema.FILTER_DROPPED`) and the
-    manifest; returns the manifest. A rerun with the same inputs and config does nothing.
+    ``queries_dir`` is a generate output (its folder or its ``parts/``: the part files its manifest lists
+    are read) or any folder of Parquet files (:data:`schema.GENERATED`). Writes ``kept/``
+    (:data:`schema.FILTERED`), ``dropped/`` (:data:`schema.FILTER_DROPPED`) and, last, the manifest listing
+    them; returns the manifest. A rerun with the same inputs (by content) and config does nothing.
     """
     import ray
 
-    out_dir = Path(out_dir)
-    stage_config = {"queries": str(Path(queries_dir).resolve()), "inputs": input_fingerprint(queries_dir),
-                    "dataset": collection.spec, "root": collection.display(), "filter": config, "load": load_config}
-    if is_complete(out_dir, "filter", stage_config):
-        logger.info("filter output in %s is complete for this config; nothing to do", out_dir)
-        return read_manifest(out_dir) or {}
-    for stale in (out_dir / KEPT_DIR, out_dir / DROPPED_DIR, out_dir / MANIFEST_NAME):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    out = storage.location(out_dir)
+    storage.check_reachable(out, queries_dir)
+    files, queries_key = published(queries_dir, "generate", "parts")
+    stage_config = {"queries": queries_key, "dataset": collection_key(collection), "filter": config,
+                    "load": load_config}
+    if is_complete(out, "filter", stage_config):
+        logger.info("filter output in %s is complete for this config; nothing to do", out)
+        return read_manifest(out) or {}
+    for stale in (out / MANIFEST_NAME, out / KEPT_DIR, out / DROPPED_DIR):  # the manifest goes first
+        stale.delete()
+    if not files:
+        raise InparsError(f"filter: no generated queries (Parquet files) in {storage.location(queries_dir)}")
     record = StageRecord("filter", stage_config)
-    generated = ray.data.read_parquet(str(queries_dir))
-    filter_dataset(generated, collection, out_dir, config, load_config, record)
-    return record.write(out_dir)
+    generated = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
+    filter_dataset(generated, collection, out, config, load_config, record)
+    return record.write(out, files=storage.snapshot(out, KEPT_DIR, DROPPED_DIR))
 
 
-def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.PathLike[str], config: FilterConfig,
+def filter_dataset(generated: Any, collection: Collection, out_dir: storage.PathLike, config: FilterConfig,
                    load_config: LoadConfig = LoadConfig(), record: StageRecord | None = None) -> dict[str, int]:
     """The filter over a Ray Dataset of generated rows: writes ``kept/`` and ``dropped/`` under ``out_dir``
     and returns the counts (``run_filter`` adds the manifest and the resume check)."""
-    out_dir = Path(out_dir)
+    out = storage.location(out_dir)
+    # Ray Data writes from the worker nodes, through the run root's filesystem (local or gs://)
+    dropped_at = {"path": (out / DROPPED_DIR).path, "filesystem": out.fs}
+    kept_at = {"path": (out / KEPT_DIR).path, "filesystem": out.fs}
     record = record or StageRecord("filter", config)
     parts = config.shuffle_partitions
     S.require_columns(generated.schema().names, S.GENERATED.names, "filter (generated queries)")
@@ -302,20 +371,23 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.Pat
         # the document of each generated row, joined by id over hash partitions of both sides
         joined = hash_exchange([generated, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
                                parts, left_join_unique, key=S.DOC_ID)
-        checked = joined.map_batches(classify, fn_kwargs={"config": config}, batch_format="pyarrow").materialize()
-        checked.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
+        fewshot = fewshot_queries(generated, collection, load_config)
+        checked = joined.map_batches(classify, fn_kwargs={"config": config, "fewshot": fewshot},
+                                     batch_format="pyarrow").materialize()
+        checked.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
         # duplicates: every copy of a normalised query lands in the same partition
         survivors = checked.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
         deduped = hash_exchange([survivors], [_QNORM], parts, mark_duplicates).materialize()
-        deduped.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
+        deduped.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
         survivors = deduped.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
     with record.timed("score"):
         if config.strategy == "reranker":
             from inpars_ray.rankers import RankerConfig, score_dataset
 
             ranker = RankerConfig(model=config.model, family=config.family, max_length=config.max_length,
-                                  batch_size=config.batch_size)
+                                  batch_size=config.batch_size, device=config.device)
             survivors = score_dataset(survivors, ranker, num_actors=config.num_actors,
+                                      num_gpus_per_actor=config.num_gpus_per_actor,
                                       batch_rows=config.rows_per_call, query_column=S.QUERY,
                                       text_column=_DOC, score_column=S.FILTER_SCORE)
         scored = survivors.materialize()
@@ -328,10 +400,10 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.Pat
                                  pa.table({S.FILTER_SCORE: pa.array([], pa.float64())}), config.keep_top_k)
         final = scored.map_batches(apply_threshold, fn_kwargs={"threshold": threshold},
                                    batch_format="pyarrow").materialize()
-        final.map_batches(dropped_table, batch_format="pyarrow").write_parquet(str(out_dir / DROPPED_DIR))
-        final.map_batches(kept_table, batch_format="pyarrow").write_parquet(str(out_dir / KEPT_DIR))
-    kept = int(sum(pq_rows(p) for p in (out_dir / KEPT_DIR).glob("*.parquet")))
-    dropped = _count_reasons(out_dir / DROPPED_DIR)
+        final.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
+        final.map_batches(kept_table, batch_format="pyarrow").write_parquet(**kept_at)
+    kept = int(sum(pq_rows(out / KEPT_DIR / f) for f in (out / KEPT_DIR).files(suffix=".parquet")))
+    dropped = _count_reasons(out / DROPPED_DIR)
     record.counts.update(kept=kept, **{f"dropped_{r}": dropped.get(r, 0) for r in REASONS})
     if kept + sum(dropped.values()) != n_in:
         raise InparsError(f"filter accounted for {kept + sum(dropped.values())} of {n_in} input rows")
@@ -339,8 +411,9 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: str | os.Pat
     return record.counts
 
 
-def pq_rows(path: Path) -> int:
+def pq_rows(path: storage.PathLike) -> int:
     """Rows of one Parquet file, from its footer."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).metadata.num_rows
+    with storage.location(path).open_input() as fh:
+        return pq.ParquetFile(fh).metadata.num_rows

@@ -5,7 +5,8 @@ Layers, as every stage:
 * pure functions over Arrow batches: :func:`block_candidates` / :func:`merge_candidates` /
   :func:`below_threshold` (the seeded sample) and :func:`generate_batch` (prompts -> GENERATED rows);
 * :class:`GenerateWorker`, a callable class that loads the backend once per actor and writes each batch's
-  rows as one Parquet part file, atomically (temporary name, then rename);
+  rows as one Parquet part file, whole or not at all, through :mod:`inpars_ray.storage` (a local folder
+  or ``gs://``), from whichever node it runs on;
 * :func:`run_generate`, which wires them into Ray Data and writes the manifest.
 
 **Sampling.** A document is in the sample when ``hash(seed, doc_id)`` is among the N smallest. Each block
@@ -16,7 +17,7 @@ streamed pass keeps the documents at or below it. Blocks, cluster size and read 
 of one batch. A rerun with the same config skips every document already present in a complete part file,
 so a document is never generated (or paid for) twice. ``out/run.json`` pins the config: a rerun with a
 different one is refused instead of mixing outputs. ``manifest.json`` is written last, once every sampled
-document has a row.
+document has a row, and lists the part files it publishes.
 """
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,12 +34,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.backends.base import Backend, GenerationParams
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.load import LoadConfig
-from inpars_ray.manifest import StageRecord, config_hash, is_complete, read_manifest, write_json_atomic
+from inpars_ray.manifest import (StageRecord, collection_key, config_hash, is_complete, read_manifest,
+                                 write_json_atomic)
 from inpars_ray.prompts import PromptBuilder, PromptTemplate, resolve_template
+from inpars_ray.stageconfig import Field, field_validator, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -53,33 +55,32 @@ _CANDIDATES = pa.schema([("hashes", pa.list_(pa.uint64())), ("ids", pa.list_(pa.
                          ("n_docs", pa.int64()), ("n_bad", pa.int64())])
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class GenerateConfig:
-    """What is generated. Every field enters the config hash: a rerun with another value needs a new folder.
+    """What is generated. Every field enters the config hash: a rerun with another value needs a new folder."""
 
-    Attributes:
-        backend: ``hf``, ``vllm`` or ``openai``.
-        model: model id, local folder, or API model name.
-        prompt: ``inpars``, ``inpars-gbq``, ``promptagator`` or a template file with a ``{document}`` placeholder.
-        num_docs: documents sampled from the corpus (InPars: 100,000); all of them when the corpus is smaller.
-        seed: seeds the document sample, the promptagator examples and sampling-based decoding.
-        doc_max_tokens: each document (target and few-shot) is cut to this many tokens (InPars: 256).
-        num_fewshot: promptagator examples drawn from the collection's qrels (Promptagator: up to 8).
-        fewshot_split: qrels split the promptagator examples come from.
-        generation: decoding settings (max new tokens, temperature, prompt limit...).
-        backend_options: extra keyword arguments of the backend, as sorted (name, value) pairs.
-    """
+    backend: str = Field("hf", description="hf, vllm or openai")
+    model: str = Field("", description="model id, local folder, or API model name")
+    prompt: str = Field("inpars", description="inpars, inpars-gbq, promptagator or a template file with a "
+                        "{document} placeholder")
+    num_docs: int = Field(100_000, ge=1, description="documents sampled from the corpus (InPars: 100,000); all "
+                          "of them when the corpus is smaller")
+    seed: int = Field(1, ge=0, description="seeds the document sample, the promptagator examples and "
+                      "sampling-based decoding")
+    doc_max_tokens: int = Field(256, ge=1, description="each document (target and few-shot) is cut to this many "
+                                "tokens (InPars: 256)")
+    num_fewshot: int = Field(8, ge=0, description="promptagator examples drawn from the collection's qrels "
+                             "(Promptagator: up to 8)")
+    fewshot_split: str = Field("train", description="qrels split the promptagator examples come from")
+    generation: GenerationParams = Field(GenerationParams(), description="decoding settings")
+    backend_options: tuple[tuple[str, Any], ...] = Field((), description="extra keyword arguments of the "
+                                                         "backend (e.g. device: cuda), as sorted (name, value) pairs")
 
-    backend: str = "hf"
-    model: str = ""
-    prompt: str = "inpars"
-    num_docs: int = 100_000
-    seed: int = 1
-    doc_max_tokens: int = 256
-    num_fewshot: int = 8
-    fewshot_split: str = "train"
-    generation: GenerationParams = GenerationParams()
-    backend_options: tuple[tuple[str, Any], ...] = ()
+    @field_validator("backend_options", mode="before")
+    @classmethod
+    def _options_from_mapping(cls, value: Any) -> Any:
+        # YAML writes options as a mapping; the hash needs one canonical order
+        return tuple(sorted(value.items())) if isinstance(value, dict) else value
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -88,21 +89,14 @@ class GenerateConfig:
             raise ConfigError("generate: num_docs and doc_max_tokens must be positive")
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class GenerateResources:
-    """How the work is spread. Not hashed: a resumed run may use another cluster shape.
+    """How the work is spread. Not hashed: a resumed run may use another cluster shape."""
 
-    Attributes:
-        batch_size: documents per backend call (and per part file).
-        num_actors: backend actors (each loads the model once).
-        gpus_per_actor: GPUs reserved by each actor (0 on CPU machines).
-        cpus_per_actor: CPUs reserved by each actor.
-    """
-
-    batch_size: int = 16
-    num_actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
+    batch_size: int = Field(16, ge=1, description="documents per backend call (and per part file)")
+    num_actors: int = Field(1, ge=1, description="backend actors (each loads the model once)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs reserved by each actor (0 on CPU machines)")
+    cpus_per_actor: float = Field(1.0, ge=0, description="CPUs reserved by each actor")
 
 
 # --- sampling ---------------------------------------------------------------------------------------
@@ -210,25 +204,27 @@ def part_name(doc_ids: list[str]) -> str:
     return f"part-{hashlib.sha256(chr(0).join(sorted(doc_ids)).encode()).hexdigest()[:20]}.parquet"
 
 
-def write_part(table: pa.Table, parts_dir: Path) -> str:
-    """Write ``table`` as a part file atomically (temporary file + rename); return its name."""
+def write_part(table: pa.Table, parts_dir: storage.PathLike) -> str:
+    """Write ``table`` as a part file, whole or not at all (local or object store); return its name."""
     name = part_name(table.column(S.DOC_ID).to_pylist())
-    tmp = parts_dir / f".{name}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, parts_dir / name)
+    with storage.location(parts_dir).join(name).open_output() as fh:
+        pq.write_table(table, fh)
     return name
 
 
 class GenerateWorker:
     """Ray Data UDF: loads the backend once per actor, generates a batch, writes it as a part file."""
 
-    def __init__(self, config: GenerateConfig, template: PromptTemplate, parts_dir: str) -> None:
+    def __init__(self, config: GenerateConfig, template: PromptTemplate, parts_dir: storage.Location) -> None:
         from inpars_ray.backends import make_backend
 
         self.config = config
         self.template = template
-        self.parts_dir = Path(parts_dir)
-        self.backend = make_backend(config.backend, config.model, **dict(config.backend_options))
+        self.parts_dir = storage.location(parts_dir)
+        model = config.model
+        if "://" in model and config.backend != "openai":  # a model published under the run root (gs://...)
+            model = str(storage.materialize(model))  # copied once per node, then loaded from local disk
+        self.backend = make_backend(config.backend, model, **dict(config.backend_options))
         limit = config.doc_max_tokens
         self.builder = PromptBuilder(template, lambda text: self.backend.truncate(text, limit))
         self._usage: dict[str, float] = {}
@@ -253,32 +249,37 @@ class GenerateWorker:
 
 
 # --- reading back ------------------------------------------------------------------------------------
-def _part_files(parts_dir: Path) -> list[Path]:
-    return sorted(p for p in parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
+def _part_files(parts_dir: storage.Location) -> list[storage.Location]:
+    # every part present is whole (written by one upload or one rename), so all of them count
+    return [parts_dir.join(n) for n in parts_dir.files(recursive=False, suffix=".parquet") if n.startswith("part-")]
 
 
-def completed_doc_ids(out_dir: str | os.PathLike[str]) -> set[str]:
+def _read_part(part: storage.Location, **kwargs: Any) -> pa.Table:
+    return pq.read_table(part.path, filesystem=part.fs, **kwargs)
+
+
+def completed_doc_ids(out_dir: storage.PathLike) -> set[str]:
     """Documents that have a final row (a query or a deterministic error) in a complete part file.
 
     Documents whose only row is a backend error are not done: a rerun generates them again.
     """
     done: set[str] = set()
-    for path in _part_files(Path(out_dir) / PARTS):
-        t = pq.read_table(path, columns=[S.DOC_ID, S.ERROR])
+    for path in _part_files(storage.location(out_dir).join(PARTS)):
+        t = _read_part(path, columns=[S.DOC_ID, S.ERROR])
         retry = pc.fill_null(pc.starts_with(t.column(S.ERROR), BACKEND_ERROR), False)
         done.update(t.filter(pc.invert(retry)).column(S.DOC_ID).to_pylist())
     return done
 
 
-def read_generated(out_dir: str | os.PathLike[str]) -> pa.Table:
+def read_generated(out_dir: storage.PathLike) -> pa.Table:
     """All rows of a generate output (queries and error rows), one per document, sorted by doc id.
 
     A document retried after a backend error has two rows; its later, final one is kept.
     """
-    files = _part_files(Path(out_dir) / PARTS)
+    files = _part_files(storage.location(out_dir).join(PARTS))
     if not files:
         return S.GENERATED.empty_table()
-    table = pa.concat_tables([pq.read_table(p, schema=S.GENERATED) for p in files])
+    table = pa.concat_tables([_read_part(p, schema=S.GENERATED) for p in files])
     retry = pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
     table = table.append_column("_retry", retry).sort_by([(S.DOC_ID, "ascending"), ("_retry", "ascending")])
     table = table.drop_columns(["_retry"])
@@ -289,7 +290,7 @@ def read_generated(out_dir: str | os.PathLike[str]) -> pa.Table:
 
 
 # --- the stage -------------------------------------------------------------------------------------
-def run_generate(collection: Collection, out_dir: str | os.PathLike[str], config: GenerateConfig,
+def run_generate(collection: Collection, out_dir: storage.PathLike, config: GenerateConfig,
                  resources: GenerateResources = GenerateResources(),
                  load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
     """Generate queries for a seeded sample of ``collection`` into ``out_dir``; return the manifest.
@@ -300,21 +301,24 @@ def run_generate(collection: Collection, out_dir: str | os.PathLike[str], config
 
     from inpars_ray.load import read_corpus
 
-    out = Path(out_dir)
+    out = storage.location(out_dir)
+    storage.check_reachable(out)
     template = resolve_template(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split)
-    pinned = {"config": config, "collection": collection.spec, "template": template.fingerprint()}
+    # the collection enters by content (its files' fingerprint), never by path
+    pinned = {"config": config, "collection": collection_key(collection), "template": template.fingerprint()}
     if is_complete(out, STAGE, pinned):
         logger.info("generate: %s is complete for this config; nothing to do", out)
         return read_manifest(out) or {}
     run_file = out / "run.json"
-    if run_file.exists() and json.loads(run_file.read_text()).get("config_hash") != config_hash(pinned):
+    if run_file.is_file() and run_file.read_json().get("config_hash") != config_hash(pinned):
         raise ConfigError(f"{out} holds a generate run with another config (see {run_file}); "
                           "use a new output folder or delete that one")
-    (out / PARTS).mkdir(parents=True, exist_ok=True)
+    (out / PARTS).mkdir()
     write_json_atomic(run_file, {"config_hash": config_hash(pinned), **pinned})
     write_json_atomic(out / "fewshot.json", {"prompt": template.name, "fewshot_query_ids": list(template.fewshot_ids)})
-    for stale in (out / PARTS).glob(".*.tmp"):  # half-written parts of a killed run
-        stale.unlink()
+    if out.is_local:  # half-written parts of a killed run (an object store never shows an unfinished upload)
+        for stale in (out / PARTS).local_path().glob(".*.tmp"):
+            stale.unlink()
 
     record = StageRecord(STAGE, pinned)
     done = completed_doc_ids(out)
@@ -328,11 +332,14 @@ def run_generate(collection: Collection, out_dir: str | os.PathLike[str], config
     def keep_missing(batch: pa.Table, done_ids: set[str]) -> pa.Table:
         kept = below_threshold(batch, config.seed, threshold)
         mask = [d not in done_ids for d in kept.column(S.DOC_ID).to_pylist()]
-        return kept.filter(pa.array(mask, type=pa.bool_()))
+        kept = kept.filter(pa.array(mask, type=pa.bool_()))
+        # backend batches are cut from consecutive rows: ordered by length, a batch pads its prompts little
+        # (issue #11); part files are named by their documents, so resuming does not depend on this order
+        return kept.take(pc.sort_indices(pc.utf8_length(kept.column(S.TEXT))))
 
     todo = corpus.map_batches(keep_missing, fn_kwargs={"done_ids": done}, batch_format="pyarrow", batch_size=None)
     results = todo.map_batches(
-        GenerateWorker, fn_constructor_args=(config, template, str(out / PARTS)), batch_size=resources.batch_size,
+        GenerateWorker, fn_constructor_args=(config, template, out / PARTS), batch_size=resources.batch_size,
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
         num_gpus=resources.gpus_per_actor, num_cpus=resources.cpus_per_actor,
     )
@@ -356,10 +363,11 @@ def run_generate(collection: Collection, out_dir: str | os.PathLike[str], config
     record.extra.update(prompt=template.name, fewshot_query_ids=list(template.fewshot_ids), parts=PARTS)
     if usage:  # tokens and cost of this run's API calls (never the key)
         record.extra["usage_this_run"] = {k: round(v, 6) for k, v in usage.items()}
+    files = storage.snapshot(out, PARTS, "fewshot.json")
     if final.num_rows != sampled:
-        record.write(out, status="incomplete")
+        record.write(out, status="incomplete", files=files)
         raise InparsError(f"generate: {final.num_rows} documents have rows in {out / PARTS}, expected {sampled}")
     if n_retry:  # not complete: a rerun must retry these documents instead of skipping the stage
         logger.warning("generate: %d documents failed in the backend; rerun the same command to retry them", n_retry)
-        return record.write(out, status="incomplete")
-    return record.write(out)
+        return record.write(out, status="incomplete", files=files)
+    return record.write(out, files=files)

@@ -29,6 +29,7 @@ import pyarrow as pa
 from inpars_ray import schema as S
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import FormatError
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +43,15 @@ BAD_ROWS = pa.schema(
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class LoadConfig:
-    """How strictly a collection is read.
+    """How strictly a collection is read."""
 
-    Attributes:
-        skip_bad_rows: report bad rows and go on without them, instead of failing on the first one.
-        max_doc_chars: a document whose title + text is longer than this is a bad row (guards the indexer
-            and the generator against runaway inputs).
-        lines_per_block: corpus lines parsed per Ray block.
-    """
-
-    skip_bad_rows: bool = False
-    max_doc_chars: int = 1_000_000
-    lines_per_block: int = 20_000
+    skip_bad_rows: bool = Field(False, description="report bad rows and go on without them, instead of "
+                                "failing on the first one")
+    max_doc_chars: int = Field(1_000_000, ge=1, description="a document whose title + text is longer is a bad "
+                               "row (guards the indexer and the generator against runaway inputs)")
+    lines_per_block: int = Field(20_000, ge=1, description="corpus lines parsed per Ray block")
 
 
 @dataclasses.dataclass

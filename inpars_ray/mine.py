@@ -19,9 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,13 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.bm25 import BM25Config
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.exchange import corpus_documents, hash_exchange, left_join_unique
-from inpars_ray.filter import KEPT_DIR, document_text, input_fingerprint
+from inpars_ray.filter import KEPT_DIR, document_text
 from inpars_ray.load import LoadConfig
-from inpars_ray.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.manifest import MANIFEST_NAME, StageRecord, collection_key, input_key, is_complete, published, read_manifest
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -51,27 +50,19 @@ MINED = pa.schema([
 ])
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class MineConfig:
-    """How negatives are mined (defaults: InPars-v2, REFERENCE.md).
+    """How negatives are mined (defaults: InPars-v2, REFERENCE.md)."""
 
-    Attributes:
-        depth: BM25 hits retrieved per query, the pool negatives are drawn from (InPars: 1000).
-        negatives: negatives drawn per query (InPars-v2 paper: 1); each makes one triple.
-        seed: seed of the draws; the same seed gives the same triples on any cluster.
-        bm25: BM25 settings; ``remove_query`` is off because synthetic query ids are not document ids.
-        queries_per_call: queries an actor searches per call.
-        num_actors: searcher actors (each starts its own JVM and opens the index once).
-        shuffle_partitions: partitions of the hash joins that attach document texts.
-    """
-
-    depth: int = 1000
-    negatives: int = 1
-    seed: int = 1
-    bm25: BM25Config = BM25Config(remove_query=False)
-    queries_per_call: int = 2000
-    num_actors: int = 1
-    shuffle_partitions: int = 8
+    depth: int = Field(1000, ge=1, description="BM25 hits retrieved per query, the pool negatives are drawn from "
+                       "(InPars: 1000)")
+    negatives: int = Field(1, ge=1, description="negatives drawn per query (InPars-v2 paper: 1); each makes one triple")
+    seed: int = Field(1, ge=0, description="seed of the draws; the same seed gives the same triples on any cluster")
+    bm25: BM25Config = Field(BM25Config(remove_query=False), description="BM25 settings; remove_query is off "
+                             "because synthetic query ids are not document ids")
+    queries_per_call: int = Field(2000, ge=1, description="queries an actor searches per call")
+    num_actors: int = Field(1, ge=1, description="searcher actors (each starts its own JVM and opens the index once)")
+    shuffle_partitions: int = Field(8, ge=1, description="partitions of the hash joins that attach document texts")
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.negatives < 1:
@@ -162,7 +153,7 @@ def tsv_field(values: pa.ChunkedArray | pa.Array) -> pa.Array:
 class NegativeMiner:
     """Ray Data UDF: BM25-searches a batch of queries and samples their negatives; opens the index once."""
 
-    def __init__(self, index_dir: str, config: MineConfig) -> None:
+    def __init__(self, index_dir: storage.PathLike, config: MineConfig) -> None:
         from inpars_ray.bm25 import BM25Searcher
 
         self.config = config
@@ -177,46 +168,47 @@ class NegativeMiner:
 
 
 # --- Ray wiring -------------------------------------------------------------------------------------------
-def queries_path(path: str | os.PathLike[str]) -> Path:
-    """The Parquet folder of the queries to mine: a filter output folder (its ``kept/``) or any folder."""
-    path = Path(path)
-    return path / KEPT_DIR if (path / KEPT_DIR).is_dir() else path
-
-
-def run_mine(queries_dir: str | os.PathLike[str], collection: Collection, index_dir: str | os.PathLike[str],
-             out_dir: str | os.PathLike[str], config: MineConfig = MineConfig(),
+def run_mine(queries_dir: storage.PathLike, collection: Collection, index_dir: storage.PathLike,
+             out_dir: storage.PathLike, config: MineConfig = MineConfig(),
              load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
-    """Mine negatives for the queries in ``queries_dir`` and write ``triples/``, ``short_queries/`` and the
-    manifest to ``out_dir``; returns the manifest. A rerun with the same inputs and config does nothing."""
+    """Mine negatives for the queries in ``queries_dir`` and write ``triples/``, ``short_queries/`` and, last,
+    the manifest listing them to ``out_dir`` (local or ``gs://``); returns the manifest.
+
+    ``queries_dir`` is a filter output (the ``kept/`` files its manifest lists are read) or any folder of
+    Parquet queries. A rerun with the same inputs (by content: the filter's and the index's manifests) and
+    config does nothing.
+    """
     import ray
 
     from inpars_ray.bm25 import lucene_path
 
-    source, out_dir = queries_path(queries_dir), Path(out_dir)
+    out = storage.location(out_dir)
+    storage.check_reachable(out, queries_dir, index_dir)
     lucene_path(index_dir)  # fail early on a missing or incomplete index
-    index_manifest = read_manifest(index_dir) or {}
-    stage_config = {"queries": str(source.resolve()), "inputs": input_fingerprint(source),
-                    "dataset": collection.spec, "root": collection.display(),
-                    "index": index_manifest.get("config_hash"), "mine": config, "load": load_config}
-    if is_complete(out_dir, "mine", stage_config):
-        logger.info("mine output in %s is complete for this config; nothing to do", out_dir)
-        return read_manifest(out_dir) or {}
-    for stale in (out_dir / TRIPLES_DIR, out_dir / SHORT_DIR, out_dir / MANIFEST_NAME, out_dir / TSV_NAME):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    files, queries_key = published(queries_dir, "filter", KEPT_DIR)
+    stage_config = {"queries": queries_key, "dataset": collection_key(collection),
+                    "index": input_key(index_dir, stage="index"), "mine": config, "load": load_config}
+    if is_complete(out, "mine", stage_config):
+        logger.info("mine output in %s is complete for this config; nothing to do", out)
+        return read_manifest(out) or {}
+    for stale in (out / MANIFEST_NAME, out / TRIPLES_DIR, out / SHORT_DIR, out / TSV_NAME):  # manifest first
+        stale.delete()
+    if not files:
+        raise InparsError(f"mine: no queries (Parquet files) in {storage.location(queries_dir)}")
     record = StageRecord("mine", stage_config)
+    queries = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
+    mine_dataset(queries, collection, index_dir, out, config, load_config, record)
+    return record.write(out, files=storage.snapshot(out, TRIPLES_DIR, SHORT_DIR))
 
-    mine_dataset(ray.data.read_parquet(str(source)), collection, index_dir, out_dir, config, load_config, record)
-    return record.write(out_dir)
 
-
-def mine_dataset(queries: Any, collection: Collection, index_dir: str | os.PathLike[str],
-                 out_dir: str | os.PathLike[str], config: MineConfig, load_config: LoadConfig = LoadConfig(),
+def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLike,
+                 out_dir: storage.PathLike, config: MineConfig, load_config: LoadConfig = LoadConfig(),
                  record: StageRecord | None = None) -> dict[str, int]:
     """Mining over a Ray Dataset of queries: writes ``triples/`` and ``short_queries/`` under ``out_dir`` and
     returns the counts (``run_mine`` adds the manifest and the resume check)."""
     import ray
 
-    out_dir = Path(out_dir)
+    out = storage.location(out_dir)
     record = record or StageRecord("mine", config)
     names = queries.schema().names
     S.require_columns(names, [S.QUERY_ID, S.QUERY, S.DOC_ID], "mine (queries)")
@@ -227,12 +219,13 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: str | os.PathL
     cpus = max(1, min(config.bm25.threads, int(ray.cluster_resources().get("CPU", 1))))
     with record.timed("search_and_sample"):
         mined = queries.map_batches(
-            NegativeMiner, fn_constructor_args=(str(index_dir), config), batch_size=config.queries_per_call,
+            NegativeMiner, fn_constructor_args=(storage.location(index_dir), config),  # carries its filesystem
+            batch_size=config.queries_per_call,
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.num_actors),
             num_cpus=cpus,
         ).materialize()
         mined.map_batches(short_report, fn_kwargs={"n": config.negatives},
-                          batch_format="pyarrow").write_parquet(str(out_dir / SHORT_DIR))
+                          batch_format="pyarrow").write_parquet((out / SHORT_DIR).path, filesystem=out.fs)
     with record.timed("attach_texts"):
         corpus, parts = corpus_documents(collection, load_config), config.shuffle_partitions
         skeleton = mined.map_batches(explode, batch_format="pyarrow")
@@ -241,7 +234,7 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: str | os.PathL
         triples = hash_exchange([with_pos, corpus], [S.NEG_DOC_ID, S.DOC_ID], parts, attach_text,
                                 key=S.NEG_DOC_ID, column=S.NEG_TEXT)
         triples.map_batches(lambda b: b.select(S.TRIPLES.names).cast(S.TRIPLES),
-                            batch_format="pyarrow").write_parquet(str(out_dir / TRIPLES_DIR))
+                            batch_format="pyarrow").write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs)
     counts = _mined_counts(mined, config.negatives)
     record.counts.update(queries=queries.count(), **counts)
     return record.counts
@@ -264,19 +257,18 @@ def _mined_counts(mined: Any, n: int) -> dict[str, int]:
             ("triples", "short_queries", "no_hit_queries", "positive_in_hits", "hits")}
 
 
-def export_tsv(out_dir: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> Path:
+def export_tsv(out_dir: storage.PathLike, path: storage.PathLike | None = None) -> storage.Location:
     """Write the triples of ``out_dir`` as ``query<TAB>positive<TAB>negative`` lines (the reference toolkit's
-    training format), ordered by query id then negative rank; returns the file written."""
+    training format), ordered by query id then negative rank; returns where it was written."""
     import pyarrow.dataset as pads
 
-    out_dir = Path(out_dir)
-    path = Path(path) if path else out_dir / TSV_NAME
-    table = pads.dataset(str(out_dir / TRIPLES_DIR), format="parquet").to_table(
+    out = storage.location(out_dir)
+    target = storage.location(path) if path else out / TSV_NAME
+    files, _ = published(out, "mine", TRIPLES_DIR)
+    table = pads.dataset([f.path for f in files], format="parquet", filesystem=out.fs).to_table(
         columns=[S.QUERY_ID, S.NEG_RANK, S.QUERY, S.POS_TEXT, S.NEG_TEXT])
     table = table.take(pc.sort_indices(table, [(S.QUERY_ID, "ascending"), (S.NEG_RANK, "ascending")]))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with target.open_output() as fh:
         for q, p, n in zip(*(tsv_field(table.column(c)).to_pylist() for c in (S.QUERY, S.POS_TEXT, S.NEG_TEXT))):
-            fh.write(f"{q}\t{p}\t{n}\n")
-    os.replace(tmp, path)
-    return path
+            fh.write(f"{q}\t{p}\t{n}\n".encode())
+    return target

@@ -26,6 +26,7 @@ import pyarrow as pa
 from inpars_ray import schema as S
 from inpars_ray.deps import require
 from inpars_ray.errors import ConfigError
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +37,16 @@ TARGET_TRUE = "true"
 TARGET_FALSE = "false"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class MonoT5Config:
-    """Which monoT5 to load and how to feed it.
+    """Which monoT5 to load and how to feed it."""
 
-    Attributes:
-        model: Hugging Face id or local folder of a seq2seq checkpoint (e.g. castorini/monot5-base-msmarco).
-        max_length: encoder input length in tokens, prompt included; the document is truncated to fit.
-        batch_size: pairs per forward pass.
-        device: torch device string ("cpu", "cuda", "cuda:1").
-    """
-
-    model: str
-    max_length: int = 512
-    batch_size: int = 16
-    device: str = "cpu"
+    model: str = Field(description="Hugging Face id or local folder of a seq2seq checkpoint (e.g. "
+                       "castorini/monot5-base-msmarco)")
+    max_length: int = Field(512, description="encoder input length in tokens, prompt included; the document "
+                            "is truncated to fit")
+    batch_size: int = Field(16, description="pairs per forward pass")
+    device: str = Field("cpu", description="torch device string (cpu, cuda, cuda:1)")
 
     def __post_init__(self) -> None:
         if self.max_length < 16:

@@ -4,224 +4,217 @@ index -> retrieve (BM25 top-k of the test queries) -> evaluate (the BM25 baselin
 ``inpars`` is set: generate -> filter -> mine -> train -> rerank the BM25 run -> evaluate, all under
 ``out_dir`` (one folder per stage). A rerun skips every stage whose manifest matches its config.
 
-Model names ``local:tiny-lm`` and ``local:tiny-monot5`` build tiny random models in ``out_dir/models``
-(no download): the embedded default runs the whole pipeline offline, in minutes, to show and test the
-mechanics — its reranker is untrained noise, not an effectiveness result. Real runs name Hugging Face
-ids (e.g. EleutherAI/gpt-j-6B and castorini/monot5-3b-msmarco-10k, REFERENCE.md) in a YAML config.
+The settings are one typed :class:`~inpars_ray.config.PipelineConfig` that nests the stage configs
+themselves; :func:`stage_configs` only fills in what the pipeline decides (model folders), so a setting
+cannot be forgotten on the way to its stage. Model names go through :func:`resolve_model`, the one
+place that turns a name into something a stage can load: ``local:tiny-lm`` and ``local:tiny-monot5``
+build tiny random models in ``out_dir/models`` (no download), which run the pipeline offline in minutes
+to show the mechanics (the reranker is untrained noise, not a result). Real runs name Hugging Face ids
+(e.g. EleutherAI/gpt-j-6B and castorini/monot5-3b-msmarco-10k, REFERENCE.md) in a YAML config.
+
+The run root is a local folder or an object-store URI (``gs://bucket/prefix``): every artifact goes
+through :mod:`inpars_ray.storage`, written from whichever node does the work. On a Ray cluster of several
+nodes a local run root fails at once (unless declared a shared mount), before any stage runs.
+
+Every evaluated system (BM25, then each reranker) writes ``<folder>/eval.<split>.json`` and per-query
+values ``<folder>/eval.<split>.per_query.tsv``, listed under ``systems`` in the run's manifest: the
+report (:mod:`inpars_ray.report`) is rebuilt from those files alone.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from inpars_ray import bm25, catalog
-from inpars_ray.evaluate import DEFAULT_MEASURES, evaluate_files
-from inpars_ray.load import LoadConfig
+from inpars_ray import bm25, catalog, progress, storage
+from inpars_ray.config import TINY_LM, TINY_MONOT5, TRAINED, InparsConfig, PipelineConfig
+from inpars_ray.evaluate import evaluate_files
 from inpars_ray.manifest import StageRecord
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["InparsConfig", "PipelineConfig", "resolve_model", "run_pipeline", "stage_configs"]
 
-TINY_LM = "local:tiny-lm"
-TINY_MONOT5 = "local:tiny-monot5"
+#: manifest key listing the evaluated systems (name, run file, evaluation files), in report order
+SYSTEMS = "systems"
 
 
-@dataclasses.dataclass(frozen=True)
-class InparsConfig:
-    """The synthetic-data stages (defaults: a quick offline demo; the papers' values in comments).
+def resolve_model(name: str, out: storage.PathLike) -> str:
+    """The one place a model name becomes something a stage loads: a Hugging Face id, a folder or a file.
 
-    Attributes:
-        backend: generation backend, ``hf``, ``vllm`` or ``openai``.
-        generator: generator model id or folder (paper: EleutherAI/gpt-j-6B), or ``local:tiny-lm``.
-        prompt: ``inpars``, ``inpars-gbq``, ``promptagator`` or a template file.
-        num_docs: documents sampled for generation (paper: 100,000).
-        seed: seed of the sample, the generation and the negatives (paper: 1).
-        generate_batch_size: documents per generation call.
-        generate_actors: generation actors.
-        gpus_per_generate_actor: GPUs per generation actor.
-        filter_strategy: ``scores`` (InPars-v1) or ``reranker`` (InPars-v2).
-        filter_model: monoT5 for the reranker filter (paper: castorini/monot5-3b-msmarco-10k).
-        keep_top_k: queries kept by the filter (paper: 10,000).
-        min_query_tokens: shorter queries are dropped (paper: 3).
-        depth: BM25 hits negatives are drawn from (paper: 1000).
-        negatives: negatives per query (paper: 1).
-        base_model: monoT5 to fine-tune (paper v1: t5-base; v2: monoT5-3B), or ``local:tiny-monot5``.
-        train_batch_size: effective batch in examples (paper: 128).
-        train_micro_batch_size: examples per forward pass per worker.
-        lr: constant AdamW learning rate (paper: 3e-4 on GPU).
-        max_steps: optimizer steps; None trains one epoch.
-        train_workers: Ray Train workers.
-        accelerator: ``cpu``, ``gpu`` or ``tpu``.
-        max_length: monoT5 input length in tokens (paper: 512).
-        rerank_depth: BM25 hits reranked per test query (paper: 1000).
-        rerank_actors: monoT5 scoring actors.
+    ``local:tiny-lm`` / ``local:tiny-monot5`` build tiny random models (once) under ``out/models``; under an
+    object-store run root they are built here and published there (files, then a manifest listing them),
+    and the actors that load them copy them to their own node. Any other name is returned unchanged.
     """
-
-    backend: str = "hf"
-    generator: str = TINY_LM
-    prompt: str = "inpars"
-    num_docs: int = 64
-    seed: int = 1
-    generate_batch_size: int = 16
-    generate_actors: int = 1
-    gpus_per_generate_actor: float = 0.0
-    filter_strategy: str = "scores"
-    filter_model: str | None = None
-    keep_top_k: int = 48
-    min_query_tokens: int = 3
-    depth: int = 1000
-    negatives: int = 1
-    base_model: str = TINY_MONOT5
-    train_batch_size: int = 16
-    train_micro_batch_size: int = 8
-    lr: float = 3e-4
-    max_steps: int | None = None
-    train_workers: int = 1
-    accelerator: str = "cpu"
-    max_length: int = 512
-    rerank_depth: int = 100
-    rerank_actors: int = 1
+    if name == TINY_LM:
+        from inpars_ray.testing.tiny_lm import build_tiny_lm as build
+        folder = "tiny-lm"
+    elif name == TINY_MONOT5:
+        from inpars_ray.testing.tiny_t5 import build_tiny_monot5 as build
+        folder = "tiny-monot5"
+    else:
+        return name
+    root = storage.location(out)
+    if root.is_local:
+        path = root.local_path() / "models" / folder
+        return str(path if (path / "config.json").exists() else build(path))
+    target = root / "models" / folder
+    if not (target / "manifest.json").is_file():
+        with tempfile.TemporaryDirectory(prefix="inpars-model-") as tmp:
+            built = build(Path(tmp) / folder)
+            storage.publish_dir(built, target, {"stage": "model", "status": "complete", "name": name})
+    return target.uri
 
 
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-    """One pipeline run.
+def stage_configs(config: PipelineConfig, out: storage.PathLike, resolve=resolve_model) -> dict[str, Any]:
+    """The config each stage runs with: the nested stage configs, with model names resolved.
 
-    Attributes:
-        dataset: collection spec (folder, ``beir/<name>``, ``bundled/tiny-science``, ``gs://...``).
-        out_dir: where every stage writes its folder.
-        split: the evaluation split.
-        k: BM25 depth of the first-stage run (InPars reranks the top 1000).
-        measures: ir-measures names reported.
-        load: how strictly input files are read.
-        bm25: BM25 parameters and parallelism.
-        inpars: the synthetic-data stages; None runs the BM25 baseline only.
+    Keys: ``retrieve``, and with ``inpars`` set ``generate``, ``generate_resources``, ``filter``, ``mine``,
+    ``train``, ``rerank`` (devices, GPU counts and accelerators pass through untouched).
     """
+    stages: dict[str, Any] = {"retrieve": bm25.RetrieveConfig(split=config.split, k=config.k, bm25=config.bm25)}
+    ic = config.inpars
+    if ic is None:
+        return stages
+    filt = ic.filter
+    rerank_model = storage.join(out, "train", "model") if ic.rerank.model == TRAINED else \
+        resolve(ic.rerank.model, out)
+    stages.update(
+        generate=dataclasses.replace(ic.generate, model=resolve(ic.generate.model, out)),
+        generate_resources=ic.generate_resources,
+        filter=dataclasses.replace(filt, model=resolve(filt.model, out)) if filt.model else filt,
+        mine=ic.mine,
+        train=dataclasses.replace(ic.train, base_model=resolve(ic.train.base_model, out)),
+        rerank=dataclasses.replace(ic.rerank, model=rerank_model),
+    )
+    return stages
 
-    dataset: str = catalog.BUNDLED_SPEC
-    out_dir: str = "runs/tiny-science"
-    split: str = "test"
-    k: int = 1000
-    measures: tuple[str, ...] = DEFAULT_MEASURES
-    load: LoadConfig = LoadConfig()
-    bm25: bm25.BM25Config = bm25.BM25Config()
-    inpars: InparsConfig | None = InparsConfig()
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
-        """Build from plain values (e.g. parsed YAML); nested configs are dicts."""
-        data = dict(data)
-        if "load" in data:
-            data["load"] = LoadConfig(**data["load"])
-        if "bm25" in data:
-            data["bm25"] = bm25.BM25Config(**data["bm25"])
-        if "measures" in data:
-            data["measures"] = tuple(data["measures"])
-        if isinstance(data.get("inpars"), dict):
-            data["inpars"] = InparsConfig(**data["inpars"])
-        return cls(**data)
+def _summary(manifest: dict[str, Any] | None, started: float) -> str:
+    """A stage's counts in one short phrase, marked when the stage was already complete (resumed)."""
+    import time
+
+    manifest = manifest or {}
+    counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items() if v or k in ("kept", "triples"))
+    finished = manifest.get("finished_at")
+    reused = bool(finished) and finished < time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started)))
+    return f"already complete: {counts}" if reused else counts
+
+
+class _Stage:
+    """A stage's timing in the run's manifest and its line on the terminal, in one ``with``."""
+
+    def __init__(self, record: StageRecord, name: str) -> None:
+        self.record, self.name = record, name
+
+    def __enter__(self) -> _Stage:
+        import time
+
+        self.started = time.time()
+        self._timed = self.record.timed(self.name)
+        self._timed.__enter__()
+        self._progress = progress.stage(self.name.split("_")[0])
+        self.line = self._progress.__enter__()
+        return self
+
+    def done(self, manifest: dict[str, Any] | None = None, text: str | None = None) -> None:
+        self.line.summary = text if text is not None else _summary(manifest, self.started)
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._progress.__exit__(*exc)
+        finally:
+            self._timed.__exit__(*exc)
+
+
+def _relative(loc: storage.Location, root: storage.Location) -> str:
+    return loc.path[len(root.path.rstrip("/")) + 1:]
+
+
+def _evaluate(name: str, collection: catalog.Collection, config: PipelineConfig, out: storage.Location,
+              run_path: storage.Location, record: StageRecord,
+              exclude_file: storage.Location | None = None) -> dict[str, float]:
+    """Evaluate one system's run, write its summary and per-query values, and list it in the manifest."""
+    folder = run_path.parent
+    summary_path = folder / f"eval.{config.split}.json"
+    per_query_path = folder / f"eval.{config.split}.per_query.tsv"
+    with _Stage(record, f"evaluate_{folder.name}") as stage:
+        result, _ = evaluate_files(collection, run_path.uri, config.split, list(config.measures),
+                                   exclude_file=exclude_file.uri if exclude_file else None,
+                                   per_query_path=per_query_path.uri, summary_path=summary_path.uri,
+                                   skip_bad_rows=config.load.skip_bad_rows)
+        headline = next(iter(result.aggregate))
+        stage.done(text=f"{name}: {headline} {result.aggregate[headline]:.4f} over {result.num_queries} queries")
+    record.extra.setdefault(SYSTEMS, []).append({
+        "name": name, "run": _relative(run_path, out), "summary": _relative(summary_path, out),
+        "per_query": _relative(per_query_path, out), "queries": result.num_queries,
+        "measures": result.aggregate})
+    return result.aggregate
 
 
 def run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run every stage on ``config.dataset``; returns the summary also written to ``out_dir/manifest.json``."""
-    out = Path(config.out_dir).resolve()  # Ray workers run in other folders: paths must be absolute
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.location(config.out_dir)  # absolute: Ray workers run in other folders
+    storage.check_reachable(out)  # a local run root on many nodes fails here, before any work
+    out.mkdir()
     record = StageRecord("pipeline", config)
     collection = catalog.resolve(config.dataset, cache_dir)
-    with record.timed("index"):
-        index_manifest = bm25.build_index(collection, out / "index", config.load)
+    stages = stage_configs(config, out)
+    with _Stage(record, "index") as stage:
+        index_manifest = bm25.build_index(collection, (out / "index").uri, config.load, config.index)
+        stage.done(index_manifest)
     run_path = out / "bm25" / f"run.{config.split}.trec"
-    with record.timed("retrieve"):
-        retrieve_manifest = bm25.retrieve_to_file(
-            collection, out / "index", run_path, bm25.RetrieveConfig(split=config.split, k=config.k, bm25=config.bm25),
-            config.load)
-    with record.timed("evaluate"):
-        result, summary = evaluate_files(collection, str(run_path), config.split, list(config.measures),
-                                         summary_path=str(out / "bm25" / f"eval.{config.split}.json"),
-                                         skip_bad_rows=config.load.skip_bad_rows)
+    with _Stage(record, "retrieve") as stage:
+        retrieve_manifest = bm25.retrieve_to_file(collection, (out / "index").uri, run_path.uri,
+                                                  stages["retrieve"], config.load)
+        stage.done(retrieve_manifest)
+    bm25_measures = _evaluate("BM25", collection, config, out, run_path, record)
     record.counts.update(documents=index_manifest.get("counts", {}).get("documents", 0),
-                         queries=retrieve_manifest.get("counts", {}).get("queries", 0),
-                         judged_queries=result.num_queries)
-    record.extra["bm25"] = result.aggregate
-    summary = {"dataset": config.dataset, "bm25": result.aggregate, "out_dir": str(out)}
+                         queries=retrieve_manifest.get("counts", {}).get("queries", 0))
+    record.extra["bm25"] = bm25_measures
+    summary = {"dataset": config.dataset, "bm25": bm25_measures, "out_dir": out.uri}
     if config.inpars is not None:
-        summary["inpars"] = _run_inpars(config, collection, out, run_path, record)
+        summary["inpars"] = _run_inpars(config, stages, collection, out, run_path, record)
     record.write(out)
     return summary
 
 
-def _model(name: str, out: Path) -> str:
-    """Resolve the ``local:`` tiny-model names to folders built (once) under ``out/models``."""
-    if name == TINY_LM:
-        from inpars_ray.testing.tiny_lm import build_tiny_lm
-
-        path = out / "models" / "tiny-lm"
-        return str(path if (path / "config.json").exists() else build_tiny_lm(path))
-    if name == TINY_MONOT5:
-        from inpars_ray.testing.tiny_t5 import build_tiny_monot5
-
-        path = out / "models" / "tiny-monot5"
-        return str(path if (path / "config.json").exists() else build_tiny_monot5(path))
-    return name
-
-
-def _run_inpars(config: PipelineConfig, collection: catalog.Collection, out: Path, bm25_run: Path,
-                record: StageRecord) -> dict[str, Any]:
+def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
+                out: storage.Location, bm25_run: storage.Location, record: StageRecord) -> dict[str, Any]:
     """generate -> filter -> mine -> train -> rerank -> evaluate; returns the reranked run's measures."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
+    from inpars_ray.filter import run_filter
+    from inpars_ray.generate import run_generate
+    from inpars_ray.mine import run_mine
+    from inpars_ray.rerank import rerank_run
+    from inpars_ray.train import train
 
-    from inpars_ray.backends.base import GenerationParams
-    from inpars_ray.filter import FilterConfig, run_filter
-    from inpars_ray.generate import GenerateConfig, GenerateResources, run_generate
-    from inpars_ray.mine import MineConfig, run_mine
-    from inpars_ray.rerank import RerankConfig, rerank_run
-    from inpars_ray.train import TrainConfig, train
-
-    ic = config.inpars
-    assert ic is not None
-    with record.timed("generate"):
-        gen = run_generate(collection, out / "generate",
-                           GenerateConfig(backend=ic.backend, model=_model(ic.generator, out), prompt=ic.prompt,
-                                          num_docs=ic.num_docs, seed=ic.seed,
-                                          generation=GenerationParams(seed=ic.seed)),
-                           GenerateResources(batch_size=ic.generate_batch_size, num_actors=ic.generate_actors,
-                                             gpus_per_actor=ic.gpus_per_generate_actor), config.load)
-    with record.timed("filter"):
-        filt = run_filter(out / "generate" / "parts", collection, out / "filter",
-                          FilterConfig(strategy=ic.filter_strategy, keep_top_k=ic.keep_top_k,
-                                       min_tokens=ic.min_query_tokens,
-                                       model=_model(ic.filter_model, out) if ic.filter_model else None,
-                                       max_length=ic.max_length), config.load)
-    with record.timed("mine"):
-        mined = run_mine(out / "filter", collection, out / "index", out / "mine",
-                         MineConfig(depth=ic.depth, negatives=ic.negatives, seed=ic.seed), config.load)
-    with record.timed("train"):
-        trained = train(out / "mine" / "triples", out / "train",
-                        TrainConfig(base_model=_model(ic.base_model, out), lr=ic.lr, batch_size=ic.train_batch_size,
-                                    micro_batch_size=ic.train_micro_batch_size, max_steps=ic.max_steps,
-                                    num_workers=ic.train_workers, accelerator=ic.accelerator,
-                                    max_length=ic.max_length))
+    with _Stage(record, "generate") as stage:
+        gen = run_generate(collection, (out / "generate").uri, stages["generate"], stages["generate_resources"],
+                           config.load)
+        stage.done(gen)
+    with _Stage(record, "filter") as stage:
+        filt = run_filter((out / "generate").uri, collection, (out / "filter").uri, stages["filter"], config.load)
+        stage.done(filt)
+    with _Stage(record, "mine") as stage:
+        mined = run_mine((out / "filter").uri, collection, (out / "index").uri, (out / "mine").uri, stages["mine"],
+                         config.load)
+        stage.done(mined)
+    with _Stage(record, "train") as stage:
+        trained = train((out / "mine" / "triples").uri, (out / "train").uri, stages["train"])
+        stage.done(trained)
     rerank_path = out / "rerank" / f"run.{config.split}.trec"
-    with record.timed("rerank"):
-        rerank_run(collection, bm25_run, rerank_path,
-                   RerankConfig(model=str(out / "train" / "model"), depth=ic.rerank_depth,
-                                max_length=ic.max_length, num_actors=ic.rerank_actors), config.load)
+    with _Stage(record, "rerank") as stage:
+        stage.done(rerank_run(collection, bm25_run.uri, rerank_path.uri, stages["rerank"], config.load))
     # query ids shown to the generator as few-shot examples (promptagator) are left out of evaluation
-    fewshot = pads.dataset(str(out / "generate" / "parts"), format="parquet").to_table(columns=["fewshot_ids"])
-    excluded = sorted(set(pc.list_flatten(fewshot.column("fewshot_ids")).to_pylist()) - {None})
+    excluded = sorted(set((out / "generate" / "fewshot.json").read_json()["fewshot_query_ids"]))
     exclude_file = out / "rerank" / "excluded_queries.txt"
     exclude_file.write_text("".join(f"{q}\n" for q in excluded))
-    with record.timed("evaluate_rerank"):
-        result, _ = evaluate_files(collection, str(rerank_path), config.split, list(config.measures),
-                                   exclude_file=str(exclude_file),
-                                   summary_path=str(out / "rerank" / f"eval.{config.split}.json"),
-                                   skip_bad_rows=config.load.skip_bad_rows)
+    measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)
     for stage, manifest in (("generate", gen), ("filter", filt), ("mine", mined), ("train", trained)):
         for key, value in manifest.get("counts", {}).items():
             record.counts[f"{stage}_{key}"] = value
-    record.extra["rerank"] = result.aggregate
-    return result.aggregate
+    record.extra["rerank"] = measures
+    return measures

@@ -38,6 +38,7 @@ import pyarrow as pa
 from inpars_ray import schema as S
 from inpars_ray.deps import require
 from inpars_ray.errors import ConfigError
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -48,31 +49,24 @@ POOLINGS = ("mean", "cls")
 ST_MODULES = "modules.json"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class RankerConfig:
-    """Which ranker to load and how to feed it.
+    """Which ranker to load and how to feed it."""
 
-    Attributes:
-        model: Hugging Face id or local folder (e.g. ``<run>/train/model``).
-        family: ``monot5``, ``cross-encoder`` or ``bi-encoder``; None reads it from the checkpoint.
-        max_length: tokens per input: the whole prompt (monoT5), the query+document pair (cross-encoder)
-            or each text (bi-encoder); the document is what gets truncated.
-        batch_size: pairs per forward pass (bi-encoder: texts per forward pass).
-        device: torch device string ("cpu", "cuda", "cuda:1").
-        pooling: bi-encoder pooling, "mean" (sentence-transformers' default) or "cls".
-        sort_by_length: order a batch's pairs by token length before cutting sub-batches (less padding);
-            False keeps input order (for comparisons).
-        torch_threads: intra-op threads of each actor; None leaves torch's default.
-    """
-
-    model: str
-    family: str | None = None
-    max_length: int = 512
-    batch_size: int = 16
-    device: str = "cpu"
-    pooling: str = "mean"
-    sort_by_length: bool = True
-    torch_threads: int | None = None
+    model: str = Field(description="Hugging Face id or local folder (e.g. <run>/train/model)")
+    family: str | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from the "
+                               "checkpoint")
+    max_length: int = Field(512, ge=16, description="tokens per input: the whole prompt (monoT5), the "
+                            "query+document pair (cross-encoder) or each text (bi-encoder, capped by a "
+                            "sentence-transformers folder's max_seq_length); the document is what gets truncated")
+    batch_size: int = Field(16, ge=1, description="pairs per forward pass (bi-encoder: texts per forward pass)")
+    device: str = Field("cpu", description="torch device string (cpu, cuda, cuda:1)")
+    pooling: str = Field("mean", description="bi-encoder pooling: mean (sentence-transformers' default) or cls; "
+                         "a sentence-transformers folder's own pooling config wins")
+    sort_by_length: bool = Field(True, description="order a batch's pairs by token length before cutting "
+                                 "sub-batches (less padding); False keeps input order (for comparisons)")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads of each actor; None leaves "
+                                      "torch's default")
 
     def __post_init__(self) -> None:
         if self.family is not None and self.family not in FAMILIES:
@@ -89,6 +83,17 @@ class RankerConfig:
     def resolved(self) -> RankerConfig:
         """This config with ``family`` read from the checkpoint when it was None."""
         return self if self.family else dataclasses.replace(self, family=detect_family(self.model))
+
+
+def local_model(model: str | Path) -> str:
+    """A model this process can load: a published run artifact on an object store (``gs://...``) is copied
+    once to this node (:func:`inpars_ray.storage.materialize`); local folders and hub ids are unchanged."""
+    text = str(model)
+    if "://" in text:
+        from inpars_ray import storage
+
+        return str(storage.materialize(text))
+    return text
 
 
 # --- family detection -------------------------------------------------------------------------------------
@@ -112,6 +117,15 @@ def detect_family(model: str | Path) -> str:
     ``architectures`` decide: ``*ForConditionalGeneration`` (T5) is monoT5, ``*ForSequenceClassification``
     a cross-encoder, a bare encoder (``BertModel``) a bi-encoder.
     """
+    if "://" in str(model):  # a published run artifact: read its config where it is
+        from inpars_ray import storage
+
+        loc = storage.location(str(model))
+        if loc.join(ST_MODULES).is_file():
+            return BI_ENCODER
+        if not loc.join("config.json").is_file():
+            raise ConfigError(f"{loc.uri} holds no config.json: not a Hugging Face checkpoint")
+        return family_of_config(loc.join("config.json").read_json())
     folder = Path(model)
     if folder.is_dir():
         if (folder / ST_MODULES).exists():
@@ -224,7 +238,7 @@ def load_model(family: str, source: str | Path, training: bool = False):
     A cross-encoder can start from a bare encoder (all-MiniLM-L6-v2): its one-label head is then new.
     """
     transformers = require("transformers", "loading a ranker")
-    source = str(source)
+    source = local_model(source)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     if family == MONOT5:
         model = transformers.AutoModelForSeq2SeqLM.from_pretrained(source)
@@ -254,6 +268,12 @@ def bi_encoder_pooling(model: str | Path, default: str = "mean") -> str:
                 return "mean"
             raise ConfigError(f"{folder}: pooling {cfg} is not supported (mean or cls)")
     return default
+
+
+def st_max_length(model: str | Path) -> int | None:
+    """The ``max_seq_length`` a sentence-transformers folder was trained with (all-MiniLM-L6-v2: 256)."""
+    path = Path(model) / "sentence_bert_config.json"
+    return json.loads(path.read_text()).get("max_seq_length") if path.exists() else None
 
 
 # --- saving -----------------------------------------------------------------------------------------------
@@ -318,7 +338,9 @@ class Ranker:
             model.to(torch.device(config.device))
         self.model, self.tokenizer = model, tokenizer
         self._left = getattr(tokenizer, "padding_side", "right") == "left"
-        self.pooling = bi_encoder_pooling(config.model, config.pooling) if self.family == BI_ENCODER else None
+        folder = local_model(config.model) if model is None else config.model
+        self.pooling = bi_encoder_pooling(folder, config.pooling) if self.family == BI_ENCODER else None
+        self.max_length = min(config.max_length, st_max_length(folder) or config.max_length)
         if self.family == MONOT5:
             from inpars_ray.monot5 import true_false_ids
 
@@ -349,11 +371,11 @@ class Ranker:
                 return self._score_bi(queries, docs)
             q, d = _as_list(queries), _as_list(docs)
             if self.family == MONOT5:
-                enc = encode_monot5(self.tokenizer, q, d, self.config.max_length)
+                enc = encode_monot5(self.tokenizer, q, d, self.max_length)
                 t, f = self.true_false
                 forward = lambda b: monot5_ptrue(self.model, b, t, f)  # noqa: E731
             else:
-                enc = encode_pairs(self.tokenizer, q, d, self.config.max_length)
+                enc = encode_pairs(self.tokenizer, q, d, self.max_length)
                 forward = lambda b: cross_encoder_logits(self.model, b)  # noqa: E731
             return self._bucketed(enc, forward)
 
@@ -371,7 +393,7 @@ class Ranker:
         torch = require("torch", "bi-encoder scoring")
         if self.family != BI_ENCODER:
             raise ConfigError(f"embed() needs a bi-encoder, this ranker is a {self.family}")
-        enc = encode_texts(self.tokenizer, _as_list(texts), self.config.max_length)
+        enc = encode_texts(self.tokenizer, _as_list(texts), self.max_length)
         lengths = enc["attention_mask"].sum(1)
         out = None
         with torch.inference_mode():

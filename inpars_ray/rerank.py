@@ -13,51 +13,42 @@ Layers:
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.catalog import Collection
+from inpars_ray.exchange import hash_exchange
 from inpars_ray.errors import ConfigError
 from inpars_ray.load import LoadConfig
 from inpars_ray.manifest import StageRecord
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class RerankConfig:
-    """Reranking settings.
+    """Reranking settings."""
 
-    Attributes:
-        model: ranker checkpoint (Hugging Face id or local folder), e.g. a folder written by ``train``.
-        family: ranker family (``monot5``, ``cross-encoder``, ``bi-encoder``); None reads it from the checkpoint.
-        depth: hits per query that are rescored (InPars: the BM25 top 1000); deeper hits are dropped.
-        max_length: ranker input length in tokens (REFERENCE: 512).
-        batch_size: pairs per forward pass.
-        rows_per_call: pairs handed to one actor call.
-        num_actors: scoring actors.
-        num_gpus_per_actor: GPUs each actor reserves (0 on CPU).
-        device: torch device of each actor.
-        partitions: hash partitions of the run/corpus join and of the regrouping by query.
-    """
-
-    model: str
-    family: str | None = None
-    depth: int = 1000
-    max_length: int = 512
-    batch_size: int = 16
-    rows_per_call: int = 256
-    num_actors: int = 1
-    num_gpus_per_actor: float = 0.0
-    device: str = "cpu"
-    partitions: int = 4
+    model: str = Field(description="ranker checkpoint (Hugging Face id or local folder), e.g. a folder "
+                       "written by train")
+    family: str | None = Field(None, description="ranker family (monot5, cross-encoder, bi-encoder); None reads "
+                               "it from the checkpoint")
+    depth: int = Field(1000, ge=1, description="hits per query that are rescored (InPars: the BM25 top 1000); "
+                       "deeper hits are dropped")
+    max_length: int = Field(512, ge=16, description="ranker input length in tokens (REFERENCE: 512)")
+    batch_size: int = Field(16, ge=1, description="pairs per forward pass")
+    rows_per_call: int = Field(256, ge=1, description="pairs handed to one actor call")
+    num_actors: int = Field(1, ge=1, description="scoring actors")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor reserves (0 on CPU)")
+    device: str = Field("cpu", description="torch device of each actor (cpu, cuda)")
+    partitions: int = Field(4, ge=1, description="hash partitions of the run/corpus join and of the "
+                            "regrouping by query")
 
     def __post_init__(self) -> None:
         if min(self.depth, self.batch_size, self.rows_per_call, self.num_actors, self.partitions) < 1:
@@ -103,7 +94,7 @@ def _join_part(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
     return attach_texts(run, docs, queries)
 
 
-def _read_run_dataset(run_path: Path, depth: int) -> Any:
+def _read_run_dataset(run: storage.Location, depth: int) -> Any:
     import ray
 
     # a TREC run is read in blocks by Ray (read_text), never whole by the driver
@@ -114,43 +105,71 @@ def _read_run_dataset(run_path: Path, depth: int) -> Any:
                           S.SCORE: pa.array([float(r[4]) for r in rows], pa.float64())}, schema=S.RUN)
         return table.filter(pc.less_equal(table.column(S.RANK), depth))
 
-    return ray.data.read_text(str(run_path)).map_batches(parse, batch_format="numpy")
+    return ray.data.read_text(run.path, filesystem=run.fs).map_batches(parse, batch_format="numpy")
 
 
-def rerank_run(collection: Collection, run_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
-               config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> dict:
-    """Rescore ``run_path`` with a ranker and write the reranked TREC run to ``out_path`` (+ its manifest)."""
-    from inpars_ray.bm25 import completed_run, run_manifest_name, write_trec_stream
+def run_key(run: storage.Location) -> str:
+    """A run file's key by content: its manifest's hash when a stage wrote it, else its name, size and mtime."""
+    from inpars_ray.bm25 import run_manifest_name
+    from inpars_ray.manifest import input_key
+
+    if run.parent.join(run_manifest_name(run)).is_file():
+        return input_key(run.parent, run_manifest_name(run))
+    info = run.fs.get_file_info(run.path)
+    return f"{run.name}:{info.size}:{info.mtime_ns}"
+
+
+def pairs_with_texts(collection: Collection, run: Any, config: RerankConfig,
+                     load_config: LoadConfig) -> tuple[Any, int]:
+    """(Run rows with query and document text, hits whose query or document is unknown).
+
+    The one step that fetches texts: a hash exchange of the run with the corpus on the document id (no
+    process holds the corpus or all pairs). Kept small so a document store can replace it.
+    """
     from inpars_ray.exchange import corpus_documents, hash_exchange
     from inpars_ray.load import read_queries
-    from inpars_ray.rankers import RankerConfig, score_dataset
 
-    run_path, out_path = Path(run_path), Path(out_path)
-    info = run_path.stat()
-    stage_config = {"dataset": collection.spec, "run": str(run_path.resolve()), "run_size": info.st_size,
-                    "run_mtime_ns": info.st_mtime_ns, "rerank": config}
-    done = completed_run(out_path, "rerank", stage_config)
-    if done is not None:
-        return done
-    record = StageRecord("rerank", stage_config)
     queries, _ = read_queries(collection, load_config)
-    run = _read_run_dataset(run_path, config.depth)
     joined = hash_exchange([run, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
                            config.partitions, _join_part, queries=queries)
     missing = joined.filter(lambda r: r[S.TEXT] is None or r[S.QUERY] is None).count()
+    return joined.filter(lambda r: r[S.TEXT] is not None and r[S.QUERY] is not None), missing
+
+
+def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: storage.PathLike,
+               config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> dict:
+    """Rescore ``run_path`` with a ranker and write the reranked TREC run to ``out_path`` (+ its manifest).
+
+    Paths may be local or ``gs://``; the model may be a Hugging Face id, a folder or a model published
+    under a run root (each actor copies it to its own node). The stage's key names its inputs by content:
+    the first-stage run's manifest, the model's manifest (a retrained model reranks again), the collection.
+    """
+    from inpars_ray.bm25 import completed_run, run_manifest_name, write_trec_stream
+    from inpars_ray.manifest import artifact_key, collection_key
+    from inpars_ray.rankers import RankerConfig, score_dataset
+
+    run, out = storage.location(run_path), storage.location(out_path)
+    if not run.is_file():
+        raise ConfigError(f"rerank: no first-stage run at {run.uri}")
+    stage_config = {"dataset": collection_key(collection), "run": run_key(run), "model": artifact_key(config.model),
+                    "rerank": config}
+    done = completed_run(out, "rerank", stage_config)
+    if done is not None:
+        return done
+    record = StageRecord("rerank", stage_config)
+    ranker = RankerConfig(config.model, config.family, config.max_length, config.batch_size, config.device).resolved()
+    pairs, missing = pairs_with_texts(collection, _read_run_dataset(run, config.depth), config, load_config)
     if missing:
         logger.warning("%d hits name a document or query the collection lacks; they are not reranked", missing)
-    pairs = joined.filter(lambda r: r[S.TEXT] is not None and r[S.QUERY] is not None)
-    ranker = RankerConfig(config.model, config.family, config.max_length, config.batch_size, config.device).resolved()
-    scored = score_dataset(pairs, ranker,
-                           num_actors=config.num_actors, batch_rows=config.rows_per_call,
+    scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call,
                            num_gpus_per_actor=config.num_gpus_per_actor)
     ranked = hash_exchange([scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE])], [S.QUERY_ID],
                            config.partitions, rank_by_score)
     with record.timed("rerank"):
         pairs_scored, queries_out = write_trec_stream(ranked.iter_batches(batch_format="pyarrow", batch_size=None),
-                                                      out_path, tag=f"inpars-ray-{ranker.family}")
+                                                      out, tag=f"inpars-ray-{ranker.family}")
     record.counts.update(pairs_scored=pairs_scored, pairs_unknown=missing, queries=len(queries_out))
+    record.extra["family"] = ranker.family
     if record.timings.get("rerank"):
         record.extra["pairs_per_second"] = round(pairs_scored / record.timings["rerank"], 2)
-    return record.write(out_path.parent, name=run_manifest_name(out_path))
+    return record.write(out.parent, name=run_manifest_name(out), files=storage.snapshot(out.parent, out.name))

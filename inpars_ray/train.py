@@ -1,10 +1,22 @@
-"""Stage 5 — train: fine-tune a monoT5 reranker on (query, positive, negative) triples with Ray Train.
+"""Stage 5 — train: fine-tune a ranker on (query, positive, negative) triples with Ray Train.
 
-Recipe (REFERENCE.md, "train"; InPars-v1 arXiv 2202.05144 §4, InPars repo issue #21 for the 3e-4 LR):
-input ``Query: {q} Document: {d} Relevant:``, target ``true`` for the positive and ``false`` for the
-negative of each triple; AdamW, constant LR 3e-4, effective batch 128 examples by gradient accumulation,
-max length 512, one epoch. The loss covers only the target tokens, and the document (never the
-``Relevant:`` suffix) is truncated — the encoder input is built by :mod:`inpars_ray.monot5`.
+Every ranker family of :mod:`inpars_ray.rankers` trains here, each with its loss:
+
+* ``monot5`` (InPars-v1 recipe, REFERENCE.md "train"; arXiv 2202.05144 §4, InPars repo issue #21 for the
+  3e-4 LR): input ``Query: {q} Document: {d} Relevant:``, target ``true`` for the positive and ``false``
+  for the negative of each triple; the loss covers only the target tokens, and the document (never the
+  ``Relevant:`` suffix) is truncated — the encoder input is built by :mod:`inpars_ray.monot5`.
+* ``cross-encoder`` with ``listwise`` (InPars-light, arXiv 2301.02998): softmax cross-entropy over one
+  positive and its BM25 negatives, one list per (query, positive); or ``pointwise``: binary cross-entropy
+  on the logit, positive 1, negative 0.
+* ``bi-encoder`` with ``contrastive`` (GPL / Promptagator style, as sentence-transformers'
+  MultipleNegativesRankingLoss): softmax cross-entropy of a query's cosine to its positive against its BM25
+  negatives and every other document of the micro-batch, scaled by ``1 / temperature``.
+
+Listwise and contrastive losses need a query's triples together: the miner writes one row per
+(query, positive, negative), so training groups them by (query, positive) first (a Ray Data groupby,
+materialised before the workers start). Their batch sizes count lists (queries); the pairwise losses'
+count examples (two per triple). AdamW, constant LR after an optional linear warm-up.
 
 Layers:
 
@@ -13,8 +25,12 @@ Layers:
 * :func:`train_loop_per_worker`, the Ray Train worker (model loaded once per worker);
 * :func:`train`, which wires triples Parquet -> Ray Data -> ``TorchTrainer`` and writes the manifest.
 
-Data and resume. Each worker streams its own split of the triples (``streaming_split`` without
-dropping rows), so no worker reads the whole file. Gradients are summed across workers by hand rather
+Data and resume. The triples are read (and grouped) into small blocks in Ray's object store before the
+workers start, and each worker streams its own split of those blocks (``streaming_split`` without
+dropping rows), so no process holds the whole file. Reading them while the workers hold their CPUs could
+starve the read tasks of a CPU and leave every worker waiting on its split forever (issue 9.8). Every
+worker takes the same stop/next-epoch decision from the same all-reduced counts, so all splits begin each
+epoch together, as a streaming split requires. Gradients are summed across workers by hand rather
 than by DDP: a step's loss is the sum of per-example losses divided by the *global* example count, so
 uneven splits (and a worker that has run dry) still give the exact mean gradient and every example is
 used once per epoch. A checkpoint (every ``checkpoint_every`` steps, Hugging Face format) holds the
@@ -39,10 +55,13 @@ from typing import Any
 import pyarrow as pa
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.deps import require
 from inpars_ray.errors import ConfigError
-from inpars_ray.manifest import StageRecord, config_hash, is_complete, read_manifest
+from inpars_ray.manifest import MANIFEST_NAME, StageRecord, config_hash, is_complete, read_manifest
 from inpars_ray.monot5 import TARGET_FALSE, TARGET_TRUE, prompt_ids
+from inpars_ray.rankers import BI_ENCODER, CROSS_ENCODER, FAMILIES, MONOT5, POOLINGS
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -50,62 +69,66 @@ STAGE = "train"
 TRAINER_STATE = "trainer_state.pt"
 DATA_STATE = "data_state"
 ACCELERATORS = ("cpu", "gpu", "tpu")
+LOSSES = {MONOT5: ("monot5",), CROSS_ENCODER: ("listwise", "pointwise"), BI_ENCODER: ("contrastive",)}
+GROUPED_LOSSES = ("listwise", "contrastive")
+#: columns of a grouped training row: one (query, positive) with all its negatives
+NEG_DOC_IDS, NEG_TEXTS = "neg_doc_ids", "neg_texts"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class TrainConfig:
-    """How to fine-tune monoT5 (defaults: InPars-v1 on GPU, REFERENCE.md).
+    """How to fine-tune a ranker (defaults: InPars-v1 monoT5 on GPU, REFERENCE.md).
 
-    Attributes:
-        base_model: Hugging Face id or local folder of the seq2seq checkpoint to start from.
-        lr: AdamW learning rate, kept constant.
-        weight_decay: AdamW weight decay.
-        batch_size: effective batch in examples (a triple gives two) per optimizer step, all workers together.
-        micro_batch_size: examples per forward pass on one worker; batch_size / (workers * micro_batch_size)
-            is the number of gradient-accumulation micro-steps and must be a whole number.
-        max_length: encoder input length in tokens; the document is truncated, never the suffix.
-        epochs: passes over the triples.
-        max_steps: stop after this many optimizer steps; None trains for ``epochs`` full epochs.
-        num_workers: Ray Train workers (one per GPU, or one per TPU VM host).
-        accelerator: "cpu" (gloo), "gpu" (nccl) or "tpu" (torch-xla, see docs/tpu.md).
-        mixed_precision: on GPU, autocast to bfloat16 when True and the GPU supports it.
-        checkpoint_every: save a Hugging Face checkpoint every this many steps (and after the last one).
-        keep_checkpoints: how many checkpoints Ray Train keeps in storage.
-        max_failures: worker-group failures Ray Train recovers from (restoring the last checkpoint).
-        storage_path: where Ray Train writes checkpoints (local path or gs://...); None means <out>/ray.
-        cpus_per_worker: CPUs a worker reserves; below the node's CPU count so Ray Data's read tasks
-            can run beside the workers (two 1-CPU workers on a 2-CPU node starve the reader).
-        rows_per_block: triples per Ray Data block; workers take blocks from a shared stream, so blocks
-            much smaller than the data let every worker get some.
-        tpu_chips_per_worker: TPU chips a worker reserves (4 per v4 VM host; 0 to run the XLA path on
-            torch-xla's CPU device).
-        seed: torch seed (the model init is the checkpoint's; this seeds dropout).
-        validate_every: rank 0 computes nDCG@10 on the dev set every this many steps; None disables it.
-        record_dir: when set, workers write their pid and the ids of the examples they train on here
-            (tests and audits; must be a filesystem every worker sees).
+    ``batch_size / (num_workers * micro_batch_size)`` is the number of gradient-accumulation micro-steps and
+    must be a whole number. The unit of both is an example (two per triple) for the pairwise losses
+    (monot5, pointwise) and a (query, positive, negatives) list for listwise and contrastive.
     """
 
-    base_model: str
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    micro_batch_size: int = 8
-    max_length: int = 512
-    epochs: int = 1
-    max_steps: int | None = None
-    num_workers: int = 1
-    accelerator: str = "cpu"
-    mixed_precision: bool = True
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    max_failures: int = 2
-    storage_path: str | None = None
-    cpus_per_worker: float = 1.0
-    rows_per_block: int = 1024
-    tpu_chips_per_worker: int = 4
-    seed: int = 0
-    validate_every: int | None = None
-    record_dir: str | None = None
+    base_model: str = Field(description="Hugging Face id or local folder of the checkpoint to start from")
+    family: str | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from "
+                               "base_model (a bare encoder such as all-MiniLM-L6-v2 reads as a bi-encoder: say "
+                               "cross-encoder to train one)")
+    loss: str | None = Field(None, description="monot5 (monoT5), listwise or pointwise (cross-encoder), "
+                             "contrastive (bi-encoder); None picks the first of these for the family")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate, constant after the warm-up")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(128, description="effective batch per optimizer step, all workers together: "
+                            "examples (a triple gives two) or lists (listwise, contrastive)")
+    micro_batch_size: int = Field(8, description="examples (or lists) per forward pass on one worker")
+    max_length: int = Field(512, description="input length in tokens; the document is truncated, never "
+                            "monoT5's suffix")
+    max_negatives: int | None = Field(None, description="listwise/contrastive: at most this many BM25 negatives "
+                                      "per list (None: all mined)")
+    temperature: float = Field(0.05, gt=0, description="contrastive: softmax temperature of the cosine "
+                               "similarities (0.05 = scale 20)")
+    pooling: str = Field("mean", description="bi-encoder pooling: mean or cls")
+    epochs: int = Field(1, description="passes over the triples (when max_steps is None)")
+    max_steps: int | None = Field(None, description="train exactly this many optimizer steps, over as many "
+                                  "epochs as that takes; None trains for `epochs` full epochs")
+    num_workers: int = Field(1, description="Ray Train workers (one per GPU, or one per TPU VM host)")
+    accelerator: str = Field("cpu", description="cpu (gloo), gpu (nccl) or tpu (torch-xla, see docs/tpu.md)")
+    mixed_precision: bool = Field(True, description="on GPU, autocast to bfloat16 when the GPU supports it")
+    checkpoint_every: int = Field(50, description="save a Hugging Face checkpoint every this many steps (and "
+                                  "after the last one)")
+    keep_checkpoints: int = Field(2, description="how many checkpoints Ray Train keeps in storage")
+    max_failures: int = Field(2, description="worker-group failures Ray Train recovers from (restoring the "
+                              "last checkpoint)")
+    storage_path: str | None = Field(None, description="where Ray Train writes checkpoints (local path or "
+                                     "gs://...); None means <out>/ray")
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs a worker reserves; None takes 1, or an "
+                                          "equal share of a smaller cluster; more than the cluster holds is "
+                                          "refused (Ray Train would wait for them forever)")
+    rows_per_block: int = Field(1024, description="training rows per Ray Data block; blocks much smaller than "
+                                "the data let every worker get some")
+    tpu_chips_per_worker: int = Field(4, ge=0, description="TPU chips a worker reserves (4 per v4 VM host; 0 "
+                                      "runs the XLA path on torch-xla's CPU device)")
+    seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout "
+                      "and the order of the lists)")
+    validate_every: int | None = Field(None, description="rank 0 computes nDCG@10 on the dev set every this "
+                                       "many steps; None disables it")
+    record_dir: str | None = Field(None, description="when set, workers write their pid and the ids of the "
+                                   "examples they train on here (tests and audits)")
 
     def __post_init__(self) -> None:
         if self.accelerator not in ACCELERATORS:
@@ -120,28 +143,66 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.validate_every must be >= 1 or None, got {self.validate_every}")
         if self.max_failures < 0:
             raise ConfigError(f"TrainConfig.max_failures must be >= 0, got {self.max_failures}")
-        plan_steps(self.batch_size, self.micro_batch_size, self.num_workers)
+        if self.family is not None and self.family not in FAMILIES:
+            raise ConfigError(f"TrainConfig.family must be one of {FAMILIES} or None, got {self.family!r}")
+        known = sorted({x for v in LOSSES.values() for x in v})
+        if self.loss is not None and self.loss not in known:
+            raise ConfigError(f"TrainConfig.loss must be one of {known} or None, got {self.loss!r}")
+        if self.family is not None and self.loss is not None and self.loss not in LOSSES[self.family]:
+            raise ConfigError(f"a {self.family} trains with loss {LOSSES[self.family]}, not {self.loss!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"TrainConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.temperature <= 0 or self.warmup_steps < 0:
+            raise ConfigError("TrainConfig.temperature must be > 0 and warmup_steps >= 0")
+        if self.max_negatives is not None and self.max_negatives < 1:
+            raise ConfigError(f"TrainConfig.max_negatives must be >= 1 or None, got {self.max_negatives}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ConfigError(f"TrainConfig.cpus_per_worker must be > 0 or None, got {self.cpus_per_worker}")
+        if self.loss is None and self.family is None:  # the unit is known once the family is read
+            plan_steps(self.batch_size, self.micro_batch_size, self.num_workers, grouped=True)
+        else:
+            loss = self.loss or LOSSES[self.family][0]
+            plan_steps(self.batch_size, self.micro_batch_size, self.num_workers, loss in GROUPED_LOSSES)
+
+    def resolved(self) -> TrainConfig:
+        """This config with ``family`` (from the checkpoint) and ``loss`` (the family's default) filled in."""
+        from inpars_ray.rankers import detect_family
+
+        family = self.family or detect_family(self.base_model)
+        loss = self.loss or LOSSES[family][0]
+        if loss not in LOSSES[family]:
+            raise ConfigError(f"a {family} trains with loss {LOSSES[family]}, not {loss!r}")
+        return dataclasses.replace(self, family=family, loss=loss)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether training rows are (query, positive, all negatives) lists rather than triples."""
+        return self.loss in GROUPED_LOSSES
 
 
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
     """Batch geometry of one optimizer step on one worker."""
 
-    micro_triples: int  #: triples per forward pass (two examples each)
+    micro_triples: int  #: rows (triples, or lists when grouped) per forward pass
     accum_steps: int  #: forward passes per optimizer step
-    triples_per_step: int  #: triples one worker consumes per optimizer step
+    triples_per_step: int  #: rows one worker consumes per optimizer step
 
 
-def plan_steps(batch_size: int, micro_batch_size: int, num_workers: int) -> StepPlan:
-    """Split an effective batch of ``batch_size`` examples over workers and accumulation micro-steps."""
-    if micro_batch_size % 2:
+def plan_steps(batch_size: int, micro_batch_size: int, num_workers: int, grouped: bool = False) -> StepPlan:
+    """Split an effective batch of ``batch_size`` units over workers and accumulation micro-steps.
+
+    The unit is an example (two per triple) for the pairwise losses and a list (one row) when ``grouped``.
+    """
+    per_row = 1 if grouped else 2
+    if micro_batch_size % per_row:
         raise ConfigError(f"micro_batch_size={micro_batch_size} must be even: each triple gives two examples")
     per_step = micro_batch_size * num_workers
     if batch_size % per_step:
         raise ConfigError(f"batch_size={batch_size} is not a multiple of micro_batch_size x workers = "
                           f"{micro_batch_size} x {num_workers}")
     accum = batch_size // per_step
-    return StepPlan(micro_batch_size // 2, accum, accum * micro_batch_size // 2)
+    return StepPlan(micro_batch_size // per_row, accum, accum * micro_batch_size // per_row)
 
 
 def triple_id(query_id: str, pos_doc_id: str, neg_doc_id: str) -> str:
@@ -190,11 +251,135 @@ def loss_sum(model, batch: dict[str, Any]):
     return (tok.sum(1) / counts).sum()
 
 
-def _fresh_triples(shard, consumed: set[str], rows_per_batch: int) -> Iterator[dict[str, Any]]:
-    """Rows of this worker's split, skipping triples a restored checkpoint says were already trained on."""
+# --- listwise / contrastive: a query's triples as one list ----------------------------------------------
+def group_id(query_id: str, pos_doc_id: str) -> str:
+    """A list's identity: one (query, positive)."""
+    return f"{query_id}\t{pos_doc_id}"
+
+
+def group_triples(rows: pa.Table) -> pa.Table:
+    """The triples of one (query, positive) as one row with lists of negatives, by ascending BM25 rank.
+
+    A Ray Data ``map_groups`` function; a negative mined twice appears once.
+    """
+    rows = rows.sort_by([(S.NEG_RANK, "ascending"), (S.NEG_DOC_ID, "ascending")])
+    seen, ids, texts = set(), [], []
+    for did, text in zip(rows.column(S.NEG_DOC_ID).to_pylist(), rows.column(S.NEG_TEXT).to_pylist()):
+        if did not in seen:
+            seen.add(did)
+            ids.append(did)
+            texts.append(text)
+    first = rows.slice(0, 1)
+    return pa.table({S.QUERY_ID: first.column(S.QUERY_ID), S.QUERY: first.column(S.QUERY),
+                     S.POS_DOC_ID: first.column(S.POS_DOC_ID), S.POS_TEXT: first.column(S.POS_TEXT),
+                     NEG_DOC_IDS: pa.array([ids], pa.list_(pa.string())),
+                     NEG_TEXTS: pa.array([texts], pa.list_(pa.string()))})
+
+
+def unit_id(row: dict[str, Any], grouped: bool) -> str:
+    """The id a checkpoint records for a consumed training row (a triple, or a list)."""
+    if grouped:
+        return group_id(row[S.QUERY_ID], row[S.POS_DOC_ID])
+    return triple_id(row[S.QUERY_ID], row[S.POS_DOC_ID], row[S.NEG_DOC_ID])
+
+
+def _lists(rows: list[dict[str, Any]], max_negatives: int | None):
+    """(queries, [positive, negatives...] texts per list) of grouped rows."""
+    queries, docs = [], []
+    for r in rows:
+        negs = r[NEG_TEXTS][:max_negatives] if max_negatives else r[NEG_TEXTS]
+        queries.append(r[S.QUERY])
+        docs.append([r[S.POS_TEXT], *negs])
+    return queries, docs
+
+
+def _tensors(enc: dict, device) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(v).to(device) for k, v in enc.items()}
+
+
+def listwise_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
+                      max_negatives: int | None = None):
+    """InPars-light's loss, summed over lists: -log softmax(positive) among (positive, negatives) logits.
+
+    Lists of different lengths are padded with -inf logits, which take no probability.
+    """
+    import torch
+
+    from inpars_ray.rankers import cross_encoder_logits, encode_pairs
+
+    queries, docs = _lists(rows, max_negatives)
+    sizes = [len(d) for d in docs]
+    flat_q = [q for q, n in zip(queries, sizes) for _ in range(n)]
+    flat_d = [d for ds in docs for d in ds]
+    logits = cross_encoder_logits(model, _tensors(encode_pairs(tokenizer, flat_q, flat_d, max_length), device)).float()
+    table = torch.full((len(sizes), max(sizes)), float("-inf"), device=logits.device)
+    rows_idx = torch.repeat_interleave(torch.arange(len(sizes), device=logits.device),
+                                       torch.tensor(sizes, device=logits.device))
+    cols_idx = torch.cat([torch.arange(n, device=logits.device) for n in sizes])
+    table = table.index_put((rows_idx, cols_idx), logits)
+    return -torch.log_softmax(table, dim=1)[:, 0].sum()
+
+
+def pointwise_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device):
+    """Binary cross-entropy on the cross-encoder logit, summed over examples (positive 1, negative 0)."""
+    import torch
+
+    from inpars_ray.rankers import cross_encoder_logits, encode_pairs
+
+    queries = [r[S.QUERY] for r in rows for _ in (0, 1)]
+    docs = [t for r in rows for t in (r[S.POS_TEXT], r[S.NEG_TEXT])]
+    labels = torch.tensor([1.0, 0.0] * len(rows), device=device)
+    logits = cross_encoder_logits(model, _tensors(encode_pairs(tokenizer, queries, docs, max_length), device))
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum")
+
+
+def contrastive_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
+                         max_negatives: int | None = None, temperature: float = 0.05, pooling: str = "mean"):
+    """Bi-encoder loss summed over lists: each query's positive against its own BM25 negatives and every
+    other document of the micro-batch (in-batch negatives), softmax over cosines / ``temperature``."""
+    import torch
+
+    from inpars_ray.rankers import embed, encode_texts
+
+    queries, docs = _lists(rows, max_negatives)
+    flat = [d for ds in docs for d in ds]
+    pos_at = torch.tensor([0] + [len(d) for d in docs[:-1]], device=device).cumsum(0)
+    q = embed(model, _tensors(encode_texts(tokenizer, queries, max_length), device), pooling)
+    d = embed(model, _tensors(encode_texts(tokenizer, flat, max_length), device), pooling)
+    sims = q @ d.T / temperature
+    return torch.nn.functional.cross_entropy(sims, pos_at, reduction="sum")
+
+
+def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]], device, autocast: bool):
+    """(summed loss, units it covers, ids of the examples) of one micro-batch for ``config.loss``."""
+    import torch
+
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        if config.loss == "monot5":
+            q, d, t, ids = expand_triples(rows)
+            batch = {k: v.to(device) for k, v in encode_examples(tokenizer, q, d, t, config.max_length).items()}
+            return loss_sum(model, batch), len(ids), ids
+        if config.loss == "pointwise":
+            ids = [x for r in rows for x in (unit_id(r, False) + "\t+", unit_id(r, False) + "\t-")]
+            return pointwise_loss_sum(model, tokenizer, rows, config.max_length, device), len(ids), ids
+        ids = [unit_id(r, True) for r in rows]
+        if config.loss == "listwise":
+            loss = listwise_loss_sum(model, tokenizer, rows, config.max_length, device, config.max_negatives)
+        else:
+            loss = contrastive_loss_sum(model, tokenizer, rows, config.max_length, device, config.max_negatives,
+                                        config.temperature, config.pooling)
+        return loss, len(ids), ids
+
+
+def _fresh_triples(shard, consumed: set[str], rows_per_batch: int, grouped: bool = False) -> Iterator[dict[str, Any]]:
+    """Rows of this worker's split, skipping rows a restored checkpoint says were already trained on."""
+    cols = ([S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, NEG_DOC_IDS, NEG_TEXTS] if grouped else
+            [S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, S.NEG_DOC_ID, S.NEG_TEXT])
     for batch in shard.iter_batches(batch_size=rows_per_batch, batch_format="pyarrow"):
-        for row in batch.select([S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, S.NEG_DOC_ID, S.NEG_TEXT]).to_pylist():
-            if triple_id(row[S.QUERY_ID], row[S.POS_DOC_ID], row[S.NEG_DOC_ID]) not in consumed:
+        for row in batch.select(cols).to_pylist():
+            if unit_id(row, grouped) not in consumed:
                 yield row
 
 
@@ -262,16 +447,17 @@ def _fill_step(rows: Iterator[dict[str, Any]], per_worker: int, coll: _Collectiv
             take += extra
 
 
-def _save_checkpoint(ctx_rank: int, model, tokenizer, optimizer, state: dict[str, Any], consumed: set[str],
-                     history: list[dict[str, Any]], directory: Path) -> None:
-    """Rank 0 writes the Hugging Face model, the optimizer and the history; every rank its consumed ids."""
+def _save_checkpoint(ctx_rank: int, config: TrainConfig, model, tokenizer, optimizer, state: dict[str, Any],
+                     consumed: set[str], history: list[dict[str, Any]], directory: Path) -> None:
+    """Rank 0 writes the model (in its family's format), the optimizer and the history; every rank its consumed ids."""
     import torch
+
+    from inpars_ray.rankers import save_ranker
 
     if ctx_rank == 0:
         # safetensors reads host memory: XLA (and CUDA) tensors are copied to the CPU first
         cpu_state = None if next(model.parameters()).device.type == "cpu" else _to_cpu(model.state_dict())
-        model.save_pretrained(directory, state_dict=cpu_state)
-        tokenizer.save_pretrained(directory)
+        save_ranker(config.family, model, tokenizer, directory, config.pooling, config.max_length, cpu_state)
         torch.save({"optimizer": _to_cpu(optimizer.state_dict()), **state}, directory / TRAINER_STATE)
         (directory / "history.json").write_text(json.dumps(history))
     (directory / DATA_STATE).mkdir(parents=True, exist_ok=True)
@@ -297,17 +483,28 @@ def _record(record_dir: str | None, name: str, text: str, mode: str = "a") -> No
             fh.write(text)
 
 
+def _more_steps(config: TrainConfig, step: int, epoch: int) -> bool:
+    """Whether training goes on: ``max_steps`` steps over as many epochs as needed, else ``epochs`` epochs."""
+    return step < config.max_steps if config.max_steps is not None else epoch < config.epochs
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """The Ray Train worker: restore or load, stream the split, step, report, checkpoint."""
+    """The Ray Train worker: restore or load, stream the split epoch after epoch, step, report, checkpoint.
+
+    Every worker takes the same decisions at the same step (they all see the same all-reduced counts),
+    so all of them start each new epoch of the streaming split together and stop together: a split
+    whose other half is never iterated again would wait forever.
+    """
     import ray.train
     import ray.train.torch
     import torch
 
-    transformers = require("transformers", "monoT5 training")
-    config: TrainConfig = loop_config["config"]
+    from inpars_ray.rankers import load_model
+
+    config: TrainConfig = loop_config["config"]  # already resolved: family and loss are set
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    plan = plan_steps(config.batch_size, config.micro_batch_size, world)
+    plan = plan_steps(config.batch_size, config.micro_batch_size, world, config.grouped)
     torch.manual_seed(config.seed + rank)
     _record(config.record_dir, f"rank{rank}.pid", str(os.getpid()), mode="w")
 
@@ -323,20 +520,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     step, epoch, consumed, history, opt_state = 0, 0, set(), [], None
     if checkpoint is None:
-        source = config.base_model
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(source)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        model, tokenizer = load_model(config.family, config.base_model, training=True)
     else:
         with checkpoint.as_directory() as d:
             d = Path(d)
-            model = transformers.AutoModelForSeq2SeqLM.from_pretrained(d)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(d)
+            model, tokenizer = load_model(config.family, d, training=True)
             saved = torch.load(d / TRAINER_STATE, map_location="cpu", weights_only=False)
             step, epoch, history, opt_state = saved["step"], saved["epoch"], json.loads(
                 (d / "history.json").read_text()), saved["optimizer"]
             for part in sorted((d / DATA_STATE).glob("rank*.json")):
                 consumed.update(json.loads(part.read_text()))
-        logger.info("rank %d restored step %d (epoch %d, %d triples consumed)", rank, step, epoch, len(consumed))
+        logger.info("rank %d restored step %d (epoch %d, %d rows consumed)", rank, step, epoch, len(consumed))
     _record(config.record_dir, "events.log", f"start rank={rank} pid={os.getpid()} step={step}\n")
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -348,22 +542,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     last_saved = step
     dev = _DevSet(loop_config.get("dev"), config) if rank == 0 and config.validate_every else None
-    while epoch < config.epochs and (config.max_steps is None or step < config.max_steps):
-        rows = _fresh_triples(shard, consumed, max(plan.triples_per_step, 64))
+    while _more_steps(config, step, epoch):
+        rows = _fresh_triples(shard, consumed, max(plan.triples_per_step, 64), config.grouped)
+        steps_this_epoch = 0
         while config.max_steps is None or step < config.max_steps:
             t0 = time.perf_counter()
             take = _fill_step(rows, plan.triples_per_step, coll, rank, world, device)
-            n_global = 2 * int(coll.sum_(torch.tensor([len(take)], dtype=torch.float64, device=device)).item())
+            units = len(take) if config.grouped else 2 * len(take)
+            n_global = int(coll.sum_(torch.tensor([units], dtype=torch.float64, device=device)).item())
             if n_global == 0:
                 break
+            for group in optimizer.param_groups:  # linear warm-up, then constant
+                warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+                group["lr"] = config.lr * warm
             optimizer.zero_grad(set_to_none=True)
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             seen: list[str] = []
             for i in range(0, len(take), plan.micro_triples):
-                q, d, t, ids = expand_triples(take[i:i + plan.micro_triples])
-                batch = {k: v.to(device) for k, v in encode_examples(tokenizer, q, d, t, config.max_length).items()}
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    loss = loss_sum(model, batch)
+                loss, _, ids = micro_loss(config, model, tokenizer, take[i:i + plan.micro_triples], device, autocast)
                 (loss / n_global).backward()
                 local_loss += loss.detach().double()
                 seen += ids
@@ -372,7 +568,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             sync()
             loss_value = coll.sum_(local_loss).item() / n_global
             step += 1
-            new = {x.rsplit("\t", 1)[0] for x in seen}
+            steps_this_epoch += 1
+            new = {unit_id(r, config.grouped) for r in take}
             consumed |= new
             mine |= new
             _record(config.record_dir, f"seen_rank{rank}.txt", "".join(f"{epoch}\t{x}\n" for x in seen))
@@ -384,24 +581,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 model.train()
             history.append(metrics)
             if step % config.checkpoint_every == 0:
-                _report(rank, model, tokenizer, optimizer, step, epoch, mine, history, metrics)
+                _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history, metrics)
                 last_saved = step
             else:
                 ray.train.report(metrics)
         if config.max_steps is not None and step >= config.max_steps:
             break
+        if steps_this_epoch == 0 and not consumed:
+            break  # an empty split everywhere: more epochs would not train either (train() reports it)
         epoch += 1
         consumed, mine = set(), set()
     if step != last_saved:
         # the final checkpoint (the last step did not fall on checkpoint_every)
-        _report(rank, model, tokenizer, optimizer, step, epoch, mine, history, history[-1] if history else {"step": 0})
+        _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history,
+                history[-1] if history else {"step": 0})
 
 
-def _report(rank, model, tokenizer, optimizer, step, epoch, mine, history, metrics) -> None:
+def _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history, metrics) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="inpars-ckpt-") as tmp:
-        _save_checkpoint(rank, model, tokenizer, optimizer, {"step": step, "epoch": epoch}, mine, history, Path(tmp))
+        _save_checkpoint(rank, config, model, tokenizer, optimizer, {"step": step, "epoch": epoch}, mine, history,
+                         Path(tmp))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -418,13 +619,12 @@ class _DevSet:
         self.config = config
 
     def ndcg10(self, model, tokenizer) -> float:
-        from inpars_ray.monot5 import score_pairs
+        from inpars_ray.rankers import Ranker
 
         model.eval()
-        scores = []
-        q, d = self.pairs[S.QUERY].to_pylist(), self.pairs[S.TEXT].to_pylist()
-        for i in range(0, len(q), 32):
-            scores.extend(score_pairs(model, tokenizer, q[i:i + 32], d[i:i + 32], self.config.max_length))
+        ranker = Ranker.from_model(model, tokenizer, self.config.family, self.config.max_length, 32,
+                                   self.config.pooling)
+        scores = ranker.score(self.pairs[S.QUERY], self.pairs[S.TEXT])
         return ndcg_at_10(self.pairs.append_column(S.SCORE, pa.array(scores, pa.float64())), self.qrels)
 
 
@@ -438,28 +638,33 @@ def ndcg_at_10(scored: pa.Table, qrels: pa.Table) -> float:
     return float(ir_measures.calc_aggregate([ir_measures.nDCG @ 10], rels, run)[ir_measures.nDCG @ 10])
 
 
-def _hash_payload(triples: str, config: TrainConfig) -> dict[str, Any]:
+def _hash_payload(triples_key: str, config: TrainConfig) -> dict[str, Any]:
+    # the triples by content (their manifest's hash), the base model by content when it is a run artifact;
     # where checkpoints go and what is recorded does not change the model trained
-    return {"triples": str(triples), "config": dataclasses.replace(
-        config, storage_path=None, record_dir=None, max_failures=0, rows_per_block=1, cpus_per_worker=1.0)}
+    from inpars_ray.manifest import artifact_key
+
+    return {"triples": triples_key, "base_model": artifact_key(config.base_model), "config": dataclasses.replace(
+        config, storage_path=None, record_dir=None, max_failures=0, rows_per_block=1, cpus_per_worker=None)}
 
 
-def copy_model(checkpoint, dest: Path) -> None:
-    """Copy the Hugging Face files of a Ray checkpoint (local or gs://) to ``dest``, leaving trainer state out."""
+def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None) -> dict[str, Any]:
+    """Publish the model files of a Ray checkpoint (local or gs://) at ``dest`` (local or gs://), trainer
+    state left out: the files, then a manifest listing them, so readers (rerank and filter actors on any
+    node, :func:`inpars_ray.storage.materialize`) take exactly those and key them by content."""
     pafs = require("pyarrow.fs", "copying the trained model")
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pafs.copy_files(checkpoint.path, str(tmp.resolve()), source_filesystem=checkpoint.filesystem,
-                    destination_filesystem=pafs.LocalFileSystem())
-    (tmp / TRAINER_STATE).unlink(missing_ok=True)
-    shutil.rmtree(tmp / DATA_STATE, ignore_errors=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    with tempfile.TemporaryDirectory(prefix="inpars-model-") as tmp:
+        local = Path(tmp) / "model"
+        pafs.copy_files(checkpoint.path, str(local), source_filesystem=checkpoint.filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
+        (local / TRAINER_STATE).unlink(missing_ok=True)
+        shutil.rmtree(local / DATA_STATE, ignore_errors=True)
+        (local / "history.json").unlink(missing_ok=True)
+        return storage.publish_dir(local, dest, {"stage": "model", "status": "complete", "family": family})
 
 
 def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
           ray_address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
-    """Train monoT5 on the triples Parquet under ``triples_dir``; the model lands in ``<out>/model``.
+    """Train a ranker on the triples Parquet under ``triples_dir``; the model lands in ``<out>/model``.
 
     ``dev`` (optional) names Parquet files for validation: ``{"pairs": ..., "qrels": ...}`` where pairs
     has query_id, query, doc_id, text (a small first-stage run with texts) and qrels the QRELS schema.
@@ -471,21 +676,40 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
 
     from inpars_ray.raykit import ensure_ray
 
-    out = Path(out).resolve()
-    payload = _hash_payload(str(triples_dir), config)
+    from inpars_ray.manifest import published
+
+    out = storage.location(out)
+    if out.is_local:
+        out = storage.location(str(Path(out.path).resolve()))
+    storage.check_reachable(out, triples_dir)
+    config = config.resolved()
+    files, triples_key = published(triples_dir, "mine", "triples")
+    payload = _hash_payload(triples_key, config)
     if is_complete(out, STAGE, payload):
         logger.info("[train] %s already holds a model trained with this config; nothing to do", out)
         return read_manifest(out)
     if config.validate_every is not None and not dev:
         raise ConfigError("validate_every is set but no dev pairs/qrels were given")
-    out.mkdir(parents=True, exist_ok=True)
+    if not files:
+        raise ConfigError(f"train: no triples (Parquet files) in {storage.location(triples_dir)}")
+    out.join(MANIFEST_NAME).delete()  # a half-finished earlier attempt must not look complete
     record = StageRecord(STAGE, payload)
     ensure_ray(ray_address, num_cpus)
 
-    ds = ray.data.read_parquet(str(triples_dir))
+    config = dataclasses.replace(config, cpus_per_worker=_cpus_per_worker(config, ray.cluster_resources()))
+    ds = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
     S.require_columns(ds.schema().names, S.TRIPLES.names[:6], f"train ({triples_dir})")
-    ds = ds.repartition(target_num_rows_per_block=config.rows_per_block)
-    storage = config.storage_path or str(out / "ray")
+    with record.timed("prepare"):
+        if config.grouped:
+            # a query's triples become one list (a shuffle), in a seeded random order
+            ds = (ds.groupby([S.QUERY_ID, S.POS_DOC_ID]).map_groups(group_triples, batch_format="pyarrow")
+                  .random_shuffle(seed=config.seed))
+        # Small blocks so every worker gets some. Materialised (in the object store, not in this process)
+        # before the workers start: a streaming input needs CPUs for its read tasks while the workers hold
+        # theirs, and with every CPU held the splits waited forever on a read that never ran (issue 9.8).
+        ds = ds.map_batches(_identity, batch_size=config.rows_per_block, batch_format="pyarrow").materialize()
+    record.counts["rows" if not config.grouped else "lists"] = ds.count()
+    checkpoints = config.storage_path or out.join("ray").uri  # under the run root (local or gs://)
     use_gpu = config.accelerator == "gpu"
     torch_config = None
     if config.accelerator == "tpu":
@@ -498,8 +722,8 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=_worker_resources(config)),
         run_config=RunConfig(
-            storage_path=storage,
-            name=f"monot5-{config_hash(payload)}",  # same config -> same run folder -> resumes its checkpoints
+            storage_path=checkpoints,
+            name=f"{config.family}-{config_hash(payload)}",  # same config -> same run folder -> resumes its checkpoints
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
         ),
@@ -512,14 +736,32 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     if result.checkpoint is None:
         raise ConfigError(f"training produced no checkpoint: are there triples under {triples_dir}?")
     with record.timed("copy_model"):
-        copy_model(result.checkpoint, out / "model")
+        copy_model(result.checkpoint, out.join("model"), config.family)
     history = _read_history(result.checkpoint)
     record.counts.update(steps=history[-1]["step"] if history else 0,
                          examples=sum(h["examples"] for h in history), workers=config.num_workers)
-    record.extra.update(model=str(out / "model"), checkpoint=result.checkpoint.path, history=history,
+    record.extra.update(model=out.join("model").uri, family=config.family, loss=config.loss,
+                        checkpoint=result.checkpoint.path, history=history,
                         first_loss=history[0]["loss"] if history else None,
                         final_loss=history[-1]["loss"] if history else None)
     return record.write(out)
+
+
+def _identity(batch: pa.Table) -> pa.Table:
+    return batch
+
+
+def _cpus_per_worker(config: TrainConfig, cluster: dict[str, float]) -> float:
+    """CPUs per worker: 1, or an equal share of a smaller cluster; refuses workers the cluster cannot hold.
+
+    Ray Train would otherwise wait for a placement group that never fits, and the run would not end.
+    """
+    cpus = float(cluster.get("CPU", 0))
+    per = config.cpus_per_worker if config.cpus_per_worker is not None else min(1.0, cpus / config.num_workers)
+    if per <= 0 or per * config.num_workers > cpus:
+        raise ConfigError(f"{config.num_workers} training workers x {per:g} CPUs do not fit in the cluster's "
+                          f"{cpus:g} CPUs; lower num_workers or cpus_per_worker")
+    return per
 
 
 def _worker_resources(config: TrainConfig) -> dict[str, float]:

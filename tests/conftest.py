@@ -33,7 +33,14 @@ def ray_session():
 
     from inpars_ray.raykit import ensure_ray
 
-    ensure_ray(num_cpus=2)
+    for attempt in range(3):  # Ray gives a starting node 30 s to register, which a loaded machine can miss
+        try:
+            ensure_ray(num_cpus=2)
+            break
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            ray.shutdown()
     yield ray
     ray.shutdown()
 
@@ -44,3 +51,20 @@ def bundled_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "tiny-science"
     shutil.copytree(BUNDLED, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def gcs_url():
+    """A GCS emulator for the session with a bucket ``inpars-runs``; ``STORAGE_EMULATOR_HOST`` points at it."""
+    from tests.support.gcs import gcs_emulator
+
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    with gcs_emulator(("inpars-runs",)) as url:
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        try:
+            yield url
+        finally:
+            if old is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = old

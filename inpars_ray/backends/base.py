@@ -10,24 +10,20 @@ from __future__ import annotations
 import abc
 import dataclasses
 
+from inpars_ray.stageconfig import Field, stage_config
 
-@dataclasses.dataclass(frozen=True)
+
+@stage_config
 class GenerationParams:
-    """Decoding settings shared by all backends (defaults: InPars, REFERENCE.md).
+    """Decoding settings shared by all backends (defaults: InPars, REFERENCE.md)."""
 
-    Attributes:
-        max_new_tokens: most tokens generated per prompt (InPars: 64).
-        temperature: 0.0 means greedy decoding; above 0, sampling at that temperature.
-        top_p: nucleus sampling mass (used only when sampling).
-        seed: seed for sampling, so a rerun draws the same queries.
-        max_prompt_tokens: longest prompt (in the model's tokens) a backend accepts (InPars: 2048).
-    """
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 1
-    max_prompt_tokens: int = 2048
+    max_new_tokens: int = Field(64, ge=1, description="most tokens generated per prompt (InPars: 64)")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding; above 0, sampling at that "
+                               "temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (used only when sampling)")
+    seed: int = Field(1, ge=0, description="seed for sampling, so a rerun draws the same queries")
+    max_prompt_tokens: int = Field(2048, ge=1, description="longest prompt (in the model's tokens) a backend "
+                                   "accepts (InPars: 2048); longer prompts become error rows")
 
 
 @dataclasses.dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
@@ -24,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "filter": "filter",
     "mine": "mine",
     "train": "train",
+    "rerank": "rerank",
+    "report": "report",
 }
 
 
@@ -41,7 +42,8 @@ def _load_commands() -> dict[str, object]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inpars-ray", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every log record and Ray's own output on the console (default: a log file)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mod in _load_commands().values():
         mod.add_parser(sub)
@@ -49,13 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from inpars_ray import progress
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    progress.configure(verbose=args.verbose)  # quiet: warnings and stage lines; the rest goes to a log file
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if getattr(args, "shared_fs", False):  # read by inpars_ray.storage.check_reachable before any stage works
+        from inpars_ray.storage import SHARED_FS_ENV
+
+        os.environ[SHARED_FS_ENV] = "1"
     try:
         # dispatch on the verb, not on a parser default: a verb may have an option named --run
         return int(_load_commands()[args.command].run(args) or 0)
@@ -63,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         typed = find_typed_error(exc)
         if typed is None:
             raise
-        print(f"inpars-ray {args.command}: error: {typed}", file=sys.stderr)
+        progress.echo_error(f"inpars-ray {args.command}: error: {typed}")
         return 2
+    finally:
+        progress.restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,20 @@
-"""Arguments several verbs share."""
+"""Arguments several verbs share, and options built from the stage config classes.
+
+A stage verb's options come from its config class (:func:`add_config_options`): one ``--field-name`` per
+field, with the field's type, description and default, so a default lives only in the config class.
+Options left out stay unset and the config class supplies its default (:func:`config_from_args`).
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+#: argparse dest prefix of config options (dotted field paths follow it)
+_DEST = "cfg:"
 
 
 def add_dataset(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -16,3 +29,122 @@ def add_ray(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray started for this run)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    parser.add_argument("--shared-fs", action="store_true",
+                        help="local paths are on a disk every Ray node mounts at the same place (NFS, Filestore): "
+                             "allow them on a cluster of several nodes (otherwise use gs://bucket/prefix)")
+
+
+def _fields(cls: type) -> Mapping[str, Any]:
+    return cls.__pydantic_fields__  # type: ignore[attr-defined]
+
+
+def _scalar(annotation: Any) -> type | None:
+    """int/float/str/bool for ``T`` or ``T | None``; None for anything else (tuples, nested configs)."""
+    if annotation in (int, float, str, bool):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and args[0] in (int, float, str, bool):
+            return args[0]
+    return None
+
+
+def _nested(annotation: Any) -> type | None:
+    return annotation if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__") else None
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Collection[str] = (),
+                       required: Collection[str] = (), aliases: Mapping[str, Sequence[str]] | None = None,
+                       prefixed: Collection[str] = (), title: str | None = None, _path: str = "",
+                       _group: Any = None, _defaults: Any = None) -> None:
+    """Add one option per field of the stage config ``cls`` (recursing into nested configs).
+
+    ``skip``/``required``/``aliases`` take dotted field paths (``bm25.threads``); a nested config's fields
+    are named after themselves, or ``--<nested>-<field>`` when the nested field is in ``prefixed``.
+    """
+    aliases = aliases or {}
+    group = _group or parser.add_argument_group(title or f"settings ({cls.__name__}; unset options keep "
+                                                            "their default)")
+    for name, info in _fields(cls).items():
+        path = f"{_path}{name}"
+        if path in skip:
+            continue
+        sub = _nested(info.annotation)
+        if sub is not None and path in prefixed:
+            add_config_options(parser, sub, skip=skip, required=required, aliases=aliases, prefixed=prefixed,
+                               _path=f"{path}.", _group=group, _defaults=_default(info, _defaults, name))
+            continue
+        if sub is not None:
+            _add_flat(sub, path, skip, required, aliases, group, _default(info, _defaults, name))
+            continue
+        _add_option(group, path, path.replace(".", "-"), info, required, aliases, _default(info, _defaults, name))
+
+
+def _default(info: Any, defaults: Any, name: str) -> Any:
+    # a nested config's defaults are those of its parent's default instance (e.g. MineConfig's BM25Config
+    # keeps query-id hits), not the nested class's own
+    return getattr(defaults, name) if defaults is not None else info.get_default()
+
+
+def _add_flat(sub: type, path: str, skip: Collection[str], required: Collection[str],
+              aliases: Mapping[str, Sequence[str]], group: Any, defaults: Any) -> None:
+    # a nested config whose fields are offered under their own names (e.g. generation.max_new_tokens
+    # as --max-new-tokens); the dest keeps the full path
+    for name, info in _fields(sub).items():
+        full = f"{path}.{name}"
+        if full in skip or _nested(info.annotation) is not None:
+            continue
+        _add_option(group, full, name, info, required, aliases, getattr(defaults, name))
+
+
+def _add_option(group: Any, path: str, flag_name: str, info: Any, required: Collection[str],
+                aliases: Mapping[str, Sequence[str]], default_value: Any) -> None:
+    kind = _scalar(info.annotation)
+    if kind is None:
+        return  # tuples and mappings are set through a verb's own option (or a YAML config)
+    flags = [f"--{flag_name.replace('_', '-').replace('.', '-')}", *aliases.get(path, ())]
+    description = (info.description or "").replace("%", "%%")
+    must = path in required or info.is_required()
+    default = "" if must else f" (default: {default_value})"
+    kwargs: dict[str, Any] = {"dest": _DEST + path, "default": None, "help": f"{description}{default}"}
+    if kind is bool:
+        group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
+    else:
+        group.add_argument(*flags, type=kind, required=must, metavar=path.split(".")[-1].upper(), **kwargs)
+
+
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted field path -> value, for every config option the user gave."""
+    return {k[len(_DEST):]: v for k, v in vars(args).items() if k.startswith(_DEST) and v is not None}
+
+
+def config_from_args(cls: type, args: argparse.Namespace, base: Any = None, **fixed: Any) -> Any:
+    """``cls`` built from the options the user gave (and ``fixed`` values), over ``base`` or the defaults."""
+    values = given(args)
+    return _build(cls, values, "", base, fixed)
+
+
+def _build(cls: type, values: Mapping[str, Any], path: str, base: Any, fixed: Mapping[str, Any]) -> Any:
+    kwargs: dict[str, Any] = {}
+    for name, info in _fields(cls).items():
+        full = f"{path}{name}"
+        sub = _nested(info.annotation)
+        if sub is not None and any(k.startswith(f"{full}.") for k in values):
+            inner_base = getattr(base, name) if base is not None else info.get_default()
+            kwargs[name] = _build(sub, values, f"{full}.", inner_base, {})
+        elif full in values:
+            kwargs[name] = values[full]
+    kwargs.update(fixed)
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
+    if not kwargs and not any(i.is_required() for i in _fields(cls).values()):
+        return cls()
+    return cls(**kwargs)
+
+
+def log_beside(out: str) -> None:
+    """Send this command's log (and Ray's output) to ``logs/inpars-ray.log`` beside its output ``out``
+    (in a run root, every stage's folder or file sits in the root: one log per run)."""
+    from inpars_ray import progress, storage
+
+    progress.attach_log(progress.log_file(storage.location(out).parent))

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray.cli._common import add_dataset, add_ray
+from inpars_ray import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from inpars_ray.bm25 import IndexConfig
+
     p = sub.add_parser("index", help="build a BM25 index (Anserini, BEIR flat settings) of a collection")
     add_dataset(p)
     add_ray(p)
     p.add_argument("--index-dir", required=True, help="folder for the index (created; reused if complete)")
-    p.add_argument("--threads", type=int, default=1, help="indexing threads (default 1, as Anserini's BEIR regressions)")
+    add_config_options(p, IndexConfig)
     p.set_defaults(run=run)
 
 
@@ -20,10 +23,13 @@ def run(args: argparse.Namespace) -> int:
     from inpars_ray.load import LoadConfig
     from inpars_ray.raykit import ensure_ray
 
+    config = config_from_args(bm25.IndexConfig, args)
     collection = catalog.resolve(args.dataset, args.cache_dir)
+    log_beside(args.index_dir)
     ensure_ray(args.ray_address, args.num_cpus)
-    manifest = bm25.build_index(collection, args.index_dir, LoadConfig(skip_bad_rows=args.skip_bad_rows),
-                                bm25.IndexConfig(threads=args.threads))
+    with progress.stage("index"):
+        manifest = bm25.build_index(collection, args.index_dir, LoadConfig(skip_bad_rows=args.skip_bad_rows),
+                                    config)
     counts = manifest.get("counts", {})
     print(f"indexed {counts.get('documents')} documents into {args.index_dir} "
           f"({counts.get('bad_rows', 0)} bad rows left out)")

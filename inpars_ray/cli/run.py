@@ -9,36 +9,68 @@ from inpars_ray.cli._common import add_ray
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the pipeline on one collection (default: bundled/tiny-science)")
-    p.add_argument("--config", default=None, help="YAML file of PipelineConfig fields")
-    p.add_argument("--dataset", default=None, help="collection spec (overrides the config)")
-    p.add_argument("--out-dir", default=None, help="output folder (overrides the config)")
+    p.add_argument("--config", default=None, help="YAML file of pipeline settings (see --print-config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override one setting, e.g. --set inpars.train.lr=1e-3 (repeatable; VALUE is YAML)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--dataset", default=None, help="collection spec (same as --set dataset=SPEC)")
+    p.add_argument("--out-dir", default=None, help="run root (same as --set out_dir=DIR)")
     p.add_argument("--cache-dir", default=None, help="where beir/<name> downloads go")
-    p.add_argument("--skip-bad-rows", action="store_true", help="report bad input rows and go on without them")
+    p.add_argument("--skip-bad-rows", action="store_true", help="same as --set load.skip_bad_rows=true")
     add_ray(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
+    from inpars_ray.config import dump_yaml, load_config
 
-    import yaml
-
-    from inpars_ray.load import LoadConfig
-    from inpars_ray.pipeline import PipelineConfig, run_pipeline
-    from inpars_ray.raykit import ensure_ray
-
-    data = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    config = PipelineConfig.from_dict(data)
-    overrides = {k: v for k, v in {"dataset": args.dataset, "out_dir": args.out_dir}.items() if v}
+    overrides = list(args.overrides)
+    if args.dataset:
+        overrides.append(f"dataset={json.dumps(args.dataset)}")
+    if args.out_dir:
+        overrides.append(f"out_dir={json.dumps(args.out_dir)}")
     if args.skip_bad_rows:
-        overrides["load"] = dataclasses.replace(config.load, skip_bad_rows=True)
-    config = dataclasses.replace(config, **overrides) if overrides else config
-    if not isinstance(config.load, LoadConfig):
-        raise TypeError("load must be a LoadConfig")
+        overrides.append("load.skip_bad_rows=true")
+    config = load_config(args.config, overrides)  # a bad key fails here, before Ray starts
+    if args.print_config:
+        print(dump_yaml(config), end="")
+        return 0
+    from inpars_ray import progress, storage
+    from inpars_ray.pipeline import run_pipeline
+    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.report import terminal_table
+
     ensure_ray(args.ray_address, args.num_cpus)
-    summary = run_pipeline(config, args.cache_dir)
-    print(json.dumps(summary))
+    storage.check_reachable(config.out_dir)  # before anything is written, the log included
+    log = progress.attach_log(progress.log_file(config.out_dir))
+    progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir}")
+    progress.echo(f"log: {log}")
+    run_pipeline(config, args.cache_dir)
+    report, where = _report(config.out_dir)
+    print(terminal_table(report), end="")
+    print(f"\nreport: {where} (and {report.paths['json'].name})")
+    print(f"plots:  {', '.join(p.name for p in report.plots)}")
     return 0
+
+
+def _report(out_dir: str):
+    """Build the run's report; for an object-store run root, from a local copy of the files it reads,
+    published back beside the run. Returns the report and where its Markdown is."""
+    import tempfile
+    from pathlib import Path
+
+    from inpars_ray import storage
+    from inpars_ray.report import build_report
+
+    root = storage.location(out_dir)
+    if root.is_local:
+        report = build_report(out_dir)
+        return report, report.paths["md"]
+    wanted = [n for n in root.files() if n.endswith(".json") and n.count("/") <= 1 or n.endswith(".tsv")
+              and "/eval." in f"/{n}"]
+    with tempfile.TemporaryDirectory(prefix="inpars-report-") as tmp:
+        local = storage.download_dir(root, Path(tmp) / "run", names=wanted)
+        report = build_report(local)
+        for made in [report.paths["md"], report.paths["json"], *report.plots]:
+            root.join(made.name).write_bytes(Path(made).read_bytes())
+    return report, root.join(report.paths["md"].name).uri

@@ -151,15 +151,14 @@ def kept_dir(ray_session, generated_dir, tmp_path_factory) -> Path:
     return out / "kept"
 
 
-def test_run_filter_manifest_and_rerun(kept_dir):
+def test_run_filter_manifest_and_rerun(kept_dir, generated_dir):
     out = kept_dir.parent
     first = read_manifest(out)
     assert first["status"] == "complete" and first["counts"]["kept"] == 80
     assert first["counts"]["input_rows"] == 400 == sum(v for k, v in first["counts"].items()
                                                        if k == "kept" or k.startswith("dropped_"))
     config = FilterConfig(keep_top_k=80, shuffle_partitions=2)
-    generated = Path(first["config"]["queries"])
-    again = run_filter(generated, resolve("bundled/tiny-science"), out, config)
+    again = run_filter(generated_dir, resolve("bundled/tiny-science"), out, config)
     assert again["finished_at"] == first["finished_at"]  # nothing was redone
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from inpars_ray.manifest import read_manifest
 from inpars_ray.pipeline import PipelineConfig, run_pipeline
+from inpars_ray.report import build_report
 
 from tests.conftest import BUNDLED
 
@@ -22,13 +25,18 @@ def test_full_pipeline_runs_and_resumes(ray_session, tmp_path: Path):
         manifest = json.loads((root / rel).read_text())
         assert manifest["status"] == "complete", rel
     counts = read_manifest(root)["counts"]
-    assert counts["generate_sampled"] == config.inpars.num_docs
+    assert counts["generate_sampled"] == config.inpars.generate.num_docs
     # every sampled document ends with a query or an error row, and the filter accounts for each row
     assert counts["generate_rows"] == counts["generate_sampled"]
     assert counts["filter_kept"] + sum(v for k, v in counts.items() if k.startswith("filter_dropped_")) \
         == counts["generate_rows"]
     assert counts["train_steps"] >= 1 and (root / "train" / "model" / "config.json").exists()
     assert set(summary["inpars"]) == set(summary["bm25"]) and 0.0 <= summary["inpars"]["nDCG@10"] <= 1.0
+    # the report is built from the run's files: both systems, compared on the same queries
+    report = build_report(root)
+    assert [s["name"] for s in report.data["systems"]] == ["BM25", "InPars"]
+    assert report.data["systems"][1]["means"]["nDCG@10"] == pytest.approx(summary["inpars"]["nDCG@10"], abs=1e-5)
+    assert all(p.exists() for p in report.plots) and len(report.plots) == 2
 
     before = {rel: (root / rel).stat().st_mtime_ns for rel in STAGE_MANIFESTS}
     again = run_pipeline(config)

@@ -56,3 +56,39 @@ def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
         mine = [r for r in rows if r[0] == qid]
         assert [r[2] for r in mine] == list(range(1, len(mine) + 1))
         assert all(a[3] >= b[3] for a, b in zip(mine, mine[1:]))
+
+
+def test_rerank_with_a_cross_encoder_keeps_every_pair_and_matches_a_direct_forward_pass(ray_session, tmp_path: Path):
+    import json
+
+    import torch
+    import transformers
+
+    from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
+
+    model_dir = build_tiny_cross_encoder(tmp_path / "ce")
+    collection = catalog.resolve(str(BUNDLED))
+    bm25.build_index(collection, tmp_path / "index")
+    queries, _ = read_queries(collection)
+    first = bm25.retrieve(tmp_path / "index", queries.slice(0, 5), k=12)
+    bm25.write_trec_run(first, tmp_path / "bm25.trec")
+
+    manifest = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "rerank.trec",
+                          RerankConfig(model=str(model_dir), depth=12, partitions=2, rows_per_call=7, batch_size=3,
+                                       max_length=128))
+    out = bm25.read_trec_run(tmp_path / "rerank.trec")
+    # every pair of the first-stage run comes back, once
+    pairs = set(zip(first.column(S.QUERY_ID).to_pylist(), first.column(S.DOC_ID).to_pylist()))
+    got = list(zip(out.column(S.QUERY_ID).to_pylist(), out.column(S.DOC_ID).to_pylist()))
+    assert len(got) == len(set(got)) == manifest["counts"]["pairs_scored"] and set(got) == pairs
+
+    # each score is the model's logit for that pair, computed here one pair at a time
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    docs = {d["_id"]: document_text(d.get("title"), d["text"])
+            for d in map(json.loads, (BUNDLED / "corpus.jsonl").read_text().splitlines())}
+    qtext = dict(zip(queries.column(S.QUERY_ID).to_pylist(), queries.column(S.QUERY).to_pylist()))
+    with torch.no_grad():
+        expected = [model(**tok(qtext[q], docs[d], truncation=True, max_length=128, return_tensors="pt"))
+                    .logits[0, 0].item() for q, d in got]
+    assert np.allclose(out.column(S.SCORE).to_pylist(), expected, atol=1e-5)

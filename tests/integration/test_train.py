@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inpars_ray import schema as S
+from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
 from inpars_ray.testing.tiny_t5 import build_tiny_monot5, build_tiny_triples
 from inpars_ray.train import STAGE, TrainConfig, encode_examples, expand_triples, loss_sum, train, triple_id
 
@@ -89,12 +90,21 @@ def _wait_for(predicate, deadline_s: float, what: str, poll_s: float = 0.2):
     raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
 
 
-def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tmp_path, tiny_model):
-    triples = build_tiny_triples(tmp_path / "triples", files=2, limit=160)
-    n = pq.read_table(triples).num_rows
+@pytest.mark.parametrize("family", ["monot5", "cross-encoder"])
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tmp_path, tiny_model, family):
+    triples = build_tiny_triples(tmp_path / "triples", files=2, limit=160, repeat=3)
+    table = pq.read_table(triples)
     rec = tmp_path / "rec"
-    cfg = TrainConfig(base_model=str(tiny_model), batch_size=16, micro_batch_size=8, num_workers=2, max_length=96,
-                      lr=3e-3, checkpoint_every=3, max_failures=2, cpus_per_worker=0.5, rows_per_block=64, record_dir=str(rec))
+    if family == "monot5":
+        n = 2 * table.num_rows  # examples: two per triple
+        cfg = TrainConfig(base_model=str(tiny_model), batch_size=16, micro_batch_size=8, num_workers=2, max_length=96,
+                          lr=3e-3, checkpoint_every=3, max_failures=2, cpus_per_worker=0.5, rows_per_block=64,
+                          record_dir=str(rec))
+    else:  # listwise: one list per (query, positive), with all its negatives
+        n = len(set(zip(table[S.QUERY_ID].to_pylist(), table[S.POS_DOC_ID].to_pylist())))
+        cfg = TrainConfig(base_model=str(build_tiny_cross_encoder(tmp_path / "ce")), batch_size=4, micro_batch_size=2,
+                          num_workers=2, max_length=96, lr=1e-3, checkpoint_every=3, max_failures=2,
+                          cpus_per_worker=0.5, rows_per_block=8, record_dir=str(rec))
     out = tmp_path / "run"
     box: dict = {}
     runner = threading.Thread(target=lambda: box.update(manifest=train(triples, out, cfg)), daemon=True)
@@ -117,6 +127,6 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tm
     assert restarted, f"no worker restored a checkpoint: {starts}"
     assert int((rec / "rank1.pid").read_text()) != victim
     # the same final step count as an uninterrupted run, and the history is continuous
-    assert manifest["counts"]["steps"] == math.ceil(2 * n / 16)
+    assert manifest["counts"]["steps"] == math.ceil(n / cfg.batch_size)
     assert [h["step"] for h in manifest["extra"]["history"]] == list(range(1, manifest["counts"]["steps"] + 1))
-    assert manifest["counts"]["examples"] == 2 * n
+    assert manifest["counts"]["examples"] == n

@@ -136,3 +136,30 @@ def test_config_validation():
         F.FilterConfig(aggregate="median")
     with pytest.raises(ConfigError):
         F.FilterConfig(keep_top_k=0)
+
+
+def test_a_query_repeating_a_fewshot_example_is_dropped_with_its_own_reason():
+    import json
+
+    from inpars_ray.prompts import PROMPT_DIR
+
+    example = json.loads((PROMPT_DIR / "inpars_examples.json").read_text())["examples"][0]
+    t = joined_rows([
+        {"q": "  " + example["good_question"].upper() + " ", "lp": [-0.1] * 4},   # the built-in example, renormalised
+        {"q": example["bad_question"], "lp": [-0.1] * 4},                         # a gbq example: shown only by inpars-gbq
+        {"q": "what do promptagator examples ask", "lp": [-0.1] * 4},             # names its few-shot ids
+        {"q": "what do promptagator examples ask", "lp": [-0.1] * 4},             # same text, other prompt: kept
+        {"q": "why do cells divide", "lp": [-0.1] * 4},
+    ])
+    t = t.set_column(t.schema.get_field_index(S.PROMPT_NAME), S.PROMPT_NAME,
+                     pa.array(["inpars", "inpars", "promptagator", "inpars", "inpars-gbq"]))
+    t = t.set_column(t.schema.get_field_index(S.FEWSHOT_IDS), S.FEWSHOT_IDS,
+                     pa.array([[], [], ["q7", "q9"], [], []], pa.list_(pa.string())))
+    fewshot = F.FewShotQueries(F.builtin_fewshot_queries(), {"q9": F.normalise("What do Promptagator examples ask")})
+    out = F.classify(t, F.FilterConfig(), fewshot)
+    assert reasons(out) == [F.FEWSHOT_REPEAT, None, F.FEWSHOT_REPEAT, None, None]
+    assert F.FEWSHOT_REPEAT in F.REASONS
+    # the built-in examples are known without being told
+    assert reasons(F.classify(t, F.FilterConfig()))[0] == F.FEWSHOT_REPEAT
+    gbq = t.set_column(t.schema.get_field_index(S.PROMPT_NAME), S.PROMPT_NAME, pa.array(["inpars-gbq"] * 5))
+    assert reasons(F.classify(gbq, F.FilterConfig(), fewshot))[1] == F.FEWSHOT_REPEAT

@@ -91,13 +91,16 @@ def test_ndcg_at_10_prefers_the_right_order():
 
 def test_cli_parses_into_a_train_config_and_derives_the_micro_batch():
     from inpars_ray.cli import build_parser
+    from inpars_ray.cli._common import given
     from inpars_ray.cli.train import micro_batch
 
     args = build_parser().parse_args(["train", "--triples", "t", "--base-model", "m", "--out", "o", "--workers", "2",
                                       "--accelerator", "gpu", "--steps", "156", "--lr", "1e-3", "--grad-accum", "4"])
-    assert (args.workers, args.accelerator, args.steps, args.lr, args.batch_size) == (2, "gpu", 156, 1e-3, 128)
-    assert micro_batch(args.batch_size, args.workers, args.micro_batch_size, args.grad_accum) == 16
-    assert micro_batch(128, 1, None, None) == 8
+    values = given(args)  # options come from TrainConfig; unset ones keep its defaults
+    assert (values["num_workers"], values["accelerator"], values["max_steps"], values["lr"]) == (2, "gpu", 156, 1e-3)
+    assert "batch_size" not in values
+    assert micro_batch(128, values["num_workers"], values.get("micro_batch_size"), args.grad_accum) == 16
+    assert micro_batch(128, 1, None, None) is None
     with pytest.raises(ConfigError):
         micro_batch(128, 3, None, 4)
     with pytest.raises(ConfigError, match="not both"):

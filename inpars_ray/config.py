@@ -1,0 +1,181 @@
+"""The pipeline's one typed config: it nests the stage configs themselves.
+
+Every setting has its default, range and description in exactly one place, the stage's config class
+(``LoadConfig``, ``BM25Config``, ``GenerateConfig``, ``FilterConfig``, ``MineConfig``, ``TrainConfig``,
+``RerankConfig``...). :class:`PipelineConfig` adds only what the stages share (dataset, out_dir, split,
+measures, seed). A YAML file and ``--set key.path=value`` overrides are merged onto the defaults and
+validated by the same model, so a misspelt key fails before any work, naming the key and where it came
+from.
+
+The defaults are the embedded demo (tiny random models, 64 documents); ``configs/inpars-v2.yaml`` holds
+the papers' settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from inpars_ray import catalog
+from inpars_ray.bm25 import BM25Config, IndexConfig
+from inpars_ray.errors import ConfigError
+from inpars_ray.evaluate import DEFAULT_MEASURES
+from inpars_ray.filter import FilterConfig
+from inpars_ray.generate import GenerateConfig, GenerateResources
+from inpars_ray.load import LoadConfig
+from inpars_ray.mine import MineConfig
+from inpars_ray.rerank import RerankConfig
+from inpars_ray.stageconfig import Field, describe_errors, stage_config
+from inpars_ray.train import TrainConfig
+
+#: model names that build tiny random models locally (no download): the embedded demo's defaults
+TINY_LM = "local:tiny-lm"
+TINY_MONOT5 = "local:tiny-monot5"
+#: the rerank stage's model name meaning "the model the train stage wrote"
+TRAINED = "trained"
+
+#: stage sections whose ``seed`` comes from ``inpars.seed`` (a YAML may not set them apart)
+_SEEDED = ("generate", "mine", "train")
+
+
+@stage_config
+class InparsConfig:
+    """The synthetic-data stages (defaults: a quick offline demo; configs/inpars-v2.yaml: the papers)."""
+
+    seed: int = Field(1, ge=0, description="seed of the document sample, the generation, the negatives and "
+                      "training; every stage's own seed is set from it (paper: 1)")
+    generate: GenerateConfig = Field(GenerateConfig(model=TINY_LM, num_docs=64),
+                                     description="what is generated (model, prompt, documents sampled)")
+    generate_resources: GenerateResources = Field(GenerateResources(),
+                                                  description="generation actors, batch and GPUs per actor")
+    filter: FilterConfig = Field(FilterConfig(keep_top_k=48), description="which generated queries are kept")
+    mine: MineConfig = Field(MineConfig(), description="BM25 negatives of the kept queries")
+    train: TrainConfig = Field(TrainConfig(base_model=TINY_MONOT5, batch_size=16, micro_batch_size=8),
+                               description="fine-tuning the reranker on the triples")
+    rerank: RerankConfig = Field(RerankConfig(model=TRAINED, depth=100),
+                                 description=f"reranking the BM25 run; model '{TRAINED}' is the trained model")
+
+    def __post_init__(self) -> None:
+        # one seed for the whole synthetic-data chain: derive the stage seeds instead of mapping them by hand
+        gen = self.generate
+        seeded = {
+            "generate": dataclasses.replace(gen, seed=self.seed,
+                                            generation=dataclasses.replace(gen.generation, seed=self.seed)),
+            "mine": dataclasses.replace(self.mine, seed=self.seed),
+            "train": dataclasses.replace(self.train, seed=self.seed),
+        }
+        for name, value in seeded.items():
+            object.__setattr__(self, name, value)  # frozen: set once, during construction
+
+
+@stage_config
+class PipelineConfig:
+    """One pipeline run on one collection."""
+
+    dataset: str = Field(catalog.BUNDLED_SPEC, description="collection: a BEIR-layout folder, beir/<name>, "
+                         "bundled/tiny-science or gs://bucket/prefix")
+    out_dir: str = Field("runs/tiny-science", description="run root: every stage writes its folder here")
+    split: str = Field("test", description="the qrels split that is retrieved, reranked and evaluated")
+    k: int = Field(1000, ge=1, description="BM25 depth of the first-stage run (InPars reranks the top 1000)")
+    measures: tuple[str, ...] = Field(DEFAULT_MEASURES, min_length=1, description="ir-measures names reported")
+    load: LoadConfig = Field(LoadConfig(), description="how strictly input files are read")
+    index: IndexConfig = Field(IndexConfig(), description="how the BM25 (Lucene) index is built")
+    bm25: BM25Config = Field(BM25Config(), description="BM25 parameters and search parallelism")
+    inpars: InparsConfig | None = Field(InparsConfig(), description="the synthetic-data stages; null runs the "
+                                        "BM25 baseline only")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> PipelineConfig:
+        """The defaults with ``data`` (e.g. parsed YAML) merged over them; nested sections are dicts."""
+        return merge(cls(), data, source)
+
+
+_ADAPTER = TypeAdapter(PipelineConfig)
+
+
+def to_dict(config: PipelineConfig) -> dict[str, Any]:
+    """Plain values (dicts, lists, strings, numbers), as YAML or JSON would hold them."""
+    return _ADAPTER.dump_python(config, mode="json")
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        current = out.get(key)
+        if isinstance(value, Mapping) and current is None and isinstance(defaults.get(key), Mapping):
+            current = defaults[key]  # e.g. `inpars:` given over a BM25-only base: start from the defaults
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            out[key] = _deep_merge(dict(current), value, defaults.get(key) or {})
+        else:
+            out[key] = value
+    return out
+
+
+def _check_seeds(data: Mapping[str, Any], base: PipelineConfig, source: str) -> None:
+    inpars = data.get("inpars")
+    if not isinstance(inpars, Mapping):
+        return
+    seed = inpars.get("seed", base.inpars.seed if base.inpars is not None else InparsConfig().seed)
+    for section in _SEEDED:
+        part = inpars.get(section)
+        if not isinstance(part, Mapping):
+            continue
+        for where, value in ((f"inpars.{section}.seed", part.get("seed", seed)),
+                             ("inpars.generate.generation.seed", (part.get("generation") or {}).get("seed", seed))):
+            if value != seed:
+                raise ConfigError(f"{source}: {where} is set from inpars.seed ({seed}); set inpars.seed instead")
+
+
+def merge(base: PipelineConfig, data: Mapping[str, Any], source: str) -> PipelineConfig:
+    """``base`` with ``data`` merged over it, validated; errors name the key and ``source``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    _check_seeds(data, base, source)
+    merged = _deep_merge(to_dict(base), data, to_dict(PipelineConfig()))
+    try:
+        return _ADAPTER.validate_python(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_errors(exc)}") from None
+    except ConfigError as exc:  # a stage's own cross-field check
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=VALUE`` -> ``{"a": {"b": {"c": VALUE}}}``, VALUE read as YAML (numbers, null, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. inpars.train.lr=1e-3")
+    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                base: PipelineConfig | None = None) -> PipelineConfig:
+    """The defaults, then the YAML file at ``path``, then each ``KEY.PATH=VALUE`` override, validated."""
+    config = base or PipelineConfig()
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        config = merge(config, data or {}, str(path))
+    for text in overrides:
+        config = merge(config, parse_override(text), f"--set {text}")
+    return config
+
+
+def dump_yaml(config: PipelineConfig) -> str:
+    """The resolved config as YAML that :func:`load_config` reads back to the same config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=False, width=100)
+
+
+__all__ = ["TINY_LM", "TINY_MONOT5", "TRAINED", "InparsConfig", "PipelineConfig",
+           "dump_yaml", "load_config", "merge", "parse_override", "to_dict"]

@@ -1,0 +1,39 @@
+"""``inpars-ray rerank``: every input pair within the depth is scored exactly once; a rerun skips."""
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+from inpars_ray import bm25, catalog, cli
+from inpars_ray.load import read_queries
+
+from tests.conftest import BUNDLED
+
+
+def test_rerank_verb_scores_every_pair_once_and_a_rerun_skips(ray_session, tmp_path: Path, capsys):
+    from inpars_ray.testing.tiny_t5 import build_tiny_monot5
+
+    model = build_tiny_monot5(tmp_path / "monot5")
+    collection = catalog.resolve(str(BUNDLED))
+    bm25.build_index(collection, tmp_path / "index")
+    queries, _ = read_queries(collection)
+    first = bm25.retrieve(tmp_path / "index", queries.slice(0, 5), k=12)
+    bm25.write_trec_run(first, tmp_path / "bm25.trec")
+    out = tmp_path / "reranked.trec"
+    argv = ["rerank", "--dataset", str(BUNDLED), "--run", str(tmp_path / "bm25.trec"), "--model", str(model),
+            "--out", str(out), "--depth", "8", "--partitions", "2"]
+    assert cli.main(argv) == 0
+    assert "reranked" in capsys.readouterr().out
+
+    expected = collections.Counter((q, d) for q, d, r in zip(*(first.column(c).to_pylist()
+                                                              for c in ("query_id", "doc_id", "rank"))) if r <= 8)
+    got = collections.Counter((line.split()[0], line.split()[2]) for line in out.read_text().splitlines())
+    assert got == expected  # each pair once, none lost, none past the depth
+    manifest = json.loads((tmp_path / "reranked.trec.manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["pairs_scored"] == sum(expected.values())
+    assert manifest["config"]["rerank"]["depth"] == 8
+
+    before = (out.stat().st_mtime_ns, (tmp_path / "reranked.trec.manifest.json").stat().st_mtime_ns)
+    assert cli.main(argv) == 0  # same run, same config: nothing is redone
+    assert (out.stat().st_mtime_ns, (tmp_path / "reranked.trec.manifest.json").stat().st_mtime_ns) == before

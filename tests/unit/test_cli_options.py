@@ -1,0 +1,54 @@
+"""Stage verbs build their options from the stage config classes: unset options keep the class defaults,
+given ones reach the config (nested ones too), and each option's help shows the one default."""
+from __future__ import annotations
+
+import pytest
+
+from inpars_ray.bm25 import RetrieveConfig
+from inpars_ray.cli import build_parser
+from inpars_ray.cli._common import config_from_args
+from inpars_ray.filter import FilterConfig
+from inpars_ray.generate import GenerateConfig, GenerateResources
+from inpars_ray.mine import MineConfig
+
+COMMON = ["--dataset", "d", "--out", "o"]
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_unset_options_keep_the_config_defaults():
+    assert config_from_args(MineConfig, parse("mine", "--queries", "q", "--index-dir", "i", *COMMON)) == MineConfig()
+    assert config_from_args(FilterConfig, parse("filter", "--queries", "q", *COMMON)) == FilterConfig()
+    assert config_from_args(RetrieveConfig, parse("retrieve", "--index-dir", "i", *COMMON)) == RetrieveConfig()
+
+
+def test_given_options_reach_nested_configs_over_the_parents_defaults():
+    args = parse("mine", "--queries", "q", "--index-dir", "i", *COMMON, "--threads", "3", "--negatives", "2",
+                 "--partitions", "4")
+    config = config_from_args(MineConfig, args)
+    assert (config.negatives, config.shuffle_partitions, config.bm25.threads) == (2, 4, 3)
+    assert config.bm25.remove_query is False  # MineConfig's own default for its BM25, kept
+    retrieve = config_from_args(RetrieveConfig, parse("retrieve", "--index-dir", "i", *COMMON, "--k1", "1.2",
+                                                      "--actors", "2", "--no-remove-query"))
+    assert (retrieve.bm25.k1, retrieve.bm25.num_actors, retrieve.bm25.remove_query) == (1.2, 2, False)
+    filt = config_from_args(FilterConfig, parse("filter", "--queries", "q", *COMMON, "--strategy", "reranker",
+                                                "--model", "m", "--device", "cuda", "--num-gpus-per-actor", "1"))
+    assert (filt.device, filt.num_gpus_per_actor) == ("cuda", 1.0)
+
+
+def test_generate_options_and_resources():
+    args = parse("generate", *COMMON, "--model", "m", "--max-new-tokens", "8", "--gpus-per-actor", "1")
+    config = config_from_args(GenerateConfig, args)
+    assert (config.model, config.generation.max_new_tokens, config.num_docs) == ("m", 8, GenerateConfig(model="m").num_docs)
+    assert config_from_args(GenerateResources, args).gpus_per_actor == 1.0
+    with pytest.raises(SystemExit):  # the model has no default: argparse asks for it
+        parse("generate", *COMMON)
+
+
+def test_help_shows_the_config_default(capsys):
+    with pytest.raises(SystemExit):
+        parse("filter", "--help")
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {FilterConfig().keep_top_k})" in out and "--num-gpus-per-actor" in out

