@@ -64,8 +64,10 @@ def test_gguf_logprobs_equal_a_float32_teacher_forced_pass(backend):
         assert g.error is None and g.text and len(g.token_logprobs) > 0
         emitted, reference = _teacher_forced(backend, prompt, len(g.token_logprobs))
         assert backend.tokenizer.decode(emitted, skip_special_tokens=True).strip() == g.text
-        assert max(abs(a - b) for a, b in zip(reference, g.token_logprobs)) < 1e-5
-        # in a left-padded batch the same tokens come out; over SmolLM2's 30 layers the padded attention
-        # sums in another order, which moved log-probs by up to 2.7e-5 here (float32 rounding, not a bias)
+        # Over SmolLM2's 30 layers, generation (KV cache, one new token per step) and one full forward pass
+        # sum in different orders: measured here 2.74e-5 unbatched and 2.70e-5 in a left-padded batch
+        # (float32 rounding, not a bias: the same tokens come out). The tiny-model test holds 1e-5; this
+        # 135M model does not, so the bound is 5e-5.
+        assert max(abs(a - b) for a, b in zip(reference, g.token_logprobs)) < 5e-5
         assert g_batch.text == g.text
-        assert max(abs(a - b) for a, b in zip(reference, g_batch.token_logprobs)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(reference, g_batch.token_logprobs)) < 5e-5
