@@ -138,12 +138,18 @@ class Collection:
 
 
 def resolve(spec: str, cache_dir: str | os.PathLike[str] | None = None) -> Collection:
-    """Resolve a dataset spec (folder, ``beir/<name>``, ``bundled/tiny-science`` or ``gs://...``)."""
+    """Resolve a dataset spec (folder, ``beir/<name>``, ``bundled/tiny-science``, ``builtin/python-docstrings``
+    or ``gs://...``)."""
     if spec.startswith("gs://"):
         root = spec[len("gs://"):].rstrip("/")
         return Collection(spec=spec, root=root, filesystem=gcs_filesystem())
     if spec == BUNDLED_SPEC:
         return Collection(spec=spec, root=str(BUNDLED_ROOT), filesystem=pafs.LocalFileSystem())
+    if spec == "builtin/python-docstrings":  # built at first use from this Python's standard library
+        from inpars_ray import stdlib_docs
+
+        root = stdlib_docs.ensure(Path(cache_dir) if cache_dir else default_cache_dir())
+        return Collection(spec=spec, root=str(root), filesystem=pafs.LocalFileSystem())
     if spec.startswith("beir/"):
         name = spec[len("beir/"):]
         root = download(beir_source(name), Path(cache_dir) if cache_dir else default_cache_dir())

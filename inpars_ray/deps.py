@@ -17,6 +17,8 @@ _EXTRAS: dict[str, str] = {
     "openai": "openai",
     "torch_xla": "tpu",
     "google.cloud.storage": "gcs",
+    "gguf": "models",
+    "accelerate": "models",
 }
 
 

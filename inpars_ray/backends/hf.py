@@ -9,10 +9,15 @@ decoding (REFERENCE.md, upstream defects).
 Generation stops at the end of the first line. The test decodes the generated tokens and looks for a
 newline in the text, so it works for any tokenizer (byte-level BPE, SentencePiece byte fallback, ...):
 no newline token id is hard-coded.
+
+A model given as a ``.gguf`` file (or a folder plus ``gguf_file=``) loads through transformers' GGUF
+support (packages ``gguf`` and ``accelerate``): its quantised weights are dequantised to ``dtype``
+(float32 by default), so the recorded log-probs are exact for the dequantised model.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from inpars_ray.backends.base import Backend, Generation, GenerationParams
@@ -37,28 +42,54 @@ def first_line(token_ids: list[int], logprobs: list[float], decode: Any, stop_id
     return decode(token_ids).strip(), list(logprobs)
 
 
+def gguf_source(model: str, gguf_file: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(folder or id, extra ``from_pretrained`` keyword arguments) for ``model``.
+
+    A path to a ``.gguf`` file becomes its folder plus ``gguf_file=<name>``; GGUF loading needs the ``gguf``
+    and ``accelerate`` packages, checked here so that a missing one is a clear error, not a transformers
+    traceback.
+    """
+    if gguf_file is None and model.endswith(".gguf"):
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise BackendError(f"GGUF model file {model} does not exist")
+        model, gguf_file = str(path.parent), path.name
+    if gguf_file is None:
+        return model, {}
+    if Path(model).is_dir() and not (Path(model) / gguf_file).is_file():
+        raise BackendError(f"GGUF model: no file {gguf_file!r} in {model}")
+    require("gguf", "loading a GGUF model (pip install 'inpars-ray[models]')")
+    require("accelerate", "loading a GGUF model (pip install 'inpars-ray[models]')")
+    return model, {"gguf_file": gguf_file}
+
+
 class HFBackend(Backend):
     """A transformers causal LM.
 
     Args:
-        model: a Hugging Face model id or a local folder.
+        model: a Hugging Face model id, a local folder, or a ``.gguf`` file (``local:`` names are resolved
+            by :func:`inpars_ray.local_models.resolve_model` before they reach a backend).
         device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks ``cuda`` when available.
-        dtype: torch dtype name of the weights (``float32``, ``bfloat16``, ``float16``).
+        dtype: torch dtype name of the weights (``float32``, ``bfloat16``, ``float16``); GGUF weights are
+            dequantised to it.
+        gguf_file: name of a GGUF file inside the folder ``model``.
     """
 
     name = "hf"
 
-    def __init__(self, model: str, device: str | None = None, dtype: str = "float32") -> None:
+    def __init__(self, model: str, device: str | None = None, dtype: str = "float32",
+                 gguf_file: str | None = None) -> None:
         super().__init__(model)
         torch = require("torch", "the hf generation backend")
         transformers = require("transformers", "the hf generation backend")
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+        source, load_kwargs = gguf_source(model, gguf_file)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(source, **load_kwargs)
         self.tokenizer.padding_side = "left"  # a causal LM must see its prompt end right before the answer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.lm = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
+        self.lm = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **load_kwargs)
         self.lm.to(self.device).eval()
         self._stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self._stopping = self._newline_criterion_class()
