@@ -58,6 +58,9 @@ class InparsConfig:
                                description="fine-tuning the reranker on the triples")
     rerank: RerankConfig = Field(RerankConfig(model=TRAINED, depth=100),
                                  description=f"reranking the BM25 run; model '{TRAINED}' is the trained model")
+    zero_shot: str | None = Field(None, description="a bi-encoder (e.g. local:minilm) that reranks the same BM25 "
+                                  "hits without training, reported as the 'zero-shot' system beside InPars; "
+                                  "None skips it")
 
     def __post_init__(self) -> None:
         # one seed for the whole synthetic-data chain: derive the stage seeds instead of mapping them by hand

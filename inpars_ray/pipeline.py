@@ -47,8 +47,12 @@ def resolve_model(name: str, out: storage.PathLike) -> str:
 
     ``local:tiny-lm`` / ``local:tiny-monot5`` build tiny random models (once) under ``out/models``; under an
     object-store run root they are built here and published there (files, then a manifest listing them),
-    and the actors that load them copy them to their own node. Any other name is returned unchanged.
+    and the actors that load them copy them to their own node. ``local:smollm2`` / ``local:minilm`` are the
+    real small models of the ``models`` extra (:mod:`inpars_ray.local_models`). Any other name is returned
+    unchanged.
     """
+    from inpars_ray import local_models
+
     if name == TINY_LM:
         from inpars_ray.testing.tiny_lm import build_tiny_lm as build
         folder = "tiny-lm"
@@ -56,7 +60,8 @@ def resolve_model(name: str, out: storage.PathLike) -> str:
         from inpars_ray.testing.tiny_t5 import build_tiny_monot5 as build
         folder = "tiny-monot5"
     else:
-        return name
+        # packaged real models (local:smollm2, local:minilm) are installed on every node with the package
+        return local_models.resolve_model(name)
     root = storage.location(out)
     if root.is_local:
         path = root.local_path() / "models" / folder
@@ -212,9 +217,27 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     excluded = sorted(set((out / "generate" / "fewshot.json").read_json()["fewshot_query_ids"]))
     exclude_file = out / "rerank" / "excluded_queries.txt"
     exclude_file.write_text("".join(f"{q}\n" for q in excluded))
+    if ic.zero_shot:
+        _zero_shot(config, stages, collection, out, bm25_run, record, exclude_file)
     measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)
     for stage, manifest in (("generate", gen), ("filter", filt), ("mine", mined), ("train", trained)):
         for key, value in manifest.get("counts", {}).items():
             record.counts[f"{stage}_{key}"] = value
     record.extra["rerank"] = measures
     return measures
+
+
+def _zero_shot(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
+               out: storage.Location, bm25_run: storage.Location, record: StageRecord,
+               exclude_file: storage.Location) -> dict[str, float]:
+    """The baseline a user would otherwise reach for: the untrained bi-encoder reranking the same BM25 hits
+    (same depth, length and actors as the InPars reranker), evaluated on the same queries."""
+    from inpars_ray.rerank import rerank_run
+
+    assert config.inpars is not None and config.inpars.zero_shot
+    rerank_config = dataclasses.replace(stages["rerank"], model=resolve_model(config.inpars.zero_shot, out),
+                                        family="bi-encoder")
+    run_path = out / "zero-shot" / f"run.{config.split}.trec"
+    with _Stage(record, "zero-shot") as stage:
+        stage.done(rerank_run(collection, bm25_run.uri, run_path.uri, rerank_config, config.load))
+    return _evaluate("zero-shot", collection, config, out, run_path, record, exclude_file)
