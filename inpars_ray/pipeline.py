@@ -217,7 +217,7 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     excluded = sorted(set((out / "generate" / "fewshot.json").read_json()["fewshot_query_ids"]))
     exclude_file = out / "rerank" / "excluded_queries.txt"
     exclude_file.write_text("".join(f"{q}\n" for q in excluded))
-    if ic.zero_shot:
+    if config.inpars is not None and config.inpars.zero_shot:
         _zero_shot(config, stages, collection, out, bm25_run, record, exclude_file)
     measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)
     for stage, manifest in (("generate", gen), ("filter", filt), ("mine", mined), ("train", trained)):
