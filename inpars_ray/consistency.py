@@ -154,15 +154,14 @@ def run_consistency(candidates_dir: str | os.PathLike[str], collection: Collecti
 
     from inpars_ray import bm25
     from inpars_ray.exchange import corpus_documents, hash_exchange
-    from inpars_ray.filter import input_fingerprint
-    from inpars_ray.mine import queries_path
+    from inpars_ray.manifest import artifact_key, collection_key, input_key, published
     from inpars_ray.rankers import RankerConfig, score_dataset
 
-    source, out_dir = queries_path(candidates_dir), Path(out_dir)
-    index_manifest = read_manifest(index_dir) or {}
-    stage_config = {"candidates": str(source.resolve()), "inputs": input_fingerprint(source),
-                    "dataset": collection.spec, "index": index_manifest.get("config_hash"),
-                    "model": input_fingerprint(config.model) if Path(config.model).exists() else config.model,
+    # keyed by content (the filter's manifest, the collection, the index, the model), never by paths
+    files, candidates_key = published(candidates_dir, "filter", KEPT_DIR)
+    out_dir = Path(out_dir)
+    stage_config = {"candidates": candidates_key, "dataset": collection_key(collection),
+                    "index": input_key(index_dir, stage="index"), "model": artifact_key(config.model),
                     "consistency": config, "load": load_config}
     if is_complete(out_dir, STAGE, stage_config):
         logger.info("consistency output in %s is complete for this config; nothing to do", out_dir)
@@ -170,7 +169,10 @@ def run_consistency(candidates_dir: str | os.PathLike[str], collection: Collecti
     for stale in (out_dir / KEPT_DIR, out_dir / DROPPED_DIR, out_dir / MANIFEST_NAME):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     record = StageRecord(STAGE, stage_config)
-    candidates = pads.dataset(str(source), format="parquet").to_table().select(S.FILTERED.names).cast(S.FILTERED)
+    if not files:
+        raise InparsError(f"consistency: no candidate queries (Parquet files) in {candidates_dir}")
+    candidates = pads.dataset([f.path for f in files], format="parquet", filesystem=files[0].fs).to_table(
+    ).select(S.FILTERED.names).cast(S.FILTERED)
     n_in = candidates.num_rows
     queries = candidates.select([S.QUERY_ID, S.QUERY, S.DOC_ID])
     with record.timed("bm25"):

@@ -13,13 +13,16 @@ from inpars_ray.backends import GenerationParams, make_backend
 from inpars_ray.backends.hf import gguf_source
 from inpars_ray.errors import BackendError
 from inpars_ray.local_models import SMOLLM2, resolve_model
+from inpars_ray.prompts import inpars_template
 
 pytestmark = pytest.mark.models
 
-PROMPTS = [
-    "Document: The json module encodes Python objects as JSON text and decodes JSON text back.\nRelevant Query:",
-    "Document: Sort a list in place.\nRelevant Query:",
-]
+# the InPars prompt the generate stage sends (a bare "Document/Relevant Query" pair lets SmolLM2 answer
+# with a newline first, i.e. an empty query, which leaves no log-probs to compare)
+PROMPTS = [inpars_template().render(doc) for doc in (
+    "The json module encodes Python objects as JSON text and decodes JSON text back.",
+    "Sort a list in place, using only < comparisons between items.",
+)]
 
 
 @pytest.fixture(scope="module")
