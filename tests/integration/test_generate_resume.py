@@ -48,7 +48,8 @@ def _config(model: str, template: str) -> GenerateConfig:
 
 
 def _cli(model: str, template: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "inpars_ray", "generate", "--dataset", "bundled/tiny-science", "--model", model,
+    # -v: the driver's own log lines ("generate: N/M documents done") go to stderr, not only to the run's log
+    return [sys.executable, "-m", "inpars_ray", "-v", "generate", "--dataset", "bundled/tiny-science", "--model", model,
             "--prompt", template, "--num-docs", str(NUM_DOCS), "--seed", "3", "--doc-max-tokens", "4000",
             "--max-new-tokens", "24", "--max-prompt-tokens", "110", "--out", str(out), "--batch-size", "2",
             "--num-cpus", "2"]
