@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,45 +9,30 @@ import pytest
 from inpars_ray import bm25, catalog
 from inpars_ray.load import read_qrels, read_queries
 
-from tests.conftest import BUNDLED, free_port
+from tests.conftest import BUNDLED
+from tests.support.gcs import gcs_emulator as emulator
 
 
 @pytest.fixture(scope="module")
 def gcs_emulator():
-    port = free_port()
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
-    proc = subprocess.Popen([str(exe), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:  # poll until the emulator answers (or give up at the deadline)
+    """The shared loopback emulator (tests/support/gcs.py) holding a copy of the bundled collection."""
+    with emulator(buckets=("inpars-test",)) as url:
+        old = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = url
         try:
-            urllib.request.urlopen(f"{url}/storage/v1/b?project=test", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.2)
-    old = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = url
-    try:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
 
-        client = storage.Client(project="test", credentials=AnonymousCredentials())
-        bucket = client.create_bucket("inpars-test")
-        for path in sorted(BUNDLED.rglob("*")):
-            if path.is_file():
-                bucket.blob(f"tiny/{path.relative_to(BUNDLED)}").upload_from_filename(str(path))
-        yield url
-    finally:
-        if old is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = old
-        proc.terminate()
-        proc.wait(timeout=30)
+            bucket = storage.Client(project="test", credentials=AnonymousCredentials()).bucket("inpars-test")
+            for path in sorted(BUNDLED.rglob("*")):
+                if path.is_file():
+                    bucket.blob(f"tiny/{path.relative_to(BUNDLED)}").upload_from_filename(str(path))
+            yield url
+        finally:
+            if old is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = old
 
 
 def test_gs_collection_reads_and_indexes_in_place(gcs_emulator, ray_session, tmp_path: Path):
