@@ -203,6 +203,7 @@ def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
     logging.captureWarnings(True)  # Python warnings become log records: in the log file, not the console
     if not verbose:
         _route_ray_logs()
+        _route_ray_data_logs()  # Ray Data configures its logger at import: earlier imports left a console on it
     for noisy in ("filelock", "urllib3", "fsspec", "asyncio", "matplotlib", "PIL", "kivy", "jnius"):
         logging.getLogger(noisy).setLevel(logging.INFO)
 
