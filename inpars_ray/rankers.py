@@ -25,6 +25,7 @@ and :func:`score_dataset` (Ray Data wiring).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -67,6 +68,9 @@ class RankerConfig:
                                  "sub-batches (less padding); False keeps input order (for comparisons)")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads of each actor; None leaves "
                                       "torch's default")
+    embedding_cache: int = Field(50_000, ge=0, description="bi-encoder: texts whose embeddings an actor keeps "
+                                 "(a document in many queries' hits is embedded once; 384 floats each for "
+                                 "MiniLM); 0 turns it off")
 
     def __post_init__(self) -> None:
         if self.family is not None and self.family not in FAMILIES:
@@ -333,9 +337,13 @@ class Ranker:
         self.family = config.family
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
+        # embeddings are cached only for a checkpoint loaded here: a model handed in may still be training
+        self._cache: collections.OrderedDict[str, np.ndarray] | None = None
         if model is None:
             model, tokenizer = load_model(self.family, config.model)
             model.to(torch.device(config.device))
+            if self.family == BI_ENCODER and config.embedding_cache > 0:
+                self._cache = collections.OrderedDict()
         self.model, self.tokenizer = model, tokenizer
         self._left = getattr(tokenizer, "padding_side", "right") == "left"
         folder = local_model(config.model) if model is None else config.model
@@ -404,17 +412,37 @@ class Ranker:
                 out[rows] = e
         return out
 
+    def _embed_distinct(self, texts) -> np.ndarray:
+        """One embedding row per input text; each distinct text is embedded once (and, with the cache, once
+        per actor: a document in many queries' hits, a query over many pairs)."""
+        arr = pa.array(_as_list(texts) if not isinstance(texts, (pa.Array, pa.ChunkedArray)) else texts, pa.string())
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        encoded = arr.dictionary_encode()
+        distinct = encoded.dictionary.to_pylist()
+        idx = encoded.indices.to_numpy(zero_copy_only=False)
+        if self._cache is None:
+            return self.embed(distinct)[idx]
+        todo = [t for t in distinct if t not in self._cache]
+        if todo:
+            for text, row in zip(todo, self.embed(todo)):
+                self._cache[text] = row
+            while len(self._cache) > self.config.embedding_cache:
+                self._cache.popitem(last=False)  # the oldest first
+        rows = []
+        for t in distinct:
+            row = self._cache.get(t)
+            if row is None:  # evicted within this very call (a batch larger than the cache)
+                row = self.embed([t])[0]
+            else:
+                self._cache.move_to_end(t)
+            rows.append(row)
+        return np.stack(rows)[idx]
+
     def _score_bi(self, queries, docs) -> np.ndarray:
-        # a batch of rerank pairs holds few distinct queries: embed each once
-        codes = pa.array(_as_list(queries) if not isinstance(queries, (pa.Array, pa.ChunkedArray)) else queries,
-                         pa.string())
-        if isinstance(codes, pa.ChunkedArray):
-            codes = codes.combine_chunks()
-        dict_arr = codes.dictionary_encode()
-        q_emb = self.embed(dict_arr.dictionary)
-        d_emb = self.embed(docs)
-        idx = dict_arr.indices.to_numpy(zero_copy_only=False)
-        return np.einsum("ij,ij->i", q_emb[idx], d_emb).astype(np.float64)
+        # a batch of rerank pairs holds few distinct queries, and a document recurs in many queries' hits
+        q_emb, d_emb = self._embed_distinct(queries), self._embed_distinct(docs)
+        return np.einsum("ij,ij->i", q_emb, d_emb).astype(np.float64)
 
     def __str__(self) -> str:
         return f"{self.family}({self.config.model})"

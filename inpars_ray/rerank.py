@@ -29,6 +29,7 @@ from inpars_ray.manifest import StageRecord
 from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
+RESCORED = "rescored"  #: column of :func:`rank_with_tail`: True for a hit the ranker scored
 
 
 @stage_config
@@ -39,8 +40,10 @@ class RerankConfig:
                        "written by train")
     family: str | None = Field(None, description="ranker family (monot5, cross-encoder, bi-encoder); None reads "
                                "it from the checkpoint")
-    depth: int = Field(1000, ge=1, description="hits per query that are rescored (InPars: the BM25 top 1000); "
-                       "deeper hits are dropped")
+    depth: int = Field(1000, ge=1, description="hits per query that are rescored (InPars: the BM25 top 1000)")
+    keep_tail: bool = Field(True, description="hits below depth follow the rescored ones, in first-stage "
+                            "order, so that recall at cutoffs deeper than depth stays the first stage's; "
+                            "False drops them")
     max_length: int = Field(512, ge=16, description="ranker input length in tokens (REFERENCE: 512)")
     batch_size: int = Field(16, ge=1, description="pairs per forward pass")
     rows_per_call: int = Field(256, ge=1, description="pairs handed to one actor call")
@@ -90,6 +93,33 @@ def rank_by_score(scored: pa.Table) -> pa.Table:
                      S.RANK: pa.array(ranks, pa.int64()), S.SCORE: rows.column(S.SCORE)}, schema=S.RUN)
 
 
+def rank_with_tail(scored: pa.Table, tail: pa.Table) -> pa.Table:
+    """:func:`rank_by_score` of the rescored hits, then each query's deeper first-stage hits in their order.
+
+    A tail hit's score is its query's lowest rescored score minus its distance below the rescored depth, so
+    the file's scores decrease with rank (evaluation tools sort by score, not by the rank column).
+    """
+    head = rank_by_score(scored.select([S.QUERY_ID, S.DOC_ID, S.SCORE]))
+    if tail.num_rows == 0:
+        return head.append_column(RESCORED, pa.array([True] * head.num_rows, pa.bool_()))
+    floor: dict[str, tuple[int, float]] = {}  # query -> (rescored hits, lowest rescored score)
+    for q, r, sc in zip(*(head.column(c).to_pylist() for c in (S.QUERY_ID, S.RANK, S.SCORE))):
+        floor[q] = (r, sc)  # rank_by_score sorts by query, then descending score: the last one wins
+    tail = tail.take(pc.sort_indices(tail, [(S.QUERY_ID, "ascending"), (S.RANK, "ascending")]))
+    ranks, scores, prev, k = [], [], None, 0
+    for q in tail.column(S.QUERY_ID).to_pylist():
+        k = k + 1 if q == prev else 1
+        prev = q
+        n, low = floor.get(q, (0, 0.0))
+        ranks.append(n + k)
+        scores.append(low - k)
+    deep = pa.table({S.QUERY_ID: tail.column(S.QUERY_ID), S.DOC_ID: tail.column(S.DOC_ID),
+                     S.RANK: pa.array(ranks, pa.int64()), S.SCORE: pa.array(scores, pa.float64())}, schema=S.RUN)
+    both = pa.concat_tables([head, deep]).append_column(
+        RESCORED, pa.array([True] * head.num_rows + [False] * deep.num_rows, pa.bool_()))
+    return both.take(pc.sort_indices(both, [(S.QUERY_ID, "ascending"), (S.RANK, "ascending")]))
+
+
 def _join_part(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
     return attach_texts(run, docs, queries)
 
@@ -100,7 +130,8 @@ def _join_from_store(run: pa.Table, store: str, queries: pa.Table) -> pa.Table:
     return attach_texts(run, open_store(store).fetch(pc.unique(run.column(S.DOC_ID))), queries)
 
 
-def _read_run_dataset(run: storage.Location, depth: int) -> Any:
+def _read_run_dataset(run: storage.Location, depth: int, deeper: bool = False) -> Any:
+    """The run's hits ranked at most ``depth`` (or, with ``deeper``, those ranked below it) as a Dataset."""
     import ray
 
     # a TREC run is read in blocks by Ray (read_text), never whole by the driver
@@ -109,7 +140,8 @@ def _read_run_dataset(run: storage.Location, depth: int) -> Any:
         table = pa.table({S.QUERY_ID: [r[0] for r in rows], S.DOC_ID: [r[2] for r in rows],
                           S.RANK: pa.array([int(r[3]) for r in rows], pa.int64()),
                           S.SCORE: pa.array([float(r[4]) for r in rows], pa.float64())}, schema=S.RUN)
-        return table.filter(pc.less_equal(table.column(S.RANK), depth))
+        rank = table.column(S.RANK)
+        return table.filter(pc.greater(rank, depth) if deeper else pc.less_equal(rank, depth))
 
     return ray.data.read_text(run.path, filesystem=run.fs).map_batches(parse, batch_format="numpy")
 
@@ -174,14 +206,30 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     pairs, missing = pairs_with_texts(collection, _read_run_dataset(run, config.depth), config, load_config)
     if missing:
         logger.warning("%d hits name a document or query the collection lacks; they are not reranked", missing)
-    scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call,
-                           num_gpus_per_actor=config.num_gpus_per_actor)
-    ranked = hash_exchange([scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE])], [S.QUERY_ID],
-                           config.partitions, rank_by_score)
+    rescored = [0]
+
+    def batches(ranked):
+        for batch in ranked.iter_batches(batch_format="pyarrow", batch_size=None):
+            if RESCORED in batch.column_names:
+                rescored[0] += pc.sum(batch.column(RESCORED)).as_py() or 0
+            else:
+                rescored[0] += batch.num_rows
+            yield batch
+
+    # timed from the scoring on: the exchange below runs the scoring when it takes the scored blocks
     with record.timed("rerank"):
-        pairs_scored, queries_out = write_trec_stream(ranked.iter_batches(batch_format="pyarrow", batch_size=None),
-                                                      out, tag=f"inpars-ray-{ranker.family}")
-    record.counts.update(pairs_scored=pairs_scored, pairs_unknown=missing, queries=len(queries_out))
+        scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call,
+                               num_gpus_per_actor=config.num_gpus_per_actor)
+        scored = scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE])
+        if config.keep_tail:
+            tail = _read_run_dataset(run, config.depth, deeper=True)
+            ranked = hash_exchange([scored, tail], [S.QUERY_ID, S.QUERY_ID], config.partitions, rank_with_tail)
+        else:
+            ranked = hash_exchange([scored], [S.QUERY_ID], config.partitions, rank_by_score)
+        rows_out, queries_out = write_trec_stream(batches(ranked), out, tag=f"inpars-ray-{ranker.family}")
+    pairs_scored = rescored[0]  # the file also holds the first-stage tail below depth (keep_tail)
+    record.counts.update(pairs_scored=pairs_scored, tail_rows=rows_out - pairs_scored, pairs_unknown=missing,
+                         queries=len(queries_out))
     record.extra["family"] = ranker.family
     if record.timings.get("rerank"):
         record.extra["pairs_per_second"] = round(pairs_scored / record.timings["rerank"], 2)

@@ -40,7 +40,8 @@ def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
     manifest = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "rerank.trec",
                           RerankConfig(model=str(model_dir), depth=10, partitions=3, rows_per_call=16))
     out = bm25.read_trec_run(tmp_path / "rerank.trec")
-    assert manifest["counts"]["pairs_scored"] == out.num_rows == first.filter(
+    assert manifest["counts"]["pairs_scored"] + manifest["counts"]["tail_rows"] == out.num_rows == first.num_rows
+    assert manifest["counts"]["pairs_scored"] == first.filter(
         np.array(first.column(S.RANK).to_pylist()) <= 10).num_rows
 
     # independent check: score the same pairs in this process and compare scores and order
@@ -49,7 +50,15 @@ def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
     docs = {d["_id"]: document_text(d.get("title"), d["text"])
             for d in map(__import__("json").loads, (BUNDLED / "corpus.jsonl").read_text().splitlines())}
     qtext = dict(zip(queries.column(S.QUERY_ID).to_pylist(), queries.column(S.QUERY).to_pylist()))
-    rows = list(zip(*(out.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE))))
+    every = list(zip(*(out.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE))))
+    # below the depth, BM25's hits follow in BM25's order, with scores still decreasing
+    bm25_order = list(zip(*(first.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK))))
+    assert sorted((q, r, d) for q, d, r, _ in every if r > 10) == sorted((q, r, d) for q, d, r in bm25_order if r > 10)
+    for qid in {r[0] for r in every}:
+        by_rank = sorted((r[2], r[3]) for r in every if r[0] == qid)
+        assert all(a[1] > b[1] for a, b in zip(by_rank[10:], by_rank[11:]))  # the tail
+        assert len(by_rank) <= 10 or by_rank[9][1] > by_rank[10][1]  # below the last rescored hit
+    rows = [r for r in every if r[2] <= 10]
     expected = score_pairs(model, tok, [qtext[q] for q, *_ in rows], [docs[d] for _, d, *_ in rows], 512)
     assert np.allclose([r[3] for r in rows], expected, atol=1e-5)
     for qid in {r[0] for r in rows}:

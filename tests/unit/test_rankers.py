@@ -78,6 +78,23 @@ def test_bi_encoder_scores_are_cosines_of_mean_pooled_embeddings(models):
     np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [2, 1000])
+def test_bi_encoder_embeds_each_text_once_per_actor_and_scores_as_without_the_cache(models, size):
+    path = str(models[R.BI_ENCODER])
+    plain = R.Ranker(R.RankerConfig(path, batch_size=2, max_length=64, embedding_cache=0))
+    cached = R.Ranker(R.RankerConfig(path, batch_size=2, max_length=64, embedding_cache=size))
+    seen: list[str] = []
+    embed = cached.embed
+    cached.embed = lambda texts: (seen.extend(texts), embed(texts))[1]
+    # the same documents in two batches of pairs, as in the hits of several queries
+    queries, docs = QUERIES + QUERIES[::-1], DOCS + DOCS
+    for _ in range(2):
+        np.testing.assert_allclose(cached.score(queries, docs), plain.score(queries, docs), atol=1e-6)
+    if size >= len(set(QUERIES + DOCS)):
+        assert sorted(seen) == sorted(set(QUERIES) | set(DOCS))  # every distinct text once, over both batches
+    assert len(cached._cache) <= size
+
+
 @pytest.mark.parametrize("family", [R.CROSS_ENCODER, R.BI_ENCODER, R.MONOT5])
 def test_sorting_by_length_changes_no_score(models, family):
     sorted_ = R.Ranker(R.RankerConfig(str(models[family]), batch_size=2, max_length=64)).score(QUERIES, DOCS)
