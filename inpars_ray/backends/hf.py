@@ -73,12 +73,17 @@ class HFBackend(Backend):
         dtype: torch dtype name of the weights (``float32``, ``bfloat16``, ``float16``); GGUF weights are
             dequantised to it.
         gguf_file: name of a GGUF file inside the folder ``model``.
+        exact_logprobs: after generating, recompute each answer's log-probs with one forward pass over its
+            own prompt + answer (no cache, no padding). Generation's incremental decoding sums in another
+            order: over SmolLM2's 30 float32 layers its log-probs differ from a teacher-forced pass by up to
+            ~3e-5 (the same tokens come out). This makes them equal, at the cost of one more prefill per
+            prompt (a backend option: ``backend_options: {exact_logprobs: true}``).
     """
 
     name = "hf"
 
     def __init__(self, model: str, device: str | None = None, dtype: str = "float32",
-                 gguf_file: str | None = None) -> None:
+                 gguf_file: str | None = None, exact_logprobs: bool = False) -> None:
         super().__init__(model)
         torch = require("torch", "the hf generation backend")
         transformers = require("transformers", "the hf generation backend")
@@ -93,6 +98,7 @@ class HFBackend(Backend):
         self.lm.to(self.device).eval()
         self._stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self._stopping = self._newline_criterion_class()
+        self.exact_logprobs = exact_logprobs
 
     # --- tokens ---------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -170,13 +176,23 @@ class HFBackend(Backend):
         if res.logits is None:  # pragma: no cover - guards a transformers API change
             raise BackendError("transformers did not return the raw logits (output_logits=True)")
         new_ids = res.sequences[:, prompt_len:]
-        logits = torch.stack(res.logits, dim=1).float()  # (batch, steps, vocab), before any processor
+        logits = torch.stack(res.logits, dim=1).double()  # (batch, steps, vocab), raw, float64
         chosen = torch.log_softmax(logits, dim=-1).gather(-1, new_ids[:, : logits.shape[1], None])[..., 0]
         out = []
         for row, ids in enumerate(new_ids.tolist()):
             text, lps = first_line(ids, chosen[row].tolist(), self._decode, self._stop_ids)
+            if self.exact_logprobs and lps:
+                lps = self._teacher_forced(encoded[row], ids[: len(lps)])
             out.append(Generation(text, lps, len(encoded[row])))
         return out
+
+    def _teacher_forced(self, prompt: list[int], answer: list[int]) -> list[float]:
+        """Log-probs of ``answer`` after ``prompt`` from one forward pass over both (no cache, no padding)."""
+        torch = self._torch
+        with torch.no_grad():
+            logits = self.lm(torch.tensor([prompt + answer], device=self.device)).logits[0, len(prompt) - 1: -1]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        return logp.gather(-1, torch.tensor(answer, device=self.device)[:, None])[:, 0].tolist()
 
     def close(self) -> None:
         del self.lm

@@ -70,7 +70,19 @@ def test_gguf_logprobs_equal_a_float32_teacher_forced_pass(backend):
         # Over SmolLM2's 30 layers, generation (KV cache, one new token per step) and one full forward pass
         # sum in different orders: measured here 2.74e-5 unbatched and 2.70e-5 in a left-padded batch
         # (float32 rounding, not a bias: the same tokens come out). The tiny-model test holds 1e-5; this
-        # 135M model does not, so the bound is 5e-5.
+        # 135M model does not, so the bound is 5e-5; backend option exact_logprobs holds 1e-5 (test below).
         assert max(abs(a - b) for a, b in zip(reference, g.token_logprobs)) < 5e-5
         assert g_batch.text == g.text
         assert max(abs(a - b) for a, b in zip(reference, g_batch.token_logprobs)) < 5e-5
+
+
+def test_exact_logprobs_equal_the_teacher_forced_pass_within_1e_5():
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    exact = make_backend("hf", resolve_model(SMOLLM2), exact_logprobs=True)
+    params = GenerationParams(max_new_tokens=12)
+    for prompt, g in zip(PROMPTS, exact.generate(PROMPTS, params)):  # one left-padded batch
+        assert g.error is None and len(g.token_logprobs) > 0
+        emitted, reference = _teacher_forced(exact, prompt, len(g.token_logprobs))
+        assert exact.tokenizer.decode(emitted, skip_special_tokens=True).strip() == g.text
+        assert max(abs(a - b) for a, b in zip(reference, g.token_logprobs)) < 1e-5
