@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inpars_ray import schema as S
+from inpars_ray import storage
 from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.load import LoadConfig
@@ -139,38 +137,47 @@ def _attach(hits: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
     })
 
 
+def _attach_from_store(hits: pa.Table, store: str, queries: pa.Table) -> pa.Table:
+    from inpars_ray.docstore import open_store
+
+    return _attach(hits, open_store(store).fetch(pc.unique(hits.column(S.DOC_ID))), queries)
+
+
 def _ranks_of_partition(batch: pa.Table) -> pa.Table:
     return source_ranks(batch.select([S.QUERY_ID, S.DOC_ID, S.SCORE, S.POS_DOC_ID]))
 
 
-def run_consistency(candidates_dir: str | os.PathLike[str], collection: Collection,
-                    index_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: ConsistencyConfig,
+def run_consistency(candidates_dir: storage.PathLike, collection: Collection, index_dir: storage.PathLike,
+                    out_dir: storage.PathLike, config: ConsistencyConfig,
                     load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
     """Keep the candidates (a filter output folder or its ``kept/``) whose source document the ranker puts in
-    its top ``k``; writes ``kept/``, ``dropped/`` and the manifest to ``out_dir`` and returns the manifest.
-    A rerun with the same inputs and config does nothing."""
+    its top ``k``; writes ``kept/``, ``dropped/`` and, last, the manifest listing them to ``out_dir`` (a local
+    folder or ``gs://...``) and returns the manifest. A rerun with the same inputs and config does nothing."""
     import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
     import ray
 
     from inpars_ray import bm25
-    from inpars_ray.exchange import corpus_documents, hash_exchange
     from inpars_ray.manifest import artifact_key, collection_key, input_key, published
+    from inpars_ray.docstore import store_for
+    from inpars_ray.exchange import corpus_documents, hash_exchange
     from inpars_ray.rankers import RankerConfig, score_dataset
 
+    out = storage.location(out_dir)
+    storage.check_reachable(out, candidates_dir, index_dir)
     # keyed by content (the filter's manifest, the collection, the index, the model), never by paths
     files, candidates_key = published(candidates_dir, "filter", KEPT_DIR)
-    out_dir = Path(out_dir)
     stage_config = {"candidates": candidates_key, "dataset": collection_key(collection),
                     "index": input_key(index_dir, stage="index"), "model": artifact_key(config.model),
                     "consistency": config, "load": load_config}
-    if is_complete(out_dir, STAGE, stage_config):
-        logger.info("consistency output in %s is complete for this config; nothing to do", out_dir)
-        return read_manifest(out_dir) or {}
-    for stale in (out_dir / KEPT_DIR, out_dir / DROPPED_DIR, out_dir / MANIFEST_NAME):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    if is_complete(out, STAGE, stage_config):
+        logger.info("consistency output in %s is complete for this config; nothing to do", out)
+        return read_manifest(out) or {}
+    for stale in (out / MANIFEST_NAME, out / KEPT_DIR, out / DROPPED_DIR):  # the manifest goes first
+        stale.delete()
     record = StageRecord(STAGE, stage_config)
     if not files:
-        raise InparsError(f"consistency: no candidate queries (Parquet files) in {candidates_dir}")
+        raise InparsError(f"consistency: no candidate queries (Parquet files) in {storage.location(candidates_dir)}")
     candidates = pads.dataset([f.path for f in files], format="parquet", filesystem=files[0].fs).to_table(
     ).select(S.FILTERED.names).cast(S.FILTERED)
     n_in = candidates.num_rows
@@ -179,8 +186,14 @@ def run_consistency(candidates_dir: str | os.PathLike[str], collection: Collecti
         hits = bm25.retrieve_dataset(index_dir, ray.data.from_arrow(queries.select([S.QUERY_ID, S.QUERY])),
                                      config.depth).materialize()
     with record.timed("score"):
-        joined = hash_exchange([hits, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
-                               config.partitions, _attach, queries=queries)
+        # the hits' texts by id from the corpus's document store (one-node clusters), else a hash exchange
+        store = store_for(collection, load_config)
+        if store is not None:
+            joined = hits.map_batches(_attach_from_store, fn_kwargs={"store": str(store), "queries": queries},
+                                      batch_format="pyarrow")
+        else:
+            joined = hash_exchange([hits, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
+                                   config.partitions, _attach, queries=queries)
         pairs = joined.filter(lambda r: r[S.TEXT] is not None)
         ranker = RankerConfig(config.model, config.family, config.max_length, config.batch_size).resolved()
         scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call)
@@ -190,15 +203,13 @@ def run_consistency(candidates_dir: str | os.PathLike[str], collection: Collecti
         rank_table = pa.concat_tables(parts) if parts else source_ranks(pa.table(
             {c: pa.array([], pa.string()) for c in (S.QUERY_ID, S.DOC_ID, S.POS_DOC_ID)} | {S.SCORE: pa.array([], pa.float64())}))
     kept, dropped = consistency_split(candidates, rank_table, config.k)
-    for name, table in ((KEPT_DIR, kept), (DROPPED_DIR, dropped)):
-        import pyarrow.parquet as pq
-
-        (out_dir / name).mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, out_dir / name / "part-0.parquet")
     if kept.num_rows + dropped.num_rows != n_in:
         raise InparsError(f"consistency accounted for {kept.num_rows + dropped.num_rows} of {n_in} candidates")
+    for name, table in ((KEPT_DIR, kept), (DROPPED_DIR, dropped)):
+        with (out / name / f"part-{storage.attempt_id()}.parquet").open_output() as fh:
+            pq.write_table(table, fh)
     r = [x for x in rank_table.column(SOURCE_RANK).to_pylist() if x is not None]
     record.counts.update(candidates=n_in, kept=kept.num_rows, **{f"dropped_{INCONSISTENT}": dropped.num_rows},
                          source_not_retrieved=n_in - len(r), source_rank_1=sum(x == 1 for x in r))
     record.extra["ranker"] = dataclasses.asdict(ranker)
-    return record.write(out_dir)
+    return record.write(out, files=storage.snapshot(out, KEPT_DIR, DROPPED_DIR))

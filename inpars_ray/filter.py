@@ -45,7 +45,9 @@ from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("scores", "reranker")
+STRATEGIES = ("scores", "reranker", "consistency")
+#: strategies whose score is the generator's log-probs (consistency cuts later, in its own stage)
+LOGPROB_STRATEGIES = ("scores", "consistency")
 AGGREGATES = ("mean", "sum", "min")
 KEPT_DIR, DROPPED_DIR = "kept", "dropped"
 # drop reasons, in the order the checks apply (the first that applies is recorded)
@@ -69,15 +71,24 @@ _ORDER = [(S.FILTER_SCORE, "descending"), (S.QUERY_ID, "ascending"), (S.DOC_ID, 
 class FilterConfig:
     """How synthetic queries are filtered (defaults: InPars, REFERENCE.md)."""
 
-    strategy: str = Field("scores", description="scores (InPars-v1, generator log-probs) or reranker "
-                          "(InPars-v2: a ranker's score of the query and its document, monoT5 P(true) in the paper)")
+    strategy: str = Field("scores", description="scores (InPars-v1, generator log-probs), reranker "
+                          "(InPars-v2: a ranker's score of the query and its document, monoT5 P(true) in the "
+                          "paper) or consistency (InPars-light: after the scores filter, keep a query only if "
+                          "a ranker puts its document in the top consistency_k of its BM25 hits; the pipeline "
+                          "runs it as its own stage)")
     keep_top_k: int = Field(10_000, ge=1, description="how many queries survive (InPars: 10,000); ties broken "
                             "by query id, then doc id")
     aggregate: str = Field("mean", description="for scores, how token log-probs become one score: mean "
                            "(InPars), sum or min")
     min_tokens: int = Field(3, ge=0, description="queries with fewer generated tokens are dropped (InPars: 3)")
     max_tokens: int = Field(1000, ge=0, description="queries with more generated tokens are dropped (InPars: 1000)")
-    model: str | None = Field(None, description="for reranker, the ranker checkpoint (Hugging Face id or folder)")
+    model: str | None = Field(None, description="for reranker, the ranker checkpoint (Hugging Face id or "
+                              "folder); for consistency, the same or None: a ranker trained on all candidates "
+                              "(InPars-light)")
+    consistency_k: int = Field(3, ge=1, description="for consistency, the rank within which the source document "
+                               "must be (InPars-light: 3)")
+    consistency_depth: int = Field(100, ge=1, description="for consistency, BM25 hits per candidate query that "
+                                   "the ranker reorders")
     family: str | None = Field(None, description="for reranker, the ranker family (monot5, cross-encoder, "
                                "bi-encoder); None reads it from the checkpoint")
     max_length: int = Field(512, ge=16, description="for reranker, ranker input length in tokens (the document "
@@ -101,6 +112,9 @@ class FilterConfig:
             raise ConfigError(f"need 0 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
         if self.strategy == "reranker" and not self.model:
             raise ConfigError("the reranker strategy needs a ranker model (--model)")
+        if self.consistency_k > self.consistency_depth:
+            raise ConfigError(f"consistency_k={self.consistency_k} is deeper than consistency_depth="
+                              f"{self.consistency_depth}")
         if min(self.num_actors, self.rows_per_call, self.shuffle_partitions, self.batch_size) < 1:
             raise ConfigError("num_actors, rows_per_call, shuffle_partitions and batch_size must be >= 1")
 
@@ -193,7 +207,7 @@ def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | No
         doc = document_text(title, text) if text is not None or title is not None else None
         qnorm = normalise(query) if query else ""
         score = (aggregate_logprobs(logprobs, cols.get(S.MEAN_LOGPROB, none)[i], config.aggregate)
-                 if config.strategy == "scores" else float("nan"))
+                 if config.strategy in LOGPROB_STRATEGIES else float("nan"))
         if cols[S.ERROR][i] is not None:
             reason = GENERATION_ERROR
         elif not qnorm:
@@ -207,7 +221,7 @@ def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | No
         elif not config.min_tokens <= token_count(cols.get(S.NUM_TOKENS, none)[i], logprobs, query) \
                 <= config.max_tokens:
             reason = TOKEN_LENGTH
-        elif config.strategy == "scores" and np.isnan(score):
+        elif config.strategy in LOGPROB_STRATEGIES and np.isnan(score):
             reason = NO_SCORE
         else:
             reason = None

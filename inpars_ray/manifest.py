@@ -127,7 +127,7 @@ def artifact_key(where_or_id: str | os.PathLike[str] | storage.Location) -> str:
     return text
 
 
-def published(where: storage.PathLike, stage: str, subdir: str, suffix: str = ".parquet",
+def published(where: storage.PathLike, stage: str | tuple[str, ...], subdir: str, suffix: str = ".parquet",
               ) -> tuple[list[storage.Location], str]:
     """The files of an upstream artifact and their key, for a downstream stage.
 
@@ -137,10 +137,11 @@ def published(where: storage.PathLike, stage: str, subdir: str, suffix: str = ".
     errors are final for this run). Otherwise ``where`` is a user's own folder: every ``suffix`` file under
     it, keyed by their names, sizes and modification times.
     """
+    stages = (stage,) if isinstance(stage, str) else stage  # any of them (mine reads filter or consistency)
     loc = storage.location(where)
     for root in (loc, loc.parent) if loc.name == subdir else (loc,):
         manifest = read_manifest(root)
-        if manifest and manifest.get("stage") == stage and "files" in manifest:
+        if manifest and manifest.get("stage") in stages and "files" in manifest:
             if manifest.get("status") != "complete":
                 logger.warning("%s: reading the %s output of an incomplete run", root.uri, stage)
             return storage.listed_files(root, manifest, subdir), manifest_hash(manifest)

@@ -186,7 +186,7 @@ def run_mine(queries_dir: storage.PathLike, collection: Collection, index_dir: s
     out = storage.location(out_dir)
     storage.check_reachable(out, queries_dir, index_dir)
     lucene_path(index_dir)  # fail early on a missing or incomplete index
-    files, queries_key = published(queries_dir, "filter", KEPT_DIR)
+    files, queries_key = published(queries_dir, ("filter", "consistency"), KEPT_DIR)
     stage_config = {"queries": queries_key, "dataset": collection_key(collection),
                     "index": input_key(index_dir, stage="index"), "mine": config, "load": load_config}
     if is_complete(out, "mine", stage_config):

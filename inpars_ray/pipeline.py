@@ -203,8 +203,11 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     with _Stage(record, "filter") as stage:
         filt = run_filter((out / "generate").uri, collection, (out / "filter").uri, stages["filter"], config.load)
         stage.done(filt)
+    queries_dir, consistent = out / "filter", {}
+    if stages["filter"].strategy == "consistency":
+        queries_dir, consistent = _consistency(config, stages, collection, out, record)
     with _Stage(record, "mine") as stage:
-        mined = run_mine((out / "filter").uri, collection, (out / "index").uri, (out / "mine").uri, stages["mine"],
+        mined = run_mine(queries_dir.uri, collection, (out / "index").uri, (out / "mine").uri, stages["mine"],
                          config.load)
         stage.done(mined)
     with _Stage(record, "train") as stage:
@@ -220,11 +223,41 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     if config.inpars is not None and config.inpars.zero_shot:
         _zero_shot(config, stages, collection, out, bm25_run, record, exclude_file)
     measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)
-    for stage, manifest in (("generate", gen), ("filter", filt), ("mine", mined), ("train", trained)):
+    for stage, manifest in (("generate", gen), ("filter", filt), ("consistency", consistent), ("mine", mined),
+                            ("train", trained)):
         for key, value in manifest.get("counts", {}).items():
             record.counts[f"{stage}_{key}"] = value
     record.extra["rerank"] = measures
     return measures
+
+
+def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
+                 out: storage.Location, record: StageRecord) -> tuple[storage.Location, dict[str, Any]]:
+    """InPars-light's consistency filter over the filter's candidates: a ranker (``filter.model``, or one
+    trained here on every candidate, as in the paper) must put a query's source document in the top
+    ``consistency_k`` of its BM25 hits. Returns the folder the final mine reads, and the stage's manifest."""
+    from inpars_ray.consistency import ConsistencyConfig, run_consistency
+    from inpars_ray.mine import run_mine
+    from inpars_ray.train import train
+
+    filt, rr = stages["filter"], stages["rerank"]
+    model = filt.model
+    if model is None:
+        first = out / "candidates-ranker"
+        with _Stage(record, "mine_candidates") as stage:
+            stage.done(run_mine((out / "filter").uri, collection, (out / "index").uri, (first / "mine").uri,
+                                stages["mine"], config.load))
+        with _Stage(record, "train_candidates") as stage:
+            stage.done(train((first / "mine" / "triples").uri, (first / "train").uri, stages["train"]))
+        model = (first / "train" / "model").uri
+    check = ConsistencyConfig(model=model, family=filt.family if filt.model else None, k=filt.consistency_k,
+                              depth=filt.consistency_depth, max_length=rr.max_length, batch_size=rr.batch_size,
+                              num_actors=rr.num_actors, rows_per_call=rr.rows_per_call, partitions=rr.partitions)
+    with _Stage(record, "consistency") as stage:
+        manifest = run_consistency((out / "filter").uri, collection, (out / "index").uri,
+                                   (out / "consistency").uri, check, config.load)
+        stage.done(manifest)
+    return out / "consistency", manifest
 
 
 def _zero_shot(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,

@@ -42,3 +42,24 @@ def test_full_pipeline_runs_and_resumes(ray_session, tmp_path: Path):
     again = run_pipeline(config)
     assert again["bm25"] == summary["bm25"] and again["inpars"] == summary["inpars"]
     assert {rel: (root / rel).stat().st_mtime_ns for rel in STAGE_MANIFESTS} == before  # nothing was redone
+
+
+@pytest.mark.slow
+def test_consistency_strategy_trains_on_the_candidates_then_mines_only_consistent_queries(ray_session, tmp_path):
+    from inpars_ray.config import merge
+    from inpars_ray.manifest import manifest_hash
+
+    root = tmp_path / "run"
+    config = merge(PipelineConfig(dataset=str(BUNDLED), out_dir=str(root)),
+                   {"inpars": {"filter": {"strategy": "consistency", "consistency_k": 10, "consistency_depth": 10}}},
+                   "test")
+    run_pipeline(config)
+    filt, check, mine = (read_manifest(root / d) for d in ("filter", "consistency", "mine"))
+    # InPars-light: a ranker trained on every candidate, then the check, then the final mine on the kept ones
+    # (k = depth: the tiny random ranker keeps each query whose source BM25 retrieves at all)
+    assert (root / "candidates-ranker" / "train" / "model" / "config.json").exists()
+    assert check["status"] == "complete" and check["config"]["consistency"]["k"] == 10
+    assert check["counts"]["candidates"] == filt["counts"]["kept"]
+    assert check["counts"]["kept"] + check["counts"]["dropped_inconsistent"] == check["counts"]["candidates"]
+    assert mine["config"]["queries"] == manifest_hash(check)  # mine read the consistency stage's output
+    assert mine["counts"]["queries"] == check["counts"]["kept"]
