@@ -11,22 +11,18 @@ Two upstream defects are avoided on purpose (REFERENCE.md, "Known upstream defec
   truncated;
 * the ids of ``true`` / ``false`` are derived from the tokenizer, never hard-coded.
 
-Three layers: :func:`format_inputs` / :func:`score_pairs` (pure, no Ray), :class:`MonoT5Scorer` (loads
-the model once per Ray actor) and :func:`score_dataset` (wires it into Ray Data).
+Pure functions only (no Ray): :func:`format_inputs` / :func:`score_pairs`; the Ray actor that loads a
+monoT5 once and scores batches is :class:`inpars_ray.rankers.RankerUDF`, shared by every ranker family.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from inpars_ray import schema as S
 from inpars_ray.deps import require
 from inpars_ray.errors import ConfigError
-from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,24 +31,6 @@ PREFIX_DOC = "Document:"
 SUFFIX = "Relevant:"
 TARGET_TRUE = "true"
 TARGET_FALSE = "false"
-
-
-@stage_config
-class MonoT5Config:
-    """Which monoT5 to load and how to feed it."""
-
-    model: str = Field(description="Hugging Face id or local folder of a seq2seq checkpoint (e.g. "
-                       "castorini/monot5-base-msmarco)")
-    max_length: int = Field(512, description="encoder input length in tokens, prompt included; the document "
-                            "is truncated to fit")
-    batch_size: int = Field(16, description="pairs per forward pass")
-    device: str = Field("cpu", description="torch device string (cpu, cuda, cuda:1)")
-
-    def __post_init__(self) -> None:
-        if self.max_length < 16:
-            raise ConfigError(f"MonoT5Config.max_length={self.max_length} leaves no room for the prompt")
-        if self.batch_size < 1:
-            raise ConfigError(f"MonoT5Config.batch_size must be >= 1, got {self.batch_size}")
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -132,53 +110,3 @@ def score_pairs(model, tokenizer, queries: list[str], docs: list[str], max_lengt
         pair = logits[:, 0, [true_id, false_id]].float()
         probs = torch.softmax(pair, dim=-1)[:, 0]
     return probs.cpu().numpy().astype(np.float64)
-
-
-class MonoT5Scorer:
-    """Ray Data UDF: adds a P(true) column to batches of (query, text) rows; loads the model once per actor."""
-
-    def __init__(self, config: MonoT5Config, query_column: str = S.QUERY, text_column: str = S.TEXT,
-                 score_column: str = S.SCORE) -> None:
-        transformers = require("transformers", "monoT5 scoring")
-        torch = require("torch", "monoT5 scoring")
-        self.config = config
-        self.query_column, self.text_column, self.score_column = query_column, text_column, score_column
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(config.model)
-        self.model = transformers.AutoModelForSeq2SeqLM.from_pretrained(config.model).to(torch.device(config.device))
-        self.model.eval()
-        true_false_ids(self.tokenizer)  # fail at load time, not on the first batch
-        logger.info("monoT5 %s loaded on %s", config.model, config.device)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if not isinstance(batch, pa.Table):  # pandas batches, when a caller asks for them
-            batch = pa.Table.from_pandas(batch, preserve_index=False)
-        S.require_columns(batch.column_names, [self.query_column, self.text_column], "monoT5 scoring")
-        queries = batch.column(self.query_column).to_pylist()
-        docs = batch.column(self.text_column).to_pylist()
-        scores = np.zeros(len(queries), dtype=np.float64)
-        step = self.config.batch_size
-        for start in range(0, len(queries), step):
-            scores[start:start + step] = score_pairs(self.model, self.tokenizer, queries[start:start + step],
-                                                     docs[start:start + step], self.config.max_length)
-        if self.score_column in batch.column_names:
-            batch = batch.drop_columns([self.score_column])
-        return batch.append_column(self.score_column, pa.array(scores, pa.float64()))
-
-    def __str__(self) -> str:
-        return f"monoT5({self.config.model})"
-
-
-def score_dataset(ds, config: MonoT5Config, num_actors: int = 1, batch_rows: int = 256,
-                  query_column: str = S.QUERY, text_column: str = S.TEXT, score_column: str = S.SCORE,
-                  num_gpus_per_actor: float = 0.0):
-    """Score every row of a Ray Dataset with monoT5 over a pool of ``num_actors`` actors."""
-    ray = require("ray", "monoT5 scoring on Ray")
-    return ds.map_batches(
-        MonoT5Scorer,
-        fn_constructor_kwargs=dict(config=config, query_column=query_column, text_column=text_column,
-                                   score_column=score_column),
-        batch_size=batch_rows,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_gpus=num_gpus_per_actor or None,
-    )

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from inpars_ray import schema as S
-from inpars_ray.errors import ConfigError, SchemaError
-from inpars_ray.monot5 import (MonoT5Config, MonoT5Scorer, format_inputs, prompt_ids, score_pairs,
-                               true_false_ids)
+from inpars_ray.errors import ConfigError
+from inpars_ray.monot5 import format_inputs, prompt_ids, score_pairs, true_false_ids
 from inpars_ray.testing.tiny_t5 import build_tiny_monot5
 
 
@@ -90,15 +87,3 @@ def test_score_pairs_matches_the_first_decoder_step_softmax(tiny):
     assert score_pairs(model, tok, ["coral"], ["reef bleaching"], 64)[0] == pytest.approx(expected, rel=1e-5)
 
 
-def test_scorer_adds_a_score_column_and_checks_inputs(tiny):
-    path, model, tok = tiny
-    scorer = MonoT5Scorer(MonoT5Config(model=str(path), max_length=64, batch_size=2))
-    table = pa.table({S.QUERY: ["coral", "algae", "reef"], S.TEXT: ["bleaching", "symbiotic algae", "x"],
-                      S.DOC_ID: ["d1", "d2", "d3"]})
-    out = scorer(table)
-    assert out.column_names == [S.QUERY, S.TEXT, S.DOC_ID, S.SCORE]
-    np.testing.assert_allclose(out.column(S.SCORE).to_numpy(),
-                               score_pairs(model, tok, table[S.QUERY].to_pylist(), table[S.TEXT].to_pylist(), 64),
-                               rtol=1e-5)
-    with pytest.raises(SchemaError, match=S.TEXT):
-        scorer(pa.table({S.QUERY: ["coral"]}))
