@@ -34,6 +34,7 @@ from inpars_ray.catalog import Collection
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.load import LoadConfig
 from inpars_ray.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -43,31 +44,23 @@ KEPT_DIR, DROPPED_DIR = "kept", "dropped"
 SOURCE_RANK = "source_rank"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class ConsistencyConfig:
-    """The consistency filter.
+    """The consistency filter (InPars-light)."""
 
-    Attributes:
-        model: the ranker checkpoint (folder or id); trained on all candidates in InPars-light.
-        family: its family (``monot5``, ``cross-encoder``, ``bi-encoder``); None reads it from the checkpoint.
-        k: a query is kept when its source document ranks within the top ``k`` (InPars-light: 3).
-        depth: BM25 hits per candidate query that the ranker reorders.
-        max_length: ranker input length in tokens.
-        batch_size: pairs per forward pass.
-        num_actors: ranker actors.
-        rows_per_call: pairs handed to an actor per call.
-        partitions: hash partitions of the join with the corpus and of the regrouping by query.
-    """
-
-    model: str
-    family: str | None = None
-    k: int = 3
-    depth: int = 100
-    max_length: int = 256
-    batch_size: int = 32
-    num_actors: int = 1
-    rows_per_call: int = 512
-    partitions: int = 4
+    model: str = Field(description="the ranker checkpoint (folder or Hugging Face id); InPars-light trains it "
+                       "on all candidates")
+    family: str | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from the "
+                               "checkpoint")
+    k: int = Field(3, ge=1, description="a query is kept when its source document ranks within the top k "
+                   "(InPars-light: 3)")
+    depth: int = Field(100, ge=1, description="BM25 hits per candidate query that the ranker reorders")
+    max_length: int = Field(256, ge=16, description="ranker input length in tokens")
+    batch_size: int = Field(32, ge=1, description="pairs per forward pass")
+    num_actors: int = Field(1, ge=1, description="ranker actors")
+    rows_per_call: int = Field(512, ge=1, description="pairs handed to an actor per call")
+    partitions: int = Field(4, ge=1, description="hash partitions of the join with the corpus and of the "
+                            "regrouping by query")
 
     def __post_init__(self) -> None:
         if not self.model:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "filter": "filter",
     "mine": "mine",
     "train": "train",
+    "consistency": "consistency",
     "rerank": "rerank",
     "report": "report",
 }

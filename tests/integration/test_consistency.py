@@ -62,3 +62,13 @@ def test_consistency_keeps_exactly_the_queries_whose_source_is_in_the_top_k(ray_
     # a rerun with the same inputs does nothing
     again = run_consistency(tmp_path / "filter", collection, tmp_path / "index", tmp_path / "out", config)
     assert again == read_manifest(tmp_path / "out")
+
+    # the CLI verb builds the same config from its options and keeps the same queries
+    from inpars_ray import cli
+
+    argv = ["consistency", "--dataset", str(BUNDLED_ROOT), "--candidates", str(tmp_path / "filter"),
+            "--index", str(tmp_path / "index"), "--out", str(tmp_path / "cli"), "--model", str(model), "--k", "3",
+            "--depth", "10", "--max-length", "64", "--partitions", "2"]
+    assert cli.main(argv) == 0
+    by_cli = pads.dataset(str(tmp_path / "cli" / "kept"), format="parquet").to_table()
+    assert set(by_cli.column(S.QUERY_ID).to_pylist()) == expected

@@ -1,0 +1,39 @@
+"""``inpars-ray consistency``: InPars-light's consistency filter over a filter's kept queries."""
+from __future__ import annotations
+
+import argparse
+
+from inpars_ray import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from inpars_ray.consistency import ConsistencyConfig
+
+    p = sub.add_parser("consistency", help="keep the queries whose source document a ranker puts in the top k "
+                       "of their BM25 hits (InPars-light; resumable)")
+    add_dataset(p)
+    add_ray(p)
+    p.add_argument("--candidates", required=True, help="a filter output folder (its kept/ queries are checked)")
+    p.add_argument("--index", required=True, help="the collection's Lucene index (from 'inpars-ray index')")
+    p.add_argument("--out", required=True, help="output folder: kept/, dropped/ and the manifest")
+    add_config_options(p, ConsistencyConfig, required={"model"})
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from inpars_ray import catalog
+    from inpars_ray.consistency import ConsistencyConfig, run_consistency
+    from inpars_ray.load import LoadConfig
+    from inpars_ray.raykit import ensure_ray
+
+    config = config_from_args(ConsistencyConfig, args)
+    collection = catalog.resolve(args.dataset, args.cache_dir)
+    log_beside(args.out)
+    ensure_ray(args.ray_address, args.num_cpus)
+    with progress.stage("consistency"):
+        counts = run_consistency(args.candidates, collection, args.index, args.out, config,
+                                 LoadConfig(skip_bad_rows=args.skip_bad_rows)).get("counts", {})
+    print(f"kept {counts.get('kept')} of {counts.get('candidates')} candidate queries in {args.out}"
+          f" ({counts.get('source_not_retrieved', 0)} whose source BM25 did not retrieve)")
+    return 0
