@@ -102,13 +102,20 @@ def stage_times(root: Path) -> list[tuple[str, float, bool]]:
         stage, total = manifest.get("stage"), manifest.get("timings", {}).get("total")
         if not stage or total is None or manifest.get("status") != "complete":
             continue
-        now = this_run.get(stage)
-        rows.append((stage, float(total), now is not None and now < 0.5 * float(total)))
+        folder = path.parent.name
+        # a stage run for another system (the zero-shot rerank) is named by its folder, like the pipeline's step
+        label, step = (stage, stage) if folder in (stage, "bm25") else (f"{stage} ({folder})", folder)
+        now = this_run.get(step)
+        rows.append((label, float(total), now is not None and now < 0.5 * float(total)))
     for name, seconds in this_run.items():  # steps without a manifest of their own (evaluation)
         if name.startswith("evaluate"):
             rows.append((name, float(seconds), False))
     order = ["index", "retrieve", "generate", "filter", "mine", "train", "rerank"]
-    return sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r[0]))
+    def rank(label: str) -> int:
+        stage = label.split(" ")[0]
+        return order.index(stage) if stage in order else len(order)
+
+    return sorted(rows, key=lambda r: (rank(r[0]), r[0]))
 
 
 # --- statistics ---------------------------------------------------------------------------------------
