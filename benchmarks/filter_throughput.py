@@ -3,7 +3,7 @@
 One run over a generated set built on the bundled collection (random queries with log-probs, plus error,
 empty, copied and duplicate rows). Contenders:
 
-1. the ``scores`` (InPars-v1) stage, ``filter_dataset``: corpus join over hash partitions, checks,
+1. the ``scores`` (InPars-v1) stage, ``run_filter``: part files read, document texts by id, checks,
    duplicate removal, distributed top-k, Parquet writes;
 2. the same pure functions on one in-memory table in one process (no Ray): the single-process floor
    that the stage's overheads are measured against;
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -88,7 +87,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from inpars_ray.catalog import BUNDLED_ROOT, resolve
-    from inpars_ray.filter import FilterConfig, filter_dataset
+    from inpars_ray.filter import FilterConfig, run_filter
 
     docs = [json.loads(line) for line in (BUNDLED_ROOT / "corpus.jsonl").read_text().splitlines() if line.strip()]
     work = Path(tempfile.mkdtemp(prefix="filter-bench-"))
@@ -117,8 +116,9 @@ def main() -> None:
         store_s = None
 
     t = time.perf_counter()
-    counts = filter_dataset(ray.data.read_parquet(str(work / "gen")), collection, work / "scores",
-                            FilterConfig(keep_top_k=args.keep_top_k, shuffle_partitions=args.cpus))
+    # the stage as the pipeline runs it: reads the part files, filters, writes kept/dropped and the manifest
+    counts = run_filter(work / "gen", collection, work / "scores",
+                        FilterConfig(keep_top_k=args.keep_top_k, shuffle_partitions=args.cpus))["counts"]
     results["scores stage (Ray)"] = {"rows": args.rows, "seconds": time.perf_counter() - t, "kept": counts["kept"]}
 
     if args.rerank_rows:

@@ -349,8 +349,6 @@ def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: s
     (:data:`schema.FILTERED`), ``dropped/`` (:data:`schema.FILTER_DROPPED`) and, last, the manifest listing
     them; returns the manifest. A rerun with the same inputs (by content) and config does nothing.
     """
-    import ray
-
     out = storage.location(out_dir)
     storage.check_reachable(out, queries_dir)
     files, queries_key = published(queries_dir, "generate", "parts")
@@ -364,7 +362,7 @@ def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: s
     if not files:
         raise InparsError(f"filter: no generated queries (Parquet files) in {storage.location(queries_dir)}")
     record = StageRecord("filter", stage_config)
-    generated = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
+    generated = storage.read_parquet_dataset(files)
     filter_dataset(generated, collection, out, config, load_config, record)
     return record.write(out, files=storage.snapshot(out, KEPT_DIR, DROPPED_DIR))
 

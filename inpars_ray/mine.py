@@ -16,7 +16,6 @@ hash partitions (:func:`inpars_ray.exchange.hash_exchange`).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from typing import Any
@@ -179,8 +178,6 @@ def run_mine(queries_dir: storage.PathLike, collection: Collection, index_dir: s
     Parquet queries. A rerun with the same inputs (by content: the filter's and the index's manifests) and
     config does nothing.
     """
-    import ray
-
     from inpars_ray.bm25 import lucene_path
 
     out = storage.location(out_dir)
@@ -197,7 +194,7 @@ def run_mine(queries_dir: storage.PathLike, collection: Collection, index_dir: s
     if not files:
         raise InparsError(f"mine: no queries (Parquet files) in {storage.location(queries_dir)}")
     record = StageRecord("mine", stage_config)
-    queries = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
+    queries = storage.read_parquet_dataset(files)
     mine_dataset(queries, collection, index_dir, out, config, load_config, record)
     return record.write(out, files=storage.snapshot(out, TRIPLES_DIR, SHORT_DIR))
 

@@ -517,3 +517,35 @@ def check_reachable(*places: PathLike, shared_fs: bool | None = None) -> None:
             f"{shown} is a local path, but the Ray cluster has {nodes} nodes, each with its own disk: use an "
             f"object store (--out-dir gs://bucket/prefix), or, if that path is a mount every node shares, "
             f"say so with --shared-fs (or {SHARED_FS_ENV}=1)")
+
+
+#: part files one read task takes (parts are small: one per generate batch or Ray Data write task)
+FILES_PER_READ_TASK = 32
+
+
+def _read_parquet_group(files: list[Location]) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for f in files:
+        with f.open_input() as fh:
+            tables.append(pq.read_table(fh))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_parquet_dataset(files: list[Location]) -> Any:
+    """A Ray Dataset of published Parquet part files, read whole by Ray tasks (a group of files per task)
+    on whichever nodes run them, through each file's own filesystem (local or ``gs://``).
+
+    Ray Data's ``read_parquet`` took 3.9 to 6.6 s to read one 100,000-row file of generated queries that
+    pyarrow reads in 0.1 s (Ray 2.60, ``ReadFilesParquetV2``; measured with the filter benchmark's rows).
+    The artifacts read here are many small parts, so a task per group of files is parallel enough.
+    """
+    import ray
+
+    if not files:
+        raise StorageError("no Parquet files to read")
+    read = ray.remote(_read_parquet_group)
+    groups = [files[i:i + FILES_PER_READ_TASK] for i in range(0, len(files), FILES_PER_READ_TASK)]
+    return ray.data.from_arrow_refs([read.remote(g) for g in groups])
