@@ -12,6 +12,8 @@ batch size, input length and torch threads for every contender. Contenders:
    scoring actor start and model load, ranking, TREC file written).
 
     .venv/bin/python benchmarks/rerank_throughput.py [--quick | --full] [--docs N --queries N --depth N]
+    .venv/bin/python benchmarks/rerank_throughput.py --dataset builtin/python-docstrings --queries 200 \
+        --result rerank_throughput_docstrings      # real text of varied lengths
 
 Writes benchmarks/results/rerank_throughput.json.
 """
@@ -38,28 +40,36 @@ PRESETS = {"quick": dict(docs=5000, queries=10, depth=100), "full": dict(docs=20
 
 
 def _pairs(work: Path, args: argparse.Namespace):
-    """Collection, index and BM25 run (cached in ``work``); returns (collection, run file, run table, texts)."""
-    from inpars_ray import bm25, catalog
-    from inpars_ray.load import read_queries
+    """Collection, index and BM25 run (cached in ``work``); returns (collection, run file, run table, query
+    texts, document texts), the documents as the stage reads them (title and text joined, by id).
 
-    coll = work / "collection"
-    if not (coll / "corpus.jsonl").exists():
-        write_collection(coll, args.docs, args.queries)
-    collection = catalog.resolve(str(coll))
+    ``--dataset`` takes any collection (e.g. ``builtin/python-docstrings``: real text whose lengths vary, as
+    in BEIR); without it, a generated one of ``--docs`` documents (30-120 words each, near the length cap).
+    """
+    from inpars_ray import bm25, catalog
+    from inpars_ray.docstore import document_texts, ensure_store, open_store
+    from inpars_ray.load import LoadConfig, read_queries
+
+    if args.dataset:
+        collection = catalog.resolve(args.dataset)
+    else:
+        coll = work / "collection"
+        if not (coll / "corpus.jsonl").exists():
+            write_collection(coll, args.docs, args.queries)
+        collection = catalog.resolve(str(coll))
     bm25.build_index(collection, work / "index")
     queries, _ = read_queries(collection)
+    queries = queries.slice(0, args.queries)
     run_file = work / "bm25.run"
     if not run_file.exists():
         bm25.write_trec_run(bm25.retrieve(work / "index", queries, args.depth, bm25.BM25Config(threads=2)), run_file)
     run = bm25.read_trec_run(run_file)
-    docs = {}
-    with (coll / "corpus.jsonl").open() as fh:
-        for line in fh:
-            d = json.loads(line)
-            docs[d["_id"]] = d["text"]
+    rows = open_store(ensure_store(collection, LoadConfig())).fetch(run.column("doc_id"))
+    texts = document_texts(rows.column("title"), rows.column("text")).to_pylist()
     qtext = dict(zip(queries.column("query_id").to_pylist(), queries.column("query").to_pylist()))
-    return collection, run_file, run, [qtext[q] for q in run.column("query_id").to_pylist()], \
-        [docs[d] for d in run.column("doc_id").to_pylist()]
+    if any(t is None for t in texts):
+        raise SystemExit("the run names documents the collection lacks")
+    return collection, run_file, run, [qtext[q] for q in run.column("query_id").to_pylist()], texts
 
 
 def raw_forward(model_dir: str, queries: list[str], docs: list[str], batch: int, max_length: int) -> dict:
@@ -119,6 +129,7 @@ def main() -> None:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", dest="mode", const="quick")
     mode.add_argument("--full", action="store_const", dest="mode", const="full")
+    ap.add_argument("--dataset", default=None, help="a collection to rerank (default: a generated one)")
     ap.add_argument("--docs", type=int)
     ap.add_argument("--queries", type=int)
     ap.add_argument("--depth", type=int)
@@ -126,6 +137,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--result", default="rerank_throughput", help="result name under benchmarks/results/")
     args = ap.parse_args()
     args.mode = args.mode or "quick"
     for k, v in PRESETS[args.mode].items():
@@ -138,7 +150,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    work = Path(args.workdir or Path(tempfile.gettempdir()) / f"inpars-ray-rerank-bench-{args.docs}-{args.queries}")
+    name = args.dataset.replace("/", "-") if args.dataset else args.docs
+    work = Path(args.workdir or Path(tempfile.gettempdir()) / f"inpars-ray-rerank-bench-{name}-{args.queries}-{args.depth}")
     work.mkdir(parents=True, exist_ok=True)
     start_load = machine()["load_average"]
     warm_ray(args.threads)
@@ -164,7 +177,7 @@ def main() -> None:
         "rerank stage / raw forward": ratio(rate["rerank stage (Ray, end to end)"],
                                             rate["raw forward (pre-tokenised, length-sorted)"]),
     }
-    out = write_result("rerank_throughput", {
+    out = write_result(args.result, {
         "mode": args.mode, "model": "all-MiniLM-L6-v2 as a cross-encoder (random head)", "pairs": run.num_rows,
         "settings": {k: v for k, v in vars(args).items() if k != "workdir"}, "load_average_at_start": start_load,
         "results": results, "ratios": ratios, "targets": {"rerank stage / plain batched loop": 1.3,
