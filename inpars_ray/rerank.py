@@ -146,6 +146,11 @@ def _read_run_dataset(run: storage.Location, depth: int, deeper: bool = False) -
     return ray.data.read_text(run.path, filesystem=run.fs).map_batches(parse, batch_format="numpy")
 
 
+def in_query_order(pairs: pa.Table) -> pa.Table:
+    """Pairs sorted by (query id, document id): the order they are scored in."""
+    return pairs.sort_by([(S.QUERY_ID, "ascending"), (S.DOC_ID, "ascending")])
+
+
 def run_key(run: storage.Location) -> str:
     """A run file's key by content: its manifest's hash when a stage wrote it, else its name, size and mtime."""
     from inpars_ray.bm25 import run_manifest_name
@@ -206,6 +211,9 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     pairs, missing = pairs_with_texts(collection, _read_run_dataset(run, config.depth), config, load_config)
     if missing:
         logger.warning("%d hits name a document or query the collection lacks; they are not reranked", missing)
+    # one order whatever the layout: a pair's score depends (in its last bits) on the batch it is scored
+    # in, so the same pairs in the same batches make the same run on one node and on a cluster
+    pairs = hash_exchange([pairs], [S.QUERY_ID], config.partitions, in_query_order)
     rescored = [0]
 
     def batches(ranked):

@@ -648,10 +648,15 @@ def _hash_payload(triples_key: str, config: TrainConfig) -> dict[str, Any]:
         config, storage_path=None, record_dir=None, max_failures=0, rows_per_block=1, cpus_per_worker=None)}
 
 
-def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None) -> dict[str, Any]:
+def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
+               trained_from: str | None = None) -> dict[str, Any]:
     """Publish the model files of a Ray checkpoint (local or gs://) at ``dest`` (local or gs://), trainer
     state left out: the files, then a manifest listing them, so readers (rerank and filter actors on any
-    node, :func:`inpars_ray.storage.materialize`) take exactly those and key them by content."""
+    node, :func:`inpars_ray.storage.materialize`) take exactly those and key them by content.
+
+    ``trained_from`` (the training stage's key) goes into the manifest: a model retrained on other triples
+    has files of the very same names and sizes, and without it downstream stages keyed on this manifest
+    would take the new model for the old one."""
     pafs = require("pyarrow.fs", "copying the trained model")
     with tempfile.TemporaryDirectory(prefix="inpars-model-") as tmp:
         local = Path(tmp) / "model"
@@ -660,7 +665,8 @@ def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None) ->
         (local / TRAINER_STATE).unlink(missing_ok=True)
         shutil.rmtree(local / DATA_STATE, ignore_errors=True)
         (local / "history.json").unlink(missing_ok=True)
-        return storage.publish_dir(local, dest, {"stage": "model", "status": "complete", "family": family})
+        return storage.publish_dir(local, dest, {"stage": "model", "status": "complete", "family": family,
+                                                 "trained_from": trained_from})
 
 
 def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
@@ -710,9 +716,18 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         # Small blocks so every worker gets some. Materialised (in the object store, not in this process)
         # before the workers start: a streaming input needs CPUs for its read tasks while the workers hold
         # theirs, and with every CPU held the splits waited forever on a read that never ran (issue 9.8).
-        ds = ds.map_batches(_identity, batch_size=config.rows_per_block, batch_format="pyarrow").materialize()
+        ds = _in_content_order(ds, config.seed, config.grouped)
+        ctx = ray.data.DataContext.get_current()
+        kept, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+        try:
+            ds = ds.map_batches(_identity, batch_size=config.rows_per_block, batch_format="pyarrow").materialize()
+        finally:
+            ctx.execution_options.preserve_order = kept
     record.counts["rows" if not config.grouped else "lists"] = ds.count()
-    checkpoints = config.storage_path or out.join("ray").uri  # under the run root (local or gs://)
+    # under the run root (local or gs://). The filesystem goes with it: given a bare "gs://" string, Ray
+    # builds its own default GCS client, which ignores the emulator/credentials this run was given and, on
+    # a node without them, retried for 15 minutes before failing (seen on the two-node harness)
+    checkpoints = storage.location(config.storage_path) if config.storage_path else out.join("ray")
     use_gpu = config.accelerator == "gpu"
     torch_config = None
     if config.accelerator == "tpu":
@@ -725,7 +740,8 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=_worker_resources(config)),
         run_config=RunConfig(
-            storage_path=checkpoints,
+            storage_path=checkpoints.path,
+            storage_filesystem=checkpoints.fs,
             name=f"{config.family}-{config_hash(payload)}",  # same config -> same run folder -> resumes its checkpoints
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
@@ -739,7 +755,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     if result.checkpoint is None:
         raise ConfigError(f"training produced no checkpoint: are there triples under {triples_dir}?")
     with record.timed("copy_model"):
-        copy_model(result.checkpoint, out.join("model"), config.family)
+        copy_model(result.checkpoint, out.join("model"), config.family, config_hash(payload))
     history = _read_history(result.checkpoint)
     record.counts.update(steps=history[-1]["step"] if history else 0,
                          examples=sum(h["examples"] for h in history), workers=config.num_workers)
@@ -752,6 +768,40 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
 
 def _identity(batch: pa.Table) -> pa.Table:
     return batch
+
+
+ORDER_KEY = "_order"
+#: training rows per partition of the ordering exchange (a count from the data, never from its layout)
+ORDER_ROWS_PER_PARTITION = 100_000
+
+
+def order_keys(batch: pa.Table, seed: int, grouped: bool) -> pa.Table:
+    """``batch`` with a column of seeded content hashes of its training units (a triple, or a list).
+
+    Sorting by it gives the same order whichever files, blocks or nodes the rows came from: a run on one
+    node and on a cluster train on the same sequence (with one worker), and the seed reorders it.
+    """
+    import hashlib
+
+    ids = [unit_id(r, grouped) for r in batch.select([S.QUERY_ID, S.POS_DOC_ID] + ([] if grouped else [
+        S.NEG_DOC_ID])).to_pylist()]
+    salt = str(seed).encode()
+    keys = [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8, key=salt).digest(), "big") for i in ids]
+    return batch.append_column(ORDER_KEY, pa.array(keys, pa.uint64()))
+
+
+def _sorted_part(table: pa.Table) -> pa.Table:
+    return table.sort_by([(ORDER_KEY, "ascending")]).drop_columns([ORDER_KEY])
+
+
+def _in_content_order(ds, seed: int, grouped: bool):
+    """The rows of ``ds`` in a seeded order fixed by their content (:func:`order_keys`): hash-partitioned on
+    Ray tasks, each partition sorted, partitions in turn (no process holds more than one partition)."""
+    from inpars_ray.exchange import hash_exchange
+
+    parts = max(1, -(-ds.count() // ORDER_ROWS_PER_PARTITION))
+    keyed = ds.map_batches(order_keys, fn_kwargs={"seed": seed, "grouped": grouped}, batch_format="pyarrow")
+    return hash_exchange([keyed], [ORDER_KEY], parts, _sorted_part)
 
 
 def _cpus_per_worker(config: TrainConfig, cluster: dict[str, float]) -> float:

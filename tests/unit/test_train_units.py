@@ -105,3 +105,20 @@ def test_cli_parses_into_a_train_config_and_derives_the_micro_batch():
         micro_batch(128, 3, None, 4)
     with pytest.raises(ConfigError, match="not both"):
         micro_batch(128, 1, 8, 4)
+
+
+def test_training_order_is_fixed_by_content_and_seed_not_by_layout():
+    from inpars_ray.train import ORDER_KEY, _sorted_part, order_keys
+
+    rows = [{S.QUERY_ID: f"q{i % 7}", S.POS_DOC_ID: f"d{i % 7}", S.NEG_DOC_ID: f"n{i}"} for i in range(40)]
+
+    def order(parts, seed):  # the rows split into blocks, keyed block by block, then sorted together
+        keyed = [order_keys(pa.Table.from_pylist(p), seed, grouped=False) for p in parts]
+        return _sorted_part(pa.concat_tables(keyed)).column(S.NEG_DOC_ID).to_pylist()
+
+    one_block = order([rows], seed=0)
+    assert order([rows[25:], rows[:9], rows[9:25]], seed=0) == one_block  # another layout, same order
+    assert sorted(one_block) == sorted(r[S.NEG_DOC_ID] for r in rows)  # nothing lost or added
+    assert one_block != [r[S.NEG_DOC_ID] for r in rows]  # shuffled, not the input order
+    assert order([rows], seed=1) != one_block  # the seed reorders
+    assert ORDER_KEY not in _sorted_part(order_keys(pa.Table.from_pylist(rows), 0, False)).column_names
