@@ -438,7 +438,10 @@ def run_variant(name: str, spec: dict[str, Any], data: Data, depth: int, seed: i
         rows = filter_rows(data, filt, spec.get("keep", 0.5), seed, spec.get("consistency_k", 3), ranker_for_filter)
         ex = examples_for(data, rows, spec.get("negatives", 1), spec.get("neg_depth", 30), seed, spec.get("skip_top", 0))
         logger.info("%s: %d generated rows -> %d kept -> %d training examples", name, len(data.gen), len(rows), len(ex))
-        if family == "bi":
+        reuse = cache.get(model_key(spec, seed)) if filt == "all" and family == "bi" else None
+        if reuse is not None:  # the same recipe's "all" model, trained for another system this seed
+            model, info = reuse, dict(cache.get(f"info-model:{model_key(spec, seed)}", {}))
+        elif family == "bi":
             vectors = None
             if spec.get("query_only"):
                 zs = cache.setdefault("zs-model", BiEncoder(minilm_path()))
@@ -459,6 +462,7 @@ def run_variant(name: str, spec: dict[str, Any], data: Data, depth: int, seed: i
         cache[f"info:{name}"] = info
         if filt == "all" and family == "bi":  # kept for the consistency filter of the same recipe and seed
             cache[model_key(spec, seed)] = model
+            cache[f"info-model:{model_key(spec, seed)}"] = info
         run = model.rerank(data, spec.get("rerank_depth", depth))
     # hits below the model's rerank depth keep their BM25 order below the reranked ones
     run = dict(run)

@@ -264,7 +264,7 @@ def _zero_shot(config: PipelineConfig, stages: dict[str, Any], collection: catal
                out: storage.Location, bm25_run: storage.Location, record: StageRecord,
                exclude_file: storage.Location) -> dict[str, float]:
     """The baseline a user would otherwise reach for: the untrained bi-encoder reranking the same BM25 hits
-    (same depth, length and actors as the InPars reranker), evaluated on the same queries."""
+    (same depth, length, actors and first-stage blend as the InPars reranker), evaluated on the same queries."""
     from inpars_ray.rerank import rerank_run
 
     assert config.inpars is not None and config.inpars.zero_shot

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -52,6 +53,9 @@ class RerankConfig:
     device: str = Field("cpu", description="torch device of each actor (cpu, cuda)")
     partitions: int = Field(4, ge=1, description="hash partitions of the run/corpus join and of the "
                             "regrouping by query")
+    first_stage_weight: float = Field(0.0, ge=0.0, le=1.0, description="weight of the first-stage score in "
+                                      "the final one: per query, both scores are min-max scaled to [0, 1] and "
+                                      "mixed as (1-w)*ranker + w*first stage (0: the ranker alone)")
 
     def __post_init__(self) -> None:
         if min(self.depth, self.batch_size, self.rows_per_call, self.num_actors, self.partitions) < 1:
@@ -72,13 +76,43 @@ def attach_texts(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
     texts = [None if b is None else document_text(t, b) for t, b in zip(titles, bodies)]
     q_pos = pc.index_in(run.column(S.QUERY_ID), value_set=queries.column(S.QUERY_ID))
     return (run.select([S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE])
-            .rename_columns([S.QUERY_ID, S.DOC_ID, "first_stage_rank", "first_stage_score"])
+            .rename_columns([S.QUERY_ID, S.DOC_ID, "first_stage_rank", FIRST_STAGE_SCORE])
             .append_column(S.QUERY, queries.column(S.QUERY).take(q_pos))
             .append_column(S.TEXT, pa.array(texts, pa.string())))
 
 
-def rank_by_score(scored: pa.Table) -> pa.Table:
-    """A :data:`schema.RUN` table ranked within each query by descending score, ties by doc id."""
+FIRST_STAGE_SCORE = "first_stage_score"  #: column of :func:`attach_texts`: the hit's first-stage score
+
+
+def _min_max_by_query(qids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` scaled to [0, 1] within each query (a query whose values are all equal gets 0)."""
+    _, group = np.unique(qids, return_inverse=True)
+    low = np.full(group.max() + 1, np.inf)
+    high = np.full(group.max() + 1, -np.inf)
+    np.minimum.at(low, group, values)
+    np.maximum.at(high, group, values)
+    span = (high - low)[group]
+    return np.where(span > 0, (values - low[group]) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def blend_first_stage(scored: pa.Table, weight: float) -> pa.Table:
+    """``scored`` with its score replaced by ``(1-weight) * ranker + weight * first stage``, both min-max
+    scaled per query. Every hit of a query must be in ``scored`` (the regrouping by query sees to it)."""
+    if weight <= 0 or scored.num_rows == 0:
+        return scored
+    S.require_columns(scored.column_names, [S.QUERY_ID, S.SCORE, FIRST_STAGE_SCORE], "first-stage blend")
+    qids = scored.column(S.QUERY_ID).to_numpy(zero_copy_only=False).astype(object)
+    model = _min_max_by_query(qids, scored.column(S.SCORE).to_numpy(zero_copy_only=False).astype(np.float64))
+    first = _min_max_by_query(qids, scored.column(FIRST_STAGE_SCORE).to_numpy(
+        zero_copy_only=False).astype(np.float64))
+    mixed = pa.array((1.0 - weight) * model + weight * first, pa.float64())
+    return scored.set_column(scored.column_names.index(S.SCORE), S.SCORE, mixed)
+
+
+def rank_by_score(scored: pa.Table, first_stage_weight: float = 0.0) -> pa.Table:
+    """A :data:`schema.RUN` table ranked within each query by descending score, ties by doc id (the score
+    first blended with the first stage's, :func:`blend_first_stage`, when ``first_stage_weight`` > 0)."""
+    scored = blend_first_stage(scored, first_stage_weight)
     if scored.num_rows == 0:
         return S.RUN.empty_table()
     order = pc.sort_indices(scored, [(S.QUERY_ID, "ascending"), (S.SCORE, "descending"), (S.DOC_ID, "ascending")])
@@ -93,13 +127,13 @@ def rank_by_score(scored: pa.Table) -> pa.Table:
                      S.RANK: pa.array(ranks, pa.int64()), S.SCORE: rows.column(S.SCORE)}, schema=S.RUN)
 
 
-def rank_with_tail(scored: pa.Table, tail: pa.Table) -> pa.Table:
+def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float = 0.0) -> pa.Table:
     """:func:`rank_by_score` of the rescored hits, then each query's deeper first-stage hits in their order.
 
     A tail hit's score is its query's lowest rescored score minus its distance below the rescored depth, so
     the file's scores decrease with rank (evaluation tools sort by score, not by the rank column).
     """
-    head = rank_by_score(scored.select([S.QUERY_ID, S.DOC_ID, S.SCORE]))
+    head = rank_by_score(blend_first_stage(scored, first_stage_weight).select([S.QUERY_ID, S.DOC_ID, S.SCORE]))
     if tail.num_rows == 0:
         return head.append_column(RESCORED, pa.array([True] * head.num_rows, pa.bool_()))
     floor: dict[str, tuple[int, float]] = {}  # query -> (rescored hits, lowest rescored score)
@@ -228,12 +262,15 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     with record.timed("rerank"):
         scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call,
                                num_gpus_per_actor=config.num_gpus_per_actor)
-        scored = scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE])
+        scored = scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE] + (
+            [FIRST_STAGE_SCORE] if config.first_stage_weight > 0 else []))
+        blend = {"first_stage_weight": config.first_stage_weight}
         if config.keep_tail:
             tail = _read_run_dataset(run, config.depth, deeper=True)
-            ranked = hash_exchange([scored, tail], [S.QUERY_ID, S.QUERY_ID], config.partitions, rank_with_tail)
+            ranked = hash_exchange([scored, tail], [S.QUERY_ID, S.QUERY_ID], config.partitions, rank_with_tail,
+                                   **blend)
         else:
-            ranked = hash_exchange([scored], [S.QUERY_ID], config.partitions, rank_by_score)
+            ranked = hash_exchange([scored], [S.QUERY_ID], config.partitions, rank_by_score, **blend)
         rows_out, queries_out = write_trec_stream(batches(ranked), out, tag=f"inpars-ray-{ranker.family}")
     pairs_scored = rescored[0]  # the file also holds the first-stage tail below depth (keep_tail)
     record.counts.update(pairs_scored=pairs_scored, tail_rows=rows_out - pairs_scored, pairs_unknown=missing,

@@ -66,6 +66,19 @@ def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
         assert [r[2] for r in mine] == list(range(1, len(mine) + 1))
         assert all(a[3] >= b[3] for a, b in zip(mine, mine[1:]))
 
+    # all weight on the first stage: the rescored hits come back in BM25's order (a new stage key)
+    blended = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "blend.trec",
+                         RerankConfig(model=str(model_dir), depth=10, partitions=3, rows_per_call=16,
+                                      first_stage_weight=1.0))
+    assert blended["counts"]["pairs_scored"] == manifest["counts"]["pairs_scored"]
+    bm25_score = {(q, d): sc for q, d, sc in zip(*(first.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID,
+                                                                                          S.SCORE)))}
+    again = bm25.read_trec_run(tmp_path / "blend.trec")
+    ranked = sorted(zip(*(again.column(c).to_pylist() for c in (S.QUERY_ID, S.RANK, S.DOC_ID))))
+    for qid in {q for q, *_ in ranked}:
+        firsts = [bm25_score[(q, d)] for q, r, d in ranked if q == qid and r <= 10]
+        assert firsts == sorted(firsts, reverse=True)
+
 
 def test_rerank_with_a_cross_encoder_keeps_every_pair_and_matches_a_direct_forward_pass(ray_session, tmp_path: Path):
     import json
