@@ -11,6 +11,10 @@ fi
 if [ "${INPARS_RAY_WITH_XLA:-0}" = 1 ] && [ -f scripts/setup_xla_venv.sh ]; then
   bash scripts/setup_xla_venv.sh
 fi
+# the two full pipeline runs on the two-node cluster (about six minutes) are a tier CI runs by default
+if [ "${CI:-}" = true ]; then
+  export INPARS_RAY_WITH_CLUSTER_RUNS=${INPARS_RAY_WITH_CLUSTER_RUNS:-1}
+fi
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
