@@ -1,6 +1,7 @@
 """The main job end to end on the bundled collection with tiny local models; a rerun redoes nothing."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def test_full_pipeline_runs_and_resumes(ray_session, tmp_path: Path):
     again = run_pipeline(config)
     assert again["bm25"] == summary["bm25"] and again["inpars"] == summary["inpars"]
     assert {rel: (root / rel).stat().st_mtime_ns for rel in STAGE_MANIFESTS} == before  # nothing was redone
+
+    # more negatives: mine, then train (new triples) and rerank (a retrained model: same files, same sizes,
+    # another training key in its manifest) rerun; nothing upstream does
+    inpars = config.inpars
+    more = dataclasses.replace(config, inpars=dataclasses.replace(
+        inpars, mine=dataclasses.replace(inpars.mine, negatives=inpars.mine.negatives + 2)))
+    run_pipeline(more)
+    after = {rel: (root / rel).stat().st_mtime_ns for rel in STAGE_MANIFESTS}
+    assert {rel for rel in STAGE_MANIFESTS if after[rel] != before[rel]} == {
+        "mine/manifest.json", "train/manifest.json", "rerank/run.test.trec.manifest.json"}
+    assert read_manifest(root / "train" / "model")["trained_from"] == read_manifest(root / "train")["config_hash"]
 
 
 @pytest.mark.slow
