@@ -464,14 +464,15 @@ def run_variant(name: str, spec: dict[str, Any], data: Data, depth: int, seed: i
             cache[model_key(spec, seed)] = model
             cache[f"info-model:{model_key(spec, seed)}"] = info
         run = model.rerank(data, spec.get("rerank_depth", depth))
+    if spec.get("alpha"):  # the reranked hits only (the engine's rerank.first_stage_weight does the same):
+        # scaled together with the tail's stand-in scores below, they would all squeeze to about 1
+        run = interpolate(run, bm25_run, spec["alpha"])
     # hits below the model's rerank depth keep their BM25 order below the reranked ones
     run = dict(run)
     for q in run:
         rest = data.test_run.get(q, [])[len(run[q]):depth]
         low = min((s for _, s in run[q]), default=0.0)
         run[q] = run[q] + [(d, low - 1 - i) for i, (d, _) in enumerate(rest)]
-    if spec.get("alpha"):
-        run = interpolate(run, bm25_run, spec["alpha"])
     return run
 
 
