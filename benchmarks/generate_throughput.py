@@ -13,7 +13,8 @@ first newline. Contenders are entries of :data:`RUNNERS` (name -> function(ctx) 
 * ``hf-batched``: one process, the same backend called with batches of ``--batch-size`` documents
   (isolates what batching with left padding buys, without Ray).
 * ``hf-ray``: the full ``generate`` stage (``run_generate``): sampling pass, actors that load the model,
-  Parquet part files, manifest; timed end to end, Ray already started.
+  Parquet part files, manifest; timed end to end, Ray already started; each actor's torch on
+  ``--num-cpus / --actors`` threads (the hf backend's ``torch_threads`` option), like the other contenders.
 
     .venv/bin/python benchmarks/generate_throughput.py [--quick | --full] [--num-docs 64] [--batch-size 16]
         [--actors 1] [--model PATH | --lm-size tiny|small|smollm2] [--runners plain-loop,hf-ray]
@@ -153,10 +154,16 @@ def run_hf_ray(ctx: dict[str, Any]) -> dict[str, Any]:
     """The generate stage end to end on the running Ray (sampling, actors, part files, manifest)."""
     from inpars_ray.generate import GenerateResources, run_generate
 
+    import dataclasses
+
     args = ctx["args"]
+    # the same threads as the one-process contenders: an actor holding one CPU would otherwise run torch on
+    # one thread (Ray sets OMP_NUM_THREADS to the CPUs it reserves), and the read tasks need the other CPU
+    threads = max(1, args.num_cpus // args.actors)
+    config = dataclasses.replace(ctx["config"], backend_options={"torch_threads": threads})
     with tempfile.TemporaryDirectory(prefix="gen-bench-") as out:
         t0 = time.perf_counter()
-        manifest = run_generate(ctx["collection"], out, ctx["config"],
+        manifest = run_generate(ctx["collection"], out, config,
                                 GenerateResources(batch_size=args.batch_size, num_actors=args.actors))
         seconds = time.perf_counter() - t0
     return {"docs": manifest["counts"]["rows"], "seconds": seconds, "batch_size": args.batch_size,

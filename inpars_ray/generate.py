@@ -337,7 +337,10 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         # (issue #11); part files are named by their documents, so resuming does not depend on this order
         return kept.take(pc.sort_indices(pc.utf8_length(kept.column(S.TEXT))))
 
-    todo = corpus.map_batches(keep_missing, fn_kwargs={"done_ids": done}, batch_format="pyarrow", batch_size=None)
+    # only the sampled documents, read before the actors start: actors holding every CPU (e.g. 2 actors x 1
+    # CPU on 2 CPUs) left a streaming read no CPU to run on, and the stage waited forever
+    todo = corpus.map_batches(keep_missing, fn_kwargs={"done_ids": done}, batch_format="pyarrow",
+                              batch_size=None).materialize()
     batch_size = resources.batch_size
     if config.backend == "vllm":  # the engine batches continuously within a call: hand it large ones (issue #11)
         from inpars_ray.backends.vllm_backend import MIN_SUBMISSION

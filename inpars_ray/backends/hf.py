@@ -78,14 +78,22 @@ class HFBackend(Backend):
             order: over SmolLM2's 30 float32 layers its log-probs differ from a teacher-forced pass by up to
             ~3e-5 (the same tokens come out). This makes them equal, at the cost of one more prefill per
             prompt (a backend option: ``backend_options: {exact_logprobs: true}``).
+        torch_threads: intra-op threads of torch in this process. ``None`` keeps the process's setting: in a
+            Ray actor that is its reserved CPUs (Ray sets ``OMP_NUM_THREADS``), so an actor holding one CPU
+            generates on one thread (``backend_options: {torch_threads: 2}`` to use more).
     """
 
     name = "hf"
 
     def __init__(self, model: str, device: str | None = None, dtype: str = "float32",
-                 gguf_file: str | None = None, exact_logprobs: bool = False) -> None:
+                 gguf_file: str | None = None, exact_logprobs: bool = False,
+                 torch_threads: int | None = None) -> None:
         super().__init__(model)
         torch = require("torch", "the hf generation backend")
+        if torch_threads is not None:
+            if torch_threads < 1:
+                raise BackendError(f"hf backend: torch_threads must be >= 1, got {torch_threads}")
+            torch.set_num_threads(torch_threads)
         transformers = require("transformers", "the hf generation backend")
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

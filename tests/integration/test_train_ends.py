@@ -7,12 +7,7 @@ nothing is shared with the session's Ray.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +15,8 @@ import pyarrow.parquet as pq
 
 from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
 from inpars_ray.testing.tiny_t5 import build_tiny_monot5, build_tiny_triples
+
+from tests.support.deadline import run_child
 
 # generous: on a loaded 2-core machine each run takes minutes; an unloaded one finishes all in about two
 DEADLINE_S = 1500
@@ -39,19 +36,7 @@ CHILD = textwrap.dedent("""
 
 
 def _run_with_deadline(cases: dict, deadline_s: float) -> dict:
-    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cases)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=deadline_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the child and the Ray processes it started
-        proc.communicate()
-        raise AssertionError(f"training did not end within {deadline_s}s (issue 9.8: a run must end)") from None
-    assert proc.returncode == 0, stderr[-4000:]
-    line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-    assert line, stderr[-4000:]
-    return json.loads(line[-1][len("RESULT "):])
+    return run_child(CHILD, cases, deadline_s, "training (issue 9.8)")
 
 
 def test_training_ends_with_one_and_two_workers_several_epochs_and_odd_step_counts(tmp_path):

@@ -1,0 +1,32 @@
+"""Generation ends when its actors hold every CPU of the cluster (2 actors x 1 CPU on a 2-CPU Ray): the
+sampled documents are read before the actors start, so no read waits for a CPU an actor holds. Before,
+the stage waited forever. Run in a child process with a deadline (a hang fails the test)."""
+from __future__ import annotations
+
+import textwrap
+
+from inpars_ray.testing.tiny_lm import tiny_lm_path
+
+from tests.support.deadline import run_child
+
+CHILD = textwrap.dedent("""
+    import json, sys
+    from inpars_ray.backends.base import GenerationParams
+    from inpars_ray.catalog import resolve
+    from inpars_ray.generate import GenerateConfig, GenerateResources, run_generate
+    from inpars_ray.raykit import ensure_ray
+    spec = json.loads(sys.argv[1])
+    ensure_ray(num_cpus=2)
+    m = run_generate(resolve("bundled/tiny-science"), spec["out"],
+                     GenerateConfig(model=spec["model"], num_docs=8, seed=3,
+                                    generation=GenerationParams(max_new_tokens=4, seed=3)),
+                     GenerateResources(batch_size=2, num_actors=2, cpus_per_actor=1))
+    print("RESULT " + json.dumps({"status": m["status"], "counts": m["counts"]}))
+""")
+
+
+def test_generate_ends_when_its_actors_hold_every_cpu(tmp_path):
+    result = run_child(CHILD, {"out": str(tmp_path / "generate"), "model": str(tiny_lm_path())}, 600,
+                       "generation with 2 actors on 2 CPUs")
+    assert result["status"] == "complete"
+    assert result["counts"]["sampled"] == result["counts"]["rows"] == 8
