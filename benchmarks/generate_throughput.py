@@ -27,6 +27,7 @@ Prints a table and writes benchmarks/results/generate_throughput.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -153,8 +154,6 @@ def run_hf_batched(ctx: dict[str, Any]) -> dict[str, Any]:
 def run_hf_ray(ctx: dict[str, Any]) -> dict[str, Any]:
     """The generate stage end to end on the running Ray (sampling, actors, part files, manifest)."""
     from inpars_ray.generate import GenerateResources, run_generate
-
-    import dataclasses
 
     args = ctx["args"]
     # the same threads as the one-process contenders: an actor holding one CPU would otherwise run torch on

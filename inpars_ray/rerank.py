@@ -133,7 +133,7 @@ def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float =
     A tail hit's score is its query's lowest rescored score minus its distance below the rescored depth, so
     the file's scores decrease with rank (evaluation tools sort by score, not by the rank column).
     """
-    head = rank_by_score(blend_first_stage(scored, first_stage_weight).select([S.QUERY_ID, S.DOC_ID, S.SCORE]))
+    head = rank_by_score(scored, first_stage_weight)
     if tail.num_rows == 0:
         return head.append_column(RESCORED, pa.array([True] * head.num_rows, pa.bool_()))
     floor: dict[str, tuple[int, float]] = {}  # query -> (rescored hits, lowest rescored score)

@@ -35,10 +35,6 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _run_with_deadline(cases: dict, deadline_s: float) -> dict:
-    return run_child(CHILD, cases, deadline_s, "training (issue 9.8)")
-
-
 def test_training_ends_with_one_and_two_workers_several_epochs_and_odd_step_counts(tmp_path):
     monot5 = build_tiny_monot5(tmp_path / "t5")
     cross = build_tiny_cross_encoder(tmp_path / "ce")
@@ -58,7 +54,7 @@ def test_training_ends_with_one_and_two_workers_several_epochs_and_odd_step_coun
     }
     for name, case in cases.items():
         case["triples"], case["out"] = str(triples), str(tmp_path / name)
-    result = _run_with_deadline(cases, DEADLINE_S)
+    result = run_child(CHILD, cases, DEADLINE_S, "training (issue 9.8)")
 
     per_epoch = math.ceil(2 * n / 16)
     assert result["one_worker_3_epochs"]["steps"] == 3 * per_epoch
