@@ -4,7 +4,7 @@ For each size a BEIR-layout corpus is generated (``corpus_gen.py``, cached in th
 process starts its own Ray and runs, while a thread samples the memory of its whole process tree (driver,
 GCS, raylet, Ray workers, the JVMs they start): build the BM25 index, generate queries for a sample of
 documents (the tiny test LM: the model's size is not what this measures), and mine BM25 negatives for them
-(depth 100) with texts attached. Reported: peak RSS (sum over the tree) and peak PSS (shared pages counted
+(depth 100) with texts attached, for the generated queries and as many of the collection's test queries. Reported: peak RSS (sum over the tree) and peak PSS (shared pages counted
 once) for each size, and their ratio.
 
     .venv/bin/python benchmarks/memory_flat.py [--quick | --full] [--sizes-gb 1,5] [--workdir DIR]
@@ -23,12 +23,31 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import machine, ratio, write_result  # noqa: E402
 
 PRESETS = {"quick": "0.05,0.25", "full": "1,5"}
+
+
+def _test_queries(coll: Path, limit: int, kept_schema: pa.Schema) -> pa.Table:
+    """The collection's first ``limit`` test queries with their relevant document, as mine's input rows."""
+    positive = {}
+    for line in (coll / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        qid, did, _ = line.split("\t")
+        positive.setdefault(qid, did)
+    rows = []
+    with (coll / "queries.jsonl").open() as fh:
+        for line in fh:
+            q = json.loads(line)
+            if q["_id"] in positive:
+                rows.append({"query_id": "test-" + q["_id"], "query": q["text"], "doc_id": positive[q["_id"]]})
+            if len(rows) == limit:
+                break
+    return pa.Table.from_pylist(rows).cast(kept_schema)
 
 
 def child(coll_dir: str, work: str, num_docs: int, queries: int) -> dict:
@@ -61,6 +80,9 @@ def child(coll_dir: str, work: str, num_docs: int, queries: int) -> dict:
         gen = read_generated(work_p / "generated")
         kept = gen.filter(gen.column("query").is_valid())
         kept = kept.slice(0, queries).select(["query_id", "query", "doc_id"])
+        # the tiny LM's queries are random tokens that rarely hit: mine the collection's own test queries
+        # too (each with its qrels document as the positive), so mine searches, samples and attaches texts
+        kept = pa.concat_tables([kept, _test_queries(Path(coll_dir), queries, kept.schema)])
         t = time.perf_counter()
         counts = mine_dataset(ray.data.from_arrow(kept), collection, work_p / "index", work_p / "mined",
                               MineConfig(depth=100, shuffle_partitions=2, queries_per_call=500))
