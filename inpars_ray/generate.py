@@ -25,6 +25,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -97,6 +100,24 @@ class GenerateResources:
     num_actors: int = Field(1, ge=1, description="backend actors (each loads the model once)")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs reserved by each actor (0 on CPU machines)")
     cpus_per_actor: float = Field(1.0, ge=0, description="CPUs reserved by each actor")
+
+
+def _cut(block: pa.Table, rows: int) -> Iterator[pa.Table]:
+    for start in range(0, block.num_rows, rows):
+        yield block.slice(start, rows)
+
+
+def one_block_per_call(todo: Any, rows: int) -> Any:
+    """``todo`` (materialised) re-cut into blocks of at most ``rows`` consecutive rows, each within one of its
+    blocks: one block is one backend call, so every actor gets work (a small sample is a single block, which
+    one actor would otherwise take whole) and a call's documents depend on the sample alone, not on the
+    number of actors or the order blocks arrive in. The blocks stay in the object store (only references
+    reach the driver)."""
+    import ray
+
+    cut = ray.remote(num_cpus=0.25)(_cut)
+    refs = [ref for block in todo.to_arrow_refs() for ref in cut.remote(block, rows)]
+    return ray.data.from_arrow_refs(refs) if refs else todo
 
 
 # --- sampling ---------------------------------------------------------------------------------------
@@ -228,6 +249,7 @@ class GenerateWorker:
         limit = config.doc_max_tokens
         self.builder = PromptBuilder(template, lambda text: self.backend.truncate(text, limit))
         self._usage: dict[str, float] = {}
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"  # counted by the stage: did every actor work?
 
     def _usage_delta(self) -> str:
         """What this batch cost (tokens, requests, money) for backends that count it (openai), as JSON."""
@@ -245,7 +267,7 @@ class GenerateWorker:
         name = write_part(table, self.parts_dir)
         errors = table.num_rows - table.column(S.ERROR).null_count
         return pa.table({"part": [name], "docs": [table.num_rows], "errors": [errors],
-                         "usage": [self._usage_delta()]})
+                         "usage": [self._usage_delta()], "worker": [self._worker]})
 
 
 # --- reading back ------------------------------------------------------------------------------------
@@ -346,8 +368,9 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         from inpars_ray.backends.vllm_backend import MIN_SUBMISSION
 
         batch_size = max(batch_size, MIN_SUBMISSION)
+    todo = one_block_per_call(todo, batch_size)
     results = todo.map_batches(
-        GenerateWorker, fn_constructor_args=(config, template, out / PARTS), batch_size=batch_size,
+        GenerateWorker, fn_constructor_args=(config, template, out / PARTS), batch_size=None,
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
         num_gpus=resources.gpus_per_actor, num_cpus=resources.cpus_per_actor,
     )
@@ -356,7 +379,9 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     new_docs = new_errors = 0
     usage: dict[str, float] = {}
     with record.timed("generate"):
+        workers = set()
         for row in results.iter_rows():
+            workers.add(row["worker"])
             new_docs += row["docs"]
             new_errors += row["errors"]
             for key, value in json.loads(row["usage"]).items():
@@ -368,7 +393,8 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     record.counts.update(sampled=sampled, resumed=resumed, generated_this_run=new_docs, rows=final.num_rows,
                          queries=final.num_rows - n_errors, errors=n_errors, backend_errors=n_retry,
                          bad_corpus_rows=n_bad)
-    record.extra.update(prompt=template.name, fewshot_query_ids=list(template.fewshot_ids), parts=PARTS)
+    record.extra.update(prompt=template.name, fewshot_query_ids=list(template.fewshot_ids), parts=PARTS,
+                        actors_used=len(workers))
     if usage:  # tokens and cost of this run's API calls (never the key)
         record.extra["usage_this_run"] = {k: round(v, 6) for k, v in usage.items()}
     files = storage.snapshot(out, PARTS, "fewshot.json")

@@ -10,6 +10,13 @@ Generation stops at the end of the first line. The test decodes the generated to
 newline in the text, so it works for any tokenizer (byte-level BPE, SentencePiece byte fallback, ...):
 no newline token id is hard-coded.
 
+Prompts share a long prefix (the few-shot examples: InPars' prompt is ~275 SmolLM2 tokens before the
+document), and on a CPU the prompt's forward pass, not the decoding, is most of the time. The backend
+computes the keys and values of a batch's common prefix once (kept for the next batches, as vLLM's prefix
+caching does) and runs the model over each prompt's own rest only: the rows are laid out as
+``prefix | padding | rest`` with the padding masked, so every token keeps the position it has in its
+unpadded prompt. ``prefix_cache=False`` turns this off.
+
 A model given as a ``.gguf`` file (or a folder plus ``gguf_file=``) loads through transformers' GGUF
 support (packages ``gguf`` and ``accelerate``): its quantised weights are dequantised to ``dtype``
 (float32 by default), so the recorded log-probs are exact for the dequantised model.
@@ -25,6 +32,9 @@ from inpars_ray.deps import require
 from inpars_ray.errors import BackendError
 
 logger = logging.getLogger(__name__)
+
+MIN_PREFIX = 16  #: shortest common prompt prefix (tokens) worth caching
+PREFIXES_KEPT = 4  #: prefix caches kept per backend (one per prompt template in practice)
 
 
 def first_line(token_ids: list[int], logprobs: list[float], decode: Any, stop_ids: set[int]) -> tuple[str, list[float]]:
@@ -81,13 +91,16 @@ class HFBackend(Backend):
         torch_threads: intra-op threads of torch in this process. ``None`` keeps the process's setting: in a
             Ray actor that is its reserved CPUs (Ray sets ``OMP_NUM_THREADS``), so an actor holding one CPU
             generates on one thread (``backend_options: {torch_threads: 2}`` to use more).
+        prefix_cache: reuse the keys and values of the prompts' common prefix (at least
+            :data:`MIN_PREFIX` tokens) across the rows of a batch and across batches. A model whose cache
+            cannot be reused this way is generated without it (logged once).
     """
 
     name = "hf"
 
     def __init__(self, model: str, device: str | None = None, dtype: str = "float32",
                  gguf_file: str | None = None, exact_logprobs: bool = False,
-                 torch_threads: int | None = None) -> None:
+                 torch_threads: int | None = None, prefix_cache: bool = True) -> None:
         super().__init__(model)
         torch = require("torch", "the hf generation backend")
         if torch_threads is not None:
@@ -107,6 +120,8 @@ class HFBackend(Backend):
         self._stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self._stopping = self._newline_criterion_class()
         self.exact_logprobs = exact_logprobs
+        self.prefix_cache = prefix_cache
+        self._prefixes: dict[tuple[int, ...], Any] = {}  # prefix token ids -> its cache (batch of one)
 
     # --- tokens ---------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -164,9 +179,57 @@ class HFBackend(Backend):
                 out[i] = res
         return [g for g in out if g is not None]
 
+    def _cached_prefix(self, encoded: list[list[int]]) -> tuple[int, Any]:
+        """(length, a fresh copy of the cache) of the prefix reused for this batch, or (0, None).
+
+        The prefix is the batch's common prefix, cut so that every prompt keeps at least one token of its
+        own; a cached prefix that starts this batch's common one is reused as it is.
+        """
+        import copy
+        import os.path
+
+        if not self.prefix_cache:
+            return 0, None
+        common = os.path.commonprefix(encoded)[: min(len(e) for e in encoded) - 1]
+        if len(common) < MIN_PREFIX:
+            return 0, None
+        key = next((k for k in self._prefixes if len(k) <= len(common) and tuple(common[: len(k)]) == k), None)
+        if key is None:
+            key = tuple(common)
+            with self._torch.no_grad():
+                ids = self._torch.tensor([list(key)], device=self.device)
+                self._prefixes[key] = self.lm(input_ids=ids, use_cache=True).past_key_values
+            while len(self._prefixes) > PREFIXES_KEPT:
+                self._prefixes.pop(next(iter(self._prefixes)))  # the oldest first
+        cache = copy.deepcopy(self._prefixes[key])
+        cache.batch_repeat_interleave(len(encoded))
+        return len(key), cache
+
+    def _layout(self, encoded: list[list[int]], prefix: int) -> dict[str, Any]:
+        """Input ids and attention mask of ``prefix | padding | rest`` rows (left padding when ``prefix`` is 0)."""
+        torch = self._torch
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            rest = len(e) - prefix
+            ids[row, :prefix] = torch.tensor(e[:prefix], dtype=torch.long)
+            ids[row, width - rest:] = torch.tensor(e[prefix:], dtype=torch.long)
+            mask[row, :prefix] = 1
+            mask[row, width - rest:] = 1
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
     def _generate_batch(self, encoded: list[list[int]], params: GenerationParams) -> list[Generation]:
         torch = self._torch
-        batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
+        try:
+            prefix, cache = self._cached_prefix(encoded)
+        except (AttributeError, TypeError, ValueError, NotImplementedError) as exc:  # a cache of another shape
+            logger.warning("hf backend: the prompts' common prefix cannot be cached for %s (%s); generating "
+                           "without it", self.model, exc)
+            self.prefix_cache, prefix, cache = False, 0, None
+        batch = self._layout(encoded, prefix)
+        if cache is not None:
+            batch["past_key_values"] = cache
         prompt_len = batch["input_ids"].shape[1]
         sample = params.temperature > 0
         kwargs: dict[str, Any] = {"do_sample": sample}

@@ -1,6 +1,7 @@
 """Generation ends when its actors hold every CPU of the cluster (2 actors x 1 CPU on a 2-CPU Ray): the
 sampled documents are read before the actors start, so no read waits for a CPU an actor holds. Before,
-the stage waited forever. Run in a child process with a deadline (a hang fails the test)."""
+the stage waited forever. Run in a child process with a deadline (a hang fails the test). The sample is
+cut into one block per backend call, so both actors get work (before, one actor could take a block whole)."""
 from __future__ import annotations
 
 import textwrap
@@ -11,6 +12,8 @@ from tests.support.deadline import run_child
 
 CHILD = textwrap.dedent("""
     import json, sys
+    import pyarrow.parquet as pq
+    from pathlib import Path
     from inpars_ray.backends.base import GenerationParams
     from inpars_ray.catalog import resolve
     from inpars_ray.generate import GenerateConfig, GenerateResources, run_generate
@@ -21,7 +24,9 @@ CHILD = textwrap.dedent("""
                      GenerateConfig(model=spec["model"], num_docs=8, seed=3,
                                     generation=GenerationParams(max_new_tokens=4, seed=3)),
                      GenerateResources(batch_size=2, num_actors=2, cpus_per_actor=1))
-    print("RESULT " + json.dumps({"status": m["status"], "counts": m["counts"]}))
+    print("RESULT " + json.dumps({"status": m["status"], "counts": m["counts"], "extra": m.get("extra", {}),
+                                  "parts": sorted(p.name for p in (Path(spec["out"]) / "parts").glob("part-*")),
+                                  "sizes": [pq.read_metadata(p).num_rows for p in (Path(spec["out"]) / "parts").glob("part-*")]}))
 """)
 
 
@@ -30,3 +35,7 @@ def test_generate_ends_when_its_actors_hold_every_cpu(tmp_path):
                        "generation with 2 actors on 2 CPUs")
     assert result["status"] == "complete"
     assert result["counts"]["sampled"] == result["counts"]["rows"] == 8
+    # the sampled documents are cut into one block per call of at most 2 (within each read block): both
+    # actors work
+    assert 4 <= len(result["parts"]) <= 8 and sum(result["sizes"]) == 8 and max(result["sizes"]) <= 2
+    assert result["extra"]["actors_used"] == 2

@@ -117,6 +117,32 @@ def test_generate_batch_accounts_for_every_document(backend):
     assert out2.column(S.ERROR).to_pylist()[0] in (None, "the model generated an empty first line")
 
 
+def test_prefix_cache_gives_the_answers_and_logprobs_of_whole_prompts(backend):
+    """Few-shot prompts share a long prefix: computed once and reused, it changes no answer and no log-prob
+    (beyond float32 summation order), within a batch, in the next batch, and with sampling."""
+    rows = [json.loads(line) for line in (BUNDLED_ROOT / "corpus.jsonl").read_text().splitlines()[:10]]
+    builder = PromptBuilder(inpars_template(), lambda t: backend.truncate(t, 40))
+    prompts = [builder.build(r.get("title"), r["text"][: 40 + 23 * i]) for i, r in enumerate(rows)]
+    assert len({backend.count_tokens(p) for p in prompts}) > 3  # rows of several lengths: padding in the middle
+    whole = make_backend("hf", str(tiny_lm_path()), prefix_cache=False)
+    cached = make_backend("hf", str(tiny_lm_path()))
+    for params in (GenerationParams(max_new_tokens=16), GenerationParams(max_new_tokens=16, temperature=1.2, seed=3)):
+        for part in (prompts[:6], prompts[6:]):  # the second batch reuses the first one's prefix
+            want, got = whole.generate(part, params), cached.generate(part, params)
+            assert [g.text for g in got] == [g.text for g in want]
+            for a, b in zip(got, want):
+                assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
+                assert a.prompt_tokens == b.prompt_tokens
+    assert len(cached._prefixes) == 1
+    (prefix,) = cached._prefixes
+    assert len(prefix) >= 100 and list(prefix) == cached.tokenizer(prompts[0])["input_ids"][: len(prefix)]
+    # prompts without a shared prefix take the plain path
+    plain = ["alpha beta", "gamma delta epsilon"]
+    assert [x.text for x in cached.generate(plain, GenerationParams(max_new_tokens=8))] == [
+        x.text for x in whole.generate(plain, GenerationParams(max_new_tokens=8))]
+    assert len(cached._prefixes) == 1
+
+
 def test_unknown_backend_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown backend"):
         make_backend("nope", "m")
