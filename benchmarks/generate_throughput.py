@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +40,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("INPARS_RAY_PROGRESS", "0")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402,F401 - Ray's workers at the contenders' niceness
 
 RESULTS = Path(__file__).parent / "results" / "generate_throughput.json"
 DATASET = "bundled/tiny-science"
@@ -58,9 +62,6 @@ def _context(args: argparse.Namespace) -> dict[str, Any]:
     if args.model:
         model = args.model
     elif args.lm_size == "smollm2":
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from models import smollm2
 
         model = smollm2()
@@ -197,9 +198,6 @@ def main() -> None:
     args.mode = args.mode or "quick"
     args.num_docs = args.num_docs or {"quick": 48, "full": 300}[args.mode]
     if args.dataset is None:
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from corpus_gen import write_collection
 
         coll = Path(tempfile.gettempdir()) / "inpars-ray-gen-bench-collection"
