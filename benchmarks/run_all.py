@@ -40,9 +40,12 @@ BENCHMARKS = {
 }
 
 #: arguments a benchmark takes beyond --quick/--full: the rerank benchmark again on real text of varied
-#: lengths (the standard library's docstrings), where sorting by length matters as it does on BEIR
+#: lengths (the standard library's docstrings), where sorting by length matters as it does on BEIR; the
+#: generation stage laid out as Ray lays out work on this machine
 EXTRA_ARGS = {"rerank-docstrings": ["--dataset", "builtin/python-docstrings", "--result",
-                                    "rerank_throughput_docstrings"]}
+                                    "rerank_throughput_docstrings"],
+              # generation: one actor per core, one torch thread each (the plain loop: 2 threads, 1 process)
+              "generate-hf": ["--actors", "2"]}
 #: per mode: quick 20 test queries x 100 hits, full 200 x 100 (20,000 pairs, as issue #11 asks)
 MODE_ARGS = {("rerank-docstrings", "quick"): ["--queries", "20"], ("rerank-docstrings", "full"): ["--queries", "200"]}
 
