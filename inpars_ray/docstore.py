@@ -80,6 +80,30 @@ def document_texts(title: pa.Array | pa.ChunkedArray, text: pa.Array | pa.Chunke
     return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
 
+def take_rows(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
+    """``column[positions]`` (null where a position is negative), taken chunk by chunk.
+
+    ``ChunkedArray.take`` first concatenates every chunk: on a memory-mapped store that copies the whole
+    column into memory at each lookup, and past 2 GiB of text it fails (32-bit string offsets). Here each
+    chunk gives only the rows asked of it, and the pieces are put back in the order asked.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    starts = np.cumsum([0] + [len(c) for c in column.chunks])
+    known = np.flatnonzero(positions >= 0)
+    chunk_of = np.searchsorted(starts, positions[known], side="right") - 1
+    order = np.argsort(chunk_of, kind="stable")
+    pieces = []
+    for k in np.unique(chunk_of):
+        rows = positions[known[order]][chunk_of[order] == k] - starts[k]
+        pieces.append(column.chunk(int(k)).take(pa.array(rows, pa.int64())))
+    if not pieces:
+        return pa.nulls(len(positions), column.type)
+    got = pa.concat_arrays(pieces)  # the asked rows, grouped by chunk
+    where = np.full(len(positions), -1, dtype=np.int64)
+    where[known[order]] = np.arange(len(known))
+    return got.take(pa.array(where, pa.int64(), mask=where < 0))
+
+
 # --- reading ------------------------------------------------------------------------------------------------
 class DocStore:
     """A built store, opened by memory map. Cheap to open; use :func:`open_store` to open once per process."""
@@ -123,7 +147,7 @@ class DocStore:
         cand = np.where(inside, pos, 0)
         found = inside & (np.asarray(self._hashes[cand]) == hashes)
         # the hash matched; the id must too (64-bit collisions are rare but possible: scan the equal-hash run)
-        got = self._ids.take(pa.array(cand[found])).to_numpy(zero_copy_only=False)
+        got = take_rows(self._ids, cand[found]).to_numpy(zero_copy_only=False)
         same = got == want[found]
         rows = np.flatnonzero(found)
         out[rows[same]] = cand[found][same]
@@ -146,9 +170,8 @@ class DocStore:
         if unknown:
             raise DocStoreError(f"a document store has no column(s) {unknown}; it holds {STORE_SCHEMA.names}")
         pos = self.positions(ids)
-        take = pa.array(pos, pa.int64(), mask=pos < 0)
         asked = pa.array(ids, pa.string()) if isinstance(ids, list) else ids
-        cols = {c: (asked if c == S.DOC_ID else self._table.column(c).take(take)) for c in columns}
+        cols = {c: (asked if c == S.DOC_ID else take_rows(self._table.column(c), pos)) for c in columns}
         return pa.table(cols, schema=pa.schema([STORE_SCHEMA.field(c) for c in columns]))
 
     def texts(self, ids: pa.Array | pa.ChunkedArray | list[str], missing: str = "null",

@@ -104,3 +104,20 @@ def test_batch_helpers_append_columns_by_id(store):
     assert with_text.column("neg_text").to_pylist() == ["T5 body 5", "body 9"]
     with pytest.raises(D.DocStoreError, match="'nope' \\(doc_id\\)"):
         D.attach_text(batch, str(store.path), key="doc_id", column="x")
+
+
+def test_take_rows_takes_from_each_chunk_without_joining_the_column():
+    """A column past 2 GiB of text (32-bit offsets) in chunks: ``ChunkedArray.take`` would join them and fail;
+    a lookup takes from each chunk only the rows it needs, in the order asked, nulls for negatives."""
+    big = pa.array(["x" * (1 << 20)] * 300)  # 300 MiB, repeated as 8 chunks: 2.4 GiB seen as one column
+    column = pa.chunked_array([big] * 7 + [pa.array([f"last-{i}" for i in range(300)])])
+    with pytest.raises(pa.ArrowInvalid):
+        column.take(pa.array([0, 2100]))
+    positions = np.array([2105, 0, -1, 299, 300, 2105, 2399])
+    got = D.take_rows(column, positions)
+    assert got.to_pylist()[0] == "last-5" and got[5].as_py() == "last-5" and got[6].as_py() == "last-299"
+    assert got[2].as_py() is None and got.null_count == 1
+    assert [len(got[i].as_py()) for i in (1, 3, 4)] == [1 << 20] * 3
+    small = pa.chunked_array([pa.array(list("abc")), pa.array([]).cast(pa.string()), pa.array(list("de"))])
+    assert D.take_rows(small, np.array([4, 0, 3, -1, 2])).to_pylist() == ["e", "a", "d", None, "c"]
+    assert D.take_rows(small, np.array([-1, -1])).to_pylist() == [None, None]
