@@ -90,15 +90,15 @@ def take_rows(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
     positions = np.asarray(positions, dtype=np.int64)
     starts = np.cumsum([0] + [len(c) for c in column.chunks])
     known = np.flatnonzero(positions >= 0)
+    if len(known) == 0:
+        return pa.nulls(len(positions), column.type)
     chunk_of = np.searchsorted(starts, positions[known], side="right") - 1
     order = np.argsort(chunk_of, kind="stable")
-    pieces = []
-    for k in np.unique(chunk_of):
-        rows = positions[known[order]][chunk_of[order] == k] - starts[k]
-        pieces.append(column.chunk(int(k)).take(pa.array(rows, pa.int64())))
-    if not pieces:
-        return pa.nulls(len(positions), column.type)
-    got = pa.concat_arrays(pieces)  # the asked rows, grouped by chunk
+    grouped, chunks = positions[known[order]], chunk_of[order]  # the asked rows, grouped by chunk
+    bounds = np.flatnonzero(np.diff(chunks)) + 1
+    pieces = [column.chunk(int(part[0])).take(pa.array(rows - starts[part[0]], pa.int64()))
+              for rows, part in zip(np.split(grouped, bounds), np.split(chunks, bounds))]
+    got = pa.concat_arrays(pieces)
     where = np.full(len(positions), -1, dtype=np.int64)
     where[known[order]] = np.arange(len(known))
     return got.take(pa.array(where, pa.int64(), mask=where < 0))
