@@ -13,10 +13,12 @@ belongs to is read from the checkpoint itself (:func:`detect_family`) or given e
   is the cosine of the query and document embeddings. :func:`save_bi_encoder` writes the
   sentence-transformers files, so ``SentenceTransformer(path)`` loads it too.
 
-Speed (issue 11): an actor's batch is tokenised in one call of the fast tokenizer (padded once to the
-batch's longest pair, as NumPy arrays), the pairs are ordered by token length and cut into sub-batches
-that are trimmed to their own longest pair, so padding stays small; scores are scattered back into the
-input order. A bi-encoder embeds each distinct query of a batch once (a rerank batch holds the hits of a
+Speed (issue 11): pairs are tokenised in one call of the fast tokenizer per batch and kept as token-id
+lists (:func:`pair_token_lists`, no padding); the scorer orders a batch's pairs by token length, cuts
+sub-batches and pads each only to its own longest pair (:func:`padded_batch`), so padding stays small;
+scores are scattered back into the input order. On Ray, :func:`score_dataset` tokenises in a task stage
+ahead of the scoring actors (:func:`tokenize_batch`), so tokenisation overlaps the model's forward passes
+instead of running in series with them in the actor. A bi-encoder embeds each distinct query of a batch once (a rerank batch holds the hits of a
 few queries).
 
 Layers: pure functions (:func:`detect_family`, :func:`length_buckets`, the per-family ``encode`` /
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from inpars_ray import schema as S
 from inpars_ray.deps import require
@@ -190,6 +194,67 @@ def encode_monot5(tokenizer, queries: list[str], docs: list[str], max_length: in
     return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
 
 
+#: prefix of the pre-tokenised columns :func:`tokenize_batch` adds (one list<int32> column per tokenizer
+#: output but the attention mask: ``_tok_input_ids``, ``_tok_token_type_ids``)
+TOKEN_PREFIX = "_tok_"
+
+
+def to_token_lists(enc: dict[str, np.ndarray]) -> dict[str, pa.ListArray]:
+    """A padded encoding (any padding side) as one list<int32> array per key but the attention mask: each
+    row's real tokens, in order, without padding."""
+    mask = enc["attention_mask"].astype(bool)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int32))
+    return {k: pa.ListArray.from_arrays(offsets, pa.array(v[mask].astype(np.int32)))
+            for k, v in enc.items() if k != "attention_mask"}
+
+
+def pair_token_lists(family: str, tokenizer, queries: list[str], docs: list[str],
+                     max_length: int) -> dict[str, pa.ListArray]:
+    """Token-id lists of (query, document) pairs as ``family`` reads them (monoT5 prompt or cross-encoder
+    pair), truncated to ``max_length``: the input of :meth:`Ranker.score_tokens`."""
+    if family == MONOT5:
+        return to_token_lists(encode_monot5(tokenizer, queries, docs, max_length))
+    if family == CROSS_ENCODER:
+        return to_token_lists(encode_pairs(tokenizer, queries, docs, max_length))
+    raise ConfigError(f"pairs are tokenised for monot5 and cross-encoder rankers, not {family!r}")
+
+
+class TokenLists:
+    """Token-id list columns (name -> list array) of a batch, flattened once for :func:`padded_batch`."""
+
+    def __init__(self, columns: dict[str, pa.Array | pa.ChunkedArray]) -> None:
+        if not columns or "input_ids" not in columns:
+            raise ValueError(f"token lists need an input_ids column, got {sorted(columns)}")
+        self.values: dict[str, np.ndarray] = {}
+        lengths = None
+        for name, col in columns.items():
+            arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            n = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+            if lengths is not None and not np.array_equal(n, lengths):
+                raise ValueError(f"token column {name!r} has other lengths than input_ids")
+            lengths = n
+            self.values[name] = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        self.lengths = lengths.astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+
+def padded_batch(tokens: TokenLists, rows: np.ndarray, pad: dict[str, int], left: bool = False) -> dict[str, np.ndarray]:
+    """Rows ``rows`` of ``tokens`` padded to their own longest sequence (int64), with the attention mask;
+    ``pad`` gives each column's pad value (0 where absent); ``left`` pads on the left."""
+    n = tokens.lengths[rows]
+    width = max(int(n.max()), 1) if len(rows) else 1
+    pos = np.arange(width)[None, :]
+    shift = (width - n)[:, None] if left else 0
+    index = tokens.starts[rows][:, None] + pos - shift
+    valid = (pos >= shift) & (pos - shift < n[:, None])
+    out = {}
+    for name, values in tokens.values.items():
+        picked = values[np.clip(index, 0, max(len(values) - 1, 0))] if len(values) else np.zeros_like(index)
+        out[name] = np.where(valid, picked, pad.get(name, 0)).astype(np.int64)
+    out["attention_mask"] = valid.astype(np.int64)
+    return out
+
+
 def _trim(enc: dict[str, np.ndarray], rows: np.ndarray, torch, device, left: bool = False) -> dict[str, Any]:
     """Rows ``rows`` of a padded encoding, cut to their own longest sequence, as torch tensors.
 
@@ -274,6 +339,11 @@ def bi_encoder_pooling(model: str | Path, default: str = "mean") -> str:
     return default
 
 
+def input_length(max_length: int, folder: str | Path) -> int:
+    """Tokens per input: ``max_length``, capped by a sentence-transformers folder's own."""
+    return min(max_length, st_max_length(folder) or max_length)
+
+
 def st_max_length(model: str | Path) -> int | None:
     """The ``max_seq_length`` a sentence-transformers folder was trained with (all-MiniLM-L6-v2: 256)."""
     path = Path(model) / "sentence_bert_config.json"
@@ -348,7 +418,9 @@ class Ranker:
         self._left = getattr(tokenizer, "padding_side", "right") == "left"
         folder = local_model(config.model) if model is None else config.model
         self.pooling = bi_encoder_pooling(folder, config.pooling) if self.family == BI_ENCODER else None
-        self.max_length = min(config.max_length, st_max_length(folder) or config.max_length)
+        self.max_length = input_length(config.max_length, folder)
+        self.pad = {"input_ids": tokenizer.pad_token_id or 0,
+                    "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
         if self.family == MONOT5:
             from inpars_ray.monot5 import true_false_ids
 
@@ -377,23 +449,27 @@ class Ranker:
         with torch.inference_mode():
             if self.family == BI_ENCODER:
                 return self._score_bi(queries, docs)
-            q, d = _as_list(queries), _as_list(docs)
-            if self.family == MONOT5:
-                enc = encode_monot5(self.tokenizer, q, d, self.max_length)
-                t, f = self.true_false
-                forward = lambda b: monot5_ptrue(self.model, b, t, f)  # noqa: E731
-            else:
-                enc = encode_pairs(self.tokenizer, q, d, self.max_length)
-                forward = lambda b: cross_encoder_logits(self.model, b)  # noqa: E731
-            return self._bucketed(enc, forward)
+            return self.score_tokens(pair_token_lists(self.family, self.tokenizer, _as_list(queries), _as_list(docs),
+                                                      self.max_length))
 
-    def _bucketed(self, enc: dict[str, np.ndarray], forward) -> np.ndarray:
-        """Run ``forward`` over length-sorted sub-batches of ``enc``; scores come back in input order."""
+    def score_tokens(self, columns: dict[str, pa.Array | pa.ChunkedArray]) -> np.ndarray:
+        """Scores of pre-tokenised pairs (:func:`pair_token_lists`, or the columns of :func:`tokenize_batch`
+        without their prefix): length-sorted sub-batches, each padded to its own longest pair."""
         torch = require("torch", "ranker scoring")
-        lengths = enc["attention_mask"].sum(1)
-        out = np.empty(len(lengths), dtype=np.float64)
-        for rows in length_buckets(lengths, self.config.batch_size, self.config.sort_by_length):
-            out[rows] = forward(_trim(enc, rows, torch, self.device, self._left)).float().cpu().numpy()
+        if self.family == BI_ENCODER:
+            raise ConfigError("a bi-encoder embeds queries and documents apart: score it from texts")
+        if self.family == MONOT5:
+            t, f = self.true_false
+            forward = lambda b: monot5_ptrue(self.model, b, t, f)  # noqa: E731
+        else:
+            forward = lambda b: cross_encoder_logits(self.model, b)  # noqa: E731
+        tokens = TokenLists(columns)
+        out = np.empty(len(tokens.lengths), dtype=np.float64)
+        with torch.inference_mode():
+            for rows in length_buckets(tokens.lengths, self.config.batch_size, self.config.sort_by_length):
+                batch = {k: torch.from_numpy(v).to(self.device)
+                         for k, v in padded_batch(tokens, rows, self.pad, self._left).items()}
+                out[rows] = forward(batch).float().cpu().numpy()
         return out
 
     def embed(self, texts: Sequence[str] | pa.Array) -> np.ndarray:
@@ -460,23 +536,57 @@ class RankerUDF:
         if not isinstance(batch, pa.Table):  # pandas batches, when a caller asks for them
             batch = pa.Table.from_pandas(batch, preserve_index=False)
         S.require_columns(batch.column_names, [self.query_column, self.text_column], f"{self.ranker} scoring")
-        scores = self.ranker.score(batch.column(self.query_column), batch.column(self.text_column))
+        token_columns = [c for c in batch.column_names if c.startswith(TOKEN_PREFIX)]
+        if token_columns:  # tokenised upstream (tokenize_batch): the actor only runs the model
+            scores = self.ranker.score_tokens({c[len(TOKEN_PREFIX):]: batch.column(c) for c in token_columns})
+            batch = batch.drop_columns(token_columns)
+        else:
+            scores = self.ranker.score(batch.column(self.query_column), batch.column(self.text_column))
         if self.score_column in batch.column_names:
             batch = batch.drop_columns([self.score_column])
         return batch.append_column(self.score_column, pa.array(scores, pa.float64()))
 
 
+@functools.lru_cache(maxsize=4)
+def _pair_tokenizer(model: str, max_length: int):
+    """(tokenizer, input length) of a ranker checkpoint: loaded once per worker process."""
+    transformers = require("transformers", "tokenising ranker pairs")
+    folder = local_model(model)
+    return transformers.AutoTokenizer.from_pretrained(folder), input_length(max_length, folder)
+
+
+def tokenize_batch(batch: pa.Table, config: RankerConfig, query_column: str = S.QUERY,
+                   text_column: str = S.TEXT) -> pa.Table:
+    """``batch`` with its pairs' token-id lists added (columns :data:`TOKEN_PREFIX` + tokenizer output
+    name), as the ranker of ``config`` (monoT5 or cross-encoder) reads them; a Ray Data task function."""
+    tokenizer, max_length = _pair_tokenizer(str(config.model), config.max_length)
+    S.require_columns(batch.column_names, [query_column, text_column], "pair tokenisation")
+    lists = pair_token_lists(config.family, tokenizer, batch.column(query_column).to_pylist(),
+                             batch.column(text_column).to_pylist(), max_length)
+    for name, values in lists.items():
+        batch = batch.append_column(TOKEN_PREFIX + name, values)
+    return batch
+
+
 def score_dataset(ds, config: RankerConfig, num_actors: int = 1, batch_rows: int = 256,
                   num_gpus_per_actor: float = 0.0, query_column: str = S.QUERY, text_column: str = S.TEXT,
-                  score_column: str = S.SCORE):
+                  score_column: str = S.SCORE, pretokenize: bool = True):
     """Score every row of a Ray Dataset with a pool of ``num_actors`` ranker actors.
 
-    The family is resolved on the driver, so a bad checkpoint fails here and not in every actor.
+    The family is resolved on the driver, so a bad checkpoint fails here and not in every actor. With
+    ``pretokenize`` (monoT5 and cross-encoders), pairs are tokenised by Ray tasks ahead of the actors, in
+    batches of ``batch_rows``: tokenisation of the next batches overlaps the forward passes of this one.
+    The tasks reserve no CPU (the actors may hold them all: a task waiting for a CPU would stall the
+    stage); at most ``num_actors + 1`` run at once.
     """
     ray = require("ray", "ranker scoring on Ray")
     if num_actors < 1 or batch_rows < 1:
         raise ConfigError(f"num_actors and batch_rows must be >= 1, got {num_actors}, {batch_rows}")
     config = config.resolved()
+    if pretokenize and config.family in (MONOT5, CROSS_ENCODER):
+        ds = ds.map_batches(tokenize_batch, fn_kwargs=dict(config=config, query_column=query_column,
+                                                           text_column=text_column),
+                            batch_size=batch_rows, batch_format="pyarrow", num_cpus=0, concurrency=num_actors + 1)
     return ds.map_batches(
         RankerUDF,
         fn_constructor_kwargs=dict(config=config, query_column=query_column, text_column=text_column,

@@ -216,8 +216,13 @@ def pairs_with_texts(collection: Collection, run: Any, config: RerankConfig,
     else:
         joined = hash_exchange([run, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
                                config.partitions, _join_part, queries=queries)
-    missing = joined.filter(lambda r: r[S.TEXT] is None or r[S.QUERY] is None).count()
-    return joined.filter(lambda r: r[S.TEXT] is not None and r[S.QUERY] is not None), missing
+    joined = joined.materialize()  # fetched once, then counted and filtered (not fetched again per use)
+    known = joined.map_batches(_with_texts, batch_format="pyarrow")
+    return known, joined.count() - known.count()
+
+
+def _with_texts(pairs: pa.Table) -> pa.Table:
+    return pairs.filter(pc.and_(pc.is_valid(pairs.column(S.TEXT)), pc.is_valid(pairs.column(S.QUERY))))
 
 
 def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: storage.PathLike,

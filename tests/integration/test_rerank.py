@@ -1,6 +1,7 @@
 """Rerank stage: monoT5 rescoring of a BM25 run through Ray, compared with direct scoring."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,44 @@ def test_rerank_with_a_cross_encoder_keeps_every_pair_and_matches_a_direct_forwa
         expected = [model(**tok(qtext[q], docs[d], truncation=True, max_length=128, return_tensors="pt"))
                     .logits[0, 0].item() for q, d in got]
     assert np.allclose(out.column(S.SCORE).to_pylist(), expected, atol=1e-5)
+
+
+def test_pairs_tokenised_ahead_of_the_actors_score_as_in_the_actor(ray_session, tmp_path: Path):
+    import pyarrow as pa
+    import ray
+
+    from inpars_ray.rankers import TOKEN_PREFIX, RankerConfig, score_dataset
+    from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
+
+    config = RankerConfig(str(build_tiny_cross_encoder(tmp_path / "ce")), batch_size=3, max_length=64)
+    rows = [{S.QUERY_ID: f"q{i}", S.QUERY: f"query {i} " * (1 + i % 3), S.TEXT: f"document {i} " * (2 + i % 9)}
+            for i in range(40)]
+
+    def scored(pretokenize: bool) -> dict:
+        ds = score_dataset(ray.data.from_items(rows, override_num_blocks=4), config, batch_rows=8,
+                           pretokenize=pretokenize)
+        table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+        assert not [c for c in table.column_names if c.startswith(TOKEN_PREFIX)]
+        return dict(zip(table.column(S.QUERY_ID).to_pylist(), table.column(S.SCORE).to_pylist()))
+
+    ahead, inside = scored(True), scored(False)
+    assert sorted(ahead) == sorted(inside) == sorted(r[S.QUERY_ID] for r in rows)
+    assert np.allclose([ahead[q] for q in sorted(ahead)], [inside[q] for q in sorted(ahead)], atol=1e-5)
+
+
+def test_hits_naming_an_unknown_document_or_query_are_counted_not_scored(ray_session, tmp_path: Path):
+    from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
+
+    collection = catalog.resolve(str(BUNDLED))
+    queries, _ = read_queries(collection)
+    qid = queries.column(S.QUERY_ID)[0].as_py()
+    doc_ids = [d["_id"] for d in map(json.loads, (BUNDLED / "corpus.jsonl").read_text().splitlines())]
+    lines = [f"{qid} Q0 {d} {r} {10.0 - r} bm25" for r, d in enumerate(doc_ids[:3], 1)]
+    lines += [f"{qid} Q0 no-such-doc 4 5.0 bm25", f"no-such-query Q0 {doc_ids[0]} 1 9.0 bm25"]
+    (tmp_path / "first.trec").write_text("\n".join(lines) + "\n")
+    manifest = rerank_run(collection, tmp_path / "first.trec", tmp_path / "out.trec",
+                          RerankConfig(model=str(build_tiny_cross_encoder(tmp_path / "ce")), depth=10,
+                                       max_length=64, partitions=2))
+    assert manifest["counts"]["pairs_scored"] == 3 and manifest["counts"]["pairs_unknown"] == 2
+    out = bm25.read_trec_run(tmp_path / "out.trec")
+    assert sorted(out.column(S.DOC_ID).to_pylist()) == sorted(doc_ids[:3])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -211,3 +212,39 @@ def test_real_minilm_bi_encoder_matches_sentence_transformers():
     # the same weights as a cross-encoder (new one-logit head) score every pair
     ce = R.Ranker(R.RankerConfig(str(path), family=R.CROSS_ENCODER, max_length=256))
     assert np.isfinite(ce.score(QUERIES, DOCS)).all()
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_token_lists_pad_back_to_the_tokenizers_own_padding(left):
+    # a padded encoding as a tokenizer returns it (pad id 7, pad type 0), padded on either side
+    rows = [[101, 5, 6, 102], [101, 9, 102], [101, 3, 4, 8, 11, 102], [101, 102]]
+    width = max(map(len, rows))
+    ids, types, mask = (np.zeros((len(rows), width), np.int64) for _ in range(3))
+    ids[:] = 7
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols], types[i, cols], mask[i, cols] = r, [0] * 2 + [1] * (len(r) - 2), 1
+    lists = R.to_token_lists({"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
+    assert lists["input_ids"].to_pylist() == rows
+    tokens = R.TokenLists({k: pa.chunked_array([v.slice(0, 1), v.slice(1)]) for k, v in lists.items()})
+    for pick in ([0, 1], [3, 1], [2, 0, 3]):
+        pick = np.array(pick)
+        got = R.padded_batch(tokens, pick, {"input_ids": 7}, left=left)
+        sub_width = max(len(rows[i]) for i in pick)
+        cols = slice(width - sub_width, width) if left else slice(0, sub_width)
+        np.testing.assert_array_equal(got["input_ids"], ids[pick][:, cols])
+        np.testing.assert_array_equal(got["token_type_ids"], types[pick][:, cols])
+        np.testing.assert_array_equal(got["attention_mask"], mask[pick][:, cols])
+
+
+@pytest.mark.parametrize("family", [R.CROSS_ENCODER, R.MONOT5])
+def test_pretokenised_batches_score_as_texts_and_leave_no_token_columns(models, family):
+    config = R.RankerConfig(str(models[family]), batch_size=2, max_length=48).resolved()
+    batch = pa.table({S.QUERY: QUERIES, S.TEXT: DOCS})
+    tokenised = R.tokenize_batch(batch, config)
+    assert {c for c in tokenised.column_names if c.startswith(R.TOKEN_PREFIX)} >= {R.TOKEN_PREFIX + "input_ids"}
+    out = R.RankerUDF(config)(tokenised)
+    assert out.column_names == [S.QUERY, S.TEXT, S.SCORE]
+    np.testing.assert_array_equal(out.column(S.SCORE).to_numpy(), R.Ranker(config).score(QUERIES, DOCS))
+    with pytest.raises(ConfigError, match="bi-encoder"):
+        R.tokenize_batch(batch, R.RankerConfig(str(models[R.BI_ENCODER])).resolved())
