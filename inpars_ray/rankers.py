@@ -16,9 +16,9 @@ belongs to is read from the checkpoint itself (:func:`detect_family`) or given e
 Speed (issue 11): pairs are tokenised in one call of the fast tokenizer per batch and kept as token-id
 lists (:func:`pair_token_lists`, no padding); the scorer orders a batch's pairs by token length, cuts
 sub-batches and pads each only to its own longest pair (:func:`padded_batch`), so padding stays small;
-scores are scattered back into the input order. On Ray, :func:`score_dataset` tokenises in a task stage
-ahead of the scoring actors (:func:`tokenize_batch`), so tokenisation overlaps the model's forward passes
-instead of running in series with them in the actor. A bi-encoder embeds each distinct query of a batch once (a rerank batch holds the hits of a
+scores are scattered back into the input order. On Ray, each scoring actor runs two calls at once, one
+tokenising while the other runs the model (:class:`RankerUDF`), so tokenisation overlaps the forward passes
+instead of running in series with them. A bi-encoder embeds each distinct query of a batch once (a rerank batch holds the hits of a
 few queries).
 
 Layers: pure functions (:func:`detect_family`, :func:`length_buckets`, the per-family ``encode`` /
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -192,11 +192,6 @@ def encode_monot5(tokenizer, queries: list[str], docs: list[str], max_length: in
     ids = prompt_ids(tokenizer, queries, docs, max_length)
     enc = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="np")
     return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
-
-
-#: prefix of the pre-tokenised columns :func:`tokenize_batch` adds (one list<int32> column per tokenizer
-#: output but the attention mask: ``_tok_input_ids``, ``_tok_token_type_ids``)
-TOKEN_PREFIX = "_tok_"
 
 
 def to_token_lists(enc: dict[str, np.ndarray]) -> dict[str, pa.ListArray]:
@@ -453,8 +448,8 @@ class Ranker:
                                                       self.max_length))
 
     def score_tokens(self, columns: dict[str, pa.Array | pa.ChunkedArray]) -> np.ndarray:
-        """Scores of pre-tokenised pairs (:func:`pair_token_lists`, or the columns of :func:`tokenize_batch`
-        without their prefix): length-sorted sub-batches, each padded to its own longest pair."""
+        """Scores of pre-tokenised pairs (:func:`pair_token_lists`): length-sorted sub-batches, each padded
+        to its own longest pair."""
         torch = require("torch", "ranker scoring")
         if self.family == BI_ENCODER:
             raise ConfigError("a bi-encoder embeds queries and documents apart: score it from texts")
@@ -525,74 +520,60 @@ class Ranker:
 
 
 class RankerUDF:
-    """Ray Data UDF: adds a score column to batches of (query, text) rows; loads the ranker once per actor."""
+    """Ray Data UDF: adds a score column to batches of (query, text) rows; loads the ranker once per actor.
+
+    Safe for two concurrent calls (:func:`score_dataset` with ``overlap``): tokenising and running the model
+    each hold their own lock, so one call's tokenisation overlaps the other's forward passes (both release
+    the GIL) while the model and the tokenizer each serve one call at a time.
+    """
 
     def __init__(self, config: RankerConfig, query_column: str = S.QUERY, text_column: str = S.TEXT,
                  score_column: str = S.SCORE) -> None:
         self.ranker = Ranker(config)
         self.query_column, self.text_column, self.score_column = query_column, text_column, score_column
+        self._tokenizing, self._computing = threading.Lock(), threading.Lock()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if not isinstance(batch, pa.Table):  # pandas batches, when a caller asks for them
             batch = pa.Table.from_pandas(batch, preserve_index=False)
         S.require_columns(batch.column_names, [self.query_column, self.text_column], f"{self.ranker} scoring")
-        token_columns = [c for c in batch.column_names if c.startswith(TOKEN_PREFIX)]
-        if token_columns:  # tokenised upstream (tokenize_batch): the actor only runs the model
-            scores = self.ranker.score_tokens({c[len(TOKEN_PREFIX):]: batch.column(c) for c in token_columns})
-            batch = batch.drop_columns(token_columns)
+        queries, docs = batch.column(self.query_column), batch.column(self.text_column)
+        ranker = self.ranker
+        if ranker.family == BI_ENCODER:  # embeds through its cache: one call at a time
+            with self._computing:
+                scores = ranker.score(queries, docs)
         else:
-            scores = self.ranker.score(batch.column(self.query_column), batch.column(self.text_column))
+            with self._tokenizing:
+                tokens = pair_token_lists(ranker.family, ranker.tokenizer, _as_list(queries), _as_list(docs),
+                                          ranker.max_length)
+            with self._computing:
+                scores = ranker.score_tokens(tokens)
         if self.score_column in batch.column_names:
             batch = batch.drop_columns([self.score_column])
         return batch.append_column(self.score_column, pa.array(scores, pa.float64()))
 
 
-@functools.lru_cache(maxsize=4)
-def _pair_tokenizer(model: str, max_length: int):
-    """(tokenizer, input length) of a ranker checkpoint: loaded once per worker process."""
-    transformers = require("transformers", "tokenising ranker pairs")
-    folder = local_model(model)
-    return transformers.AutoTokenizer.from_pretrained(folder), input_length(max_length, folder)
-
-
-def tokenize_batch(batch: pa.Table, config: RankerConfig, query_column: str = S.QUERY,
-                   text_column: str = S.TEXT) -> pa.Table:
-    """``batch`` with its pairs' token-id lists added (columns :data:`TOKEN_PREFIX` + tokenizer output
-    name), as the ranker of ``config`` (monoT5 or cross-encoder) reads them; a Ray Data task function."""
-    tokenizer, max_length = _pair_tokenizer(str(config.model), config.max_length)
-    S.require_columns(batch.column_names, [query_column, text_column], "pair tokenisation")
-    lists = pair_token_lists(config.family, tokenizer, batch.column(query_column).to_pylist(),
-                             batch.column(text_column).to_pylist(), max_length)
-    for name, values in lists.items():
-        batch = batch.append_column(TOKEN_PREFIX + name, values)
-    return batch
-
-
 def score_dataset(ds, config: RankerConfig, num_actors: int = 1, batch_rows: int = 256,
                   num_gpus_per_actor: float = 0.0, query_column: str = S.QUERY, text_column: str = S.TEXT,
-                  score_column: str = S.SCORE, pretokenize: bool = True):
+                  score_column: str = S.SCORE, overlap: bool = True):
     """Score every row of a Ray Dataset with a pool of ``num_actors`` ranker actors.
 
     The family is resolved on the driver, so a bad checkpoint fails here and not in every actor. With
-    ``pretokenize`` (monoT5 and cross-encoders), pairs are tokenised by Ray tasks ahead of the actors, in
-    batches of ``batch_rows``: tokenisation of the next batches overlaps the forward passes of this one.
-    The tasks reserve no CPU (the actors may hold them all: a task waiting for a CPU would stall the
-    stage); at most ``num_actors + 1`` run at once.
+    ``overlap``, each actor runs two calls at once (Ray Data's ``max_concurrent_calls_per_actor``):
+    :class:`RankerUDF` lets one tokenise its batch while the other runs the model, so tokenisation overlaps
+    the forward passes without another stage or CPU; ``False`` runs one call at a time.
     """
     ray = require("ray", "ranker scoring on Ray")
     if num_actors < 1 or batch_rows < 1:
         raise ConfigError(f"num_actors and batch_rows must be >= 1, got {num_actors}, {batch_rows}")
     config = config.resolved()
-    if pretokenize and config.family in (MONOT5, CROSS_ENCODER):
-        ds = ds.map_batches(tokenize_batch, fn_kwargs=dict(config=config, query_column=query_column,
-                                                           text_column=text_column),
-                            batch_size=batch_rows, batch_format="pyarrow", num_cpus=0, concurrency=num_actors + 1)
+    threads = dict(max_concurrent_calls_per_actor=2, enable_true_multi_threading=True) if overlap else {}
     return ds.map_batches(
         RankerUDF,
         fn_constructor_kwargs=dict(config=config, query_column=query_column, text_column=text_column,
                                    score_column=score_column),
         batch_size=batch_rows,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        compute=ray.data.ActorPoolStrategy(size=num_actors, **threads),
         num_gpus=num_gpus_per_actor or None,
     )

@@ -117,27 +117,27 @@ def test_rerank_with_a_cross_encoder_keeps_every_pair_and_matches_a_direct_forwa
     assert np.allclose(out.column(S.SCORE).to_pylist(), expected, atol=1e-5)
 
 
-def test_pairs_tokenised_ahead_of_the_actors_score_as_in_the_actor(ray_session, tmp_path: Path):
+def test_actors_running_two_calls_at_once_score_as_one_at_a_time(ray_session, tmp_path: Path):
     import pyarrow as pa
     import ray
 
-    from inpars_ray.rankers import TOKEN_PREFIX, RankerConfig, score_dataset
+    from inpars_ray.rankers import RankerConfig, score_dataset
     from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
 
     config = RankerConfig(str(build_tiny_cross_encoder(tmp_path / "ce")), batch_size=3, max_length=64)
     rows = [{S.QUERY_ID: f"q{i}", S.QUERY: f"query {i} " * (1 + i % 3), S.TEXT: f"document {i} " * (2 + i % 9)}
             for i in range(40)]
 
-    def scored(pretokenize: bool) -> dict:
-        ds = score_dataset(ray.data.from_items(rows, override_num_blocks=4), config, batch_rows=8,
-                           pretokenize=pretokenize)
+    def scored(overlap: bool) -> dict:
+        ds = score_dataset(ray.data.from_items(rows, override_num_blocks=4), config, num_actors=2, batch_rows=8,
+                           overlap=overlap)
         table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
-        assert not [c for c in table.column_names if c.startswith(TOKEN_PREFIX)]
+        assert table.column_names == [S.QUERY_ID, S.QUERY, S.TEXT, S.SCORE]
         return dict(zip(table.column(S.QUERY_ID).to_pylist(), table.column(S.SCORE).to_pylist()))
 
-    ahead, inside = scored(True), scored(False)
-    assert sorted(ahead) == sorted(inside) == sorted(r[S.QUERY_ID] for r in rows)
-    assert np.allclose([ahead[q] for q in sorted(ahead)], [inside[q] for q in sorted(ahead)], atol=1e-5)
+    two, one = scored(True), scored(False)
+    assert sorted(two) == sorted(one) == sorted(r[S.QUERY_ID] for r in rows)
+    assert np.allclose([two[q] for q in sorted(two)], [one[q] for q in sorted(two)], atol=1e-5)
 
 
 def test_hits_naming_an_unknown_document_or_query_are_counted_not_scored(ray_session, tmp_path: Path):

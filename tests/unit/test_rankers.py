@@ -238,13 +238,44 @@ def test_token_lists_pad_back_to_the_tokenizers_own_padding(left):
 
 
 @pytest.mark.parametrize("family", [R.CROSS_ENCODER, R.MONOT5])
-def test_pretokenised_batches_score_as_texts_and_leave_no_token_columns(models, family):
-    config = R.RankerConfig(str(models[family]), batch_size=2, max_length=48).resolved()
+def test_one_call_tokenises_while_another_runs_the_model(models, family, monkeypatch):
+    import threading
+
+    udf = R.RankerUDF(R.RankerConfig(str(models[family]), batch_size=2, max_length=48))
+    expected = R.Ranker(R.RankerConfig(str(models[family]), batch_size=2, max_length=48)).score(QUERIES, DOCS)
+    second_tokenised = threading.Event()
+    tokenise, score_tokens = R.pair_token_lists, udf.ranker.score_tokens
+    calls = []
+
+    def tokenise_and_tell(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:
+            second_tokenised.set()
+        return tokenise(*args, **kwargs)
+
+    def score_after_the_other_tokenised(tokens):
+        # the first call's model run waits for the second call's tokenisation: it can only come if
+        # tokenising does not wait for the model
+        if threading.current_thread().name == calls[0]:
+            assert second_tokenised.wait(timeout=60), "tokenisation waited for the model"
+        return score_tokens(tokens)
+
+    monkeypatch.setattr(R, "pair_token_lists", tokenise_and_tell)
+    udf.ranker.score_tokens = score_after_the_other_tokenised
     batch = pa.table({S.QUERY: QUERIES, S.TEXT: DOCS})
-    tokenised = R.tokenize_batch(batch, config)
-    assert {c for c in tokenised.column_names if c.startswith(R.TOKEN_PREFIX)} >= {R.TOKEN_PREFIX + "input_ids"}
-    out = R.RankerUDF(config)(tokenised)
-    assert out.column_names == [S.QUERY, S.TEXT, S.SCORE]
-    np.testing.assert_array_equal(out.column(S.SCORE).to_numpy(), R.Ranker(config).score(QUERIES, DOCS))
-    with pytest.raises(ConfigError, match="bi-encoder"):
-        R.tokenize_batch(batch, R.RankerConfig(str(models[R.BI_ENCODER])).resolved())
+    out, errors = {}, []
+
+    def call(name):
+        try:
+            out[name] = udf(batch).column(S.SCORE).to_numpy()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(n,), name=n) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and sorted(out) == ["a", "b"]
+    for scores in out.values():
+        np.testing.assert_array_equal(scores, expected)
