@@ -61,7 +61,9 @@ class TreeMemory:
 
     ``peak_rss`` is the largest sum of resident set sizes seen; ``peak_pss`` the largest sum of
     proportional set sizes (shared pages, e.g. a memory-mapped store read by several workers, counted once
-    overall rather than once per process). Sampled every ``interval`` seconds on a thread.
+    overall rather than once per process); ``peak_anon`` the largest sum of resident pages backed by no file
+    (RSS minus file-backed and shared-memory pages: heaps, buffers, the JVM's heap). Sampled every
+    ``interval`` seconds on a thread; set :attr:`phase` to record each phase's peaks apart.
     """
 
     def __init__(self, interval: float = 0.5, root_pid: int | None = None) -> None:
@@ -70,13 +72,20 @@ class TreeMemory:
         self._psutil = psutil
         self.root = psutil.Process(root_pid or os.getpid())
         self.interval = interval
-        self.peak_rss = self.peak_pss = 0
+        self.peak_rss = self.peak_pss = self.peak_anon = 0
         self.peak_processes = 0
+        self.phase: str | None = None
+        self.phases: dict[str, dict[str, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> tuple[int, int, int]:
-        rss = pss = n = 0
+        """(RSS, PSS, processes) of the tree now."""
+        rss, pss, _, n = self._sample()
+        return rss, pss, n
+
+    def _sample(self) -> tuple[int, int, int, int]:
+        rss = pss = anon = n = 0
         for proc in [self.root, *self.root.children(recursive=True)]:
             try:
                 info = proc.memory_full_info()
@@ -84,14 +93,19 @@ class TreeMemory:
                 continue
             rss += info.rss
             pss += getattr(info, "pss", info.rss)
+            anon += info.rss - getattr(info, "shared", 0)
             n += 1
-        return rss, pss, n
+        return rss, pss, anon, n
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, pss, n = self.sample()
+            rss, pss, anon, n = self._sample()
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.peak_anon = max(self.peak_anon, anon)
             self.peak_processes = max(self.peak_processes, n)
+            if self.phase is not None:
+                seen = self.phases.setdefault(self.phase, {"rss": 0, "pss": 0, "anon": 0})
+                seen.update(rss=max(seen["rss"], rss), pss=max(seen["pss"], pss), anon=max(seen["anon"], anon))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "TreeMemory":
@@ -103,8 +117,11 @@ class TreeMemory:
         self._thread.join()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"peak_rss_mb": round(self.peak_rss / 2**20, 1), "peak_pss_mb": round(self.peak_pss / 2**20, 1),
-                "peak_processes": self.peak_processes}
+        mb = lambda v: round(v / 2**20, 1)  # noqa: E731
+        return {"peak_rss_mb": mb(self.peak_rss), "peak_pss_mb": mb(self.peak_pss),
+                "peak_anon_rss_mb": mb(self.peak_anon), "peak_processes": self.peak_processes,
+                "peaks_by_phase_mb": {phase: {k: mb(v) for k, v in seen.items()}
+                                      for phase, seen in self.phases.items()}}
 
 
 def warm_ray(num_cpus: int) -> None:

@@ -4,8 +4,10 @@ For each size a BEIR-layout corpus is generated (``corpus_gen.py``, cached in th
 process starts its own Ray and runs, while a thread samples the memory of its whole process tree (driver,
 GCS, raylet, Ray workers, the JVMs they start): build the BM25 index, generate queries for a sample of
 documents (the tiny test LM: the model's size is not what this measures), and mine BM25 negatives for them
-(depth 100) with texts attached, for the generated queries and as many of the collection's test queries. Reported: peak RSS (sum over the tree) and peak PSS (shared pages counted
-once) for each size, and their ratio.
+(depth 100) with texts attached, for the generated queries and as many of the collection's test queries. Reported
+for each size: peak RSS (sum over the tree), peak PSS (shared pages counted once), peak anonymous RSS
+(pages backed by no file: what the processes allocated, without the page cache of memory-mapped files), each
+phase's peaks, and the ratios of the two sizes.
 
     .venv/bin/python benchmarks/memory_flat.py [--quick | --full] [--sizes-gb 1,5] [--workdir DIR]
 
@@ -69,11 +71,14 @@ def child(coll_dir: str, work: str, num_docs: int, queries: int) -> dict:
     model = str(tiny_lm_path())
     timings = {}
     with TreeMemory(interval=0.5) as mem:
+        mem.phase = "ray start"
         ensure_ray(num_cpus=2)
         t = time.perf_counter()
+        mem.phase = "index"
         bm25.build_index(collection, work_p / "index")
         timings["index"] = time.perf_counter() - t
         t = time.perf_counter()
+        mem.phase = "generate"
         run_generate(collection, work_p / "generated", GenerateConfig(model=model, num_docs=num_docs, seed=1),
                      GenerateResources(batch_size=16))
         timings["generate"] = time.perf_counter() - t
@@ -84,6 +89,7 @@ def child(coll_dir: str, work: str, num_docs: int, queries: int) -> dict:
         # too (each with its qrels document as the positive), so mine searches, samples and attaches texts
         kept = pa.concat_tables([kept, _test_queries(Path(coll_dir), queries, kept.schema)])
         t = time.perf_counter()
+        mem.phase = "mine"
         counts = mine_dataset(ray.data.from_arrow(kept), collection, work_p / "index", work_p / "mined",
                               MineConfig(depth=100, shuffle_partitions=2, queries_per_call=500))
         timings["mine"] = time.perf_counter() - t
@@ -107,7 +113,7 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(child(*args.child, args.num_docs, args.queries)))
         return
-    args.mode = args.mode or "quick"
+    args.mode = "sizes " + args.sizes_gb if args.sizes_gb else (args.mode or "quick")
     sizes = [float(x) for x in (args.sizes_gb or PRESETS[args.mode]).split(",")]
     root = Path(args.workdir or Path(tempfile.gettempdir()) / "inpars-ray-memory-bench")
     from corpus_gen import write_collection
@@ -135,8 +141,8 @@ def main() -> None:
             results[f"{gb} GB"] = dict(json.loads(lines[-1][7:]), corpus=corpus)
         subprocess.run(["rm", "-rf", str(work)], check=False)
     small, large = (results[f"{gb} GB"] for gb in (sizes[0], sizes[-1]))
-    ratios = {f"peak RSS {sizes[-1]} GB / {sizes[0]} GB": ratio(large.get("peak_rss_mb"), small.get("peak_rss_mb")),
-              f"peak PSS {sizes[-1]} GB / {sizes[0]} GB": ratio(large.get("peak_pss_mb"), small.get("peak_pss_mb"))}
+    ratios = {f"peak {name} {sizes[-1]} GB / {sizes[0]} GB": ratio(large.get(f"peak_{key}_mb"), small.get(f"peak_{key}_mb"))
+              for name, key in (("RSS", "rss"), ("PSS", "pss"), ("anonymous RSS", "anon_rss"))}
     out = write_result("memory_flat", {"mode": args.mode, "sizes_gb": sizes, "load_average_at_start": start_load,
                                        "results": results, "ratios": ratios,
                                        "targets": {f"peak RSS {sizes[-1]} GB / {sizes[0]} GB": 1.25}})

@@ -53,6 +53,10 @@ class IndexConfig:
                          "does not depend on it)")
     shard_rows: int = Field(100_000, ge=1, description="documents per staged JSONL shard")
     store_raw: bool = Field(True, description="store the raw document (lets users fetch texts from the index)")
+    memory_buffer_mb: int = Field(1024, ge=16, description="Lucene's indexing RAM buffer in MB (Anserini's "
+                                  "-memoryBuffer, whose own default of 4096 lets the indexer's memory grow with "
+                                  "the corpus up to 4 GB); a segment is flushed whenever it fills. It changes "
+                                  "memory and speed, never the index's rankings, so it is not part of the index key")
     prebuilt: str | None = Field(None, description="use a pyserini prebuilt index instead of building one: "
                                  "'auto' (beir-v1.0.0-<name>.flat for beir/<name>, build otherwise), a prebuilt "
                                  "index name, or null (always build)")
@@ -80,7 +84,12 @@ class IndexError_(InparsError):  # noqa: N801 - avoid shadowing the builtin Inde
 
 def _index_config(collection: Collection, load: LoadConfig, cfg: IndexConfig) -> dict[str, Any]:
     # the collection enters by content (its files' fingerprint), never by path
-    return {"collection": collection_key(collection), "load": load, "index": cfg}
+    settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in _NOT_IN_KEY}
+    return {"collection": collection_key(collection), "load": load, "index": settings}
+
+
+#: index settings that change memory or speed but not the index's rankings: changing one rebuilds nothing
+_NOT_IN_KEY = ("memory_buffer_mb",)
 
 
 def _write_shard(rows: pa.Table, path: Path) -> None:
@@ -280,7 +289,7 @@ def _build_lucene(collection: Collection, staging: Path, load_config: LoadConfig
         args = autoclass("io.anserini.index.IndexCollection$Args")()
         argv = ["-collection", "BeirFlatCollection", "-input", str(shards), "-index", str(staging / LUCENE_DIR),
                 "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(config.threads),
-                "-storePositions", "-storeDocvectors", "-quiet"] + (["-storeRaw"] if config.store_raw else [])
+                "-memoryBuffer", str(config.memory_buffer_mb), "-storePositions", "-storeDocvectors", "-quiet"] + (["-storeRaw"] if config.store_raw else [])
         parser(args).parseArgument(*argv)
         autoclass("io.anserini.index.IndexCollection")(args).run()
     indexed = _num_docs(staging / LUCENE_DIR)

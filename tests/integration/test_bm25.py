@@ -131,3 +131,15 @@ def test_skip_bad_rows_quarantines_and_counts_every_row(ray_session, bundled_cop
     total = len((bundled_copy / "corpus.jsonl").read_bytes().splitlines())
     assert manifest["counts"]["documents"] + len(corpus_bad) == total
     assert manifest["counts"]["documents"] == bm25._num_docs(index / bm25.LUCENE_DIR)
+
+
+def test_memory_buffer_reaches_lucene_and_leaves_the_index_key_alone(tmp_path: Path):
+    collection = catalog.resolve(str(BUNDLED))
+    # Anserini's argument parser rejects an unknown flag, so a build that passes took -memoryBuffer
+    small = bm25.build_index(collection, tmp_path / "index", config=bm25.IndexConfig(memory_buffer_mb=16))
+    manifest = tmp_path / "index" / "manifest.json"
+    written = manifest.stat().st_mtime_ns
+    # another buffer size names the same index: it is reused, not rebuilt
+    again = bm25.build_index(collection, tmp_path / "index", config=bm25.IndexConfig(memory_buffer_mb=2048))
+    assert manifest.stat().st_mtime_ns == written and again["config_hash"] == small["config_hash"]
+    assert again["counts"]["documents"] == sum(1 for _ in (BUNDLED / "corpus.jsonl").open())
