@@ -117,14 +117,21 @@ def rank_by_score(scored: pa.Table, first_stage_weight: float = 0.0) -> pa.Table
         return S.RUN.empty_table()
     order = pc.sort_indices(scored, [(S.QUERY_ID, "ascending"), (S.SCORE, "descending"), (S.DOC_ID, "ascending")])
     rows = scored.take(order)
-    qids = rows.column(S.QUERY_ID).to_pylist()
-    ranks, prev, r = [], None, 0
-    for q in qids:
-        r = r + 1 if q == prev else 1
-        prev = q
-        ranks.append(r)
     return pa.table({S.QUERY_ID: rows.column(S.QUERY_ID), S.DOC_ID: rows.column(S.DOC_ID),
-                     S.RANK: pa.array(ranks, pa.int64()), S.SCORE: rows.column(S.SCORE)}, schema=S.RUN)
+                     S.RANK: pa.array(_ranks_within_runs(rows.column(S.QUERY_ID)), pa.int64()),
+                     S.SCORE: rows.column(S.SCORE)}, schema=S.RUN)
+
+
+def _ranks_within_runs(keys: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """1, 2, 3... within each run of equal consecutive ``keys`` (rows sorted by key), restarting at each new key."""
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    codes = (keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys).dictionary_encode().indices
+    codes = codes.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
+    run_start = np.repeat(starts, np.diff(np.append(starts, n)))
+    return np.arange(n, dtype=np.int64) - run_start + 1
 
 
 def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float = 0.0) -> pa.Table:
@@ -136,19 +143,16 @@ def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float =
     head = rank_by_score(scored, first_stage_weight)
     if tail.num_rows == 0:
         return head.append_column(RESCORED, pa.array([True] * head.num_rows, pa.bool_()))
-    floor: dict[str, tuple[int, float]] = {}  # query -> (rescored hits, lowest rescored score)
-    for q, r, sc in zip(*(head.column(c).to_pylist() for c in (S.QUERY_ID, S.RANK, S.SCORE))):
-        floor[q] = (r, sc)  # rank_by_score sorts by query, then descending score: the last one wins
     tail = tail.take(pc.sort_indices(tail, [(S.QUERY_ID, "ascending"), (S.RANK, "ascending")]))
-    ranks, scores, prev, k = [], [], None, 0
-    for q in tail.column(S.QUERY_ID).to_pylist():
-        k = k + 1 if q == prev else 1
-        prev = q
-        n, low = floor.get(q, (0, 0.0))
-        ranks.append(n + k)
-        scores.append(low - k)
+    k = _ranks_within_runs(tail.column(S.QUERY_ID))
+    # each query's last rescored row (rank_by_score sorts by query, then descending score): its rank, its score
+    last = head.filter(pa.array(np.append(_ranks_within_runs(head.column(S.QUERY_ID))[1:] == 1, True)
+                                if head.num_rows else np.zeros(0, dtype=bool)))
+    pos = pc.index_in(tail.column(S.QUERY_ID), value_set=last.column(S.QUERY_ID))
+    n = pc.fill_null(last.column(S.RANK).take(pos), 0).to_numpy(zero_copy_only=False)  # no rescored hit: 0, 0.0
+    low = pc.fill_null(last.column(S.SCORE).take(pos), 0.0).to_numpy(zero_copy_only=False)
     deep = pa.table({S.QUERY_ID: tail.column(S.QUERY_ID), S.DOC_ID: tail.column(S.DOC_ID),
-                     S.RANK: pa.array(ranks, pa.int64()), S.SCORE: pa.array(scores, pa.float64())}, schema=S.RUN)
+                     S.RANK: pa.array(n + k, pa.int64()), S.SCORE: pa.array(low - k, pa.float64())}, schema=S.RUN)
     both = pa.concat_tables([head, deep]).append_column(
         RESCORED, pa.array([True] * head.num_rows + [False] * deep.num_rows, pa.bool_()))
     return both.take(pc.sort_indices(both, [(S.QUERY_ID, "ascending"), (S.RANK, "ascending")]))

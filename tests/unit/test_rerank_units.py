@@ -55,3 +55,20 @@ def test_blend_needs_the_first_stage_score_and_a_weight_in_range():
         blend_first_stage(_scored(ROWS).drop_columns([FIRST_STAGE_SCORE]), 0.3)
     with pytest.raises(ConfigError, match="first_stage_weight"):
         RerankConfig(model="m", first_stage_weight=1.5)
+
+
+def test_tail_ranks_follow_each_querys_rescored_hits_and_a_query_without_any_starts_at_one():
+    tail = pa.table({S.QUERY_ID: ["b", "a", "c", "a", "c"], S.DOC_ID: ["t1", "t2", "t3", "t4", "t5"],
+                     S.RANK: pa.array([2, 9, 4, 8, 3], pa.int64()), S.SCORE: pa.array([0.0] * 5, pa.float64())})
+    ranked = rank_with_tail(_scored(ROWS), tail)
+    got = {(q, d): (r, s) for q, d, r, s in zip(*(ranked.column(c).to_pylist()
+                                                  for c in (S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE)))}
+    # a: three rescored hits (lowest 0.10), then its tail in first-stage order: t4 (rank 8), t2 (9)
+    assert got[("a", "t4")] == (4, pytest.approx(0.10 - 1)) and got[("a", "t2")] == (5, pytest.approx(0.10 - 2))
+    assert got[("b", "t1")] == (2, pytest.approx(7.0 - 1))
+    # c: no rescored hit (e.g. all of them named unknown documents): the tail alone, from rank 1
+    assert [got[("c", "t5")][0], got[("c", "t3")][0]] == [1, 2]
+    assert ranked.column(S.RANK).to_pylist()[:3] == [1, 2, 3]
+    # no rescored hit at all
+    only_tail = rank_with_tail(_scored(ROWS).slice(0, 0), tail)
+    assert sorted(only_tail.column(S.RANK).to_pylist()) == [1, 1, 1, 2, 2]
