@@ -46,7 +46,7 @@ EXTRA_ARGS = {"rerank-docstrings": ["--dataset", "builtin/python-docstrings", "-
                                     "rerank_throughput_docstrings"],
               # generation: one actor per core, one torch thread each (the plain loop: 2 threads, 1 process)
               "generate-hf": ["--actors", "2"]}
-#: per mode: quick 20 test queries x 100 hits, full 200 x 100 (20,000 pairs, as issue #11 asks)
+#: per mode: quick 20 test queries x 100 hits, full 200 x 100 and more queries until 20,000 pairs (issue #11)
 MODE_ARGS = {("rerank-docstrings", "quick"): ["--queries", "20"], ("rerank-docstrings", "full"): ["--queries", "200"]}
 
 
@@ -72,7 +72,10 @@ def summary(mode_of: dict[str, str]) -> str:
         data = json.loads(path.read_text())
         mode = data.get("mode") or data.get("settings", {}).get("mode", "?")
         load = (data.get("load_average_at_start") or data.get("machine", {}).get("load_average_at_start") or ["?"])
-        cmd = shown(command(name, mode if mode in ("quick", "full") else "quick"))
+        if str(mode).startswith("sizes "):  # memory_flat.py --sizes-gb A,B (no preset)
+            cmd = shown(command(name, "quick")).replace(" --quick", f" --sizes-gb {mode.split()[1]}")
+        else:
+            cmd = shown(command(name, mode if mode in ("quick", "full") else "quick"))
         targets = data.get("targets", {})
         payload[name] = {"ratios": data.get("ratios", {}), "targets": targets, "mode": mode, "command": cmd,
                          "load_average_at_start": load}
