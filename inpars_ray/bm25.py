@@ -289,7 +289,8 @@ def _build_lucene(collection: Collection, staging: Path, load_config: LoadConfig
         args = autoclass("io.anserini.index.IndexCollection$Args")()
         argv = ["-collection", "BeirFlatCollection", "-input", str(shards), "-index", str(staging / LUCENE_DIR),
                 "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(config.threads),
-                "-memoryBuffer", str(config.memory_buffer_mb), "-storePositions", "-storeDocvectors", "-quiet"] + (["-storeRaw"] if config.store_raw else [])
+                "-memoryBuffer", str(config.memory_buffer_mb), "-storePositions", "-storeDocvectors",
+                "-quiet"] + (["-storeRaw"] if config.store_raw else [])
         parser(args).parseArgument(*argv)
         autoclass("io.anserini.index.IndexCollection")(args).run()
     indexed = _num_docs(staging / LUCENE_DIR)

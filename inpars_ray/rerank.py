@@ -146,8 +146,8 @@ def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float =
     tail = tail.take(pc.sort_indices(tail, [(S.QUERY_ID, "ascending"), (S.RANK, "ascending")]))
     k = _ranks_within_runs(tail.column(S.QUERY_ID))
     # each query's last rescored row (rank_by_score sorts by query, then descending score): its rank, its score
-    last = head.filter(pa.array(np.append(_ranks_within_runs(head.column(S.QUERY_ID))[1:] == 1, True)
-                                if head.num_rows else np.zeros(0, dtype=bool)))
+    ranks = head.column(S.RANK).to_numpy()
+    last = head.filter(pa.array(np.append(ranks[1:] == 1, True) if head.num_rows else np.zeros(0, dtype=bool)))
     pos = pc.index_in(tail.column(S.QUERY_ID), value_set=last.column(S.QUERY_ID))
     n = pc.fill_null(last.column(S.RANK).take(pos), 0).to_numpy(zero_copy_only=False)  # no rescored hit: 0, 0.0
     low = pc.fill_null(last.column(S.SCORE).take(pos), 0.0).to_numpy(zero_copy_only=False)
