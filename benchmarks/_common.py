@@ -63,7 +63,8 @@ class TreeMemory:
     proportional set sizes (shared pages, e.g. a memory-mapped store read by several workers, counted once
     overall rather than once per process); ``peak_anon`` the largest sum of resident pages backed by no file
     (RSS minus file-backed and shared-memory pages: heaps, buffers, the JVM's heap). Sampled every
-    ``interval`` seconds on a thread; set :attr:`phase` to record each phase's peaks apart.
+    ``interval`` seconds on a thread; set :attr:`phase` to record each phase's peaks apart, and with each
+    phase's peak RSS the largest processes of that sample (which process a peak comes from).
     """
 
     def __init__(self, interval: float = 0.5, root_pid: int | None = None) -> None:
@@ -76,35 +77,43 @@ class TreeMemory:
         self.peak_processes = 0
         self.phase: str | None = None
         self.phases: dict[str, dict[str, int]] = {}
+        self.phase_top: dict[str, list[dict[str, Any]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> tuple[int, int, int]:
         """(RSS, PSS, processes) of the tree now."""
-        rss, pss, _, n = self._sample()
+        rss, pss, _, n, _ = self._sample()
         return rss, pss, n
 
-    def _sample(self) -> tuple[int, int, int, int]:
+    def _sample(self) -> tuple[int, int, int, int, list[tuple[int, int, str]]]:
         rss = pss = anon = n = 0
+        each = []
         for proc in [self.root, *self.root.children(recursive=True)]:
             try:
                 info = proc.memory_full_info()
+                name = " ".join(proc.cmdline())[:80] or proc.name()
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
                 continue
             rss += info.rss
             pss += getattr(info, "pss", info.rss)
             anon += info.rss - getattr(info, "shared", 0)
+            each.append((info.rss, info.rss - getattr(info, "shared", 0), name))
             n += 1
-        return rss, pss, anon, n
+        return rss, pss, anon, n, each
 
     def _run(self) -> None:
+        mb = lambda v: round(v / 2**20, 1)  # noqa: E731
         while not self._stop.is_set():
-            rss, pss, anon, n = self._sample()
+            rss, pss, anon, n, each = self._sample()
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self.peak_anon = max(self.peak_anon, anon)
             self.peak_processes = max(self.peak_processes, n)
             if self.phase is not None:
                 seen = self.phases.setdefault(self.phase, {"rss": 0, "pss": 0, "anon": 0})
+                if rss > seen["rss"]:
+                    self.phase_top[self.phase] = [{"process": name, "rss_mb": mb(r), "anon_mb": mb(a)}
+                                                  for r, a, name in sorted(each, reverse=True)[:6]]
                 seen.update(rss=max(seen["rss"], rss), pss=max(seen["pss"], pss), anon=max(seen["anon"], anon))
             self._stop.wait(self.interval)
 
@@ -121,7 +130,8 @@ class TreeMemory:
         return {"peak_rss_mb": mb(self.peak_rss), "peak_pss_mb": mb(self.peak_pss),
                 "peak_anon_rss_mb": mb(self.peak_anon), "peak_processes": self.peak_processes,
                 "peaks_by_phase_mb": {phase: {k: mb(v) for k, v in seen.items()}
-                                      for phase, seen in self.phases.items()}}
+                                      for phase, seen in self.phases.items()},
+                "largest_processes_at_phase_peak": self.phase_top}
 
 
 def warm_ray(num_cpus: int) -> None:

@@ -3,7 +3,8 @@
 Index: the corpus is streamed through Ray (:func:`inpars_ray.load.read_corpus`), validated row by row,
 checked for duplicate ids, written as clean BEIR JSONL shards and indexed by Anserini's ``IndexCollection``
 with the settings of Anserini's BEIR "flat" regressions (``BeirFlatCollection``: title and text in one
-``contents`` field; positions, doc vectors and raw documents stored).
+``contents`` field; positions, doc vectors and raw documents stored). The indexer runs in a JVM of its own
+with a bounded heap, so its memory is returned when it ends instead of staying in a Ray worker's JVM.
 
 Retrieve: Anserini's own multi-threaded ``SearchCollection`` runs in-process (pyjnius) on a batch of
 queries and writes a TREC run that is read back as Arrow. Going through ``LuceneSearcher.batch_search``
@@ -14,12 +15,14 @@ Scores and the tie-break (by docid) are Anserini's own, so a run equals ``Search
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +60,8 @@ class IndexConfig:
                                   "-memoryBuffer, whose own default of 4096 lets the indexer's memory grow with "
                                   "the corpus up to 4 GB); a segment is flushed whenever it fills. It changes "
                                   "memory and speed, never the index's rankings, so it is not part of the index key")
+    java_heap_mb: int | None = Field(None, ge=64, description="maximum heap (-Xmx) of the indexer's own JVM in MB; "
+                                     "null: memory_buffer_mb + 1024. Not part of the index key")
     prebuilt: str | None = Field(None, description="use a pyserini prebuilt index instead of building one: "
                                  "'auto' (beir-v1.0.0-<name>.flat for beir/<name>, build otherwise), a prebuilt "
                                  "index name, or null (always build)")
@@ -89,7 +94,7 @@ def _index_config(collection: Collection, load: LoadConfig, cfg: IndexConfig) ->
 
 
 #: index settings that change memory or speed but not the index's rankings: changing one rebuilds nothing
-_NOT_IN_KEY = ("memory_buffer_mb",)
+_NOT_IN_KEY = ("memory_buffer_mb", "java_heap_mb")
 
 
 def _write_shard(rows: pa.Table, path: Path) -> None:
@@ -98,23 +103,30 @@ def _write_shard(rows: pa.Table, path: Path) -> None:
             fh.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
 
 
-def _duplicates(hashes: np.ndarray) -> np.ndarray:
-    """Positions (into ``hashes``) of every occurrence but the first of a repeated hash."""
-    order = np.argsort(hashes, kind="stable")
-    sorted_h = hashes[order]
-    repeat = np.zeros(len(hashes), dtype=bool)
-    repeat[1:] = sorted_h[1:] == sorted_h[:-1]
-    return np.sort(order[repeat])
+def _duplicates(hashes: np.ndarray, sorted_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (into ``hashes``) of every occurrence but the first of a repeated hash, and for each the
+    position of that first occurrence. Only the (few) repeated values are worked on beyond one sorted copy."""
+    repeated = np.unique(sorted_hashes[1:][sorted_hashes[1:] == sorted_hashes[:-1]])
+    if not len(repeated):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    candidates = np.flatnonzero(np.isin(hashes, repeated))  # every occurrence, in corpus order
+    order = np.argsort(hashes[candidates], kind="stable")
+    in_order, values = candidates[order], hashes[candidates][order]
+    first = np.ones(len(values), dtype=bool)
+    first[1:] = values[1:] != values[:-1]
+    first_pos = in_order[np.maximum.accumulate(np.where(first, np.arange(len(values)), 0))]
+    keep = np.argsort(in_order[~first], kind="stable")
+    return in_order[~first][keep], first_pos[~first][keep]
 
 
-def _check_qrels(collection: Collection, corpus_hashes: np.ndarray, bad: BadRows, strict: bool) -> int:
-    """Report judgements naming documents the corpus does not have; returns how many."""
+def _check_qrels(collection: Collection, known: np.ndarray, bad: BadRows, strict: bool) -> int:
+    """Report judgements naming documents the corpus does not have (``known``: the corpus' id hashes,
+    sorted); returns how many."""
     qrels_dir = collection.path("qrels")
     try:
         infos = collection.filesystem.get_file_info(pafs.FileSelector(qrels_dir))
     except FileNotFoundError:
         return 0
-    known = np.sort(corpus_hashes)
     unknown = 0
     for info in sorted(infos, key=lambda i: i.path):
         if not info.path.endswith(".tsv"):
@@ -226,12 +238,13 @@ def _build_lucene(collection: Collection, staging: Path, load_config: LoadConfig
                   record: StageRecord) -> tuple[int, BadRows, int]:
     """Validate and stage the corpus, then index it into ``staging/lucene``; returns (documents, bad rows,
     judgements naming unknown documents)."""
-    from inpars_ray._java import autoclass
-
     shards = staging / "corpus"
     shards.mkdir()
     bad = BadRows()
-    hashes, lines, shard_of = [], [], []
+    # per document kept: its id hash and source line (12 bytes); a shard's rows are a run of positions
+    hashes: list[np.ndarray] = []
+    lines: list[np.ndarray] = []
+    shard_ends: list[int] = []
     n_docs = n_shards = 0
     with record.timed("stage_corpus"):
         buffer: list[pa.Table] = []
@@ -242,6 +255,7 @@ def _build_lucene(collection: Collection, staging: Path, load_config: LoadConfig
             if buffered:
                 _write_shard(pa.concat_tables(buffer), shards / f"part-{n_shards:05d}.jsonl")
                 n_shards += 1
+                shard_ends.append(n_docs)
             buffer, buffered = [], 0
 
         for batch in _unwrapped(read_corpus(collection, load_config).iter_batches(batch_format="pyarrow",
@@ -251,8 +265,7 @@ def _build_lucene(collection: Collection, staging: Path, load_config: LoadConfig
             if good.num_rows == 0:
                 continue
             hashes.append(id_hashes(good.column(S.DOC_ID)))
-            lines.append(good.column(S.SOURCE_LINE).to_numpy())
-            shard_of.append(np.full(good.num_rows, n_shards, dtype=np.int32))
+            lines.append(_compact_lines(good.column(S.SOURCE_LINE).to_numpy()))
             n_docs += good.num_rows
             buffer.append(good)
             buffered += good.num_rows
@@ -262,37 +275,27 @@ def _build_lucene(collection: Collection, staging: Path, load_config: LoadConfig
     if n_docs == 0:
         bad.raise_first()
         raise FormatError(collection.display("corpus.jsonl"), 0, "the corpus has no documents")
-    all_hashes = np.concatenate(hashes)
-    all_lines = np.concatenate(lines)
     with record.timed("check_ids"):
-        dup_pos = _duplicates(all_hashes)
+        all_hashes = _concat_free(hashes)
+        all_lines = _concat_free(lines)
+        known = np.sort(all_hashes)
+        dup_pos, first_pos = _duplicates(all_hashes, known)
         if len(dup_pos):
             corpus_shown = collection.display("corpus.jsonl")
-            first_line = {}
-            for pos in np.argsort(all_hashes, kind="stable"):
-                first_line.setdefault(all_hashes[pos], int(all_lines[pos]))
-            for pos in dup_pos:
+            for pos, first in zip(dup_pos.tolist(), first_pos.tolist()):
                 bad.add(corpus_shown, int(all_lines[pos]),
-                        f"duplicate document id (first seen at line {first_line[all_hashes[pos]]})")
+                        f"duplicate document id (first seen at line {int(all_lines[first])})")
             if load_config.skip_bad_rows:
-                _drop_lines(shards, set(int(all_lines[p]) for p in dup_pos), all_lines, np.concatenate(shard_of))
-                keep = np.ones(len(all_hashes), dtype=bool)
-                keep[dup_pos] = False
-                all_hashes = all_hashes[keep]
-                n_docs = int(keep.sum())
-        unknown = _check_qrels(collection, all_hashes, bad, strict=not load_config.skip_bad_rows)
+                _drop_rows(shards, dup_pos, np.asarray(shard_ends))
+                n_docs -= len(dup_pos)
+        del all_hashes, all_lines
+        unknown = _check_qrels(collection, known, bad, strict=not load_config.skip_bad_rows)
+        del known  # the indexer's JVM gets the memory
     if not load_config.skip_bad_rows:
         bad.rows.sort(key=lambda r: (r[0], r[1]))
         bad.raise_first()
     with record.timed("lucene_index"):
-        parser = autoclass("org.kohsuke.args4j.CmdLineParser")
-        args = autoclass("io.anserini.index.IndexCollection$Args")()
-        argv = ["-collection", "BeirFlatCollection", "-input", str(shards), "-index", str(staging / LUCENE_DIR),
-                "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(config.threads),
-                "-memoryBuffer", str(config.memory_buffer_mb), "-storePositions", "-storeDocvectors",
-                "-quiet"] + (["-storeRaw"] if config.store_raw else [])
-        parser(args).parseArgument(*argv)
-        autoclass("io.anserini.index.IndexCollection")(args).run()
+        _run_indexer(shards, staging / LUCENE_DIR, config)
     indexed = _num_docs(staging / LUCENE_DIR)
     if indexed != n_docs:
         raise IndexError_(f"Lucene indexed {indexed} documents but {n_docs} were staged")
@@ -316,14 +319,52 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _drop_lines(shards: Path, drop: set[int], lines: np.ndarray, shard_of: np.ndarray) -> None:
-    """Rewrite the staged shards without the rows that came from the ``drop`` lines (duplicates)."""
-    for shard_no in sorted(set(int(shard_of[i]) for i in range(len(lines)) if int(lines[i]) in drop)):
+def _compact_lines(lines: np.ndarray) -> np.ndarray:
+    """Source line numbers in 4 bytes each when they fit (they do below 4 billion lines)."""
+    return lines.astype(np.uint32) if len(lines) and int(lines.max()) < 2**32 else lines.astype(np.int64)
+
+
+def _concat_free(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate and empty ``parts`` (so its arrays are freed as soon as the result exists)."""
+    whole = np.concatenate(parts)
+    parts.clear()
+    return whole
+
+
+def _drop_rows(shards: Path, positions: np.ndarray, shard_ends: np.ndarray) -> None:
+    """Rewrite the staged shards without the rows at ``positions`` (in staging order: shard i holds the
+    positions from ``shard_ends[i-1]`` up to ``shard_ends[i]``)."""
+    shard_of = np.searchsorted(shard_ends, positions, side="right")
+    for shard_no in np.unique(shard_of).tolist():
+        start = int(shard_ends[shard_no - 1]) if shard_no else 0
+        drop = set((positions[shard_of == shard_no] - start).tolist())
         path = shards / f"part-{shard_no:05d}.jsonl"
-        shard_lines = lines[shard_of == shard_no]
-        kept = [row for row, src in zip(path.read_text(encoding="utf-8").splitlines(), shard_lines)
-                if int(src) not in drop]
+        kept = [row for i, row in enumerate(path.read_text(encoding="utf-8").splitlines()) if i not in drop]
         path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+
+
+def _run_indexer(shards: Path, lucene_dir: Path, config: IndexConfig) -> None:
+    """Anserini's ``IndexCollection`` in a JVM of its own, heap bounded by ``config.java_heap_mb``; its log
+    goes to this module's logger (debug) and the tail of it into the error if it fails."""
+    from inpars_ray._java import anserini_jar, java_executable
+
+    heap = config.java_heap_mb or config.memory_buffer_mb + 1024
+    cmd = [java_executable(), f"-Xmx{heap}m", "-cp", anserini_jar(), "io.anserini.index.IndexCollection",
+           "-collection", "BeirFlatCollection", "-input", str(shards), "-index", str(lucene_dir),
+           "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(config.threads),
+           "-memoryBuffer", str(config.memory_buffer_mb), "-storePositions", "-storeDocvectors",
+           ] + (["-storeRaw"] if config.store_raw else [])
+    logger.info("indexing with Anserini (heap <= %d MB, RAM buffer %d MB)", heap, config.memory_buffer_mb)
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            logger.debug("anserini: %s", line.rstrip())
+    # Anserini's main() exits 0 on bad arguments too, so a missing index counts as a failure as well
+    if proc.returncode or not any(lucene_dir.glob("segments_*")):
+        raise IndexError_(f"Anserini's IndexCollection failed (exit code {proc.returncode}) for {shards}: "
+                          + " | ".join(tail))
 
 
 def _num_docs(lucene_dir: Path) -> int:

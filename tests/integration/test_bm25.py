@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -13,7 +14,7 @@ from inpars_ray import bm25, catalog, cli
 from inpars_ray import schema as S
 from inpars_ray._java import anserini_jar, java_executable
 from inpars_ray.evaluate import evaluate_run
-from inpars_ray.load import read_qrels, read_queries
+from inpars_ray.load import LoadConfig, read_qrels, read_queries
 
 from tests.conftest import BUNDLED
 
@@ -143,3 +144,35 @@ def test_memory_buffer_reaches_lucene_and_leaves_the_index_key_alone(tmp_path: P
     again = bm25.build_index(collection, tmp_path / "index", config=bm25.IndexConfig(memory_buffer_mb=2048))
     assert manifest.stat().st_mtime_ns == written and again["config_hash"] == small["config_hash"]
     assert again["counts"]["documents"] == sum(1 for _ in (BUNDLED / "corpus.jsonl").open())
+
+
+def test_indexer_runs_in_its_own_bounded_jvm_and_its_failure_names_the_input(tmp_path: Path):
+    collection = catalog.resolve(str(BUNDLED))
+    built = bm25.build_index(collection, tmp_path / "index", config=bm25.IndexConfig(memory_buffer_mb=16,
+                                                                                      java_heap_mb=128))
+    assert built["counts"]["documents"] == bm25._num_docs(tmp_path / "index" / bm25.LUCENE_DIR)
+    # Anserini's main() exits 0 even when it indexes nothing: a missing index is still an error, with its log
+    missing = tmp_path / "no-shards"
+    with pytest.raises(bm25.IndexError_, match="IndexCollection failed .*no-shards"):
+        bm25._run_indexer(missing, tmp_path / "out", bm25.IndexConfig())
+
+
+def test_duplicates_across_shards_are_dropped_keeping_the_first(bundled_copy: Path, tmp_path: Path):
+    corpus = bundled_copy / "corpus.jsonl"
+    rows = corpus.read_bytes().splitlines(keepends=True)
+    first_ids = [json.loads(r)["_id"] for r in rows[:3]]
+    # repeats of the first three ids, far apart: with 4 rows per shard they land in three other shards
+    for at, doc_id in zip((6, 13, len(rows)), first_ids):
+        rows.insert(at, json.dumps({"_id": doc_id, "text": "a later copy"}).encode() + b"\n")
+    corpus.write_bytes(b"".join(rows))
+    copies = [n for n, r in enumerate(rows, start=1) if b"a later copy" in r]
+    collection = catalog.resolve(str(bundled_copy))
+    built = bm25.build_index(collection, tmp_path / "index", load_config=LoadConfig(skip_bad_rows=True),
+                             config=bm25.IndexConfig(shard_rows=4))
+    bad = pq.read_table(tmp_path / "index" / bm25.BAD_ROWS_FILE).to_pylist()
+    dups = sorted((r[S.SOURCE_LINE], r["reason"]) for r in bad if "duplicate" in r["reason"])
+    assert dups == [(line, f"duplicate document id (first seen at line {first})")
+                    for line, first in zip(copies, (1, 2, 3))]
+    assert built["counts"]["documents"] == len(rows) - 3 == bm25._num_docs(tmp_path / "index" / bm25.LUCENE_DIR)
+    searcher_rows = bm25.retrieve(tmp_path / "index", pa.table({S.QUERY_ID: ["q"], S.QUERY: ["later copy"]}), k=5)
+    assert not [h for h in searcher_rows.column(S.DOC_ID).to_pylist() if h in first_ids]
