@@ -60,6 +60,10 @@ class IndexConfig:
                                   "-memoryBuffer, whose own default of 4096 lets the indexer's memory grow with "
                                   "the corpus up to 4 GB); a segment is flushed whenever it fills. It changes "
                                   "memory and speed, never the index's rankings, so it is not part of the index key")
+    read_buffer_mb: int = Field(256, ge=16, description="object store memory the streamed corpus read may hold "
+                                "ahead of the indexer (Ray Data's limit for that read; without it the read runs "
+                                "ahead by a share of the whole object store, so memory grows with the corpus). "
+                                "Not part of the index key")
     java_heap_mb: int | None = Field(None, ge=64, description="maximum heap (-Xmx) of the indexer's own JVM in MB; "
                                      "null: memory_buffer_mb + 1024. Not part of the index key")
     prebuilt: str | None = Field(None, description="use a pyserini prebuilt index instead of building one: "
@@ -94,7 +98,7 @@ def _index_config(collection: Collection, load: LoadConfig, cfg: IndexConfig) ->
 
 
 #: index settings that change memory or speed but not the index's rankings: changing one rebuilds nothing
-_NOT_IN_KEY = ("memory_buffer_mb", "java_heap_mb")
+_NOT_IN_KEY = ("memory_buffer_mb", "java_heap_mb", "read_buffer_mb")
 
 
 def _write_shard(rows: pa.Table, path: Path) -> None:
@@ -258,8 +262,8 @@ def _build_lucene(collection: Collection, staging: Path, load_config: LoadConfig
                 shard_ends.append(n_docs)
             buffer, buffered = [], 0
 
-        for batch in _unwrapped(read_corpus(collection, load_config).iter_batches(batch_format="pyarrow",
-                                                                                    batch_size=None)):
+        corpus = _bounded_read(read_corpus(collection, load_config), config.read_buffer_mb)
+        for batch in _unwrapped(corpus.iter_batches(batch_format="pyarrow", batch_size=None)):
             good, bad_here = split_bad_rows(batch)
             bad.extend(bad_here)
             if good.num_rows == 0:
@@ -317,6 +321,14 @@ def _unwrapped(batches: Any) -> Any:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _bounded_read(dataset: Any, buffer_mb: int) -> Any:
+    """``dataset`` with the object store memory its execution may use capped at ``buffer_mb`` (the limit is
+    set on the dataset's own copy of the DataContext, so other datasets keep theirs)."""
+    options = dataset.context.execution_options
+    options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_mb * 2**20)
+    return dataset
 
 
 def _compact_lines(lines: np.ndarray) -> np.ndarray:

@@ -148,8 +148,8 @@ def test_memory_buffer_reaches_lucene_and_leaves_the_index_key_alone(tmp_path: P
 
 def test_indexer_runs_in_its_own_bounded_jvm_and_its_failure_names_the_input(tmp_path: Path):
     collection = catalog.resolve(str(BUNDLED))
-    built = bm25.build_index(collection, tmp_path / "index", config=bm25.IndexConfig(memory_buffer_mb=16,
-                                                                                      java_heap_mb=128))
+    built = bm25.build_index(collection, tmp_path / "index", config=bm25.IndexConfig(
+        memory_buffer_mb=16, java_heap_mb=128, read_buffer_mb=16))
     assert built["counts"]["documents"] == bm25._num_docs(tmp_path / "index" / bm25.LUCENE_DIR)
     # Anserini's main() exits 0 even when it indexes nothing: a missing index is still an error, with its log
     missing = tmp_path / "no-shards"
@@ -176,3 +176,18 @@ def test_duplicates_across_shards_are_dropped_keeping_the_first(bundled_copy: Pa
     assert built["counts"]["documents"] == len(rows) - 3 == bm25._num_docs(tmp_path / "index" / bm25.LUCENE_DIR)
     searcher_rows = bm25.retrieve(tmp_path / "index", pa.table({S.QUERY_ID: ["q"], S.QUERY: ["later copy"]}), k=5)
     assert not [h for h in searcher_rows.column(S.DOC_ID).to_pylist() if h in first_ids]
+
+
+def test_bounded_read_caps_only_its_own_dataset(ray_session):
+    import ray
+
+    from inpars_ray.load import read_corpus
+
+    collection = catalog.resolve(str(BUNDLED))
+    bounded = bm25._bounded_read(read_corpus(collection), 16)
+    other = read_corpus(collection)
+    assert bounded.context.execution_options.resource_limits.object_store_memory == 16 * 2**20
+    assert other.context.execution_options.resource_limits.object_store_memory != 16 * 2**20
+    assert ray.data.DataContext.get_current().execution_options.resource_limits.object_store_memory != 16 * 2**20
+    # the capped read still yields every row
+    assert bounded.count() == other.count() == sum(1 for _ in (BUNDLED / "corpus.jsonl").open())
