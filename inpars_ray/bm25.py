@@ -161,6 +161,9 @@ def build_index(collection: Collection, index_dir: storage.PathLike, load_config
     in this process otherwise. With a pyserini prebuilt index (``config.prebuilt``) nothing is built: the
     manifest names the prebuilt index and every node fetches it through pyserini's own download and cache.
     """
+    if config.java_heap_mb is not None and config.java_heap_mb <= config.memory_buffer_mb:
+        raise ConfigError(f"index java_heap_mb ({config.java_heap_mb}) must exceed memory_buffer_mb "
+                          f"({config.memory_buffer_mb}): Lucene's RAM buffer lives in that heap")
     loc = storage.location(index_dir)
     prebuilt = prebuilt_name(collection, config)
     stage_config = (_prebuilt_config(collection, prebuilt, config) if prebuilt

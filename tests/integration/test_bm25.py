@@ -151,6 +151,10 @@ def test_indexer_runs_in_its_own_bounded_jvm_and_its_failure_names_the_input(tmp
     built = bm25.build_index(collection, tmp_path / "index", config=bm25.IndexConfig(
         memory_buffer_mb=16, java_heap_mb=128, read_buffer_mb=16))
     assert built["counts"]["documents"] == bm25._num_docs(tmp_path / "index" / bm25.LUCENE_DIR)
+    with pytest.raises(bm25.ConfigError, match="java_heap_mb .128. must exceed memory_buffer_mb .256."):
+        bm25.build_index(collection, tmp_path / "other", config=bm25.IndexConfig(memory_buffer_mb=256,
+                                                                                  java_heap_mb=128))
+    assert not (tmp_path / "other").exists()
     # Anserini's main() exits 0 even when it indexes nothing: a missing index is still an error, with its log
     missing = tmp_path / "no-shards"
     with pytest.raises(bm25.IndexError_, match="IndexCollection failed .*no-shards"):
