@@ -95,10 +95,11 @@ class TreeMemory:
                 name = " ".join(proc.cmdline())[:80] or proc.name()
             except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
                 continue
+            own = info.rss - getattr(info, "shared", 0)
             rss += info.rss
             pss += getattr(info, "pss", info.rss)
-            anon += info.rss - getattr(info, "shared", 0)
-            each.append((info.rss, info.rss - getattr(info, "shared", 0), name))
+            anon += own
+            each.append((info.rss, own, name))
             n += 1
         return rss, pss, anon, n, each
 

@@ -114,13 +114,15 @@ def _duplicates(hashes: np.ndarray, sorted_hashes: np.ndarray) -> tuple[np.ndarr
     if not len(repeated):
         return np.empty(0, np.int64), np.empty(0, np.int64)
     candidates = np.flatnonzero(np.isin(hashes, repeated))  # every occurrence, in corpus order
-    order = np.argsort(hashes[candidates], kind="stable")
-    in_order, values = candidates[order], hashes[candidates][order]
+    values = hashes[candidates]
+    order = np.argsort(values, kind="stable")  # grouped by value, each group in corpus order
+    in_order, values = candidates[order], values[order]
     first = np.ones(len(values), dtype=bool)
     first[1:] = values[1:] != values[:-1]
     first_pos = in_order[np.maximum.accumulate(np.where(first, np.arange(len(values)), 0))]
-    keep = np.argsort(in_order[~first], kind="stable")
-    return in_order[~first][keep], first_pos[~first][keep]
+    later, later_first = in_order[~first], first_pos[~first]
+    keep = np.argsort(later, kind="stable")
+    return later[keep], later_first[keep]
 
 
 def _check_qrels(collection: Collection, known: np.ndarray, bad: BadRows, strict: bool) -> int:
