@@ -140,7 +140,7 @@ def warm_ray(num_cpus: int) -> None:
     (a pipeline's later stages find their workers up)."""
     import ray
 
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.runtime.raykit import ensure_ray
 
     ensure_ray(num_cpus=num_cpus)
     ray.data.range(4 * num_cpus, override_num_blocks=2 * num_cpus).map_batches(lambda b: b).materialize()

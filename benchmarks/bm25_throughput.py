@@ -40,10 +40,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("INPARS_RAY_PROGRESS", "0")
 
-    from inpars_ray import bm25, catalog
-    from inpars_ray._java import anserini_jar, java_executable
-    from inpars_ray.load import read_queries
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import read_queries
+    from inpars_ray.runtime.java import anserini_jar, java_executable
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages import index, lucene, retrieve
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bm25-bench-"))
     coll_dir = work / "collection"
@@ -54,32 +55,32 @@ def main() -> None:
     ensure_ray(num_cpus=args.threads)
     collection = catalog.resolve(str(coll_dir))
     t = time.perf_counter()
-    bm25.build_index(collection, work / "index")
+    index.build_index(collection, work / "index")
     index_s = time.perf_counter() - t
     queries, _ = read_queries(collection)
     results: dict[str, dict] = {}
 
     # 1. inpars-ray: SearchCollection in-process, sharded over Ray actors (here: one actor, all threads)
-    cfg = bm25.BM25Config(threads=args.threads, queries_per_task=1000, num_actors=1)
-    searcher = bm25.BM25Searcher(work / "index", args.k, cfg)
+    cfg = retrieve.BM25Config(threads=args.threads, queries_per_task=1000, num_actors=1)
+    searcher = retrieve.BM25Searcher(work / "index", args.k, cfg)
     searcher(queries.slice(0, 10))  # JVM warm-up, as every contender gets
     t = time.perf_counter()
-    run = bm25.retrieve(work / "index", queries, args.k, cfg)
+    run = retrieve.retrieve(work / "index", queries, args.k, cfg)
     s = time.perf_counter() - t
     results["inpars-ray (in-process)"] = {"queries": queries.num_rows, "seconds": s, "hits": run.num_rows}
     import ray
 
     t = time.perf_counter()
-    ds = bm25.retrieve_dataset(work / "index", ray.data.from_arrow(queries), args.k, cfg)
+    ds = retrieve.retrieve_dataset(work / "index", ray.data.from_arrow(queries), args.k, cfg)
     hits = sum(b.num_rows for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
     s = time.perf_counter() - t
     results["inpars-ray (Ray Data, incl. actor start)"] = {"queries": queries.num_rows, "seconds": s, "hits": hits}
 
     # 2. Anserini's own SearchCollection, as its own JVM process (JVM start is timed separately and subtracted)
     topics = work / "topics.tsv"
-    bm25.write_topics(queries, topics)
+    retrieve.write_topics(queries, topics)
     cmd = [java_executable(), "-cp", anserini_jar(), "io.anserini.search.SearchCollection", "-index",
-           str(work / "index" / bm25.LUCENE_DIR), "-topics", str(topics), "-topicReader", "TsvString",
+           str(work / "index" / lucene.LUCENE_DIR), "-topics", str(topics), "-topicReader", "TsvString",
            "-bm25", "-bm25.k1", "0.9", "-bm25.b", "0.4", "-hits", str(args.k), "-threads", str(args.threads),
            "-removeQuery"]
     t = time.perf_counter()
@@ -96,7 +97,7 @@ def main() -> None:
     os.environ.setdefault("OPENAI_API_KEY", "placeholder-not-a-key")  # pyserini builds an OpenAI client at import
     from pyserini.search.lucene import LuceneSearcher
 
-    ls = LuceneSearcher(str(work / "index" / bm25.LUCENE_DIR))
+    ls = LuceneSearcher(str(work / "index" / lucene.LUCENE_DIR))
     ls.set_bm25(0.9, 0.4)
     sub = queries.slice(0, args.batch_search_queries)
     qids, texts = sub.column("query_id").to_pylist(), sub.column("query").to_pylist()

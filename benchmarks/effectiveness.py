@@ -61,10 +61,10 @@ def generate(dataset: str, out: Path, num_docs: int, cache_dir: str | None, batc
     """The engine's generate stage (hf backend, SmolLM2 GGUF) over ``num_docs`` documents; resumable."""
     import ray
 
-    from inpars_ray import catalog
-    from inpars_ray.backends.base import GenerationParams
-    from inpars_ray.generate import GenerateConfig, GenerateResources, run_generate
-    from inpars_ray.local_models import SMOLLM2, resolve_model
+    from inpars_ray.io import catalog
+    from inpars_ray.models.backends.base import GenerationParams
+    from inpars_ray.models.local_models import SMOLLM2, resolve_model
+    from inpars_ray.stages.generate import GenerateConfig, GenerateResources, run_generate
 
     rs._ray_local(str(out.parent / "ray"))
     run_generate(catalog.resolve(dataset, cache_dir), out,
@@ -159,7 +159,7 @@ def write_result(args: argparse.Namespace, data: rs.Data, all_gen: list, rows: l
         summary[system] = {k: {"mean": round(statistics.fmean(r[k] for r in mine), 4),
                                "std": round(statistics.pstdev(r[k] for r in mine), 4)}
                            for k in ("nDCG@10", "RR@10", "R@100", "improved_vs_bm25", "hurt_vs_bm25")}
-    from inpars_ray.manifest import versions
+    from inpars_ray.io.manifest import versions
 
     result = {"dataset": args.dataset, "test_queries": len(data.test_queries), "generated_queries": len(all_gen),
               "num_docs": args.num_docs, "rerank_depth": args.rerank_depth, "seeds": args.seeds,

@@ -13,7 +13,7 @@ empty, copied and duplicate rows). Contenders:
     .venv/bin/python benchmarks/filter_throughput.py [--quick | --full] [--rows N] [--rerank-rows N] [--cpus 2]
 
 ``--quick``: 20,000 rows; ``--full``: 100,000 rows (issue #11). Ray is started and warmed up before any
-contender is timed; the document store of the collection (``inpars_ray.docstore``), a per-corpus artifact
+contender is timed; the document store of the collection (``inpars_ray.io.docstore``), a per-corpus artifact
 like the index, is built before the stage is timed, and its build time is reported on its own.
 
 Prints a table and writes benchmarks/results/filter_throughput.json.
@@ -59,8 +59,8 @@ def make_generated(docs: list[dict], n: int, seed: int = 5) -> pa.Table:
 
 
 def single_process(generated: pa.Table, docs: list[dict], k: int) -> int:
-    from inpars_ray import filter as F
     from inpars_ray import schema as S
+    from inpars_ray.stages import filter as F
 
     corpus = pa.table({S.DOC_ID: [d["_id"] for d in docs], S.TITLE: [d.get("title", "") for d in docs],
                        S.TEXT: [d["text"] for d in docs]})
@@ -86,8 +86,8 @@ def main() -> None:
     start_load = os.getloadavg()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from inpars_ray.catalog import BUNDLED_ROOT, resolve
-    from inpars_ray.filter import FilterConfig, run_filter
+    from inpars_ray.io.catalog import BUNDLED_ROOT, resolve
+    from inpars_ray.stages.filter import FilterConfig, run_filter
 
     docs = [json.loads(line) for line in (BUNDLED_ROOT / "corpus.jsonl").read_text().splitlines() if line.strip()]
     work = Path(tempfile.mkdtemp(prefix="filter-bench-"))
@@ -106,8 +106,8 @@ def main() -> None:
     import ray
 
     try:  # the per-corpus document store (absent before issue #11's docstore): built once, timed on its own
-        from inpars_ray.docstore import ensure_store
-        from inpars_ray.load import LoadConfig
+        from inpars_ray.io.docstore import ensure_store
+        from inpars_ray.io.load import LoadConfig
 
         t = time.perf_counter()
         ensure_store(collection, LoadConfig())
@@ -144,7 +144,7 @@ def main() -> None:
 def _rerank_contender(args, generated, collection, work, results) -> None:
     import ray
 
-    from inpars_ray.filter import FilterConfig, filter_dataset
+    from inpars_ray.stages.filter import FilterConfig, filter_dataset
     from inpars_ray.testing.tiny_t5 import build_tiny_monot5
 
     model = build_tiny_monot5(work / "monot5")

@@ -52,11 +52,11 @@ def _context(args: argparse.Namespace) -> dict[str, Any]:
     """The shared inputs: model folder, config and the sampled documents (the stage's own sample)."""
     import pyarrow as pa
 
-    from inpars_ray.backends.base import GenerationParams
-    from inpars_ray.catalog import resolve
-    from inpars_ray.generate import GenerateConfig, below_threshold, block_candidates, merge_candidates
-    from inpars_ray.load import read_corpus
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io.catalog import resolve
+    from inpars_ray.io.load import read_corpus
+    from inpars_ray.models.backends.base import GenerationParams
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages.generate import GenerateConfig, below_threshold, block_candidates, merge_candidates
     from inpars_ray.testing.tiny_lm import build_tiny_lm, tiny_lm_path
 
     if args.model:
@@ -82,15 +82,15 @@ def _context(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _builder(backend: Any, config: Any) -> Any:
-    from inpars_ray.prompts import PromptBuilder, resolve_template
+    from inpars_ray.models.prompts import PromptBuilder, resolve_template
 
     template = resolve_template(config.prompt)
     return PromptBuilder(template, lambda text: backend.truncate(text, config.doc_max_tokens))
 
 
 def _in_process(ctx: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    from inpars_ray.backends import make_backend
-    from inpars_ray.generate import generate_batch
+    from inpars_ray.models.backends import make_backend
+    from inpars_ray.stages.generate import generate_batch
 
     t_load = time.perf_counter()
     backend = make_backend("hf", ctx["model"])
@@ -111,7 +111,7 @@ def run_plain_loop(ctx: dict[str, Any]) -> dict[str, Any]:
     import torch
     import transformers
 
-    from inpars_ray.backends import make_backend
+    from inpars_ray.models.backends import make_backend
 
     args, params = ctx["args"], ctx["config"].generation
     backend = make_backend("hf", ctx["model"])  # only to build the very prompts the stage builds
@@ -154,7 +154,7 @@ def run_hf_batched(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def run_hf_ray(ctx: dict[str, Any]) -> dict[str, Any]:
     """The generate stage end to end on the running Ray (sampling, actors, part files, manifest)."""
-    from inpars_ray.generate import GenerateResources, run_generate
+    from inpars_ray.stages.generate import GenerateResources, run_generate
 
     args = ctx["args"]
     # the same threads as the one-process contenders: an actor holding one CPU would otherwise run torch on

@@ -47,9 +47,9 @@ def _prompts(collection, model: str, num_docs: int, doc_max: int, backend) -> li
     """The prompts the stage builds for its sample, in the stage's own way."""
     import pyarrow as pa
 
-    from inpars_ray.generate import below_threshold, block_candidates, merge_candidates
-    from inpars_ray.load import read_corpus
-    from inpars_ray.prompts import PromptBuilder, resolve_template
+    from inpars_ray.io.load import read_corpus
+    from inpars_ray.models.prompts import PromptBuilder, resolve_template
+    from inpars_ray.stages.generate import below_threshold, block_candidates, merge_candidates
 
     corpus = pa.concat_tables(list(read_corpus(collection).iter_batches(batch_format="pyarrow", batch_size=None)))
     threshold, _, _ = merge_candidates(block_candidates(corpus, num_docs, 1).to_pylist(), num_docs)
@@ -76,11 +76,11 @@ def main() -> None:
 
     import ray
 
-    from inpars_ray.backends.base import GenerationParams
-    from inpars_ray.backends.vllm_backend import VLLMBackend, VLLMConfig, vllm_processor
-    from inpars_ray.catalog import resolve
-    from inpars_ray.generate import GenerateConfig, GenerateResources, run_generate
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io.catalog import resolve
+    from inpars_ray.models.backends.base import GenerationParams
+    from inpars_ray.models.backends.vllm_backend import VLLMBackend, VLLMConfig, vllm_processor
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages.generate import GenerateConfig, GenerateResources, run_generate
     from inpars_ray.testing.tiny_lm import tiny_lm_path
 
     model = args.model or str(tiny_lm_path())

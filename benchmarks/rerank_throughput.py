@@ -8,7 +8,7 @@ batch size, input length and torch threads for every contender. Contenders:
 2. ``plain batched loop``: what a user writes by hand in one process: the hits in run order, batches of
    ``--batch-size`` tokenised and padded to their longest pair, forward, collect scores (document texts
    looked up in an in-memory dict, not timed).
-3. ``rerank stage``: ``inpars_ray.rerank.rerank_run`` end to end on a warm Ray (run read, document texts,
+3. ``rerank stage``: ``inpars_ray.stages.rerank.rerank_run`` end to end on a warm Ray (run read, document texts,
    scoring actor start and model load, ranking, TREC file written).
 
     .venv/bin/python benchmarks/rerank_throughput.py [--quick | --full] [--docs N --queries N --depth N]
@@ -48,9 +48,10 @@ def _pairs(work: Path, args: argparse.Namespace):
     ``--dataset`` takes any collection (e.g. ``builtin/python-docstrings``: real text whose lengths vary, as
     in BEIR); without it, a generated one of ``--docs`` documents (30-120 words each, near the length cap).
     """
-    from inpars_ray import bm25, catalog
-    from inpars_ray.docstore import document_texts, ensure_store, open_store
-    from inpars_ray.load import LoadConfig, read_queries
+    from inpars_ray.io import catalog, trec
+    from inpars_ray.io.docstore import document_texts, ensure_store, open_store
+    from inpars_ray.io.load import LoadConfig, read_queries
+    from inpars_ray.stages import index, retrieve
 
     if args.dataset:
         collection = catalog.resolve(args.dataset)
@@ -59,16 +60,16 @@ def _pairs(work: Path, args: argparse.Namespace):
         if not (coll / "corpus.jsonl").exists():
             write_collection(coll, args.docs, args.queries)
         collection = catalog.resolve(str(coll))
-    bm25.build_index(collection, work / "index")
+    index.build_index(collection, work / "index")
     every_query, _ = read_queries(collection)
     n = args.queries
     while True:  # a query may have fewer than --depth hits: take more queries until --min-pairs pairs
         queries = every_query.slice(0, n)
         run_file = work / f"bm25-{n}.run"
         if not run_file.exists():
-            bm25.write_trec_run(bm25.retrieve(work / "index", queries, args.depth, bm25.BM25Config(threads=2)),
+            trec.write_trec_run(retrieve.retrieve(work / "index", queries, args.depth, retrieve.BM25Config(threads=2)),
                                 run_file)
-        run = bm25.read_trec_run(run_file)
+        run = trec.read_trec_run(run_file)
         if run.num_rows >= args.min_pairs or n >= every_query.num_rows:
             break
         n += -(-(args.min_pairs - run.num_rows) // args.depth)
@@ -120,7 +121,7 @@ def plain_loop(model_dir: str, queries: list[str], docs: list[str], batch: int, 
 
 
 def stage(collection, run_file: Path, out: Path, model_dir: str, batch: int, max_length: int, threads: int) -> dict:
-    from inpars_ray import rerank
+    from inpars_ray.stages import rerank
 
     wanted = dict(model=model_dir, depth=10_000, max_length=max_length, batch_size=batch, num_actors=1,
                   partitions=2, rows_per_call=4096, threads=threads, cpus_per_actor=threads, family="cross-encoder")

@@ -13,10 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from inpars_ray.manifest import versions
-from inpars_ray.raykit import ensure_ray
+from inpars_ray.io.manifest import versions
+from inpars_ray.runtime.raykit import ensure_ray
+from inpars_ray.stages.train import train
+from inpars_ray.stages.train_config import TrainConfig
 from inpars_ray.testing.tiny_t5 import build_tiny_monot5, build_tiny_triples
-from inpars_ray.train import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 

@@ -20,17 +20,18 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from inpars_ray import catalog
-from inpars_ray.bm25 import BM25Config, IndexConfig
 from inpars_ray.errors import ConfigError
-from inpars_ray.evaluate import DEFAULT_MEASURES
-from inpars_ray.filter import FilterConfig
-from inpars_ray.generate import GenerateConfig, GenerateResources
-from inpars_ray.load import LoadConfig
-from inpars_ray.mine import MineConfig
-from inpars_ray.rerank import RerankConfig
+from inpars_ray.io import catalog
+from inpars_ray.io.load import LoadConfig
 from inpars_ray.stageconfig import Field, describe_errors, stage_config
-from inpars_ray.train import TrainConfig
+from inpars_ray.stages.evaluate import DEFAULT_MEASURES
+from inpars_ray.stages.filter import FilterConfig
+from inpars_ray.stages.generate import GenerateConfig, GenerateResources
+from inpars_ray.stages.index import IndexConfig
+from inpars_ray.stages.mine import MineConfig
+from inpars_ray.stages.rerank import RerankConfig
+from inpars_ray.stages.retrieve import BM25Config
+from inpars_ray.stages.train_config import TrainConfig
 
 #: model names that build tiny random models locally (no download): the embedded demo's defaults
 TINY_LM = "local:tiny-lm"

@@ -66,6 +66,10 @@ class StorageError(InparsError):
     """An artifact location cannot be used: a bad URI, a missing or changed file, a local path on many nodes."""
 
 
+class IndexError_(InparsError):  # noqa: N801 - avoid shadowing the builtin IndexError
+    """A Lucene index is missing, incomplete or unusable."""
+
+
 class BackendError(InparsError):
     """A generation or scoring backend failed in a way retries could not cure."""
 

@@ -13,7 +13,7 @@ to show the mechanics (the reranker is untrained noise, not a result). Real runs
 (e.g. EleutherAI/gpt-j-6B and castorini/monot5-3b-msmarco-10k, REFERENCE.md) in a YAML config.
 
 The run root is a local folder or an object-store URI (``gs://bucket/prefix``): every artifact goes
-through :mod:`inpars_ray.storage`, written from whichever node does the work. On a Ray cluster of several
+through :mod:`inpars_ray.io.storage`, written from whichever node does the work. On a Ray cluster of several
 nodes a local run root fails at once (unless declared a shared mount), before any stage runs.
 
 Every evaluated system (BM25, then each reranker) writes ``<folder>/eval.<split>.json`` and per-query
@@ -29,10 +29,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from inpars_ray import bm25, catalog, progress, storage
 from inpars_ray.config import TINY_LM, TINY_MONOT5, TRAINED, InparsConfig, PipelineConfig
-from inpars_ray.evaluate import evaluate_files
-from inpars_ray.manifest import StageRecord
+from inpars_ray.io import artifacts, catalog, storage
+from inpars_ray.io.manifest import StageRecord
+from inpars_ray.runtime import progress
+from inpars_ray.stages import index, retrieve
+from inpars_ray.stages.evaluate import evaluate_files
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,10 @@ def resolve_model(name: str, out: storage.PathLike) -> str:
     ``local:tiny-lm`` / ``local:tiny-monot5`` build tiny random models (once) under ``out/models``; under an
     object-store run root they are built here and published there (files, then a manifest listing them),
     and the actors that load them copy them to their own node. ``local:smollm2`` / ``local:minilm`` are the
-    real small models of the ``models`` extra (:mod:`inpars_ray.local_models`). Any other name is returned
+    real small models of the ``models`` extra (:mod:`inpars_ray.models.local_models`). Any other name is returned
     unchanged.
     """
-    from inpars_ray import local_models
+    from inpars_ray.models import local_models
 
     if name == TINY_LM:
         from inpars_ray.testing.tiny_lm import build_tiny_lm as build
@@ -70,7 +72,7 @@ def resolve_model(name: str, out: storage.PathLike) -> str:
     if not (target / "manifest.json").is_file():
         with tempfile.TemporaryDirectory(prefix="inpars-model-") as tmp:
             built = build(Path(tmp) / folder)
-            storage.publish_dir(built, target, {"stage": "model", "status": "complete", "name": name})
+            artifacts.publish_dir(built, target, {"stage": "model", "status": "complete", "name": name})
     return target.uri
 
 
@@ -80,7 +82,7 @@ def stage_configs(config: PipelineConfig, out: storage.PathLike, resolve=resolve
     Keys: ``retrieve``, and with ``inpars`` set ``generate``, ``generate_resources``, ``filter``, ``mine``,
     ``train``, ``rerank`` (devices, GPU counts and accelerators pass through untouched).
     """
-    stages: dict[str, Any] = {"retrieve": bm25.RetrieveConfig(split=config.split, k=config.k, bm25=config.bm25)}
+    stages: dict[str, Any] = {"retrieve": retrieve.RetrieveConfig(split=config.split, k=config.k, bm25=config.bm25)}
     ic = config.inpars
     if ic is None:
         return stages
@@ -169,11 +171,11 @@ def run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | Non
     collection = catalog.resolve(config.dataset, cache_dir)
     stages = stage_configs(config, out)
     with _Stage(record, "index") as stage:
-        index_manifest = bm25.build_index(collection, (out / "index").uri, config.load, config.index)
+        index_manifest = index.build_index(collection, (out / "index").uri, config.load, config.index)
         stage.done(index_manifest)
     run_path = out / "bm25" / f"run.{config.split}.trec"
     with _Stage(record, "retrieve") as stage:
-        retrieve_manifest = bm25.retrieve_to_file(collection, (out / "index").uri, run_path.uri,
+        retrieve_manifest = retrieve.retrieve_to_file(collection, (out / "index").uri, run_path.uri,
                                                   stages["retrieve"], config.load)
         stage.done(retrieve_manifest)
     bm25_measures = _evaluate("BM25", collection, config, out, run_path, record)
@@ -190,11 +192,11 @@ def run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | Non
 def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
                 out: storage.Location, bm25_run: storage.Location, record: StageRecord) -> dict[str, Any]:
     """generate -> filter -> mine -> train -> rerank -> evaluate; returns the reranked run's measures."""
-    from inpars_ray.filter import run_filter
-    from inpars_ray.generate import run_generate
-    from inpars_ray.mine import run_mine
-    from inpars_ray.rerank import rerank_run
-    from inpars_ray.train import train
+    from inpars_ray.stages.filter import run_filter
+    from inpars_ray.stages.generate import run_generate
+    from inpars_ray.stages.mine import run_mine
+    from inpars_ray.stages.rerank import rerank_run
+    from inpars_ray.stages.train import train
 
     with _Stage(record, "generate") as stage:
         gen = run_generate(collection, (out / "generate").uri, stages["generate"], stages["generate_resources"],
@@ -236,9 +238,9 @@ def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: cat
     """InPars-light's consistency filter over the filter's candidates: a ranker (``filter.model``, or one
     trained here on every candidate, as in the paper) must put a query's source document in the top
     ``consistency_k`` of its BM25 hits. Returns the folder the final mine reads, and the stage's manifest."""
-    from inpars_ray.consistency import ConsistencyConfig, run_consistency
-    from inpars_ray.mine import run_mine
-    from inpars_ray.train import train
+    from inpars_ray.stages.consistency import ConsistencyConfig, run_consistency
+    from inpars_ray.stages.mine import run_mine
+    from inpars_ray.stages.train import train
 
     filt, rr = stages["filter"], stages["rerank"]
     model = filt.model
@@ -265,7 +267,7 @@ def _zero_shot(config: PipelineConfig, stages: dict[str, Any], collection: catal
                exclude_file: storage.Location) -> dict[str, float]:
     """The baseline a user would otherwise reach for: the untrained bi-encoder reranking the same BM25 hits
     (same depth, length, actors and first-stage blend as the InPars reranker), evaluated on the same queries."""
-    from inpars_ray.rerank import rerank_run
+    from inpars_ray.stages.rerank import rerank_run
 
     assert config.inpars is not None and config.inpars.zero_shot
     rerank_config = dataclasses.replace(stages["rerank"], model=resolve_model(config.inpars.zero_shot, out),

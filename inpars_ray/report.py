@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from inpars_ray.deps import require
 from inpars_ray.errors import ConfigError
-from inpars_ray.manifest import MANIFEST_NAME, write_json_atomic
+from inpars_ray.io.manifest import MANIFEST_NAME, write_json_atomic
+from inpars_ray.runtime.deps import require
 
 logger = logging.getLogger(__name__)
 

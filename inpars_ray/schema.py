@@ -1,7 +1,7 @@
 """Column names and Arrow schemas: the data contract between stages, defined once.
 
 Every stage states the columns it reads with :func:`require_columns` and writes tables that match one of
-the schemas below. BEIR's own field names (``_id``, ``query-id``...) appear only in :mod:`inpars_ray.load`,
+the schemas below. BEIR's own field names (``_id``, ``query-id``...) appear only in :mod:`inpars_ray.io.load`,
 which maps them to these names.
 """
 from __future__ import annotations

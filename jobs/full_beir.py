@@ -26,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from inpars_ray import storage
-from inpars_ray.catalog import BEIR_MD5
 from inpars_ray.errors import ConfigError, find_typed_error
-from inpars_ray.raykit import ensure_ray
+from inpars_ray.io import storage
+from inpars_ray.io.catalog import BEIR_MD5
+from inpars_ray.runtime.raykit import ensure_ray
 
 logger = logging.getLogger("full_beir")
 

@@ -31,7 +31,7 @@ def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds)."""
     import ray
 
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.runtime.raykit import ensure_ray
 
     for attempt in range(3):  # Ray gives a starting node 30 s to register, which a loaded machine can miss
         try:

@@ -52,13 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from inpars_ray import progress
+    from inpars_ray.runtime import progress
 
     args = build_parser().parse_args(argv)
     progress.configure(verbose=args.verbose)  # quiet: warnings and stage lines; the rest goes to a log file
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    if getattr(args, "shared_fs", False):  # read by inpars_ray.storage.check_reachable before any stage works
-        from inpars_ray.storage import SHARED_FS_ENV
+    if getattr(args, "shared_fs", False):  # read by inpars_ray.io.storage.check_reachable before any stage works
+        from inpars_ray.io.storage import SHARED_FS_ENV
 
         os.environ[SHARED_FS_ENV] = "1"
     try:

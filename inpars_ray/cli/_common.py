@@ -145,6 +145,7 @@ def _build(cls: type, values: Mapping[str, Any], path: str, base: Any, fixed: Ma
 def log_beside(out: str) -> None:
     """Send this command's log (and Ray's output) to ``logs/inpars-ray.log`` beside its output ``out``
     (in a run root, every stage's folder or file sits in the root: one log per run)."""
-    from inpars_ray import progress, storage
+    from inpars_ray.io import storage
+    from inpars_ray.runtime import progress
 
     progress.attach_log(progress.log_file(storage.location(out).parent))

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray import progress
 from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
+from inpars_ray.runtime import progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inpars_ray.consistency import ConsistencyConfig
+    from inpars_ray.stages.consistency import ConsistencyConfig
 
     p = sub.add_parser("consistency", help="keep the queries whose source document a ranker puts in the top k "
                        "of their BM25 hits (InPars-light; resumable)")
@@ -22,10 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray import catalog
-    from inpars_ray.consistency import ConsistencyConfig, run_consistency
-    from inpars_ray.load import LoadConfig
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import LoadConfig
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages.consistency import ConsistencyConfig, run_consistency
 
     config = config_from_args(ConsistencyConfig, args)
     collection = catalog.resolve(args.dataset, args.cache_dir)

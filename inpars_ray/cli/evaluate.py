@@ -22,8 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray import catalog
-    from inpars_ray.evaluate import DEFAULT_MEASURES, evaluate_files
+    from inpars_ray.io import catalog
+    from inpars_ray.stages.evaluate import DEFAULT_MEASURES, evaluate_files
 
     measures = args.measures.split(",") if args.measures else list(DEFAULT_MEASURES)
     result, summary = evaluate_files(catalog.resolve(args.dataset, args.cache_dir), args.run, args.split, measures,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray import progress
 from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
+from inpars_ray.runtime import progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inpars_ray.filter import FilterConfig
+    from inpars_ray.stages.filter import FilterConfig
 
     p = sub.add_parser("filter", help="filter generated queries by generator scores or by a ranker "
                        "(monoT5, cross-encoder, bi-encoder)")
@@ -21,10 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray import catalog
-    from inpars_ray.filter import FilterConfig, run_filter
-    from inpars_ray.load import LoadConfig
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import LoadConfig
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages.filter import FilterConfig, run_filter
 
     config = config_from_args(FilterConfig, args)
     collection = catalog.resolve(args.dataset, args.cache_dir)

@@ -6,8 +6,8 @@ import json
 import logging
 from typing import Any
 
-from inpars_ray import progress
 from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
+from inpars_ray.runtime import progress
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from inpars_ray.generate import GenerateConfig, GenerateResources
+    from inpars_ray.stages.generate import GenerateConfig, GenerateResources
 
     p = subparsers.add_parser("generate", help="generate one synthetic query per sampled document (resumable)")
     add_dataset(p)
@@ -41,10 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from inpars_ray.catalog import resolve
-    from inpars_ray.generate import GenerateConfig, GenerateResources, run_generate
-    from inpars_ray.load import LoadConfig
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io.catalog import resolve
+    from inpars_ray.io.load import LoadConfig
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages.generate import GenerateConfig, GenerateResources, run_generate
 
     config = config_from_args(GenerateConfig, args, backend_options=tuple(sorted(args.backend_option)))
     config = dataclasses.replace(config, generation=dataclasses.replace(config.generation, seed=config.seed))

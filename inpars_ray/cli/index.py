@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray import progress
 from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
+from inpars_ray.runtime import progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inpars_ray.bm25 import IndexConfig
+    from inpars_ray.stages.index import IndexConfig
 
     p = sub.add_parser("index", help="build a BM25 index (Anserini, BEIR flat settings) of a collection")
     add_dataset(p)
@@ -19,16 +19,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray import bm25, catalog
-    from inpars_ray.load import LoadConfig
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import LoadConfig
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages import index
 
-    config = config_from_args(bm25.IndexConfig, args)
+    config = config_from_args(index.IndexConfig, args)
     collection = catalog.resolve(args.dataset, args.cache_dir)
     log_beside(args.index_dir)
     ensure_ray(args.ray_address, args.num_cpus)
     with progress.stage("index"):
-        manifest = bm25.build_index(collection, args.index_dir, LoadConfig(skip_bad_rows=args.skip_bad_rows),
+        manifest = index.build_index(collection, args.index_dir, LoadConfig(skip_bad_rows=args.skip_bad_rows),
                                     config)
     counts = manifest.get("counts", {})
     print(f"indexed {counts.get('documents')} documents into {args.index_dir} "

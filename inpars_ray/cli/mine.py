@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray import progress
 from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
+from inpars_ray.runtime import progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inpars_ray.mine import MineConfig
+    from inpars_ray.stages.mine import MineConfig
 
     p = sub.add_parser("mine", help="sample BM25 negatives for filtered queries and write training triples")
     p.add_argument("--queries", required=True, help="filter output folder (or a Parquet folder of queries)")
@@ -24,10 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray import catalog
-    from inpars_ray.load import LoadConfig
-    from inpars_ray.mine import MineConfig, export_tsv, run_mine
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import LoadConfig
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages.mine import MineConfig, export_tsv, run_mine
 
     config = config_from_args(MineConfig, args)
     collection = catalog.resolve(args.dataset, args.cache_dir)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray import progress
 from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
+from inpars_ray.runtime import progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inpars_ray.rerank import RerankConfig
+    from inpars_ray.stages.rerank import RerankConfig
 
     p = sub.add_parser("rerank", help="rescore the top hits of a TREC run with a reranker (resumable)")
     add_dataset(p)  # the query and document texts
@@ -20,10 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray import catalog
-    from inpars_ray.load import LoadConfig
-    from inpars_ray.raykit import ensure_ray
-    from inpars_ray.rerank import RerankConfig, rerank_run
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import LoadConfig
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages.rerank import RerankConfig, rerank_run
 
     config = config_from_args(RerankConfig, args)
     collection = catalog.resolve(args.dataset, args.cache_dir)

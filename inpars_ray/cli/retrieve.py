@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray import progress
 from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
+from inpars_ray.runtime import progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from inpars_ray.bm25 import RetrieveConfig
+    from inpars_ray.stages.retrieve import RetrieveConfig
 
     p = sub.add_parser("retrieve", help="BM25 top-k of the queries of a split, as a TREC run")
     add_dataset(p)
@@ -24,11 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from inpars_ray import bm25, catalog
-    from inpars_ray.load import LoadConfig
-    from inpars_ray.raykit import ensure_ray
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import LoadConfig
+    from inpars_ray.runtime.raykit import ensure_ray
+    from inpars_ray.stages import retrieve
 
-    config = config_from_args(bm25.RetrieveConfig, args)
+    config = config_from_args(retrieve.RetrieveConfig, args)
     if args.all_queries:
         config = dataclasses.replace(config, split=None)
     if args.keep_query_docid:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     log_beside(args.out)
     ensure_ray(args.ray_address, args.num_cpus)
     with progress.stage("retrieve"):
-        manifest = bm25.retrieve_to_file(collection, args.index_dir, args.out, config,
+        manifest = retrieve.retrieve_to_file(collection, args.index_dir, args.out, config,
                                          LoadConfig(skip_bad_rows=args.skip_bad_rows))
     counts = manifest.get("counts", {})
     print(f"wrote {counts.get('hits')} hits for {counts.get('queries')} queries to {args.out}")

@@ -35,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(config), end="")
         return 0
-    from inpars_ray import progress, storage
+    from inpars_ray.io import storage
     from inpars_ray.pipeline import run_pipeline
-    from inpars_ray.raykit import ensure_ray
     from inpars_ray.report import terminal_table
+    from inpars_ray.runtime import progress
+    from inpars_ray.runtime.raykit import ensure_ray
 
     progress.echo(f"inpars-ray run: {config.dataset} -> {config.out_dir}")
     with progress.stage("ray") as line:  # starting a local Ray takes a while on a small machine
@@ -61,7 +62,7 @@ def _report(out_dir: str):
     import tempfile
     from pathlib import Path
 
-    from inpars_ray import storage
+    from inpars_ray.io import artifacts, storage
     from inpars_ray.report import build_report
 
     root = storage.location(out_dir)
@@ -71,7 +72,7 @@ def _report(out_dir: str):
     wanted = [n for n in root.files() if n.endswith(".json") and n.count("/") <= 1 or n.endswith(".tsv")
               and "/eval." in f"/{n}"]
     with tempfile.TemporaryDirectory(prefix="inpars-report-") as tmp:
-        local = storage.download_dir(root, Path(tmp) / "run", names=wanted)
+        local = artifacts.download_dir(root, Path(tmp) / "run", names=wanted)
         report = build_report(local)
         for made in [report.paths["md"], report.paths["json"], *report.plots]:
             root.join(made.name).write_bytes(Path(made).read_bytes())

@@ -1,19 +1,19 @@
 """``inpars-ray train``: fine-tune a ranker (monoT5, cross-encoder, bi-encoder) on triples with Ray Train
-(delegates to :func:`inpars_ray.train.train`)."""
+(delegates to :func:`inpars_ray.stages.train.train`)."""
 from __future__ import annotations
 
 import argparse
 import logging
 
-from inpars_ray import progress
 from inpars_ray.cli._common import add_config_options, add_ray, config_from_args, given, log_beside
 from inpars_ray.errors import ConfigError
+from inpars_ray.runtime import progress
 
 logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
-    from inpars_ray.train import TrainConfig
+    from inpars_ray.stages.train_config import TrainConfig
 
     p = subparsers.add_parser("train", help="fine-tune a ranker (monoT5, cross-encoder or bi-encoder) on "
                               "(query, positive, negative) triples")
@@ -41,7 +41,8 @@ def micro_batch(batch_size: int, workers: int, micro: int | None, accum: int | N
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray.train import TrainConfig, train
+    from inpars_ray.stages.train import train
+    from inpars_ray.stages.train_config import TrainConfig
 
     values, fields = given(args), TrainConfig.__pydantic_fields__
     micro = micro_batch(values.get("batch_size", fields["batch_size"].default),

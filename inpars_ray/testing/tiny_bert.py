@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from inpars_ray.deps import require
+from inpars_ray.runtime.deps import require
 from inpars_ray.testing.tiny_t5 import BUNDLED, _bundled_texts
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from inpars_ray import storage
-
+from inpars_ray.io import storage
 from tests.conftest import BUNDLED
 
 pytestmark = pytest.mark.cluster

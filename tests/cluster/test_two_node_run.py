@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from inpars_ray import storage
+from inpars_ray.io import storage
 
 pytestmark = pytest.mark.cluster
 #: the two full-pipeline runs on two nodes take tens of minutes on a 2-core machine (a one-node run of the

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from inpars_ray.manifest import read_manifest
+from inpars_ray.io.manifest import read_manifest
 from inpars_ray.pipeline import PipelineConfig, run_pipeline
 from inpars_ray.report import build_report
-
 from tests.conftest import BUNDLED
 
 STAGE_MANIFESTS = ["index/manifest.json", "bm25/run.test.trec.manifest.json", "generate/manifest.json",
@@ -59,7 +58,7 @@ def test_full_pipeline_runs_and_resumes(ray_session, tmp_path: Path):
 @pytest.mark.slow
 def test_consistency_strategy_trains_on_the_candidates_then_mines_only_consistent_queries(ray_session, tmp_path):
     from inpars_ray.config import merge
-    from inpars_ray.manifest import manifest_hash
+    from inpars_ray.io.manifest import manifest_hash
 
     root = tmp_path / "run"
     config = merge(PipelineConfig(dataset=str(BUNDLED), out_dir=str(root)),

@@ -9,14 +9,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from inpars_ray import bm25
-from inpars_ray.backends.base import GenerationParams
-from inpars_ray.catalog import resolve
-from inpars_ray.evaluate import evaluate_files
-from inpars_ray.filter import FilterConfig, run_filter
-from inpars_ray.generate import GenerateConfig, GenerateResources, run_generate
-from inpars_ray.manifest import read_manifest
-from inpars_ray.mine import MineConfig, run_mine
+from inpars_ray.io.catalog import resolve
+from inpars_ray.io.manifest import read_manifest
+from inpars_ray.models.backends.base import GenerationParams
+from inpars_ray.stages import index, retrieve
+from inpars_ray.stages.evaluate import evaluate_files
+from inpars_ray.stages.filter import FilterConfig, run_filter
+from inpars_ray.stages.generate import GenerateConfig, GenerateResources, run_generate
+from inpars_ray.stages.mine import MineConfig, run_mine
 from inpars_ray.testing.tiny_lm import tiny_lm_path
 
 
@@ -30,9 +30,9 @@ def _stamps(root: Path) -> dict[str, str]:
 
 def _run(root: Path, negatives: int = 1, keep: int = 8) -> dict[str, str]:
     collection = resolve("bundled/tiny-science")
-    bm25.build_index(collection, root / "index")
+    index.build_index(collection, root / "index")
     run = root / "bm25" / "run.test.trec"
-    bm25.retrieve_to_file(collection, root / "index", run, bm25.RetrieveConfig(k=20, bm25=bm25.BM25Config(threads=1)))
+    retrieve.retrieve_to_file(collection, root / "index", run, retrieve.RetrieveConfig(k=20, bm25=retrieve.BM25Config(threads=1)))
     evaluate_files(collection, str(run), "test", ["nDCG@10"], summary_path=str(root / "bm25" / "eval.json"))
     run_generate(collection, root / "generate",
                  GenerateConfig(model=str(tiny_lm_path()), num_docs=12, seed=2,
@@ -41,7 +41,7 @@ def _run(root: Path, negatives: int = 1, keep: int = 8) -> dict[str, str]:
     run_filter(root / "generate", collection, root / "filter", FilterConfig(keep_top_k=keep, min_tokens=1,
                                                                            shuffle_partitions=1))
     run_mine(root / "filter", collection, root / "index", root / "mine",
-             MineConfig(depth=20, negatives=negatives, shuffle_partitions=1, bm25=bm25.BM25Config(threads=1,
+             MineConfig(depth=20, negatives=negatives, shuffle_partitions=1, bm25=retrieve.BM25Config(threads=1,
                                                                                                 remove_query=False)))
     return _stamps(root)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from inpars_ray.bm25 import RetrieveConfig
 from inpars_ray.cli import build_parser
 from inpars_ray.cli._common import config_from_args
-from inpars_ray.filter import FilterConfig
-from inpars_ray.generate import GenerateConfig, GenerateResources
-from inpars_ray.mine import MineConfig
+from inpars_ray.stages.filter import FilterConfig
+from inpars_ray.stages.generate import GenerateConfig, GenerateResources
+from inpars_ray.stages.mine import MineConfig
+from inpars_ray.stages.retrieve import RetrieveConfig
 
 COMMON = ["--dataset", "d", "--out", "o"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from inpars_ray.backends.vllm_backend import newline_cut
+from inpars_ray.models.backends.vllm_backend import newline_cut
 
 
 @dataclass

@@ -14,8 +14,8 @@ import sys
 
 
 def main(model: str, prompts_path: str, out_path: str, processor: bool) -> None:
-    from inpars_ray.backends.base import GenerationParams
-    from inpars_ray.backends.vllm_backend import VLLMBackend
+    from inpars_ray.models.backends.base import GenerationParams
+    from inpars_ray.models.backends.vllm_backend import VLLMBackend
 
     prompts = json.load(open(prompts_path))
     out: dict = {}
@@ -46,7 +46,7 @@ def main(model: str, prompts_path: str, out_path: str, processor: bool) -> None:
     if processor:
         import ray
 
-        from inpars_ray.backends.vllm_backend import VLLMConfig, vllm_processor
+        from inpars_ray.models.backends.vllm_backend import VLLMConfig, vllm_processor
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:

@@ -6,11 +6,11 @@ import json
 from types import SimpleNamespace
 
 import pytest
+
+from inpars_ray.errors import ConfigError
+from inpars_ray.models.backends.vllm_backend import VLLMConfig, chosen_logprobs, newline_cut
 from tests.vllm_cpu.hf_reference import greedy, prompts_from_bundled, teacher_forced
 from tests.vllm_cpu.vllm_env import requires_vllm_venv, run_in_vllm_venv
-
-from inpars_ray.backends.vllm_backend import VLLMConfig, chosen_logprobs, newline_cut
-from inpars_ray.errors import ConfigError
 
 MAX_NEW = 24
 ATOL = 1e-5

@@ -30,8 +30,8 @@ def test_a_monot5_step_runs_on_the_xla_device_and_lowers_the_loss(tiny_model, mo
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from inpars_ray.tpu import xla_device, xla_sync
-    from inpars_ray.train import encode_examples, loss_sum
+    from inpars_ray.models.losses import encode_examples, loss_sum
+    from inpars_ray.runtime.tpu import xla_device, xla_sync
 
     device = xla_device()
     assert device.type == "xla"
@@ -56,8 +56,9 @@ def test_ray_train_tpu_path_on_the_xla_cpu_device(tmp_path, tiny_model, ray_sess
     import pyarrow.parquet as pq
     from transformers import AutoModelForSeq2SeqLM
 
+    from inpars_ray.stages.train import train
+    from inpars_ray.stages.train_config import TrainConfig
     from inpars_ray.testing.tiny_t5 import build_tiny_triples
-    from inpars_ray.train import TrainConfig, train
 
     triples = build_tiny_triples(tmp_path / "triples", files=2)
     cfg = TrainConfig(base_model=str(tiny_model), accelerator="tpu", tpu_chips_per_worker=0, num_workers=2,

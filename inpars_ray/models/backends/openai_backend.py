@@ -1,0 +1,394 @@
+"""The ``openai`` backend: any OpenAI-compatible completions endpoint (OpenAI, a vLLM server, ...).
+
+InPars-v1 generated its queries with OpenAI's GPT-3 Curie through this API (arXiv 2202.05144); the same
+code drives a self-hosted vLLM server, which is how the tests run it (a tiny model on loopback).
+
+What it does per prompt: one ``completions.create`` call with ``logprobs=1`` and ``stop=["\\n"]``
+(temperature 0 unless asked otherwise), from a bounded pool of threads inside the actor; request- and
+token-per-minute buckets keep the actor under the provider's limits; 429 / 5xx / timeouts are retried
+with exponential back-off and jitter, honouring ``Retry-After``; a prompt that still fails becomes
+``Generation(error=...)``. Token and cost totals are exposed by :meth:`OpenAIBackend.usage` for the
+stage's manifest.
+
+Token counting (documents are truncated to a token budget before prompting) uses, by the ``tokenizer``
+option:
+
+* ``"server"`` (default) -- the endpoint's own tokenizer through vLLM's ``/tokenize`` and ``/detokenize``
+  routes (next to ``/v1``), exact for a vLLM server;
+* a local Hugging Face tokenizer (path or hub id, loaded offline) -- for endpoints that do not expose
+  tokenization, e.g. OpenAI itself; give the tokenizer of the model the endpoint serves.
+
+The API key is read from the environment variable named by ``api_key_env`` inside the actor; it is never
+stored in the config, and it is scrubbed from error messages, so it reaches no log, repr, manifest or
+output row.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from inpars_ray.errors import BackendError, ConfigError
+from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
+from inpars_ray.models.backends.ratelimit import RetryPolicy, TokenBucket, backoff_delay, parse_retry_after
+from inpars_ray.models.backends.vllm_backend import request_seed
+from inpars_ray.runtime.deps import require
+
+log = logging.getLogger(__name__)
+
+SERVER_TOKENIZER = "server"
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenAIConfig:
+    """Options of :class:`OpenAIBackend` (every field can be passed as a keyword option).
+
+    Attributes:
+        base_url: the endpoint, e.g. ``http://127.0.0.1:8000/v1`` for a vLLM server; ``None`` = OpenAI's.
+        api_key_env: name of the environment variable holding the key; ``None`` for endpoints without auth
+            (a local vLLM server), which then get a placeholder key.
+        tokenizer: ``"server"`` (vLLM ``/tokenize``) or a local Hugging Face tokenizer path / id.
+        max_concurrency: requests in flight at once from one actor (threads).
+        requests_per_minute: request budget of one actor; ``None`` = no client-side limit.
+        tokens_per_minute: token budget of one actor (prompt tokens + ``max_new_tokens`` per request, the
+            way providers count it); ``None`` = no client-side limit.
+        request_timeout_s: a request that has not answered after this long is abandoned and retried.
+        price_prompt_per_1k: currency units per 1,000 prompt tokens, for the cost estimate.
+        price_completion_per_1k: currency units per 1,000 generated tokens, for the cost estimate.
+        retry: retry and back-off policy.
+        jitter_seed: seed of the back-off jitter, so a test run is reproducible.
+    """
+
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    tokenizer: str = SERVER_TOKENIZER
+    max_concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    request_timeout_s: float = 60.0
+    price_prompt_per_1k: float = 0.0
+    price_completion_per_1k: float = 0.0
+    retry: RetryPolicy = RetryPolicy()
+    jitter_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.request_timeout_s <= 0:
+            raise ConfigError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.price_prompt_per_1k < 0 or self.price_completion_per_1k < 0:
+            raise ConfigError("prices must be >= 0")
+
+    @classmethod
+    def from_options(cls, **options: Any) -> OpenAIConfig:
+        """Build from flat keyword options; :class:`RetryPolicy` fields may be given flat too."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        retry_fields = {f.name for f in dataclasses.fields(RetryPolicy)}
+        unknown = sorted(set(options) - own - retry_fields)
+        if unknown:
+            raise ConfigError(f"unknown option(s) for the openai backend: {', '.join(unknown)}")
+        retry_opts = {k: options.pop(k) for k in list(options) if k in retry_fields}
+        if retry_opts:
+            if "retry" in options:
+                raise ConfigError("give either retry=RetryPolicy(...) or its fields, not both")
+            if "retry_statuses" in retry_opts:
+                retry_opts["retry_statuses"] = tuple(retry_opts["retry_statuses"])
+            options["retry"] = RetryPolicy(**retry_opts)
+        return cls(**options)
+
+
+@dataclasses.dataclass
+class Usage:
+    """Running totals of one backend instance (one actor).
+
+    Attributes:
+        requests: completion requests sent (including retries).
+        retries: requests that were repeats of an earlier failed attempt.
+        failed_prompts: prompts given up after the last retry (their rows carry ``error``).
+        prompt_tokens: prompt tokens billed (from the server's ``usage``).
+        completion_tokens: generated tokens billed.
+        rate_limit_wait_s: seconds spent waiting on the client-side rate limits.
+        cost: estimated cost from the configured prices.
+    """
+
+    requests: int = 0
+    retries: int = 0
+    failed_prompts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    rate_limit_wait_s: float = 0.0
+    cost: float = 0.0
+
+
+class _Attempt(Exception):
+    """One failed attempt, classified: retry it or give up."""
+
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def first_line(text: str, tokens: list[str], logprobs: list[float | None]) -> tuple[str, list[float]]:
+    """The first line of a completion and the log-probs of its tokens.
+
+    The cut is made on the *decoded* text of each token (no newline token id is assumed): tokens are
+    kept up to, not including, the first one whose text contains a newline -- whether the server
+    reports that token or stopped before it. Raises :class:`BackendError` if a log-prob is missing.
+    """
+    kept: list[float] = []
+    for tok, lp in zip(tokens, logprobs, strict=False):
+        if "\n" in tok:
+            break
+        if lp is None:
+            raise BackendError(f"the endpoint returned no log-prob for generated token {tok!r}")
+        kept.append(float(lp))
+    return text.split("\n", 1)[0].strip(), kept
+
+
+class OpenAIBackend(Backend):
+    """Generation through an OpenAI-compatible completions endpoint (see the module docstring)."""
+
+    name = "openai"
+
+    def __init__(self, model: str, config: OpenAIConfig | None = None, **options: Any) -> None:
+        super().__init__(model)
+        if config is not None and options:
+            raise ConfigError("give either config=OpenAIConfig(...) or keyword options, not both")
+        self.config = config if config is not None else OpenAIConfig.from_options(**options)
+        cfg = self.config
+        if cfg.api_key_env is None:
+            key = "none"  # the client insists on a key; an endpoint without auth ignores it
+        else:
+            key = os.environ.get(cfg.api_key_env, "")
+            if not key:
+                raise ConfigError(
+                    f"the openai backend reads its API key from ${cfg.api_key_env}, which is not set "
+                    "(set api_key_env=None for an endpoint without authentication)"
+                )
+        self.__key = key
+        openai = require("openai", "the openai generation backend")
+        self._openai = openai
+        self._client = openai.OpenAI(
+            api_key=key, base_url=cfg.base_url, max_retries=0, timeout=cfg.request_timeout_s
+        )
+        self._rpm = TokenBucket(cfg.requests_per_minute) if cfg.requests_per_minute else None
+        self._tpm = TokenBucket(cfg.tokens_per_minute) if cfg.tokens_per_minute else None
+        self._rng = random.Random(cfg.jitter_seed)
+        self._lock = threading.Lock()
+        self._usage = Usage()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=cfg.max_concurrency, thread_name_prefix="inpars-openai"
+        )
+        self._hf_tokenizer = None
+        if cfg.tokenizer != SERVER_TOKENIZER:
+            transformers = require("transformers", "local token counting for the openai backend")
+            self._hf_tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer)
+        self._server_root = _server_root(cfg.base_url) if cfg.tokenizer == SERVER_TOKENIZER else None
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIBackend(model={self.model!r}, base_url={self.config.base_url!r}, "
+            f"tokenizer={self.config.tokenizer!r}, api_key_env={self.config.api_key_env!r})"
+        )
+
+    __str__ = __repr__
+
+    # --- accounting ------------------------------------------------------------------------------------
+    def usage(self) -> dict[str, float | int]:
+        """Token, request and cost totals so far (plain numbers, safe to write into a manifest)."""
+        with self._lock:
+            out = dataclasses.asdict(self._usage)
+        waits = [b.waited_s for b in (self._rpm, self._tpm) if b is not None]
+        out["rate_limit_wait_s"] = round(sum(waits), 3)
+        return out
+
+    def _add_usage(self, **delta: float) -> None:
+        cfg = self.config
+        with self._lock:
+            for k, v in delta.items():
+                setattr(self._usage, k, getattr(self._usage, k) + v)
+            u = self._usage
+            u.cost = (
+                u.prompt_tokens / 1000.0 * cfg.price_prompt_per_1k
+                + u.completion_tokens / 1000.0 * cfg.price_completion_per_1k
+            )
+
+    # --- errors and retries ----------------------------------------------------------------------------
+    def _redact(self, message: str) -> str:
+        key = self.__key
+        return message.replace(key, "***") if len(key) >= 4 else message
+
+    def _classify(self, exc: BaseException) -> _Attempt:
+        oa = self._openai
+        statuses = self.config.retry.retry_statuses
+        if isinstance(exc, _Attempt):
+            return exc
+        if isinstance(exc, oa.APIStatusError):
+            headers = dict(exc.response.headers) if exc.response is not None else None
+            msg = f"HTTP {exc.status_code}: {exc.message}"
+            return _Attempt(msg, exc.status_code in statuses, parse_retry_after(headers))
+        if isinstance(exc, oa.APIConnectionError):  # includes APITimeoutError
+            return _Attempt(f"{type(exc).__name__}: {exc}", True)
+        if isinstance(exc, urllib.error.HTTPError):
+            return _Attempt(
+                f"HTTP {exc.code}: {_error_message(exc)}", exc.code in statuses, parse_retry_after(dict(exc.headers))
+            )
+        if isinstance(exc, (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError)):
+            return _Attempt(f"{type(exc).__name__}: {exc}", True)
+        return _Attempt(f"{type(exc).__name__}: {exc}", False)
+
+    def _with_retries(self, what: str, call: Callable[[], Any], on_attempt: Callable[[int], None]) -> Any:
+        policy = self.config.retry
+        attempt = 0
+        while True:
+            on_attempt(attempt)
+            try:
+                return call()
+            except Exception as exc:  # classified below: retried, or turned into an error
+                failure = self._classify(exc)
+                if not failure.retryable or attempt >= policy.max_retries:
+                    raise BackendError(self._redact(f"{what}: {failure}")) from None
+                attempt += 1
+                with self._lock:
+                    delay = backoff_delay(attempt, policy, self._rng, failure.retry_after)
+                log.debug("%s failed (%s); retry %d in %.2fs", what, self._redact(str(failure)), attempt, delay)
+                threading.Event().wait(delay)  # back-off; an Event never set is a plain interruptible wait
+
+    # --- tokenization ----------------------------------------------------------------------------------
+    def _server_post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode()
+        req = urllib.request.Request(
+            self._server_root + route,
+            data=data,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.__key}"},
+        )
+
+        def call() -> dict[str, Any]:
+            with urllib.request.urlopen(req, timeout=self.config.request_timeout_s) as resp:
+                return json.loads(resp.read())
+
+        try:
+            return self._with_retries(f"POST {route}", call, lambda _a: None)
+        except BackendError as exc:
+            if "HTTP 404" in str(exc):
+                raise ConfigError(
+                    f"{self._server_root}{route} does not exist: the endpoint does not expose its tokenizer; "
+                    "pass tokenizer=<local Hugging Face tokenizer of the served model>"
+                ) from None
+            raise
+
+    def _token_ids(self, text: str) -> list[int]:
+        if self._hf_tokenizer is not None:
+            return list(self._hf_tokenizer(text, add_special_tokens=False)["input_ids"])
+        out = self._server_post("/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False})
+        return list(out["tokens"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._token_ids(text))
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        if max_tokens < 0:
+            raise ConfigError(f"max_tokens must be >= 0, got {max_tokens}")
+        if self._hf_tokenizer is not None and getattr(self._hf_tokenizer, "is_fast", False):
+            enc = self._hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+            if len(offsets) <= max_tokens:
+                return text
+            return text[: offsets[max_tokens - 1][1]] if max_tokens else ""
+        ids = self._token_ids(text)
+        if len(ids) <= max_tokens:
+            return text
+        if self._hf_tokenizer is not None:
+            return self._hf_tokenizer.decode(ids[:max_tokens])
+        return self._server_post("/detokenize", {"model": self.model, "tokens": ids[:max_tokens]})["prompt"]
+
+    # --- generation ------------------------------------------------------------------------------------
+    def _complete(self, prompt: str, params: GenerationParams) -> Generation:
+        try:
+            n_prompt = self.count_tokens(prompt)
+        except BackendError as exc:
+            return Generation(text="", token_logprobs=[], error=str(exc))
+        if n_prompt > params.max_prompt_tokens:
+            return Generation(
+                text="",
+                token_logprobs=[],
+                prompt_tokens=n_prompt,
+                error=f"prompt has {n_prompt} tokens, more than max_prompt_tokens={params.max_prompt_tokens}",
+            )
+
+        def before(attempt: int) -> None:
+            if self._rpm is not None:
+                self._rpm.acquire(1)
+            if self._tpm is not None:
+                self._tpm.acquire(n_prompt + params.max_new_tokens)
+            self._add_usage(requests=1, retries=1 if attempt else 0)
+
+        request: dict[str, Any] = dict(
+            model=self.model,
+            prompt=prompt,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            logprobs=1,
+            stop=["\n"],
+        )
+        if params.temperature > 0:
+            request.update(top_p=params.top_p, seed=request_seed(params.seed, prompt))
+        try:
+            resp = self._with_retries(
+                "completion", lambda: self._client.completions.create(**request), before
+            )
+            choice = resp.choices[0]
+            lp = choice.logprobs
+            if lp is None or lp.tokens is None or lp.token_logprobs is None:
+                raise BackendError("the endpoint returned no logprobs (does it support logprobs=1?)")
+            text, logprobs = first_line(choice.text or "", list(lp.tokens), list(lp.token_logprobs))
+        except BackendError as exc:
+            self._add_usage(failed_prompts=1)
+            return Generation(text="", token_logprobs=[], prompt_tokens=n_prompt, error=self._redact(str(exc)))
+        if resp.usage is not None:
+            self._add_usage(prompt_tokens=resp.usage.prompt_tokens, completion_tokens=resp.usage.completion_tokens)
+        return Generation(text=text, token_logprobs=logprobs, prompt_tokens=n_prompt)
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
+        futures = [self._pool.submit(self._complete, p, params) for p in prompts]
+        out: list[Generation] = []
+        for fut in futures:
+            try:
+                out.append(fut.result())
+            except Exception as exc:  # a bug, not an API failure; still one row per prompt, never a raise
+                log.exception("openai backend: unexpected failure")
+                out.append(Generation(text="", token_logprobs=[], error=self._redact(f"{type(exc).__name__}: {exc}")))
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._client.close()
+
+
+def _server_root(base_url: str | None) -> str:
+    """``http://host:port`` of a vLLM server whose OpenAI routes live under ``<root>/v1``."""
+    if not base_url:
+        raise ConfigError("tokenizer='server' needs base_url (a vLLM server); else pass a local tokenizer")
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The server's own error message (OpenAI / vLLM JSON error body) or the HTTP reason."""
+    try:
+        body = json.loads(exc.read() or b"{}")
+        err = body.get("error", body)
+        message = err.get("message") if isinstance(err, dict) else err
+        return str(message or exc.reason)
+    except (ValueError, AttributeError, OSError):
+        return str(exc.reason)

@@ -1,0 +1,177 @@
+"""The three ranker families (monoT5, cross-encoder, bi-encoder): telling them apart, loading and saving.
+
+* ``monot5``: a seq2seq model; the score is P(true) at the first decoder step, with the prompt and
+  truncation of :mod:`inpars_ray.models.monot5` (the document is cut, never the ``Relevant:`` suffix).
+* ``cross-encoder``: ``AutoModelForSequenceClassification`` with one label (BERT, MiniLM, ELECTRA,
+  DeBERTa...); the query and the document are one input pair, the score is the raw logit. A checkpoint
+  saved by :func:`save_cross_encoder` loads in ``sentence_transformers.CrossEncoder`` with the same scores.
+* ``bi-encoder``: ``AutoModel`` + pooling (mean over tokens by default, as all-MiniLM-L6-v2 uses); the score
+  is the cosine of the query and document embeddings. :func:`save_bi_encoder` writes the
+  sentence-transformers files, so ``SentenceTransformer(path)`` loads it too.
+
+Which family a checkpoint belongs to is read from the checkpoint itself (:func:`detect_family`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from inpars_ray.errors import ConfigError
+from inpars_ray.runtime.deps import require
+
+MONOT5, CROSS_ENCODER, BI_ENCODER = "monot5", "cross-encoder", "bi-encoder"
+FAMILIES = (MONOT5, CROSS_ENCODER, BI_ENCODER)
+POOLINGS = ("mean", "cls")
+#: files sentence-transformers writes for a bi-encoder (SentenceTransformer.save)
+ST_MODULES = "modules.json"
+
+
+def local_model(model: str | Path) -> str:
+    """A model this process can load: a published run artifact on an object store (``gs://...``) is copied
+    once to this node (:func:`inpars_ray.io.artifacts.materialize`); local folders and hub ids are unchanged."""
+    text = str(model)
+    if "://" in text:
+        from inpars_ray.io import artifacts
+
+        return str(artifacts.materialize(text))
+    return text
+
+
+# --- family detection -------------------------------------------------------------------------------------
+def family_of_config(config: dict[str, Any]) -> str:
+    """The family a Hugging Face ``config.json`` describes (its ``architectures``, else its shape)."""
+    archs = config.get("architectures") or []
+    if config.get("is_encoder_decoder") or any("ConditionalGeneration" in a or "Seq2Seq" in a for a in archs):
+        return MONOT5
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return CROSS_ENCODER
+    if archs and all(a.endswith("Model") for a in archs):
+        return BI_ENCODER
+    raise ConfigError(f"cannot tell the ranker family from architectures={archs}; give family explicitly "
+                      f"(one of {FAMILIES})")
+
+
+def detect_family(model: str | Path) -> str:
+    """``monot5``, ``cross-encoder`` or ``bi-encoder`` for a local folder or a (cached) Hugging Face id.
+
+    A sentence-transformers bi-encoder folder (``modules.json``) is a bi-encoder; otherwise config.json's
+    ``architectures`` decide: ``*ForConditionalGeneration`` (T5) is monoT5, ``*ForSequenceClassification``
+    a cross-encoder, a bare encoder (``BertModel``) a bi-encoder.
+    """
+    if "://" in str(model):  # a published run artifact: read its config where it is
+        from inpars_ray.io import storage
+
+        loc = storage.location(str(model))
+        if loc.join(ST_MODULES).is_file():
+            return BI_ENCODER
+        if not loc.join("config.json").is_file():
+            raise ConfigError(f"{loc.uri} holds no config.json: not a Hugging Face checkpoint")
+        return family_of_config(loc.join("config.json").read_json())
+    folder = Path(model)
+    if folder.is_dir():
+        if (folder / ST_MODULES).exists():
+            return BI_ENCODER
+        if not (folder / "config.json").exists():
+            raise ConfigError(f"{folder} holds no config.json: not a Hugging Face checkpoint")
+        return family_of_config(json.loads((folder / "config.json").read_text()))
+    transformers = require("transformers", "reading a checkpoint's config")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(model)).to_dict()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config of ranker {model!r}: {exc}") from exc
+    return family_of_config(config)
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+def load_model(family: str, source: str | Path, training: bool = False):
+    """(model, tokenizer) of ``family`` from a folder or Hugging Face id.
+
+    A cross-encoder can start from a bare encoder (all-MiniLM-L6-v2): its one-label head is then new.
+    """
+    transformers = require("transformers", "loading a ranker")
+    source = local_model(source)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    if family == MONOT5:
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(source)
+    elif family == CROSS_ENCODER:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    elif family == BI_ENCODER:
+        model = transformers.AutoModel.from_pretrained(source)
+    else:
+        raise ConfigError(f"unknown ranker family {family!r}; one of {FAMILIES}")
+    if not training:
+        model.eval()
+    return model, tokenizer
+
+
+def bi_encoder_pooling(model: str | Path, default: str = "mean") -> str:
+    """The pooling a sentence-transformers folder declares (``1_Pooling/config.json``), else ``default``."""
+    folder = Path(model)
+    modules = folder / ST_MODULES
+    if not modules.exists():
+        return default
+    for module in json.loads(modules.read_text()):
+        if module.get("type", "").endswith("Pooling"):
+            cfg = json.loads((folder / module["path"] / "config.json").read_text())
+            if cfg.get("pooling_mode_cls_token"):
+                return "cls"
+            if cfg.get("pooling_mode_mean_tokens"):
+                return "mean"
+            raise ConfigError(f"{folder}: pooling {cfg} is not supported (mean or cls)")
+    return default
+
+
+def input_length(max_length: int, folder: str | Path) -> int:
+    """Tokens per input: ``max_length``, capped by a sentence-transformers folder's own."""
+    return min(max_length, st_max_length(folder) or max_length)
+
+
+def st_max_length(model: str | Path) -> int | None:
+    """The ``max_seq_length`` a sentence-transformers folder was trained with (all-MiniLM-L6-v2: 256)."""
+    path = Path(model) / "sentence_bert_config.json"
+    return json.loads(path.read_text()).get("max_seq_length") if path.exists() else None
+
+
+# --- saving -----------------------------------------------------------------------------------------------
+def save_cross_encoder(model, tokenizer, path: str | Path, state_dict=None) -> None:
+    """Save a cross-encoder so ``CrossEncoder(path)`` loads it and predicts our raw logits.
+
+    sentence-transformers applies a sigmoid to one-label models unless config.json names another
+    activation; the identity makes its ``predict`` return exactly :meth:`Ranker.score`'s numbers.
+    """
+    model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
+    model.save_pretrained(path, state_dict=state_dict)
+    tokenizer.save_pretrained(path)
+
+
+def save_bi_encoder(model, tokenizer, path: str | Path, pooling: str = "mean", max_length: int = 512,
+                    state_dict=None) -> None:
+    """Save a bi-encoder as Hugging Face files plus the sentence-transformers module files."""
+    path = Path(path)
+    model.save_pretrained(path, state_dict=state_dict)
+    tokenizer.save_pretrained(path)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (path / ST_MODULES).write_text(json.dumps(modules, indent=2))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
+                                                                "do_lower_case": False}))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": model.config.hidden_size, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (path / "2_Normalize").mkdir(exist_ok=True)
+
+
+def save_ranker(family: str, model, tokenizer, path: str | Path, pooling: str = "mean", max_length: int = 512,
+                state_dict=None) -> None:
+    """Save a trained ranker of any family in the format its loaders expect."""
+    if family == CROSS_ENCODER:
+        save_cross_encoder(model, tokenizer, path, state_dict)
+    elif family == BI_ENCODER:
+        save_bi_encoder(model, tokenizer, path, pooling, max_length, state_dict)
+    else:
+        model.save_pretrained(path, state_dict=state_dict)
+        tokenizer.save_pretrained(path)

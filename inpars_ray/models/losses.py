@@ -1,0 +1,175 @@
+"""Training examples and losses of the ranker families (used by the train stage's workers).
+
+* ``monot5`` (InPars-v1 recipe, REFERENCE.md "train"; arXiv 2202.05144 §4): input ``Query: {q} Document:
+  {d} Relevant:``, target ``true`` for the positive and ``false`` for the negative of each triple
+  (:func:`expand_triples`); the loss covers only the target tokens (:func:`loss_sum`), and the document
+  (never the ``Relevant:`` suffix) is truncated — the encoder input is built by :mod:`inpars_ray.models.monot5`.
+* ``cross-encoder`` with ``listwise`` (InPars-light, arXiv 2301.02998): softmax cross-entropy over one
+  positive and its BM25 negatives, one list per (query, positive); or ``pointwise``: binary cross-entropy
+  on the logit, positive 1, negative 0.
+* ``bi-encoder`` with ``contrastive`` (GPL / Promptagator style, as sentence-transformers'
+  MultipleNegativesRankingLoss): softmax cross-entropy of a query's cosine to its positive against its BM25
+  negatives and every other document of the micro-batch, scaled by ``1 / temperature``.
+
+Listwise and contrastive losses take a query's triples together, as one grouped row
+(:func:`group_triples`). Each loss is a *sum* over examples; the training loop divides by the global count.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from inpars_ray import schema as S
+from inpars_ray.models.monot5 import TARGET_FALSE, TARGET_TRUE, prompt_ids
+from inpars_ray.runtime.deps import require
+
+#: columns of a grouped training row: one (query, positive) with all its negatives
+NEG_DOC_IDS, NEG_TEXTS = "neg_doc_ids", "neg_texts"
+
+
+def triple_id(query_id: str, pos_doc_id: str, neg_doc_id: str) -> str:
+    """A triple's identity (a query may have several triples)."""
+    return f"{query_id}\t{pos_doc_id}\t{neg_doc_id}"
+
+
+def expand_triples(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Two examples per triple: (query, positive, ``true``) and (query, negative, ``false``), with ids."""
+    queries, docs, targets, ids = [], [], [], []
+    for r in rows:
+        tid = triple_id(r[S.QUERY_ID], r[S.POS_DOC_ID], r[S.NEG_DOC_ID])
+        queries += [r[S.QUERY], r[S.QUERY]]
+        docs += [r[S.POS_TEXT], r[S.NEG_TEXT]]
+        targets += [TARGET_TRUE, TARGET_FALSE]
+        ids += [tid + "\t+", tid + "\t-"]
+    return queries, docs, targets, ids
+
+
+def encode_examples(tokenizer, queries: list[str], docs: list[str], targets: list[str], max_length: int):
+    """Encoder inputs and labels (target ids + EOS; padding set to -100 so it carries no loss)."""
+    torch = require("torch", "monoT5 training")
+    enc_ids = prompt_ids(tokenizer, queries, docs, max_length)
+    lab_ids = tokenizer(targets, add_special_tokens=True)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def pad_to(rows: list[list[int]], value: int):
+        out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return out
+
+    input_ids = pad_to(enc_ids, pad)
+    return {"input_ids": input_ids, "attention_mask": (pad_to(enc_ids, -1) != -1).long(),
+            "labels": pad_to(lab_ids, -100)}
+
+
+def loss_sum(model, batch: dict[str, Any]):
+    """Sum over examples of each example's mean cross-entropy on its target tokens."""
+    torch = require("torch", "monoT5 training")
+    labels = batch["labels"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    tok = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                            reduction="none")
+    counts = (labels != -100).sum(1).clamp(min=1)
+    return (tok.sum(1) / counts).sum()
+
+
+# --- listwise / contrastive: a query's triples as one list ----------------------------------------------
+def group_id(query_id: str, pos_doc_id: str) -> str:
+    """A list's identity: one (query, positive)."""
+    return f"{query_id}\t{pos_doc_id}"
+
+
+def group_triples(rows: pa.Table) -> pa.Table:
+    """The triples of one (query, positive) as one row with lists of negatives, by ascending BM25 rank.
+
+    A Ray Data ``map_groups`` function; a negative mined twice appears once.
+    """
+    rows = rows.sort_by([(S.NEG_RANK, "ascending"), (S.NEG_DOC_ID, "ascending")])
+    seen, ids, texts = set(), [], []
+    for did, text in zip(rows.column(S.NEG_DOC_ID).to_pylist(), rows.column(S.NEG_TEXT).to_pylist()):
+        if did not in seen:
+            seen.add(did)
+            ids.append(did)
+            texts.append(text)
+    first = rows.slice(0, 1)
+    return pa.table({S.QUERY_ID: first.column(S.QUERY_ID), S.QUERY: first.column(S.QUERY),
+                     S.POS_DOC_ID: first.column(S.POS_DOC_ID), S.POS_TEXT: first.column(S.POS_TEXT),
+                     NEG_DOC_IDS: pa.array([ids], pa.list_(pa.string())),
+                     NEG_TEXTS: pa.array([texts], pa.list_(pa.string()))})
+
+
+def unit_id(row: dict[str, Any], grouped: bool) -> str:
+    """The id a checkpoint records for a consumed training row (a triple, or a list)."""
+    if grouped:
+        return group_id(row[S.QUERY_ID], row[S.POS_DOC_ID])
+    return triple_id(row[S.QUERY_ID], row[S.POS_DOC_ID], row[S.NEG_DOC_ID])
+
+
+def _lists(rows: list[dict[str, Any]], max_negatives: int | None):
+    """(queries, [positive, negatives...] texts per list) of grouped rows."""
+    queries, docs = [], []
+    for r in rows:
+        negs = r[NEG_TEXTS][:max_negatives] if max_negatives else r[NEG_TEXTS]
+        queries.append(r[S.QUERY])
+        docs.append([r[S.POS_TEXT], *negs])
+    return queries, docs
+
+
+def _tensors(enc: dict, device) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(v).to(device) for k, v in enc.items()}
+
+
+def listwise_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
+                      max_negatives: int | None = None):
+    """InPars-light's loss, summed over lists: -log softmax(positive) among (positive, negatives) logits.
+
+    Lists of different lengths are padded with -inf logits, which take no probability.
+    """
+    import torch
+
+    from inpars_ray.models.encoding import cross_encoder_logits, encode_pairs
+
+    queries, docs = _lists(rows, max_negatives)
+    sizes = [len(d) for d in docs]
+    flat_q = [q for q, n in zip(queries, sizes) for _ in range(n)]
+    flat_d = [d for ds in docs for d in ds]
+    logits = cross_encoder_logits(model, _tensors(encode_pairs(tokenizer, flat_q, flat_d, max_length), device)).float()
+    table = torch.full((len(sizes), max(sizes)), float("-inf"), device=logits.device)
+    rows_idx = torch.repeat_interleave(torch.arange(len(sizes), device=logits.device),
+                                       torch.tensor(sizes, device=logits.device))
+    cols_idx = torch.cat([torch.arange(n, device=logits.device) for n in sizes])
+    table = table.index_put((rows_idx, cols_idx), logits)
+    return -torch.log_softmax(table, dim=1)[:, 0].sum()
+
+
+def pointwise_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device):
+    """Binary cross-entropy on the cross-encoder logit, summed over examples (positive 1, negative 0)."""
+    import torch
+
+    from inpars_ray.models.encoding import cross_encoder_logits, encode_pairs
+
+    queries = [r[S.QUERY] for r in rows for _ in (0, 1)]
+    docs = [t for r in rows for t in (r[S.POS_TEXT], r[S.NEG_TEXT])]
+    labels = torch.tensor([1.0, 0.0] * len(rows), device=device)
+    logits = cross_encoder_logits(model, _tensors(encode_pairs(tokenizer, queries, docs, max_length), device))
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum")
+
+
+def contrastive_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
+                         max_negatives: int | None = None, temperature: float = 0.05, pooling: str = "mean"):
+    """Bi-encoder loss summed over lists: each query's positive against its own BM25 negatives and every
+    other document of the micro-batch (in-batch negatives), softmax over cosines / ``temperature``."""
+    import torch
+
+    from inpars_ray.models.encoding import embed, encode_texts
+
+    queries, docs = _lists(rows, max_negatives)
+    flat = [d for ds in docs for d in ds]
+    pos_at = torch.tensor([0] + [len(d) for d in docs[:-1]], device=device).cumsum(0)
+    q = embed(model, _tensors(encode_texts(tokenizer, queries, max_length), device), pooling)
+    d = embed(model, _tensors(encode_texts(tokenizer, flat, max_length), device), pooling)
+    sims = q @ d.T / temperature
+    return torch.nn.functional.cross_entropy(sims, pos_at, reduction="sum")

@@ -1,0 +1,216 @@
+"""Few-shot prompts for query generation: ``inpars``, ``inpars-gbq``, ``promptagator`` and user files.
+
+A :class:`PromptTemplate` is plain data (picklable, shipped to every actor). A :class:`PromptBuilder`
+binds a template to a backend's tokenizer inside an actor: it cuts every document (the few-shot ones once,
+the target one per call) to ``doc_max_tokens`` tokens, so the template itself is never truncated.
+
+Formats follow InPars (arXiv 2202.05144; REFERENCE.md) and Promptagator (arXiv 2209.11755); the few-shot
+texts are data files with a provenance note in ``inpars_ray/data/prompts``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from inpars_ray import schema as S
+from inpars_ray.errors import CollectionError, ConfigError
+from inpars_ray.io.catalog import Collection
+
+logger = logging.getLogger(__name__)
+
+PROMPT_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
+BUILTIN = ("inpars", "inpars-gbq", "promptagator")
+#: the placeholder a user template file must hold exactly once
+DOCUMENT_PLACEHOLDER = "{document}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One few-shot example: a document and the labelled lines that follow it.
+
+    Attributes:
+        example_id: the query id in its collection (in-domain examples) or the id in the data file.
+        document: the example document's text (cut to ``doc_max_tokens`` when the prompt is built).
+        lines: (label, text) pairs rendered as ``label: text`` after the document.
+    """
+
+    example_id: str
+    document: str
+    lines: tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt format with its few-shot examples.
+
+    Attributes:
+        name: short name recorded in every output row (``inpars``, ``inpars-gbq``, ``promptagator`` or the
+            user file's name).
+        examples: the few-shot examples, in order.
+        document_label: label of the document line (``Document``).
+        target_label: label of the line the model completes (``Relevant Query``).
+        numbered: whether each block starts with ``Example N:`` (InPars) or not (Promptagator).
+        instruction: text before the examples (may be empty).
+        fewshot_ids: ids of the collection's queries used as examples (excluded from evaluation); empty when
+            the examples do not come from the collection.
+        user_text: a user template with one ``{document}`` placeholder; when set it replaces the format above.
+    """
+
+    name: str
+    examples: tuple[Example, ...] = ()
+    document_label: str = "Document"
+    target_label: str = "Relevant Query"
+    numbered: bool = True
+    instruction: str = ""
+    fewshot_ids: tuple[str, ...] = ()
+    user_text: str | None = None
+
+    def render(self, document: str, cut: Callable[[str], str] = lambda t: t) -> str:
+        """The full prompt for ``document`` (already cut); ``cut`` shortens the few-shot documents."""
+        if self.user_text is not None:
+            return self.user_text.replace(DOCUMENT_PLACEHOLDER, document)
+        blocks = [self.instruction] if self.instruction else []
+        for n, ex in enumerate(self.examples, 1):
+            lines = [f"Example {n}:"] if self.numbered else []
+            lines.append(f"{self.document_label}: {cut(ex.document)}")
+            lines.extend(f"{label}: {text}" for label, text in ex.lines)
+            blocks.append("\n".join(lines))
+        last = [f"Example {len(self.examples) + 1}:"] if self.numbered else []
+        last += [f"{self.document_label}: {document}", f"{self.target_label}:"]
+        blocks.append("\n".join(last))
+        return "\n\n".join(blocks)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that shapes the prompts (part of the generate stage's config hash)."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def document_text(title: str | None, text: str | None) -> str:
+    """Title and text on one line: a newline inside the document would break the one-line answer format."""
+    return " ".join(f"{title or ''} {text or ''}".split())
+
+
+def _inpars_examples() -> list[dict[str, str]]:
+    return json.loads((PROMPT_DIR / "inpars_examples.json").read_text())["examples"]
+
+
+def inpars_template(gbq: bool = False) -> PromptTemplate:
+    """The InPars vanilla prompt, or with ``gbq`` the "guided by bad questions" prompt."""
+    examples = []
+    for ex in _inpars_examples():
+        lines = ((("Good Question", ex["good_question"]), ("Bad Question", ex["bad_question"])) if gbq
+                 else (("Relevant Query", ex["good_question"]),))
+        examples.append(Example(ex["id"], ex["document"], lines))
+    return PromptTemplate(name="inpars-gbq" if gbq else "inpars", examples=tuple(examples),
+                          target_label="Good Question" if gbq else "Relevant Query")
+
+
+def collection_name(collection: Collection) -> str:
+    """The short name of a collection (``beir/scifact`` -> ``scifact``), used to pick its template."""
+    return collection.spec.rstrip("/").rsplit("/", 1)[-1]
+
+
+def promptagator_template(collection: Collection, seed: int = 1, num_examples: int = 8,
+                          split: str = "train") -> PromptTemplate:
+    """A Promptagator-style prompt with ``num_examples`` (query, relevant document) pairs of the collection.
+
+    Queries are drawn at random (``seed``) among those with a positive judgement in ``qrels/{split}.tsv``;
+    each brings one of its relevant documents (also drawn with ``seed``).
+    """
+    from inpars_ray.io.load import iter_lines, parse_corpus_lines, read_qrels, read_queries
+
+    if not collection.exists(collection.qrels_path(split)):
+        raise ConfigError(f"the promptagator prompt draws its examples from {collection.display('qrels', split + '.tsv')}, "
+                          "which does not exist; choose another split or prompt")
+    queries, _ = read_queries(collection)
+    qrels, _ = read_qrels(collection, split, queries)
+    relevant: dict[str, list[str]] = {}
+    for qid, did, rel in zip(*(qrels.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RELEVANCE))):
+        if rel > 0:
+            relevant.setdefault(qid, []).append(did)
+    rng = random.Random(seed)
+    chosen = rng.sample(sorted(relevant), min(num_examples, len(relevant)))
+    if not chosen:
+        raise ConfigError(f"{collection.display('qrels', split + '.tsv')} has no positive judgement to draw examples from")
+    doc_of = {qid: rng.choice(sorted(relevant[qid])) for qid in chosen}
+    wanted = set(doc_of.values())
+    texts: dict[str, str] = {}
+    chunk: list[bytes] = []
+    first = 1
+
+    def scan(lines: list[bytes], start: int) -> None:
+        table, _ = parse_corpus_lines(lines, collection.display("corpus.jsonl"), start)
+        for did, title, text in zip(*(table.column(c).to_pylist() for c in (S.DOC_ID, S.TITLE, S.TEXT))):
+            if did in wanted:
+                texts[did] = document_text(title, text)
+
+    for line in iter_lines(collection, collection.corpus_path()):  # one streamed pass, stops early
+        chunk.append(line)
+        if len(chunk) == 10_000:
+            scan(chunk, first)
+            first += len(chunk)
+            chunk = []
+            if len(texts) == len(wanted):
+                break
+    if chunk:
+        scan(chunk, first)
+    missing = sorted(wanted - set(texts))
+    if missing:
+        raise CollectionError(f"qrels name documents absent from {collection.display('corpus.jsonl')}: {missing}")
+    spec = json.loads((PROMPT_DIR / "promptagator.json").read_text())["templates"]
+    fmt = spec.get(collection_name(collection), spec["default"])
+    query_text = dict(zip(queries.column(S.QUERY_ID).to_pylist(), queries.column(S.QUERY).to_pylist()))
+    examples = tuple(Example(qid, texts[doc_of[qid]], ((fmt["query_label"], query_text[qid]),)) for qid in chosen)
+    return PromptTemplate(name="promptagator", examples=examples, document_label=fmt["document_label"],
+                          target_label=fmt["query_label"], numbered=False, instruction=fmt["instruction"],
+                          fewshot_ids=tuple(chosen))
+
+
+def user_template(path: str | Path) -> PromptTemplate:
+    """A template from a text file holding the whole prompt with one ``{document}`` placeholder."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    count = text.count(DOCUMENT_PLACEHOLDER)
+    if count != 1:
+        raise ConfigError(f"{path}: a prompt file must hold the placeholder {DOCUMENT_PLACEHOLDER} exactly once "
+                          f"(found {count})")
+    return PromptTemplate(name=path.name, user_text=text.rstrip("\n"))
+
+
+def resolve_template(prompt: str, collection: Collection | None = None, seed: int = 1, num_fewshot: int = 8,
+                     fewshot_split: str = "train") -> PromptTemplate:
+    """``inpars``, ``inpars-gbq``, ``promptagator`` (needs ``collection``) or a path to a template file."""
+    if prompt in ("inpars", "inpars-gbq"):
+        return inpars_template(gbq=prompt == "inpars-gbq")
+    if prompt == "promptagator":
+        if collection is None:
+            raise ConfigError("the promptagator prompt needs the collection to draw its examples from")
+        return promptagator_template(collection, seed, num_fewshot, fewshot_split)
+    if Path(prompt).is_file():
+        return user_template(prompt)
+    raise ConfigError(f"prompt {prompt!r} is neither one of {list(BUILTIN)} nor an existing template file")
+
+
+class PromptBuilder:
+    """Renders prompts for one backend's tokenizer; the few-shot documents are cut once, here.
+
+    Args:
+        template: the prompt format and examples.
+        cut: shortens a text to ``doc_max_tokens`` tokens (``backend.truncate`` bound to the limit).
+    """
+
+    def __init__(self, template: PromptTemplate, cut: Callable[[str], str]) -> None:
+        self.template = template
+        self._cut = cut
+        cut_examples = {ex.document: cut(ex.document) for ex in template.examples}
+        self._cut_example = cut_examples.__getitem__
+
+    def build(self, title: str | None, text: str | None) -> str:
+        """The prompt for one corpus document."""
+        return self.template.render(self._cut(document_text(title, text)), self._cut_example)

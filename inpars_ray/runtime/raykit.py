@@ -1,0 +1,53 @@
+"""Starting or joining Ray the same way from the CLI, the jobs and the tests.
+
+With no address, ``ray.init()`` joins the cluster recorded in ``$RAY_TMPDIR/ray/ray_current_cluster`` by
+the last ``ray start``; when that cluster was killed, the record stays behind and ``ray.init()`` waits for
+its GCS for minutes without a word. So without an explicit address (argument or ``RAY_ADDRESS``) inpars-ray
+always starts a Ray of its own (``address="local"``) and never reads that record; joining a cluster is
+always explicit (``--ray-address``, ``RAY_ADDRESS``, or ``ray job submit``, which sets ``RAY_ADDRESS``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``), or start a local Ray; a no-op when Ray is already up.
+
+    Without either address a new local Ray is started, even when a ``ray start`` cluster is recorded on
+    this machine (live or stale): pass its address to join it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"log_to_driver": True, "configure_logging": False}
+    if address and address != "local":
+        logger.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, **kwargs)
+    else:
+        recorded = _recorded_cluster()
+        if recorded:
+            logger.info("not joining the Ray cluster recorded at %s (it may be gone); starting a local Ray. "
+                        "Pass --ray-address or set RAY_ADDRESS to join a cluster.", recorded)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("INPARS_RAY_PROGRESS", "1") != "0"
+    from inpars_ray.runtime import progress
+
+    progress.install()  # quiet CLI: Ray's and Ray Data's output to the run's log file, rows to the stage lines
+    logger.info("Ray ready: %s", ray.cluster_resources())
+
+
+def _recorded_cluster() -> str | None:
+    """The address ``ray start`` last recorded on this machine, if any (only for the log message)."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address()
+    except Exception:  # a private helper: its absence must never stop a run
+        return None

@@ -1,0 +1,415 @@
+"""Stage — generate: one synthetic query per sampled document, on Ray Data, resumable at row level.
+
+Layers, as every stage:
+
+* pure functions over Arrow batches: :func:`block_candidates` / :func:`merge_candidates` /
+  :func:`below_threshold` (the seeded sample) and :func:`generate_batch` (prompts -> GENERATED rows);
+* :class:`GenerateWorker`, a callable class that loads the backend once per actor and writes each batch's
+  rows as one Parquet part file, whole or not at all, through :mod:`inpars_ray.io.storage` (a local folder
+  or ``gs://``), from whichever node it runs on;
+* :func:`run_generate`, which wires them into Ray Data and writes the manifest.
+
+**Sampling.** A document is in the sample when ``hash(seed, doc_id)`` is among the N smallest. Each block
+sends its N best (hash, id) pairs, the driver merges them in O(N) memory into a threshold, and a second
+streamed pass keeps the documents at or below it. Blocks, cluster size and read order do not matter.
+
+**Resume.** ``out/parts/part-<hash of the batch's doc ids>.parquet`` holds the rows (queries and error rows)
+of one batch. A rerun with the same config skips every document already present in a complete part file,
+so a document is never generated (or paid for) twice. ``out/run.json`` pins the config: a rerun with a
+different one is refused instead of mixing outputs. ``manifest.json`` is written last, once every sampled
+document has a row, and lists the part files it publishes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from inpars_ray import schema as S
+from inpars_ray.errors import ConfigError, InparsError
+from inpars_ray.io import artifacts, storage
+from inpars_ray.io.catalog import Collection
+from inpars_ray.io.load import LoadConfig
+from inpars_ray.io.manifest import (
+    StageRecord,
+    collection_key,
+    config_hash,
+    is_complete,
+    read_manifest,
+    write_json_atomic,
+)
+from inpars_ray.models.backends.base import Backend, GenerationParams
+from inpars_ray.models.prompts import PromptBuilder, PromptTemplate, resolve_template
+from inpars_ray.runtime import progress
+from inpars_ray.stageconfig import Field, field_validator, stage_config
+
+logger = logging.getLogger(__name__)
+
+STAGE = "generate"
+PARTS = "parts"
+#: prefix of error rows the backend reported (API refused, quota, out of memory...): unlike the stage's own
+#: deterministic errors (prompt too long, empty answer), these documents are generated again on a rerun
+BACKEND_ERROR = "backend error: "
+_CANDIDATES = pa.schema([("hashes", pa.list_(pa.uint64())), ("ids", pa.list_(pa.string())),
+                         ("n_docs", pa.int64()), ("n_bad", pa.int64())])
+
+
+@stage_config
+class GenerateConfig:
+    """What is generated. Every field enters the config hash: a rerun with another value needs a new folder."""
+
+    backend: str = Field("hf", description="hf, vllm or openai")
+    model: str = Field("", description="model id, local folder, or API model name")
+    prompt: str = Field("inpars", description="inpars, inpars-gbq, promptagator or a template file with a "
+                        "{document} placeholder")
+    num_docs: int = Field(100_000, ge=1, description="documents sampled from the corpus (InPars: 100,000); all "
+                          "of them when the corpus is smaller")
+    seed: int = Field(1, ge=0, description="seeds the document sample, the promptagator examples and "
+                      "sampling-based decoding")
+    doc_max_tokens: int = Field(256, ge=1, description="each document (target and few-shot) is cut to this many "
+                                "tokens (InPars: 256)")
+    num_fewshot: int = Field(8, ge=0, description="promptagator examples drawn from the collection's qrels "
+                             "(Promptagator: up to 8)")
+    fewshot_split: str = Field("train", description="qrels split the promptagator examples come from")
+    generation: GenerationParams = Field(GenerationParams(), description="decoding settings")
+    backend_options: tuple[tuple[str, Any], ...] = Field((), description="extra keyword arguments of the "
+                                                         "backend (e.g. device: cuda), as sorted (name, value) pairs")
+
+    @field_validator("backend_options", mode="before")
+    @classmethod
+    def _options_from_mapping(cls, value: Any) -> Any:
+        # YAML writes options as a mapping; the hash needs one canonical order
+        return tuple(sorted(value.items())) if isinstance(value, dict) else value
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("generate: a model is required")
+        if self.num_docs < 1 or self.doc_max_tokens < 1:
+            raise ConfigError("generate: num_docs and doc_max_tokens must be positive")
+
+
+@stage_config
+class GenerateResources:
+    """How the work is spread. Not hashed: a resumed run may use another cluster shape."""
+
+    batch_size: int = Field(16, ge=1, description="documents per backend call (and per part file)")
+    num_actors: int = Field(1, ge=1, description="backend actors (each loads the model once)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs reserved by each actor (0 on CPU machines)")
+    cpus_per_actor: float = Field(1.0, ge=0, description="CPUs reserved by each actor")
+
+
+def _cut(block: pa.Table, rows: int) -> Iterator[pa.Table]:
+    for start in range(0, block.num_rows, rows):
+        yield block.slice(start, rows)
+
+
+def one_block_per_call(todo: Any, rows: int) -> Any:
+    """``todo`` (materialised) re-cut into blocks of at most ``rows`` consecutive rows, each within one of its
+    blocks: one block is one backend call, so every actor gets work (a small sample is a single block, which
+    one actor would otherwise take whole) and a call's documents depend on the sample alone, not on the
+    number of actors or the order blocks arrive in. The blocks stay in the object store (only references
+    reach the driver)."""
+    import ray
+
+    cut = ray.remote(num_cpus=0.25)(_cut)
+    refs = [ref for block in todo.to_arrow_refs() for ref in cut.remote(block, rows)]
+    return ray.data.from_arrow_refs(refs) if refs else todo
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+def doc_hashes(doc_ids: list[str] | np.ndarray, seed: int) -> np.ndarray:
+    """Seeded 64-bit hashes of document ids (SipHash keyed by the seed): the sample's ordering."""
+    key = hashlib.sha256(f"inpars-ray-sample:{seed}".encode()).hexdigest()[:16]
+    return pd.util.hash_array(np.asarray(doc_ids, dtype=object), hash_key=key, categorize=False)
+
+
+def _good(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch.column("reason"))) if "reason" in batch.column_names else batch
+
+
+def block_candidates(batch: pa.Table, n: int, seed: int) -> pa.Table:
+    """One row per corpus block: its ``n`` smallest (hash, id) pairs and its good / bad row counts."""
+    good = _good(batch)
+    ids = np.asarray(good.column(S.DOC_ID).to_pylist(), dtype=str)
+    hashes = doc_hashes(ids, seed)
+    keep = np.lexsort((ids, hashes))[:n]
+    return pa.table({"hashes": [hashes[keep].tolist()], "ids": [ids[keep].tolist()],
+                     "n_docs": [good.num_rows], "n_bad": [batch.num_rows - good.num_rows]}, schema=_CANDIDATES)
+
+
+def merge_candidates(rows: Any, n: int) -> tuple[tuple[int, str] | None, int, int]:
+    """Merge :func:`block_candidates` rows into the sample's threshold (largest kept (hash, id)).
+
+    Returns ``(threshold, good_docs, bad_rows)``; the threshold is None when the corpus has at most ``n``
+    documents (all are kept). Memory stays O(n) whatever the number of blocks.
+    """
+    hashes = np.empty(0, dtype=np.uint64)
+    ids = np.empty(0, dtype=str)
+    total = bad = 0
+    for row in rows:
+        total += row["n_docs"]
+        bad += row["n_bad"]
+        hashes = np.concatenate([hashes, np.asarray(row["hashes"], dtype=np.uint64)])
+        ids = np.concatenate([ids, np.asarray(row["ids"], dtype=str)])
+        if len(hashes) > 2 * n:
+            keep = np.lexsort((ids, hashes))[:n]
+            hashes, ids = hashes[keep], ids[keep]
+    if total <= n:
+        return None, total, bad
+    last = np.lexsort((ids, hashes))[n - 1]
+    return (int(hashes[last]), str(ids[last])), total, bad
+
+
+def below_threshold(batch: pa.Table, seed: int, threshold: tuple[int, str] | None) -> pa.Table:
+    """The good documents of a corpus block that belong to the sample."""
+    good = _good(batch)
+    if threshold is None or good.num_rows == 0:
+        return good.select(S.CORPUS.names)
+    ids = np.asarray(good.column(S.DOC_ID).to_pylist(), dtype=str)
+    hashes = doc_hashes(ids, seed)
+    t_hash, t_id = np.uint64(threshold[0]), threshold[1]
+    keep = (hashes < t_hash) | ((hashes == t_hash) & (ids <= t_id))
+    return good.filter(pa.array(keep)).select(S.CORPUS.names)
+
+
+# --- generation over a batch -------------------------------------------------------------------------
+def generated_query_id(doc_id: str) -> str:
+    """The id of the query generated for ``doc_id`` (one query per document)."""
+    return f"gen-{doc_id}"
+
+
+def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, params: GenerationParams,
+                   prompt_name: str, model: str, fewshot_ids: list[str]) -> pa.Table:
+    """GENERATED rows for a batch of corpus documents: a query, or an error row with its reason.
+
+    A prompt longer than ``params.max_prompt_tokens`` (after cutting the document) is an error row and
+    never reaches the backend; so is an empty first line.
+    """
+    S.require_columns(batch.column_names, [S.DOC_ID, S.TITLE, S.TEXT], STAGE)
+    doc_ids = batch.column(S.DOC_ID).to_pylist()
+    prompts = [builder.build(t, x) for t, x in zip(batch.column(S.TITLE).to_pylist(), batch.column(S.TEXT).to_pylist())]
+    errors: list[str | None] = [None] * len(prompts)
+    for i, prompt in enumerate(prompts):
+        n_tokens = backend.count_tokens(prompt)
+        if n_tokens > params.max_prompt_tokens:
+            errors[i] = f"prompt has {n_tokens} tokens, over max_prompt_tokens={params.max_prompt_tokens}"
+    todo = [i for i, e in enumerate(errors) if e is None]
+    results = dict(zip(todo, backend.generate([prompts[i] for i in todo], params))) if todo else {}
+    cols: dict[str, list[Any]] = {name: [] for name in S.GENERATED.names}
+    for i, doc_id in enumerate(doc_ids):
+        res = results.get(i)
+        error = errors[i] or (BACKEND_ERROR + res.error if res is not None and res.error else None)
+        if error is None and res is not None and not res.text:
+            error = "the model generated an empty first line"
+        ok = error is None and res is not None
+        cols[S.DOC_ID].append(doc_id)
+        cols[S.QUERY_ID].append(generated_query_id(doc_id))
+        cols[S.QUERY].append(res.text if ok else None)
+        cols[S.TOKEN_LOGPROBS].append([float(x) for x in res.token_logprobs] if ok else None)
+        cols[S.MEAN_LOGPROB].append(float(np.mean(res.token_logprobs)) if ok and res.token_logprobs else None)
+        cols[S.NUM_TOKENS].append(len(res.token_logprobs) if ok else None)
+        cols[S.PROMPT_NAME].append(prompt_name)
+        cols[S.MODEL].append(model)
+        cols[S.BACKEND].append(backend.name)
+        cols[S.FEWSHOT_IDS].append(list(fewshot_ids))
+        cols[S.ERROR].append(error)
+    return pa.table(cols, schema=S.GENERATED)
+
+
+def part_name(doc_ids: list[str]) -> str:
+    """A part file's name: a hash of its documents, so a retried batch overwrites its own file."""
+    return f"part-{hashlib.sha256(chr(0).join(sorted(doc_ids)).encode()).hexdigest()[:20]}.parquet"
+
+
+def write_part(table: pa.Table, parts_dir: storage.PathLike) -> str:
+    """Write ``table`` as a part file, whole or not at all (local or object store); return its name."""
+    name = part_name(table.column(S.DOC_ID).to_pylist())
+    with storage.location(parts_dir).join(name).open_output() as fh:
+        pq.write_table(table, fh)
+    return name
+
+
+class GenerateWorker:
+    """Ray Data UDF: loads the backend once per actor, generates a batch, writes it as a part file."""
+
+    def __init__(self, config: GenerateConfig, template: PromptTemplate, parts_dir: storage.Location) -> None:
+        from inpars_ray.models.backends import make_backend
+
+        self.config = config
+        self.template = template
+        self.parts_dir = storage.location(parts_dir)
+        model = config.model
+        if "://" in model and config.backend != "openai":  # a model published under the run root (gs://...)
+            model = str(artifacts.materialize(model))  # copied once per node, then loaded from local disk
+        self.backend = make_backend(config.backend, model, **dict(config.backend_options))
+        limit = config.doc_max_tokens
+        self.builder = PromptBuilder(template, lambda text: self.backend.truncate(text, limit))
+        self._usage: dict[str, float] = {}
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"  # counted by the stage: did every actor work?
+
+    def _usage_delta(self) -> str:
+        """What this batch cost (tokens, requests, money) for backends that count it (openai), as JSON."""
+        usage = getattr(self.backend, "usage", None)
+        if usage is None:
+            return "{}"
+        now = {k: v for k, v in usage().items() if isinstance(v, (int, float))}
+        delta = {k: v - self._usage.get(k, 0) for k, v in now.items()}  # the backend's totals are cumulative
+        self._usage = now
+        return json.dumps(delta)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        table = generate_batch(batch, self.builder, self.backend, self.config.generation, self.template.name,
+                               self.config.model, list(self.template.fewshot_ids))
+        name = write_part(table, self.parts_dir)
+        errors = table.num_rows - table.column(S.ERROR).null_count
+        return pa.table({"part": [name], "docs": [table.num_rows], "errors": [errors],
+                         "usage": [self._usage_delta()], "worker": [self._worker]})
+
+
+# --- reading back ------------------------------------------------------------------------------------
+def _part_files(parts_dir: storage.Location) -> list[storage.Location]:
+    # every part present is whole (written by one upload or one rename), so all of them count
+    return [parts_dir.join(n) for n in parts_dir.files(recursive=False, suffix=".parquet") if n.startswith("part-")]
+
+
+def _read_part(part: storage.Location, **kwargs: Any) -> pa.Table:
+    return pq.read_table(part.path, filesystem=part.fs, **kwargs)
+
+
+def completed_doc_ids(out_dir: storage.PathLike) -> set[str]:
+    """Documents that have a final row (a query or a deterministic error) in a complete part file.
+
+    Documents whose only row is a backend error are not done: a rerun generates them again.
+    """
+    done: set[str] = set()
+    for path in _part_files(storage.location(out_dir).join(PARTS)):
+        t = _read_part(path, columns=[S.DOC_ID, S.ERROR])
+        retry = pc.fill_null(pc.starts_with(t.column(S.ERROR), BACKEND_ERROR), False)
+        done.update(t.filter(pc.invert(retry)).column(S.DOC_ID).to_pylist())
+    return done
+
+
+def read_generated(out_dir: storage.PathLike) -> pa.Table:
+    """All rows of a generate output (queries and error rows), one per document, sorted by doc id.
+
+    A document retried after a backend error has two rows; its later, final one is kept.
+    """
+    files = _part_files(storage.location(out_dir).join(PARTS))
+    if not files:
+        return S.GENERATED.empty_table()
+    table = pa.concat_tables([_read_part(p, schema=S.GENERATED) for p in files])
+    retry = pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
+    table = table.append_column("_retry", retry).sort_by([(S.DOC_ID, "ascending"), ("_retry", "ascending")])
+    table = table.drop_columns(["_retry"])
+    ids = table.column(S.DOC_ID).to_numpy(zero_copy_only=False)
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return table.filter(pa.array(first))
+
+
+# --- the stage -------------------------------------------------------------------------------------
+def run_generate(collection: Collection, out_dir: storage.PathLike, config: GenerateConfig,
+                 resources: GenerateResources = GenerateResources(),
+                 load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
+    """Generate queries for a seeded sample of ``collection`` into ``out_dir``; return the manifest.
+
+    Resumes a previous run of the same config in ``out_dir``; skips entirely when it completed.
+    """
+    import ray
+
+    from inpars_ray.io.load import read_corpus
+
+    out = storage.location(out_dir)
+    storage.check_reachable(out)
+    template = resolve_template(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split)
+    # the collection enters by content (its files' fingerprint), never by path
+    pinned = {"config": config, "collection": collection_key(collection), "template": template.fingerprint()}
+    if is_complete(out, STAGE, pinned):
+        logger.info("generate: %s is complete for this config; nothing to do", out)
+        return read_manifest(out) or {}
+    run_file = out / "run.json"
+    if run_file.is_file() and run_file.read_json().get("config_hash") != config_hash(pinned):
+        raise ConfigError(f"{out} holds a generate run with another config (see {run_file}); "
+                          "use a new output folder or delete that one")
+    (out / PARTS).mkdir()
+    write_json_atomic(run_file, {"config_hash": config_hash(pinned), **pinned})
+    write_json_atomic(out / "fewshot.json", {"prompt": template.name, "fewshot_query_ids": list(template.fewshot_ids)})
+    if out.is_local:  # half-written parts of a killed run (an object store never shows an unfinished upload)
+        for stale in (out / PARTS).local_path().glob(".*.tmp"):
+            stale.unlink()
+
+    record = StageRecord(STAGE, pinned)
+    done = completed_doc_ids(out)
+    corpus = read_corpus(collection, load_config)
+    with record.timed("sample"):
+        cands = corpus.map_batches(block_candidates, fn_kwargs={"n": config.num_docs, "seed": config.seed},
+                                   batch_format="pyarrow", batch_size=None)
+        threshold, n_good, n_bad = merge_candidates(cands.iter_rows(), config.num_docs)
+    sampled = min(config.num_docs, n_good)
+
+    def keep_missing(batch: pa.Table, done_ids: set[str]) -> pa.Table:
+        kept = below_threshold(batch, config.seed, threshold)
+        mask = [d not in done_ids for d in kept.column(S.DOC_ID).to_pylist()]
+        kept = kept.filter(pa.array(mask, type=pa.bool_()))
+        # backend batches are cut from consecutive rows: ordered by length, a batch pads its prompts little
+        # (issue #11); part files are named by their documents, so resuming does not depend on this order
+        return kept.take(pc.sort_indices(pc.utf8_length(kept.column(S.TEXT))))
+
+    # only the sampled documents, read before the actors start: actors holding every CPU (e.g. 2 actors x 1
+    # CPU on 2 CPUs) left a streaming read no CPU to run on, and the stage waited forever
+    todo = corpus.map_batches(keep_missing, fn_kwargs={"done_ids": done}, batch_format="pyarrow",
+                              batch_size=None).materialize()
+    batch_size = resources.batch_size
+    if config.backend == "vllm":  # the engine batches continuously within a call: hand it large ones (issue #11)
+        from inpars_ray.models.backends.vllm_backend import MIN_SUBMISSION
+
+        batch_size = max(batch_size, MIN_SUBMISSION)
+    todo = one_block_per_call(todo, batch_size)
+    results = todo.map_batches(
+        GenerateWorker, fn_constructor_args=(config, template, out / PARTS), batch_size=None,
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
+        num_gpus=resources.gpus_per_actor, num_cpus=resources.cpus_per_actor,
+    )
+    resumed = len(done)
+    logger.info("generate: %d documents sampled (%d already done, %d to generate)", sampled, resumed, sampled - resumed)
+    new_docs = new_errors = 0
+    usage: dict[str, float] = {}
+    with record.timed("generate"):
+        workers = set()
+        for row in results.iter_rows():
+            workers.add(row["worker"])
+            new_docs += row["docs"]
+            new_errors += row["errors"]
+            for key, value in json.loads(row["usage"]).items():
+                usage[key] = usage.get(key, 0) + value
+            logger.info("generate: %d/%d documents done (%d errors this run)", resumed + new_docs, sampled, new_errors)
+            # the stage's line counts documents: Ray Data's rows here are blocks (one summary row per call)
+            progress.count(new_docs, sampled - resumed, "documents")
+    final = read_generated(out)
+    n_errors = final.num_rows - final.column(S.ERROR).null_count
+    n_retry = pc.sum(pc.fill_null(pc.starts_with(final.column(S.ERROR), BACKEND_ERROR), False)).as_py() or 0
+    record.counts.update(sampled=sampled, resumed=resumed, generated_this_run=new_docs, rows=final.num_rows,
+                         queries=final.num_rows - n_errors, errors=n_errors, backend_errors=n_retry,
+                         bad_corpus_rows=n_bad)
+    record.extra.update(prompt=template.name, fewshot_query_ids=list(template.fewshot_ids), parts=PARTS,
+                        actors_used=len(workers))
+    if usage:  # tokens and cost of this run's API calls (never the key)
+        record.extra["usage_this_run"] = {k: round(v, 6) for k, v in usage.items()}
+    files = artifacts.snapshot(out, PARTS, "fewshot.json")
+    if final.num_rows != sampled:
+        record.write(out, status="incomplete", files=files)
+        raise InparsError(f"generate: {final.num_rows} documents have rows in {out / PARTS}, expected {sampled}")
+    if n_retry:  # not complete: a rerun must retry these documents instead of skipping the stage
+        logger.warning("generate: %d documents failed in the backend; rerun the same command to retry them", n_retry)
+        return record.write(out, status="incomplete", files=files)
+    return record.write(out, files=files)

@@ -1,0 +1,151 @@
+"""The train stage's settings (:class:`TrainConfig`) and its batch geometry (:func:`plan_steps`).
+
+Defaults follow the InPars-v1 recipe (REFERENCE.md "train"; InPars repo issue #21 for the 3e-4 LR).
+Batch sizes count examples (two per triple) for the pairwise losses and lists (queries) for the grouped
+ones (listwise, contrastive).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from inpars_ray.errors import ConfigError
+from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER, FAMILIES, MONOT5, POOLINGS
+from inpars_ray.stageconfig import Field, stage_config
+
+STAGE = "train"
+TRAINER_STATE = "trainer_state.pt"
+DATA_STATE = "data_state"
+ACCELERATORS = ("cpu", "gpu", "tpu")
+LOSSES = {MONOT5: ("monot5",), CROSS_ENCODER: ("listwise", "pointwise"), BI_ENCODER: ("contrastive",)}
+GROUPED_LOSSES = ("listwise", "contrastive")
+#: triples per hash partition when they are grouped into lists
+GROUP_ROWS_PER_PARTITION = 200_000
+
+
+@stage_config
+class TrainConfig:
+    """How to fine-tune a ranker (defaults: InPars-v1 monoT5 on GPU, REFERENCE.md).
+
+    ``batch_size / (num_workers * micro_batch_size)`` is the number of gradient-accumulation micro-steps and
+    must be a whole number. The unit of both is an example (two per triple) for the pairwise losses
+    (monot5, pointwise) and a (query, positive, negatives) list for listwise and contrastive.
+    """
+
+    base_model: str = Field(description="Hugging Face id or local folder of the checkpoint to start from")
+    family: str | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from "
+                               "base_model (a bare encoder such as all-MiniLM-L6-v2 reads as a bi-encoder: say "
+                               "cross-encoder to train one)")
+    loss: str | None = Field(None, description="monot5 (monoT5), listwise or pointwise (cross-encoder), "
+                             "contrastive (bi-encoder); None picks the first of these for the family")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate, constant after the warm-up")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(128, description="effective batch per optimizer step, all workers together: "
+                            "examples (a triple gives two) or lists (listwise, contrastive)")
+    micro_batch_size: int = Field(8, description="examples (or lists) per forward pass on one worker")
+    max_length: int = Field(512, description="input length in tokens; the document is truncated, never "
+                            "monoT5's suffix")
+    max_negatives: int | None = Field(None, description="listwise/contrastive: at most this many BM25 negatives "
+                                      "per list (None: all mined)")
+    temperature: float = Field(0.05, gt=0, description="contrastive: softmax temperature of the cosine "
+                               "similarities (0.05 = scale 20)")
+    pooling: str = Field("mean", description="bi-encoder pooling: mean or cls")
+    epochs: int = Field(1, description="passes over the triples (when max_steps is None)")
+    max_steps: int | None = Field(None, description="train exactly this many optimizer steps, over as many "
+                                  "epochs as that takes; None trains for `epochs` full epochs")
+    num_workers: int = Field(1, description="Ray Train workers (one per GPU, or one per TPU VM host)")
+    accelerator: str = Field("cpu", description="cpu (gloo), gpu (nccl) or tpu (torch-xla, see docs/tpu.md)")
+    mixed_precision: bool = Field(True, description="on GPU, autocast to bfloat16 when the GPU supports it")
+    checkpoint_every: int = Field(50, description="save a Hugging Face checkpoint every this many steps (and "
+                                  "after the last one)")
+    keep_checkpoints: int = Field(2, description="how many checkpoints Ray Train keeps in storage")
+    max_failures: int = Field(2, description="worker-group failures Ray Train recovers from (restoring the "
+                              "last checkpoint)")
+    storage_path: str | None = Field(None, description="where Ray Train writes checkpoints (local path or "
+                                     "gs://...); None means <out>/ray")
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs a worker reserves; None takes 1, or an "
+                                          "equal share of a smaller cluster; more than the cluster holds is "
+                                          "refused (Ray Train would wait for them forever)")
+    rows_per_block: int = Field(1024, description="training rows per Ray Data block; blocks much smaller than "
+                                "the data let every worker get some")
+    tpu_chips_per_worker: int = Field(4, ge=0, description="TPU chips a worker reserves (4 per v4 VM host; 0 "
+                                      "runs the XLA path on torch-xla's CPU device)")
+    seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout)")
+    validate_every: int | None = Field(None, description="rank 0 computes nDCG@10 on the dev set every this "
+                                       "many steps; None disables it")
+    record_dir: str | None = Field(None, description="when set, workers write their pid and the ids of the "
+                                   "examples they train on here (tests and audits)")
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        for name in ("batch_size", "micro_batch_size", "rows_per_block", "max_length", "epochs", "num_workers", "checkpoint_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.validate_every is not None and self.validate_every < 1:
+            raise ConfigError(f"TrainConfig.validate_every must be >= 1 or None, got {self.validate_every}")
+        if self.max_failures < 0:
+            raise ConfigError(f"TrainConfig.max_failures must be >= 0, got {self.max_failures}")
+        if self.family is not None and self.family not in FAMILIES:
+            raise ConfigError(f"TrainConfig.family must be one of {FAMILIES} or None, got {self.family!r}")
+        known = sorted({x for v in LOSSES.values() for x in v})
+        if self.loss is not None and self.loss not in known:
+            raise ConfigError(f"TrainConfig.loss must be one of {known} or None, got {self.loss!r}")
+        if self.family is not None and self.loss is not None and self.loss not in LOSSES[self.family]:
+            raise ConfigError(f"a {self.family} trains with loss {LOSSES[self.family]}, not {self.loss!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"TrainConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.temperature <= 0 or self.warmup_steps < 0:
+            raise ConfigError("TrainConfig.temperature must be > 0 and warmup_steps >= 0")
+        if self.max_negatives is not None and self.max_negatives < 1:
+            raise ConfigError(f"TrainConfig.max_negatives must be >= 1 or None, got {self.max_negatives}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ConfigError(f"TrainConfig.cpus_per_worker must be > 0 or None, got {self.cpus_per_worker}")
+        if self.loss is None and self.family is None:  # the unit is known once the family is read
+            plan_steps(self.batch_size, self.micro_batch_size, self.num_workers, grouped=True)
+        else:
+            loss = self.loss or LOSSES[self.family][0]
+            plan_steps(self.batch_size, self.micro_batch_size, self.num_workers, loss in GROUPED_LOSSES)
+
+    def resolved(self) -> TrainConfig:
+        """This config with ``family`` (from the checkpoint) and ``loss`` (the family's default) filled in."""
+        from inpars_ray.models.families import detect_family
+
+        family = self.family or detect_family(self.base_model)
+        loss = self.loss or LOSSES[family][0]
+        if loss not in LOSSES[family]:
+            raise ConfigError(f"a {family} trains with loss {LOSSES[family]}, not {loss!r}")
+        return dataclasses.replace(self, family=family, loss=loss)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether training rows are (query, positive, all negatives) lists rather than triples."""
+        return self.loss in GROUPED_LOSSES
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """Batch geometry of one optimizer step on one worker."""
+
+    micro_triples: int  #: rows (triples, or lists when grouped) per forward pass
+    accum_steps: int  #: forward passes per optimizer step
+    triples_per_step: int  #: rows one worker consumes per optimizer step
+
+
+def plan_steps(batch_size: int, micro_batch_size: int, num_workers: int, grouped: bool = False) -> StepPlan:
+    """Split an effective batch of ``batch_size`` units over workers and accumulation micro-steps.
+
+    The unit is an example (two per triple) for the pairwise losses and a list (one row) when ``grouped``.
+    """
+    per_row = 1 if grouped else 2
+    if micro_batch_size % per_row:
+        raise ConfigError(f"micro_batch_size={micro_batch_size} must be even: each triple gives two examples")
+    per_step = micro_batch_size * num_workers
+    if batch_size % per_step:
+        raise ConfigError(f"batch_size={batch_size} is not a multiple of micro_batch_size x workers = "
+                          f"{micro_batch_size} x {num_workers}")
+    accum = batch_size // per_step
+    return StepPlan(micro_batch_size // per_row, accum, accum * micro_batch_size // per_row)

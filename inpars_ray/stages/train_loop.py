@@ -1,0 +1,327 @@
+"""The Ray Train worker of the train stage: steps, collectives, checkpoints and the dev set.
+
+Every worker takes the same stop/next-epoch decision from the same all-reduced counts, so all splits
+begin each epoch together, as a streaming split requires. Gradients are summed across workers by hand
+rather than by DDP: a step's loss is the sum of per-example losses divided by the *global* example count,
+so uneven splits (and a worker that has run dry) still give the exact mean gradient and every example is
+used once per epoch. A checkpoint (every ``checkpoint_every`` steps, Hugging Face format) holds the
+model, the optimizer, the step and the ids of the triples consumed so far; a replaced worker group
+restores all of it and skips consumed triples, so a killed worker costs at most the steps since the
+last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from inpars_ray import schema as S
+from inpars_ray.models.losses import (
+    NEG_DOC_IDS,
+    NEG_TEXTS,
+    contrastive_loss_sum,
+    encode_examples,
+    expand_triples,
+    listwise_loss_sum,
+    loss_sum,
+    pointwise_loss_sum,
+    unit_id,
+)
+from inpars_ray.runtime.deps import require
+from inpars_ray.stages.train_config import DATA_STATE, TRAINER_STATE, TrainConfig, plan_steps
+
+logger = logging.getLogger(__name__)
+
+
+def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]], device, autocast: bool):
+    """(summed loss, units it covers, ids of the examples) of one micro-batch for ``config.loss``."""
+    import torch
+
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        if config.loss == "monot5":
+            q, d, t, ids = expand_triples(rows)
+            batch = {k: v.to(device) for k, v in encode_examples(tokenizer, q, d, t, config.max_length).items()}
+            return loss_sum(model, batch), len(ids), ids
+        if config.loss == "pointwise":
+            ids = [x for r in rows for x in (unit_id(r, False) + "\t+", unit_id(r, False) + "\t-")]
+            return pointwise_loss_sum(model, tokenizer, rows, config.max_length, device), len(ids), ids
+        ids = [unit_id(r, True) for r in rows]
+        if config.loss == "listwise":
+            loss = listwise_loss_sum(model, tokenizer, rows, config.max_length, device, config.max_negatives)
+        else:
+            loss = contrastive_loss_sum(model, tokenizer, rows, config.max_length, device, config.max_negatives,
+                                        config.temperature, config.pooling)
+        return loss, len(ids), ids
+
+
+def _fresh_triples(shard, consumed: set[str], rows_per_batch: int, grouped: bool = False) -> Iterator[dict[str, Any]]:
+    """Rows of this worker's split, skipping rows a restored checkpoint says were already trained on."""
+    cols = ([S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, NEG_DOC_IDS, NEG_TEXTS] if grouped else
+            [S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, S.NEG_DOC_ID, S.NEG_TEXT])
+    for batch in shard.iter_batches(batch_size=rows_per_batch, batch_format="pyarrow"):
+        for row in batch.select(cols).to_pylist():
+            if unit_id(row, grouped) not in consumed:
+                yield row
+
+
+class _Collectives:
+    """Sums across workers through torch.distributed (gloo / nccl / xla); a no-op for one worker."""
+
+    def __init__(self, world_size: int, via_cpu: bool) -> None:
+        self.world_size = world_size
+        self.via_cpu = via_cpu  # XLA compute with gloo collectives moves tensors through host memory
+
+    def sum_(self, tensor):
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return tensor
+        if self.via_cpu and tensor.device.type != "cpu":
+            host = tensor.detach().cpu()
+            dist.all_reduce(host)
+            tensor.copy_(host.to(tensor.device))
+        else:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def sum_grads(self, params: list) -> None:
+        """Sum gradients of ``params`` over workers in one flat buffer (absent grads count as zeros)."""
+        import torch
+
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.sum_(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+
+def _fill_step(rows: Iterator[dict[str, Any]], per_worker: int, coll: _Collectives, rank: int, world: int,
+               device) -> list[dict[str, Any]]:
+    """This worker's triples for one step, so that the step holds a full global batch while any worker has data.
+
+    Streaming splits are uneven, so a worker may run dry before the others; the others then take its
+    share (a few rounds of one small all-reduce). Every step but the last of an epoch is therefore full,
+    and the number of steps is ceil(2 * triples / batch_size) whatever the split.
+    """
+    import torch
+
+    take = list(islice(rows, per_worker))
+    dry = len(take) < per_worker
+    target = per_worker * world
+    while True:
+        state = torch.zeros(2 * world, dtype=torch.float64, device=device)
+        state[2 * rank], state[2 * rank + 1] = len(take), float(dry)
+        state = coll.sum_(state).cpu().tolist()
+        deficit = target - int(sum(state[0::2]))
+        wet = [r for r in range(world) if not state[2 * r + 1]]
+        if deficit <= 0 or not wet:
+            return take
+        share = -(-deficit // len(wet))  # ceil: a wet worker may overshoot by < len(wet) triples; trimmed below
+        if not dry:
+            pos = wet.index(rank)
+            extra = list(islice(rows, max(0, min(share, deficit - pos * share))))
+            dry = len(extra) < min(share, deficit - pos * share) or dry
+            take += extra
+
+
+def _save_checkpoint(ctx_rank: int, config: TrainConfig, model, tokenizer, optimizer, state: dict[str, Any],
+                     consumed: set[str], history: list[dict[str, Any]], directory: Path) -> None:
+    """Rank 0 writes the model (in its family's format), the optimizer and the history; every rank its consumed ids."""
+    import torch
+
+    from inpars_ray.models.families import save_ranker
+
+    if ctx_rank == 0:
+        # safetensors reads host memory: XLA (and CUDA) tensors are copied to the CPU first
+        cpu_state = None if next(model.parameters()).device.type == "cpu" else _to_cpu(model.state_dict())
+        save_ranker(config.family, model, tokenizer, directory, config.pooling, config.max_length, cpu_state)
+        torch.save({"optimizer": _to_cpu(optimizer.state_dict()), **state}, directory / TRAINER_STATE)
+        (directory / "history.json").write_text(json.dumps(history))
+    (directory / DATA_STATE).mkdir(parents=True, exist_ok=True)
+    (directory / DATA_STATE / f"rank{ctx_rank}.json").write_text(json.dumps(sorted(consumed)))
+
+
+def _to_cpu(obj):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def _record(record_dir: str | None, name: str, text: str, mode: str = "a") -> None:
+    if record_dir:
+        Path(record_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(record_dir) / name, mode) as fh:
+            fh.write(text)
+
+
+def _more_steps(config: TrainConfig, step: int, epoch: int) -> bool:
+    """Whether training goes on: ``max_steps`` steps over as many epochs as needed, else ``epochs`` epochs."""
+    return step < config.max_steps if config.max_steps is not None else epoch < config.epochs
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker: restore or load, stream the split epoch after epoch, step, report, checkpoint.
+
+    Every worker takes the same decisions at the same step (they all see the same all-reduced counts),
+    so all of them start each new epoch of the streaming split together and stop together: a split
+    whose other half is never iterated again would wait forever.
+    """
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from inpars_ray.models.families import load_model
+
+    config: TrainConfig = loop_config["config"]  # already resolved: family and loss are set
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    plan = plan_steps(config.batch_size, config.micro_batch_size, world, config.grouped)
+    torch.manual_seed(config.seed + rank)
+    _record(config.record_dir, f"rank{rank}.pid", str(os.getpid()), mode="w")
+
+    if config.accelerator == "tpu":
+        from inpars_ray.runtime.tpu import xla_device, xla_sync
+
+        device, sync, coll = xla_device(), xla_sync, _Collectives(world, via_cpu=True)
+    else:
+        device = ray.train.torch.get_device() if config.accelerator == "gpu" else torch.device("cpu")
+        sync, coll = (lambda: None), _Collectives(world, via_cpu=False)
+    autocast = (config.accelerator == "gpu" and config.mixed_precision and torch.cuda.is_bf16_supported())
+
+    checkpoint = ray.train.get_checkpoint()
+    step, epoch, consumed, history, opt_state = 0, 0, set(), [], None
+    if checkpoint is None:
+        model, tokenizer = load_model(config.family, config.base_model, training=True)
+    else:
+        with checkpoint.as_directory() as d:
+            d = Path(d)
+            model, tokenizer = load_model(config.family, d, training=True)
+            saved = torch.load(d / TRAINER_STATE, map_location="cpu", weights_only=False)
+            step, epoch, history, opt_state = saved["step"], saved["epoch"], json.loads(
+                (d / "history.json").read_text()), saved["optimizer"]
+            for part in sorted((d / DATA_STATE).glob("rank*.json")):
+                consumed.update(json.loads(part.read_text()))
+        logger.info("rank %d restored step %d (epoch %d, %d rows consumed)", rank, step, epoch, len(consumed))
+    _record(config.record_dir, "events.log", f"start rank={rank} pid={os.getpid()} step={step}\n")
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    mine = set(consumed) if rank == 0 else set()  # rank 0 carries the restored ids into the next checkpoint
+
+    shard = ray.train.get_dataset_shard("train")
+    last_saved = step
+    dev = _DevSet(loop_config.get("dev"), config) if rank == 0 and config.validate_every else None
+    while _more_steps(config, step, epoch):
+        rows = _fresh_triples(shard, consumed, max(plan.triples_per_step, 64), config.grouped)
+        steps_this_epoch = 0
+        while config.max_steps is None or step < config.max_steps:
+            t0 = time.perf_counter()
+            take = _fill_step(rows, plan.triples_per_step, coll, rank, world, device)
+            units = len(take) if config.grouped else 2 * len(take)
+            n_global = int(coll.sum_(torch.tensor([units], dtype=torch.float64, device=device)).item())
+            if n_global == 0:
+                break
+            for group in optimizer.param_groups:  # linear warm-up, then constant
+                warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+                group["lr"] = config.lr * warm
+            optimizer.zero_grad(set_to_none=True)
+            local_loss = torch.zeros((), dtype=torch.float64, device=device)
+            seen: list[str] = []
+            for i in range(0, len(take), plan.micro_triples):
+                loss, _, ids = micro_loss(config, model, tokenizer, take[i:i + plan.micro_triples], device, autocast)
+                (loss / n_global).backward()
+                local_loss += loss.detach().double()
+                seen += ids
+            coll.sum_grads(params)
+            optimizer.step()
+            sync()
+            loss_value = coll.sum_(local_loss).item() / n_global
+            step += 1
+            steps_this_epoch += 1
+            new = {unit_id(r, config.grouped) for r in take}
+            consumed |= new
+            mine |= new
+            _record(config.record_dir, f"seen_rank{rank}.txt", "".join(f"{epoch}\t{x}\n" for x in seen))
+            seconds = time.perf_counter() - t0
+            metrics = {"step": step, "epoch": epoch, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
+                       "examples": n_global, "examples_per_s": n_global / seconds}
+            if dev is not None and step % config.validate_every == 0:
+                metrics["dev_ndcg@10"] = dev.ndcg10(model, tokenizer)
+                model.train()
+            history.append(metrics)
+            if step % config.checkpoint_every == 0:
+                _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history, metrics)
+                last_saved = step
+            else:
+                ray.train.report(metrics)
+        if config.max_steps is not None and step >= config.max_steps:
+            break
+        if steps_this_epoch == 0 and not consumed:
+            break  # an empty split everywhere: more epochs would not train either (train() reports it)
+        epoch += 1
+        consumed, mine = set(), set()
+    if step != last_saved:
+        # the final checkpoint (the last step did not fall on checkpoint_every)
+        _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history,
+                history[-1] if history else {"step": 0})
+
+
+def _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history, metrics) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="inpars-ckpt-") as tmp:
+        _save_checkpoint(rank, config, model, tokenizer, optimizer, {"step": step, "epoch": epoch}, mine, history,
+                         Path(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+class _DevSet:
+    """A small reranking dev set: rank 0 scores it with the model being trained and computes nDCG@10."""
+
+    def __init__(self, dev: dict[str, str], config: TrainConfig) -> None:
+        import pyarrow.parquet as pq
+
+        self.pairs = pq.read_table(dev["pairs"])
+        self.qrels = pq.read_table(dev["qrels"])
+        S.require_columns(self.pairs.column_names, [S.QUERY_ID, S.QUERY, S.DOC_ID, S.TEXT], "train dev pairs")
+        S.require_columns(self.qrels.column_names, S.QRELS.names, "train dev qrels")
+        self.config = config
+
+    def ndcg10(self, model, tokenizer) -> float:
+        from inpars_ray.models.rankers import Ranker
+
+        model.eval()
+        ranker = Ranker.from_model(model, tokenizer, self.config.family, self.config.max_length, 32,
+                                   self.config.pooling)
+        scores = ranker.score(self.pairs[S.QUERY], self.pairs[S.TEXT])
+        return ndcg_at_10(self.pairs.append_column(S.SCORE, pa.array(scores, pa.float64())), self.qrels)
+
+
+def ndcg_at_10(scored: pa.Table, qrels: pa.Table) -> float:
+    """nDCG@10 (ir_measures) of a table with query_id, doc_id, score against QRELS."""
+    ir_measures = require("ir_measures", "validation nDCG@10")
+    run = [ir_measures.ScoredDoc(q, d, float(s)) for q, d, s in zip(
+        scored[S.QUERY_ID].to_pylist(), scored[S.DOC_ID].to_pylist(), scored[S.SCORE].to_pylist())]
+    rels = [ir_measures.Qrel(q, d, int(r)) for q, d, r in zip(
+        qrels[S.QUERY_ID].to_pylist(), qrels[S.DOC_ID].to_pylist(), qrels[S.RELEVANCE].to_pylist())]
+    return float(ir_measures.calc_aggregate([ir_measures.nDCG @ 10], rels, run)[ir_measures.nDCG @ 10])

@@ -1,0 +1,44 @@
+"""ensure_ray never waits on a stale record of a killed ``ray start`` cluster (issue #8.7)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SCRIPT = """
+import logging, ray
+logging.basicConfig(level=logging.INFO)
+from ray._private.services import canonicalize_bootstrap_address
+from inpars_ray.runtime.raykit import ensure_ray
+# the record is in effect: a bare ray.init() would try to join this address
+print("RECORDED", canonicalize_bootstrap_address(None))
+ensure_ray(num_cpus=1)
+print("CPUS", ray.cluster_resources()["CPU"])
+ray.shutdown()
+"""
+
+
+def test_stale_cluster_record_is_not_joined():
+    temp = tempfile.mkdtemp(prefix="rk-", dir="/tmp")  # short: Ray puts Unix sockets under it
+    try:
+        port = free_port()
+        stale = f"127.0.0.1:{port}"  # nothing listens there: the cluster was killed
+        (Path(temp) / "ray").mkdir()
+        (Path(temp) / "ray" / "ray_current_cluster").write_text(stale)
+        env = {**os.environ, "RAY_TMPDIR": temp, "PYTHONPATH": str(ROOT)}
+        env.pop("RAY_ADDRESS", None)
+        # the timeout only guards the suite; the old behaviour waited on the stale GCS far longer
+        proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.split("RECORDED ")[1].split()[0].endswith(f":{port}")  # Ray maps 127.0.0.1 to the node ip
+        assert "CPUS 1.0" in proc.stdout
+        assert f"not joining the Ray cluster recorded at {stale}" in proc.stderr
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

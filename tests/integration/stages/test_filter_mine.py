@@ -1,0 +1,210 @@
+"""Filter and mine on local Ray over the bundled collection, checked against brute-force computations."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from inpars_ray import schema as S
+from inpars_ray.io.catalog import resolve
+from inpars_ray.io.manifest import read_manifest
+from inpars_ray.stages.filter import FilterConfig, filter_dataset, run_filter
+
+BUNDLED = Path(__file__).resolve().parents[3] / "inpars_ray" / "data" / "collections" / "tiny-science"
+
+
+def corpus() -> dict[str, str]:
+    docs = [json.loads(line) for line in (BUNDLED / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    return {d["_id"]: f"{d.get('title', '')} {d['text']}".strip() for d in docs}
+
+
+def make_generated(n: int, seed: int) -> pa.Table:
+    """Generated rows over the bundled corpus with every kind of bad row, and many tied scores."""
+    docs = corpus()
+    ids = sorted(docs)
+    words = " ".join(docs.values()).split()
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    for i in range(n):
+        doc = ids[rng.randrange(len(ids))]
+        ntok = rng.randint(1, 9)
+        lp = [-rng.choice([0.25, 0.5, 1.0, 2.0]) for _ in range(ntok)]  # coarse values: ties are common
+        query = " ".join(rng.choice(words) for _ in range(ntok))
+        error = None
+        kind = rng.random()
+        if kind < 0.05:
+            error, query, lp = "prompt too long", None, None
+        elif kind < 0.09:
+            query = " \t "
+        elif kind < 0.13:
+            start = rng.randrange(5)
+            query = "  ".join(docs[doc].split()[start:start + 4]).upper()
+        elif kind < 0.20 and rows and rows[-1][S.QUERY]:
+            query = rows[-1][S.QUERY].lower()
+        elif kind < 0.23:
+            doc = f"not-a-doc-{i}"
+        rows.append({S.DOC_ID: doc, S.QUERY_ID: f"gen-{i:05d}", S.QUERY: query, S.TOKEN_LOGPROBS: lp,
+                     S.MEAN_LOGPROB: sum(lp) / len(lp) if lp else None, S.NUM_TOKENS: len(lp) if lp else None,
+                     S.PROMPT_NAME: "inpars", S.MODEL: "tiny", S.BACKEND: "hf", S.FEWSHOT_IDS: ["f1"],
+                     S.ERROR: error})
+    return pa.Table.from_pylist(rows, schema=S.GENERATED)
+
+
+def brute_force_kept(table: pa.Table, k: int) -> set[str]:
+    """The InPars-v1 filter computed row by row in one process, straight from the rules."""
+    docs = corpus()
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    ok = []
+    for r in table.to_pylist():
+        q = r[S.QUERY]
+        if r[S.ERROR] is not None or not q or not q.strip() or r[S.DOC_ID] not in docs:
+            continue
+        if norm(q) in norm(docs[r[S.DOC_ID]]) or not 3 <= r[S.NUM_TOKENS] <= 1000:
+            continue
+        ok.append((norm(q), r[S.QUERY_ID], r[S.DOC_ID], sum(r[S.TOKEN_LOGPROBS]) / r[S.NUM_TOKENS]))
+    first: dict[str, tuple] = {}
+    for row in sorted(ok, key=lambda x: (x[1], x[2])):
+        first.setdefault(row[0], row)
+    best = sorted(first.values(), key=lambda x: (-x[3], x[1], x[2]))[:k]
+    return {x[1] for x in best}
+
+
+def read_dir(path: Path) -> pa.Table:
+    return pads.dataset(str(path), format="parquet").to_table()
+
+
+@pytest.fixture(scope="module")
+def generated_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("generated")
+    table = make_generated(400, seed=4)
+    for i, part in enumerate(range(0, table.num_rows, 150)):
+        pq.write_table(table.slice(part, 150), out / f"part-{i}.parquet")
+    return out
+
+
+@pytest.mark.parametrize("blocks,partitions", [(1, 1), (7, 3)])
+def test_scores_filter_equals_brute_force_for_any_blocks(ray_session, generated_dir, tmp_path, blocks, partitions):
+    table = read_dir(generated_dir)
+    ds = ray_session.data.read_parquet(str(generated_dir)).repartition(blocks)
+    config = FilterConfig(keep_top_k=60, shuffle_partitions=partitions)
+    counts = filter_dataset(ds, resolve("bundled/tiny-science"), tmp_path, config)
+    kept = read_dir(tmp_path / "kept")
+    assert set(kept.column(S.QUERY_ID).to_pylist()) == brute_force_kept(table, 60)
+    assert kept.num_rows == 60 and kept.schema.equals(S.FILTERED)
+    dropped = read_dir(tmp_path / "dropped")
+    # every input row is accounted for exactly once
+    assert sorted(kept.column(S.QUERY_ID).to_pylist() + dropped.column(S.QUERY_ID).to_pylist()) == \
+        sorted(table.column(S.QUERY_ID).to_pylist())
+    for reason in ("generation_error", "empty_query", "unknown_document", "copied_from_document",
+                   "token_length", "duplicate_query", "below_top_k"):
+        assert counts[f"dropped_{reason}"] > 0, reason
+
+
+def test_reranker_filter_uses_monot5_scores(ray_session, tmp_path):
+    import transformers
+
+    from inpars_ray.models import monot5
+    from inpars_ray.testing import tiny_t5 as tiny
+
+    model_dir = tiny.build_tiny_monot5(tmp_path / "monot5")
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    table = make_generated(50, seed=9)
+    pq.write_table(table, gen / "part-0.parquet")
+    config = FilterConfig(strategy="reranker", model=str(model_dir), keep_top_k=10, num_actors=2,
+                          rows_per_call=8, shuffle_partitions=2)
+    counts = filter_dataset(ray_session.data.read_parquet(str(gen)).repartition(3), resolve("bundled/tiny-science"),
+                            tmp_path / "out", config)
+    kept = read_dir(tmp_path / "out" / "kept")
+    dropped = read_dir(tmp_path / "out" / "dropped")
+    assert kept.num_rows == 10 and counts["kept"] + sum(v for k, v in counts.items() if k.startswith("dropped_")) == 50
+    below = dropped.filter(pa.compute.equal(dropped.column(S.DROP_REASON), "below_top_k"))
+    assert min(kept.column(S.FILTER_SCORE).to_pylist()) >= max(below.column(S.FILTER_SCORE).to_pylist())
+    # the stage's score is monoT5's P(true) of (query, source document text), one pair at a time
+    docs = corpus()
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    rows = kept.to_pylist()[:4]
+    ref = monot5.score_pairs(model, tok, [r[S.QUERY] for r in rows], [docs[r[S.DOC_ID]] for r in rows])
+    assert [r[S.FILTER_SCORE] for r in rows] == pytest.approx(list(ref), abs=1e-5)
+
+
+# --- mining -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory) -> Path:
+    from inpars_ray.stages.index import build_index
+
+    out = tmp_path_factory.mktemp("bm25") / "index"
+    build_index(resolve("bundled/tiny-science"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def kept_dir(ray_session, generated_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("filtered")
+    run_filter(generated_dir, resolve("bundled/tiny-science"), out, FilterConfig(keep_top_k=80, shuffle_partitions=2))
+    return out / "kept"
+
+
+def test_run_filter_manifest_and_rerun(kept_dir, generated_dir):
+    out = kept_dir.parent
+    first = read_manifest(out)
+    assert first["status"] == "complete" and first["counts"]["kept"] == 80
+    assert first["counts"]["input_rows"] == 400 == sum(v for k, v in first["counts"].items()
+                                                       if k == "kept" or k.startswith("dropped_"))
+    config = FilterConfig(keep_top_k=80, shuffle_partitions=2)
+    again = run_filter(generated_dir, resolve("bundled/tiny-science"), out, config)
+    assert again["finished_at"] == first["finished_at"]  # nothing was redone
+
+
+def test_mining_excludes_positive_uses_own_hits_and_is_block_independent(ray_session, index_dir, kept_dir,
+                                                                         tmp_path):
+    from inpars_ray.stages.mine import MineConfig, export_tsv, mine_dataset, run_mine
+    from inpars_ray.stages.retrieve import BM25Config, retrieve
+
+    collection = resolve("bundled/tiny-science")
+    config = MineConfig(depth=1000, negatives=3, seed=7, shuffle_partitions=2,
+                        bm25=BM25Config(threads=1, remove_query=False))
+    queries = read_dir(kept_dir)
+    outs = []
+    for blocks, actors in ((1, 1), (5, 2)):
+        cfg = MineConfig(**{**config.__dict__, "num_actors": actors, "queries_per_call": 16})
+        out = tmp_path / f"b{blocks}"
+        mine_dataset(ray_session.data.read_parquet(str(kept_dir)).repartition(blocks), collection, index_dir, out, cfg)
+        outs.append(read_dir(out / "triples").sort_by([(S.QUERY_ID, "ascending"), (S.NEG_RANK, "ascending")]))
+    assert outs[0].equals(outs[1])
+    triples = outs[0]
+    assert triples.schema.equals(S.TRIPLES)
+
+    run = retrieve(index_dir, queries.select([S.QUERY_ID, S.QUERY]), k=1000, config=config.bm25)
+    ranks = {(q, d): r for q, d, r in zip(*(run.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RANK)))}
+    docs = corpus()
+    per_query: dict[str, int] = {}
+    for t in triples.to_pylist():
+        assert t[S.NEG_DOC_ID] != t[S.POS_DOC_ID]
+        assert ranks[t[S.QUERY_ID], t[S.NEG_DOC_ID]] == t[S.NEG_RANK]  # a hit of this very query, at that rank
+        assert t[S.POS_TEXT] == docs[t[S.POS_DOC_ID]] and t[S.NEG_TEXT] == docs[t[S.NEG_DOC_ID]]
+        per_query[t[S.QUERY_ID]] = per_query.get(t[S.QUERY_ID], 0) + 1
+    # a query either has 3 distinct negatives or is in the short-query report with its counts
+    short = read_dir(tmp_path / "b1" / "short_queries").to_pylist()
+    short_ids = {r[S.QUERY_ID]: r for r in short}
+    for qid, pos in zip(queries.column(S.QUERY_ID).to_pylist(), queries.column(S.DOC_ID).to_pylist()):
+        hits = sum(1 for (q, d) in ranks if q == qid)
+        eligible = hits - ((qid, pos) in ranks)
+        if eligible >= 3:
+            assert per_query[qid] == 3 and qid not in short_ids
+        else:
+            assert short_ids[qid][S.NUM_ELIGIBLE] == eligible and per_query.get(qid, 0) == eligible
+
+    # the stage entry point: manifest, resume, TSV export
+    manifest = run_mine(kept_dir.parent, collection, index_dir, tmp_path / "run", config)
+    assert manifest["counts"]["triples"] == triples.num_rows
+    assert run_mine(kept_dir.parent, collection, index_dir, tmp_path / "run", config)["finished_at"] == \
+        manifest["finished_at"]
+    lines = export_tsv(tmp_path / "run").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == triples.num_rows and all(line.count("\t") == 2 for line in lines)
