@@ -5,6 +5,8 @@ input file names the file and, where it applies, the 1-based line number.
 """
 from __future__ import annotations
 
+import re
+
 
 class InparsError(Exception):
     """Base class of every error inpars-ray raises on purpose."""
@@ -66,12 +68,50 @@ class StorageError(InparsError):
     """An artifact location cannot be used: a bad URI, a missing or changed file, a local path on many nodes."""
 
 
+class ArtifactDamagedError(StorageError):
+    """A file a complete manifest lists is missing or has another size: the artifact must be made again."""
+
+
 class IndexError_(InparsError):  # noqa: N801 - avoid shadowing the builtin IndexError
     """A Lucene index is missing, incomplete or unusable."""
 
 
+class LeaseHeldError(StorageError):
+    """Another driver holds the run root's lease (:mod:`inpars_ray.io.lease`).
+
+    Attributes:
+        root: the run root.
+        lease: where the lease is (file or object).
+        holder: who holds it, in words (pid, host, since when).
+    """
+
+    def __init__(self, root: str, lease: str, holder: str) -> None:
+        super().__init__(
+            f"{root} is in use by another inpars-ray run: {holder} holds {lease}. Wait for it to finish "
+            f"(--lease-wait SECONDS), or, if that run is gone, rerun with --break-lease")
+        self.root = root
+        self.lease = lease
+        self.holder = holder
+
+    def __reduce__(self):  # errors cross process boundaries in Ray: pickle the constructor's arguments
+        return (type(self), (self.root, self.lease, self.holder))
+
+
 class BackendError(InparsError):
     """A generation or scoring backend failed in a way retries could not cure."""
+
+
+#: ``scheme://user:password@``: the credentials part of a URL
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (``http://user:***@host/...``).
+
+    Manifests, run files and error messages go through this: an endpoint URL that carries credentials
+    (``http://user:secret@proxy/v1``) is shown, hashed and logged without them (issue 19).
+    """
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text) if "@" in text else text
 
 
 def find_typed_error(exc: BaseException | None) -> InparsError | None:

@@ -86,12 +86,14 @@ def pipeline_data(spec: str, out_dir: str, base: dict[str, Any], bm25_only: bool
 
 def run_one(outcome: Outcome, data: dict[str, Any]) -> Outcome:
     """Run one collection's pipeline; a failure is recorded in ``outcome``, never raised."""
+    from inpars_ray.io.lease import run_lease
     from inpars_ray.pipeline import PipelineConfig, run_pipeline
 
     outcome.started, outcome.status = time.time(), "running"
     logger.info("[full_beir] %s: starting in %s", outcome.dataset, outcome.out_dir)
     try:
-        summary = run_pipeline(PipelineConfig.from_dict(data))
+        with run_lease(outcome.out_dir, purpose="jobs/full_beir.py"):  # one driver per run root (issue 19)
+            summary = run_pipeline(PipelineConfig.from_dict(data))
         outcome.bm25_ndcg10 = round(summary["bm25"]["nDCG@10"], 4)
         if "inpars" in summary:
             outcome.inpars_ndcg10 = round(summary["inpars"]["nDCG@10"], 4)

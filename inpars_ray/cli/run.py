@@ -17,6 +17,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=None, help="run root (same as --set out_dir=DIR)")
     p.add_argument("--cache-dir", default=None, help="where beir/<name> downloads go")
     p.add_argument("--skip-bad-rows", action="store_true", help="same as --set load.skip_bad_rows=true")
+    p.add_argument("--lease-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another run holds the run root's lease, wait this long for it (default: refuse at once)")
+    p.add_argument("--break-lease", action="store_true",
+                   help="break the run root's lease first: only when the run holding it is known to be gone "
+                        "(a lease of a dead process on this host is broken without this)")
     add_ray(p)
     p.set_defaults(run=run)
 
@@ -35,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(config), end="")
         return 0
+    from inpars_ray.io.lease import run_lease
+
+    # one driver per run root, taken before Ray starts: a second run refuses at once, naming the holder
+    with run_lease(config.out_dir, wait_s=args.lease_wait, break_lease=args.break_lease):
+        return _run(config, args)
+
+
+def _run(config, args: argparse.Namespace) -> int:
     from inpars_ray.io import storage
     from inpars_ray.pipeline import run_pipeline
     from inpars_ray.report import terminal_table

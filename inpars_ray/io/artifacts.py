@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from inpars_ray.errors import StorageError
+from inpars_ray.errors import ArtifactDamagedError, StorageError
 from inpars_ray.io.storage import Location, PathLike, location
 
 logger = logging.getLogger(__name__)
@@ -195,9 +195,12 @@ def listed_files(root: PathLike, manifest: dict[str, Any], subdir: str = "") -> 
         if not name.startswith(prefix):
             continue
         f = loc.join(name)
-        info = loc.fs.get_file_info(f.path)
+        try:
+            info = loc.fs.get_file_info(f.path)
+        except OSError as exc:  # the store does not answer: an outage, not a damaged artifact
+            raise StorageError(f"could not look up {f.uri}: {exc}") from exc
         if info.type != pafs.FileType.File or int(info.size or 0) != int(size):
-            raise StorageError(f"{f.uri} is listed in {loc.uri}'s manifest but is missing or changed")
+            raise ArtifactDamagedError(f"{f.uri} is listed in {loc.uri}'s manifest but is missing or changed")
         out.append(f)
     return out
 

@@ -19,6 +19,8 @@ import dataclasses
 import io
 import json
 import logging
+import math
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -81,6 +83,16 @@ class BadRows:
         return pa.table(dict(zip(BAD_ROWS.names, cols)), schema=BAD_ROWS)
 
 
+#: a UTF-8 byte order mark, which some editors write at the start of a file
+BOM = b"\xef\xbb\xbf"
+
+
+def _without_bom(lines: Iterable[bytes], first_line: int) -> Iterator[bytes]:
+    """``lines`` with a byte order mark removed from the file's first line (a BOM is not data)."""
+    for offset, raw in enumerate(lines):
+        yield raw[len(BOM):] if offset == 0 and first_line == 1 and raw.startswith(BOM) else raw
+
+
 def _decode_json_object(raw: bytes, path: str, line: int, bad: BadRows) -> dict[str, Any] | None:
     try:
         text = raw.decode("utf-8")
@@ -91,6 +103,9 @@ def _decode_json_object(raw: bytes, path: str, line: int, bad: BadRows) -> dict[
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         bad.add(path, line, f"malformed JSON: {exc.msg} at column {exc.colno}")
+        return None
+    except (ValueError, RecursionError) as exc:  # a number of more than 4,300 digits; nesting too deep
+        bad.add(path, line, f"malformed JSON: {type(exc).__name__}: {str(exc)[:120]}")
         return None
     if not isinstance(obj, dict):
         bad.add(path, line, f"expected a JSON object, got {type(obj).__name__}")
@@ -106,16 +121,24 @@ def _string_field(obj: dict[str, Any], key: str, path: str, line: int, bad: BadR
         return None if required else ""
     value = obj[key]
     if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "_id":
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.add(path, line, f"field {key!r} is the number {value}, not an id")
+            return None
         return str(value)  # some BEIR-like dumps write numeric ids
     if not isinstance(value, str):
         bad.add(path, line, f"field {key!r} must be a string, got {type(value).__name__}")
+        return None
+    try:  # JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 file or Arrow string can hold
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad.add(path, line, f"field {key!r} holds a lone surrogate ({value[exc.start]!r}), not valid Unicode")
         return None
     return value
 
 
 def _json_objects(lines: Iterable[bytes], path: str, first_line: int, bad: BadRows) -> Iterator[tuple[int, dict]]:
     """(1-based line, object) of every non-blank line that holds a JSON object; the rest go to ``bad``."""
-    for offset, raw in enumerate(lines):
+    for offset, raw in enumerate(_without_bom(lines, first_line)):
         if not raw.strip():
             continue
         obj = _decode_json_object(raw, path, first_line + offset, bad)
@@ -177,6 +200,9 @@ def parse_queries_lines(lines: Iterable[bytes], path: str, first_line: int = 1) 
         if not qid.strip():
             bad.add(path, line, "empty '_id'")
             continue
+        if any(c.isspace() for c in qid):
+            bad.add(path, line, f"'_id' {qid!r} contains whitespace, which TREC run files cannot carry")
+            continue
         if not text.strip():
             bad.add(path, line, f"query {qid!r} has empty text")
             continue
@@ -200,7 +226,7 @@ def parse_qrels_lines(lines: Iterable[bytes], path: str, first_line: int = 1,
     bad = BadRows()
     seen: dict[tuple[str, str], int] = {}
     header_checked = False
-    for offset, raw in enumerate(lines):
+    for offset, raw in enumerate(_without_bom(lines, first_line)):
         line = first_line + offset
         if not raw.strip():
             continue
@@ -237,12 +263,12 @@ def parse_qrels_lines(lines: Iterable[bytes], path: str, first_line: int = 1,
     return pa.table({S.QUERY_ID: qids, S.DOC_ID: dids, S.RELEVANCE: rels}, schema=S.QRELS), bad
 
 
+_INT = re.compile(r"\s*[-+]?[0-9]+\s*", re.ASCII)
+
+
 def _is_int(value: str) -> bool:
-    try:
-        int(value)
-    except ValueError:
-        return False
-    return True
+    # not int(): it also takes "1_0" (10) and non-ASCII digits ("\u0661"), which no qrels file means
+    return _INT.fullmatch(value) is not None
 
 
 def id_hashes(ids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from inpars_ray.errors import InparsError
+from inpars_ray.errors import ArtifactDamagedError, InparsError, redact
 from inpars_ray.io import artifacts, storage
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ _VERSIONED = (
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Turn dataclasses, paths and containers into plain JSON values."""
+    """Turn dataclasses, paths and containers into plain JSON values; URL passwords become ``***``."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
@@ -54,6 +54,8 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, (Path, storage.Location)):
         return str(obj)
+    if isinstance(obj, str):  # an endpoint URL with credentials is written and hashed without them
+        return redact(obj)
     return obj
 
 
@@ -88,14 +90,19 @@ def read_manifest(directory: storage.PathLike, name: str = MANIFEST_NAME) -> dic
 
 
 def is_complete(directory: storage.PathLike, stage: str, config: Any, name: str = MANIFEST_NAME) -> bool:
-    """True when ``directory`` holds a complete manifest of ``stage`` made from this very config."""
+    """True when ``directory`` holds a complete manifest of ``stage`` made from this very config, and every
+    file it lists is there with its listed size (a deleted or truncated artifact is not complete)."""
     manifest = read_manifest(directory, name)
-    return bool(
-        manifest
-        and manifest.get("stage") == stage
-        and manifest.get("status") == "complete"
-        and manifest.get("config_hash") == config_hash(config)
-    )
+    if not (manifest and manifest.get("stage") == stage and manifest.get("status") == "complete"
+            and manifest.get("config_hash") == config_hash(config)):
+        return False
+    if "files" in manifest:  # its artifacts must still be there, whole: else the stage is redone (issue 19)
+        try:
+            artifacts.listed_files(directory, manifest)
+        except ArtifactDamagedError as exc:  # an outage (StorageError) is raised: no reason to redo a stage
+            logger.warning("%s: %s; the %s stage runs again", storage.location(directory).uri, exc, stage)
+            return False
+    return True
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:

@@ -34,13 +34,40 @@ from inpars_ray.errors import StorageError
 SHARED_FS_ENV = "INPARS_RAY_SHARED_FS"
 
 
+#: environment variable: seconds one object-store call keeps retrying (with back-off) before it fails
+STORAGE_RETRY_ENV = "INPARS_RAY_STORAGE_RETRY_S"
+#: its default. pyarrow's own is 15 minutes per call, during which a stage with a bucket gone looks hung
+DEFAULT_STORAGE_RETRY_S = 180.0
+
+
+def storage_retry_s() -> float:
+    """How long one object-store call retries before a :class:`StorageError` (``INPARS_RAY_STORAGE_RETRY_S``)."""
+    text = os.environ.get(STORAGE_RETRY_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_STORAGE_RETRY_S
+    except ValueError:
+        raise StorageError(f"{STORAGE_RETRY_ENV}={text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise StorageError(f"{STORAGE_RETRY_ENV} must be > 0, got {text}")
+    return value
+
+
 def gcs_filesystem() -> pafs.FileSystem:
-    """A pyarrow GCS filesystem; anonymous against ``STORAGE_EMULATOR_HOST`` when that is set."""
+    """A pyarrow GCS filesystem; anonymous against ``STORAGE_EMULATOR_HOST`` when that is set.
+
+    Each call retries transient failures with back-off for at most :func:`storage_retry_s` (the setting
+    travels with the filesystem when it is pickled to Ray workers), then fails: a storage outage ends a
+    stage in a :class:`StorageError` within a bounded time, and the rerun resumes.
+    """
+    import datetime
+
+    limit = datetime.timedelta(seconds=storage_retry_s())
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
     if emulator:
         scheme, _, host = emulator.rpartition("://")
-        return pafs.GcsFileSystem(anonymous=True, endpoint_override=host, scheme=scheme or "http")
-    return pafs.GcsFileSystem()
+        return pafs.GcsFileSystem(anonymous=True, endpoint_override=host, scheme=scheme or "http",
+                                  retry_time_limit=limit)
+    return pafs.GcsFileSystem(retry_time_limit=limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +121,23 @@ class Location:
         """The local :class:`~pathlib.Path` of a local location."""
         return Path(os.fspath(self))
 
+    def _failed(self, what: str, exc: OSError) -> StorageError:
+        """The typed error of a storage call that failed (after the filesystem's own retries)."""
+        retried = "" if self.is_local else \
+            f" (after retrying for up to {storage_retry_s():g}s; {STORAGE_RETRY_ENV} sets how long)"
+        return StorageError(f"could not {what} {self.uri}: {exc}{retried}")
+
     # --- queries ------------------------------------------------------------------------------------
+    def _info(self) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise
+        except OSError as exc:
+            raise self._failed("look up", exc) from exc
+
     def _type(self) -> pafs.FileType:
-        return self.fs.get_file_info(self.path).type
+        return self._info().type
 
     def exists(self) -> bool:
         return self._type() != pafs.FileType.NotFound
@@ -111,7 +152,7 @@ class Location:
         return not self.is_local and bool(self.files())
 
     def size(self) -> int:
-        return int(self.fs.get_file_info(self.path).size or 0)
+        return int(self._info().size or 0)
 
     def files(self, recursive: bool = True, suffix: str = "") -> list[str]:
         """Names (relative to this folder, ``/``-separated) of the files under it, sorted; [] if none.
@@ -122,6 +163,8 @@ class Location:
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True))
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as exc:
+            raise self._failed("list", exc) from exc
         root = self.path.rstrip("/") + "/"
         out = []
         for info in infos:
@@ -140,6 +183,8 @@ class Location:
             return self.fs.open_input_file(self.path)
         except FileNotFoundError as exc:
             raise StorageError(f"{self.uri} does not exist") from exc
+        except OSError as exc:
+            raise self._failed("read", exc) from exc
 
     def read_bytes(self) -> bytes:
         with self.open_input() as fh:
@@ -173,19 +218,32 @@ class Location:
                 with self.fs.open_output_stream(str(tmp)) as fh:
                     yield fh
                 os.replace(tmp, target)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:  # e.g. no space left on the device
+                raise self._failed("write", exc) from exc
             finally:
                 tmp.unlink(missing_ok=True)
             return
         # An object appears only when its upload is finalised; a killed process never finalises it. pyarrow's
         # stream has no abort, and closing (which an error path cannot avoid) finalises: so delete it again.
-        fh = self.fs.open_output_stream(self.path)
+        try:
+            fh = self.fs.open_output_stream(self.path)
+        except OSError as exc:
+            raise self._failed("write", exc) from exc
         try:
             yield fh
         except BaseException:
-            fh.close()
-            self.fs.delete_file(self.path)
+            try:
+                fh.close()
+                self.fs.delete_file(self.path)
+            except OSError:  # the store is unreachable: the error that got us here is the one to report
+                pass
             raise
-        fh.close()
+        try:
+            fh.close()  # the upload happens (or completes) here
+        except OSError as exc:
+            raise self._failed("write", exc) from exc
 
     def write_bytes(self, data: bytes) -> None:
         with self.open_output() as fh:

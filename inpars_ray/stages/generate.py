@@ -267,10 +267,28 @@ class GenerateWorker:
         self._usage = now
         return json.dumps(delta)
 
+    def _written(self, name: str) -> pa.Table | None:
+        """The part ``name`` if an earlier attempt at this very batch wrote it whole, with final rows only."""
+        part = self.parts_dir.join(name)
+        if not part.is_file():
+            return None
+        try:
+            table = _read_part(part, schema=S.GENERATED)
+        except (pa.ArrowInvalid, OSError):
+            return None  # damaged: generate it again, and overwrite it
+        retry = pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
+        return None if pc.any(retry).as_py() else table
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        table = generate_batch(batch, self.builder, self.backend, self.config.generation, self.template.name,
-                               self.config.model, list(self.template.fewshot_ids))
-        name = write_part(table, self.parts_dir)
+        # Ray Data delivers a batch at least once: an actor killed after writing its part but before its
+        # result reached the driver gets the batch again, on a restarted actor. The part is named after the
+        # batch's documents, so it is found, and its documents are not generated (or paid for) twice.
+        name = part_name(batch.column(S.DOC_ID).to_pylist())
+        table = self._written(name)
+        if table is None:
+            table = generate_batch(batch, self.builder, self.backend, self.config.generation, self.template.name,
+                                   self.config.model, list(self.template.fewshot_ids))
+            name = write_part(table, self.parts_dir)
         errors = table.num_rows - table.column(S.ERROR).null_count
         return pa.table({"part": [name], "docs": [table.num_rows], "errors": [errors],
                          "usage": [self._usage_delta()], "worker": [self._worker]})
@@ -278,8 +296,23 @@ class GenerateWorker:
 
 # --- reading back ------------------------------------------------------------------------------------
 def _part_files(parts_dir: storage.Location) -> list[storage.Location]:
-    # every part present is whole (written by one upload or one rename), so all of them count
-    return [parts_dir.join(n) for n in parts_dir.files(recursive=False, suffix=".parquet") if n.startswith("part-")]
+    # every part a writer left is whole (written by one upload or one rename), so all of them count; a part
+    # damaged later (truncated, overwritten) has no readable Parquet footer: it is deleted, and its
+    # documents are generated again (issue 19), rather than failing every rerun or being read as done
+    out = []
+    for name in parts_dir.files(recursive=False, suffix=".parquet"):
+        if not name.startswith("part-"):
+            continue
+        part = parts_dir.join(name)
+        try:
+            with part.open_input() as fh:
+                pq.read_metadata(fh)
+        except (pa.ArrowInvalid, OSError) as exc:
+            logger.warning("generate: %s is damaged (%s); deleting it: its documents are generated again", part, exc)
+            part.delete()
+            continue
+        out.append(part)
+    return out
 
 
 def _read_part(part: storage.Location, **kwargs: Any) -> pa.Table:

@@ -24,6 +24,7 @@ output row.
 """
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import dataclasses
 import json
@@ -33,11 +34,12 @@ import random
 import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from inpars_ray.errors import BackendError, ConfigError
+from inpars_ray.errors import BackendError, ConfigError, redact
 from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
 from inpars_ray.models.backends.ratelimit import RetryPolicy, TokenBucket, backoff_delay, parse_retry_after
 from inpars_ray.models.backends.vllm_backend import request_seed
@@ -176,6 +178,12 @@ class OpenAIBackend(Backend):
                     "(set api_key_env=None for an endpoint without authentication)"
                 )
         self.__key = key
+        # credentials in the URL (http://user:password@proxy/v1): the HTTP client sends them as Basic auth;
+        # they are secrets as much as the key, in every form a server might quote back (issue 19)
+        parts = urllib.parse.urlsplit(cfg.base_url or "")
+        basic = base64.b64encode(f"{parts.username or ''}:{parts.password}".encode()).decode() \
+            if parts.password is not None else None
+        self.__secrets = [s for s in (key, parts.password, basic) if s and len(s) >= 4]
         openai = require("openai", "the openai generation backend")
         self._openai = openai
         self._client = openai.OpenAI(
@@ -194,10 +202,15 @@ class OpenAIBackend(Backend):
             transformers = require("transformers", "local token counting for the openai backend")
             self._hf_tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer)
         self._server_root = _server_root(cfg.base_url) if cfg.tokenizer == SERVER_TOKENIZER else None
+        self._server_auth = f"Bearer {key}"
+        if self._server_root and basic is not None:  # urllib takes no credentials in a URL: send them as
+            self._server_auth = f"Basic {basic}"  # the HTTP client does for the completions (httpx)
+            bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+            self._server_root = _server_root(urllib.parse.urlunsplit(bare))
 
     def __repr__(self) -> str:
         return (
-            f"OpenAIBackend(model={self.model!r}, base_url={self.config.base_url!r}, "
+            f"OpenAIBackend(model={self.model!r}, base_url={redact(self.config.base_url or '')!r}, "
             f"tokenizer={self.config.tokenizer!r}, api_key_env={self.config.api_key_env!r})"
         )
 
@@ -225,8 +238,9 @@ class OpenAIBackend(Backend):
 
     # --- errors and retries ----------------------------------------------------------------------------
     def _redact(self, message: str) -> str:
-        key = self.__key
-        return message.replace(key, "***") if len(key) >= 4 else message
+        for secret in self.__secrets:
+            message = message.replace(secret, "***")
+        return redact(message)
 
     def _classify(self, exc: BaseException) -> _Attempt:
         oa = self._openai
@@ -270,7 +284,7 @@ class OpenAIBackend(Backend):
         req = urllib.request.Request(
             self._server_root + route,
             data=data,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.__key}"},
+            headers={"Content-Type": "application/json", "Authorization": self._server_auth},
         )
 
         def call() -> dict[str, Any]:
@@ -282,7 +296,8 @@ class OpenAIBackend(Backend):
         except BackendError as exc:
             if "HTTP 404" in str(exc):
                 raise ConfigError(
-                    f"{self._server_root}{route} does not exist: the endpoint does not expose its tokenizer; "
+                    f"{redact(_server_root(self.config.base_url))}{route} does not exist: the endpoint does not "
+                    "expose its tokenizer; "
                     "pass tokenizer=<local Hugging Face tokenizer of the served model>"
                 ) from None
             raise
@@ -317,7 +332,7 @@ class OpenAIBackend(Backend):
         try:
             n_prompt = self.count_tokens(prompt)
         except BackendError as exc:
-            return Generation(text="", token_logprobs=[], error=str(exc))
+            return Generation(text="", token_logprobs=[], error=self._redact(str(exc)))
         if n_prompt > params.max_prompt_tokens:
             return Generation(
                 text="",

@@ -1,0 +1,239 @@
+"""Storage faults on a gs:// run root (the GCS emulator on loopback) and damaged local artifacts.
+
+* **Outage**: the emulator is stopped while ``inpars-ray generate`` (openai backend, loopback endpoint)
+  is mid-stage. The command must end with a typed storage error within a bounded time (the retry
+  deadline ``INPARS_RAY_STORAGE_RETRY_S``, 5 s here; pyarrow's own default is 15 minutes per call). The
+  emulator is restarted on the same port over the same on-disk data; the rerun resumes and its rows
+  equal an unfaulted run's, and no document is requested from the endpoint twice.
+* **Damage**: a part file a complete manifest lists is truncated or deleted. The rerun sees the stage
+  as not complete (the manifest's sizes), regenerates exactly the documents of that part and ends equal
+  to the unfaulted output.
+
+The endpoint holds its answers at a gate the test opens, so "mid-stage" is a state the test waits for
+(polling with a deadline), never a guess about timing.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from inpars_ray.io import storage
+
+from tests.conftest import free_port
+from tests.fakes.fault_proxy import EchoCompletionsServer
+from tests.reliability.conftest import wait_for
+
+NUM_DOCS = 8
+RETRY_S = 5.0
+
+
+class GatedEcho(EchoCompletionsServer):
+    """The echo endpoint, answering at most ``open_for`` completions until :meth:`open` is called."""
+
+    def __init__(self, open_for: int | None = None) -> None:
+        super().__init__(api_key=None)
+        self.open_for = open_for
+        self._gate = threading.Event()
+        self._answered = 0
+        self._count_lock = threading.Lock()
+        if open_for is None:
+            self._gate.set()
+
+    def open(self) -> None:
+        self._gate.set()
+
+    def stop(self) -> None:
+        self._gate.set()
+        super().stop()
+
+    def _complete(self, body: dict) -> dict:
+        with self._count_lock:
+            self._answered += 1
+            hold = self.open_for is not None and self._answered > self.open_for
+        if hold:
+            self._gate.wait(300)
+        return super()._complete(body)
+
+
+class DiskEmulator:
+    """gcp-storage-emulator on a fixed loopback port, storing on disk under ``root`` so that a restart
+    on the same port finds the same buckets and objects."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        exe = Path(sys.executable).with_name("gcp-storage-emulator")
+        self.proc = subprocess.Popen([str(exe), "start", "--host=127.0.0.1", f"--port={self.port}", "-q"],
+                                     cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+        def answers() -> bool:
+            try:
+                urllib.request.urlopen(f"{self.url}/storage/v1/b?project=test", timeout=2)
+                return True
+            except OSError:
+                assert self.proc.poll() is None, "the GCS emulator exited"
+                return False
+
+        wait_for(answers, 60, "the GCS emulator to answer")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # an outage, not a shutdown
+            self.proc.wait(30)
+        self.proc = None
+
+    def create_bucket(self, name: str) -> None:
+        req = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
+                                     data=f'{{"name": "{name}"}}'.encode(), headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+
+
+@pytest.fixture()
+def emulator():
+    root = Path(tempfile.mkdtemp(prefix="inpars-gcs-"))
+    emu = DiskEmulator(root)
+    emu.start()
+    emu.create_bucket("runs")
+    try:
+        yield emu
+    finally:
+        emu.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _command(out: str, endpoint: str) -> list[str]:
+    return [sys.executable, "-m", "inpars_ray", "generate", "--dataset", "bundled/tiny-science", "--backend", "openai",
+            "--model", "echo", "--prompt", "inpars", "--num-docs", str(NUM_DOCS), "--out", out, "--num-cpus", "2",
+            "--batch-size", "1", "--backend-option", f"base_url={endpoint}/v1",
+            "--backend-option", "api_key_env=null"]
+
+
+def _env(emulator_url: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "INPARS_RAY_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "",
+           "INPARS_RAY_STORAGE_RETRY_S": str(RETRY_S)}
+    if emulator_url:
+        env["STORAGE_EMULATOR_HOST"] = emulator_url
+    return env
+
+
+def _rows(out: str, emulator_url: str | None = None) -> list[dict]:
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator_url:
+        os.environ["STORAGE_EMULATOR_HOST"] = emulator_url
+    try:
+        parts = storage.location(out).join("parts")
+        rows = []
+        for name in parts.files(suffix=".parquet"):
+            with parts.join(name).open_input() as fh:
+                rows += pq.read_table(fh).to_pylist()
+        return sorted(rows, key=lambda r: r["doc_id"])
+    finally:
+        if emulator_url:
+            if old is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = old
+
+
+def _same(rows: list[dict], reference: list[dict]) -> None:
+    keys = ("doc_id", "query_id", "query", "error", "num_tokens")
+    assert [{k: r[k] for k in keys} for r in rows] == [{k: r[k] for k in keys} for r in reference]
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """One endpoint for the module: its URL is part of the generate config, so a rerun must use the same."""
+    with GatedEcho() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, endpoint):
+    """The unfaulted output (a local run root: the same rows wherever they are stored)."""
+    out = tmp_path_factory.mktemp("reference") / "gen"
+    before = endpoint.requests["/v1/completions"]
+    done = subprocess.run(_command(str(out), endpoint.url), capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert endpoint.requests["/v1/completions"] - before == NUM_DOCS
+    return out, _rows(str(out))
+
+
+def test_storage_outage_fails_in_bounded_time_and_the_rerun_resumes(emulator, reference):
+    out = "gs://runs/outage/gen"
+    parts = storage.location(out).join("parts").path
+    with GatedEcho(open_for=2) as server:  # one endpoint for both runs: its URL is part of the config
+        proc = subprocess.Popen(_command(out, server.url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=_env(emulator.url), start_new_session=True)
+        try:
+            def some_parts() -> list[str]:
+                assert proc.poll() is None, "the command ended before the outage"
+                os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+                try:
+                    return storage.Location(storage.gcs_filesystem(), parts, "gs").files()
+                finally:
+                    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+
+            before = wait_for(some_parts, 300, "the first parts on gs://")
+            emulator.stop()  # the bucket stops answering mid-stage
+            stopped = time.monotonic()
+            server.open()  # the held answers arrive, and their parts cannot be written
+            stderr = proc.communicate(timeout=300)[1]
+            took = time.monotonic() - stopped
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+        first_requests = server.requests["/v1/completions"]
+        assert proc.returncode != 0
+        assert "could not" in stderr and "INPARS_RAY_STORAGE_RETRY_S" in stderr, stderr[-3000:]
+        assert took < 20 * RETRY_S, f"the stage took {took:.0f}s to fail after the outage"
+
+        emulator.start()  # the same port, the same data on disk
+        survived = len(_rows(out, emulator.url))  # documents whose part was stored before the outage
+        assert survived >= len(before)
+        done = subprocess.run(_command(out, server.url), capture_output=True, text=True, env=_env(emulator.url),
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rerun_requests = server.requests["/v1/completions"] - first_requests
+    _same(_rows(out, emulator.url), reference[1])
+    # no document with a stored row is requested again; only those answered during the outage (their part
+    # could not be written) are paid twice
+    assert rerun_requests == NUM_DOCS - survived
+    print(f"outage: failed {took:.1f}s after the stop; {survived} documents kept, "
+          f"{first_requests - survived} answered but lost with the outage, {rerun_requests} requested by the rerun")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_part_is_detected_and_only_its_documents_are_redone(reference, endpoint, tmp_path, damage):
+    ref_dir, ref_rows = reference
+    out = tmp_path / "gen"
+    shutil.copytree(ref_dir, out)
+    parts = sorted((out / "parts").glob("part-*.parquet"))
+    victim = parts[len(parts) // 2]
+    lost = pq.read_table(victim).num_rows
+    if damage == "truncate":
+        with victim.open("r+b") as fh:
+            fh.truncate(victim.stat().st_size // 2)
+    else:
+        victim.unlink()
+    before = endpoint.requests["/v1/completions"]
+    done = subprocess.run(_command(str(out), endpoint.url), capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert endpoint.requests["/v1/completions"] - before == lost  # only the damaged part's documents, once each
+    assert "damaged" in (tmp_path / "logs" / "inpars-ray.log").read_text() or damage == "delete"
+    _same(_rows(str(out)), ref_rows)
