@@ -14,6 +14,8 @@ fi
 # the two full pipeline runs on the two-node cluster (about six minutes) are a tier CI runs by default
 if [ "${CI:-}" = true ]; then
   export INPARS_RAY_WITH_CLUSTER_RUNS=${INPARS_RAY_WITH_CLUSTER_RUNS:-1}
+  # the reliability tier's driver-kill chain (about seven minutes)
+  export INPARS_RAY_WITH_DRIVER_KILLS=${INPARS_RAY_WITH_DRIVER_KILLS:-1}
 fi
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

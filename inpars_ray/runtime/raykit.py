@@ -37,6 +37,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("INPARS_RAY_PROGRESS", "1") != "0"
+    # a UDF's own error, not Ray Data's UserCodeException wrapper: the wrapper's cause does not survive the
+    # trip to the driver, so a typed error (e.g. StorageError on ENOSPC) would reach the CLI as a traceback
+    ctx.raise_original_map_exception = True
     from inpars_ray.runtime import progress
 
     progress.install()  # quiet CLI: Ray's and Ray Data's output to the run's log file, rows to the stage lines
