@@ -32,6 +32,7 @@ from inpars_ray.stages.mine import MineConfig
 from inpars_ray.stages.rerank import RerankConfig
 from inpars_ray.stages.retrieve import BM25Config
 from inpars_ray.stages.train_config import TrainConfig
+from inpars_ray.stages.tune import SweepConfig
 
 #: model names that build tiny random models locally (no download): the embedded demo's defaults
 TINY_LM = "local:tiny-lm"
@@ -62,6 +63,9 @@ class InparsConfig:
     zero_shot: str | None = Field(None, description="a bi-encoder (e.g. local:minilm) that reranks the same BM25 "
                                   "hits without training, reported as the 'zero-shot' system beside InPars; "
                                   "None skips it")
+    tune: SweepConfig | None = Field(None, description="a Ray Tune sweep of the training recipe on a synthetic "
+                                     "dev set (never the test qrels); its best model reranks the test run too, "
+                                     "reported as 'InPars (tuned)'. None skips it")
 
     def __post_init__(self) -> None:
         # one seed for the whole synthetic-data chain: derive the stage seeds instead of mapping them by hand

@@ -38,7 +38,7 @@ from inpars_ray.stages.evaluate import evaluate_files
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InparsConfig", "PipelineConfig", "resolve_model", "run_pipeline", "stage_configs"]
+__all__ = ["InparsConfig", "PipelineConfig", "resolve_model", "run_pipeline", "run_synthetic", "run_tune", "stage_configs"]
 
 #: manifest key listing the evaluated systems (name, run file, evaluation files), in report order
 SYSTEMS = "systems"
@@ -192,11 +192,41 @@ def run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | Non
 def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
                 out: storage.Location, bm25_run: storage.Location, record: StageRecord) -> dict[str, Any]:
     """generate -> filter -> mine -> train -> rerank -> evaluate; returns the reranked run's measures."""
+    from inpars_ray.stages.rerank import rerank_run
+    from inpars_ray.stages.train import train
+
+    synthetic = _synthetic(config, stages, collection, out, record)
+    gen, filt, consistent, mined = (synthetic[k] for k in ("generate", "filter", "consistency", "mine"))
+    with _Stage(record, "train") as stage:
+        trained = train((out / "mine" / "triples").uri, (out / "train").uri, stages["train"])
+        stage.done(trained)
+    rerank_path = out / "rerank" / f"run.{config.split}.trec"
+    with _Stage(record, "rerank") as stage:
+        stage.done(rerank_run(collection, bm25_run.uri, rerank_path.uri, stages["rerank"], config.load))
+    # query ids shown to the generator as few-shot examples (promptagator) are left out of evaluation
+    excluded = sorted(set((out / "generate" / "fewshot.json").read_json()["fewshot_query_ids"]))
+    exclude_file = out / "rerank" / "excluded_queries.txt"
+    exclude_file.write_text("".join(f"{q}\n" for q in excluded))
+    if config.inpars is not None and config.inpars.zero_shot:
+        _zero_shot(config, stages, collection, out, bm25_run, record, exclude_file)
+    measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)
+    if config.inpars.tune is not None:
+        sweep = _sweep(config, stages, collection, out, record, synthetic)
+        record.extra["tuned"] = _tuned(config, stages, collection, out, bm25_run, record, exclude_file, sweep)
+    for stage, manifest in (("generate", gen), ("filter", filt), ("consistency", consistent), ("mine", mined),
+                            ("train", trained)):
+        for key, value in manifest.get("counts", {}).items():
+            record.counts[f"{stage}_{key}"] = value
+    record.extra["rerank"] = measures
+    return measures
+
+
+def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
+               out: storage.Location, record: StageRecord) -> dict[str, Any]:
+    """generate -> filter (-> consistency) -> mine: the manifests, and the folder of the kept queries."""
     from inpars_ray.stages.filter import run_filter
     from inpars_ray.stages.generate import run_generate
     from inpars_ray.stages.mine import run_mine
-    from inpars_ray.stages.rerank import rerank_run
-    from inpars_ray.stages.train import train
 
     with _Stage(record, "generate") as stage:
         gen = run_generate(collection, (out / "generate").uri, stages["generate"], stages["generate_resources"],
@@ -212,25 +242,91 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
         mined = run_mine(queries_dir.uri, collection, (out / "index").uri, (out / "mine").uri, stages["mine"],
                          config.load)
         stage.done(mined)
-    with _Stage(record, "train") as stage:
-        trained = train((out / "mine" / "triples").uri, (out / "train").uri, stages["train"])
-        stage.done(trained)
-    rerank_path = out / "rerank" / f"run.{config.split}.trec"
-    with _Stage(record, "rerank") as stage:
-        stage.done(rerank_run(collection, bm25_run.uri, rerank_path.uri, stages["rerank"], config.load))
-    # query ids shown to the generator as few-shot examples (promptagator) are left out of evaluation
-    excluded = sorted(set((out / "generate" / "fewshot.json").read_json()["fewshot_query_ids"]))
-    exclude_file = out / "rerank" / "excluded_queries.txt"
-    exclude_file.write_text("".join(f"{q}\n" for q in excluded))
-    if config.inpars is not None and config.inpars.zero_shot:
-        _zero_shot(config, stages, collection, out, bm25_run, record, exclude_file)
-    measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)
-    for stage, manifest in (("generate", gen), ("filter", filt), ("consistency", consistent), ("mine", mined),
-                            ("train", trained)):
-        for key, value in manifest.get("counts", {}).items():
-            record.counts[f"{stage}_{key}"] = value
-    record.extra["rerank"] = measures
-    return measures
+    return {"generate": gen, "filter": filt, "consistency": consistent, "mine": mined, "queries_dir": queries_dir}
+
+
+def run_tune(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``inpars-ray tune``: index -> generate -> filter -> mine (each resumed through its manifest), then the
+    sweep of ``inpars.tune`` (its defaults when unset) on the synthetic dev set. The collection's queries and
+    qrels are not read by anything after the index. Returns the sweep's manifest."""
+    from inpars_ray.stages.tune import SweepConfig
+
+    if config.inpars is None:
+        from inpars_ray.errors import ConfigError
+
+        raise ConfigError("tune needs the synthetic-data stages: `inpars` is null in this config")
+    if config.inpars.tune is None:
+        config = dataclasses.replace(config, inpars=dataclasses.replace(config.inpars, tune=SweepConfig()))
+    out, stages, collection, record, synthetic = run_synthetic(config, cache_dir)
+    return _sweep(config, stages, collection, out, record, synthetic)
+
+
+def run_synthetic(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> tuple:
+    """index -> generate -> filter (-> consistency) -> mine, each resumed through its manifest (what a tune
+    sweep starts from). Returns (run root, stage configs, collection, record, the stages' manifests)."""
+    out = storage.location(config.out_dir)
+    storage.check_reachable(out)
+    out.mkdir()
+    record = StageRecord("tune_run", config)
+    collection = catalog.resolve(config.dataset, cache_dir)
+    stages = stage_configs(config, out)
+    with _Stage(record, "index") as stage:
+        stage.done(index.build_index(collection, (out / "index").uri, config.load, config.index))
+    return out, stages, collection, record, _synthetic(config, stages, collection, out, record)
+
+
+#: header of the best settings file: what it is and how to use it
+_BEST_HEADER = """# The best trial of an inpars-ray tune sweep (issue 20): the run's settings with the tuned values set
+# and inpars.tune cleared. `inpars-ray run --config THIS_FILE` trains with this recipe on all triples.
+# Chosen on the synthetic dev set only (held-out source documents); the test qrels were never read.
+"""
+
+
+def _sweep(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
+           out: storage.Location, record: StageRecord, synthetic: dict[str, Any]) -> dict[str, Any]:
+    """The dev set and the sweep under ``out/tune``; writes ``best.yaml`` there (and in the sweep folder)."""
+    from inpars_ray.config import dump_yaml, merge
+    from inpars_ray.io.manifest import config_hash, manifest_hash
+    from inpars_ray.stages.devset import build_dev_set
+    from inpars_ray.stages.tune import run_sweep, sweep_payload
+
+    tc = config.inpars.tune
+    with _Stage(record, "devset") as stage:
+        devset = build_dev_set(synthetic["queries_dir"].uri, (out / "mine" / "triples").uri, (out / "index").uri,
+                               collection, (out / "tune" / "devset").uri, tc.dev, config.bm25, config.load)
+        stage.done(devset)
+    weight = stages["rerank"].first_stage_weight
+    key = config_hash(sweep_payload(tc, tc.resolved_space(), manifest_hash(devset), config.inpars.train, weight))
+    sweep_dir = out / "tune" / f"sweep-{key}"
+    with _Stage(record, "tune") as stage:
+        manifest = run_sweep(devset, out / "tune" / "devset", sweep_dir, tc, stages["train"], weight,
+                             resolve=lambda name: resolve_model(name, out))
+        stage.done(manifest, text=f"tune: {manifest['counts']['trials']} trials, "
+                   f"{manifest['counts']['stopped_early']} stopped early, best dev nDCG@10 "
+                   f"{manifest['extra']['best']['dev_ndcg@10']:.4f}")
+    best = merge(config, {"inpars": {**manifest["extra"]["best_settings"], "tune": None}}, "tune best settings")
+    text = _BEST_HEADER + dump_yaml(best)
+    for where in (sweep_dir / "best.yaml", out / "tune" / "best.yaml"):
+        where.write_text(text)
+    manifest.setdefault("extra", {})["best_yaml"] = (out / "tune" / "best.yaml").uri
+    return manifest
+
+
+def _tuned(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection, out: storage.Location,
+           bm25_run: storage.Location, record: StageRecord, exclude_file: storage.Location,
+           sweep: dict[str, Any]) -> dict[str, float]:
+    """The best trial's model (trained on the training part of the triples) reranking the test run, with
+    the best trial's first-stage blend, evaluated beside the untuned InPars."""
+    from inpars_ray.stages.rerank import rerank_run
+
+    extra = sweep["extra"]
+    weight = extra["best_settings"].get("rerank", {}).get("first_stage_weight", stages["rerank"].first_stage_weight)
+    rerank_config = dataclasses.replace(stages["rerank"], model=extra["best_model"], family=None,
+                                        first_stage_weight=weight)
+    run_path = out / "tuned" / f"run.{config.split}.trec"
+    with _Stage(record, "rerank_tuned") as stage:
+        stage.done(rerank_run(collection, bm25_run.uri, run_path.uri, rerank_config, config.load))
+    return _evaluate("InPars (tuned)", collection, config, out, run_path, record, exclude_file)
 
 
 def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,

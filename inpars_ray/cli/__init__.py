@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "consistency": "consistency",
     "rerank": "rerank",
     "report": "report",
+    "tune": "tune",
 }
 
 

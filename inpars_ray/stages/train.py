@@ -75,11 +75,16 @@ def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
 
 
 def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
-          ray_address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+          ray_address: str | None = None, num_cpus: int | None = None, callbacks: list | None = None,
+          stop_file: str | None = None) -> dict[str, Any]:
     """Train a ranker on the triples Parquet under ``triples_dir``; the model lands in ``<out>/model``.
 
     ``dev`` (optional) names Parquet files for validation: ``{"pairs": ..., "qrels": ...}`` where pairs
-    has query_id, query, doc_id, text (a small first-stage run with texts) and qrels the QRELS schema.
+    has query_id, query, doc_id, text (a small first-stage run with texts) and qrels the QRELS schema
+    (``first_stage_weight``, optional: blend with the pairs' ``first_stage_score`` as rerank does).
+    ``callbacks`` (Ray Train ``UserCallback``s) go to the run; a tune trial forwards its dev evaluations
+    to Tune with one. Training ends early, at the next step, once the file ``stop_file`` exists (a tune
+    sweep's early stop: stages/tune.py).
     Returns the manifest. A rerun with the same triples and config returns the existing manifest.
     """
     ray = require("ray", "training on Ray")
@@ -140,7 +145,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         torch_config = XlaTorchConfig()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "dev": dev},
+        train_loop_config={"config": config, "dev": dev, "stop_file": stop_file},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=_worker_resources(config)),
         run_config=RunConfig(
@@ -149,6 +154,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
             name=f"{config.family}-{config_hash(payload)}",  # same config -> same run folder -> resumes its checkpoints
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            callbacks=list(callbacks or []),
         ),
         datasets={"train": ds},
         dataset_config=_every_row_data_config(),

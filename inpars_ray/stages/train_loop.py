@@ -231,6 +231,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     last_saved = step
     dev = _DevSet(loop_config.get("dev"), config) if rank == 0 and config.validate_every else None
+    stop_file = loop_config.get("stop_file")  # a tune sweep's early stop (stages/tune.py): end the run here
     while _more_steps(config, step, epoch):
         rows = _fresh_triples(shard, consumed, max(plan.triples_per_step, 64), config.grouped)
         steps_this_epoch = 0
@@ -265,7 +266,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seconds = time.perf_counter() - t0
             metrics = {"step": step, "epoch": epoch, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
                        "examples": n_global, "examples_per_s": n_global / seconds}
-            if dev is not None and step % config.validate_every == 0:
+            if dev is not None and (step % config.validate_every == 0 or step == config.max_steps):
                 metrics["dev_ndcg@10"] = dev.ndcg10(model, tokenizer)
                 model.train()
             history.append(metrics)
@@ -274,7 +275,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 last_saved = step
             else:
                 ray.train.report(metrics)
+            if stop_file is not None:
+                if rank == 0 and "dev_ndcg@10" in metrics and step != config.max_steps:
+                    _await_decision(stop_file, step)  # the others wait for rank 0 in the all-reduce below
+                if _stop_requested(stop_file, rank, coll, device):
+                    break
         if config.max_steps is not None and step >= config.max_steps:
+            break
+        if stop_file is not None and _stop_requested(stop_file, rank, coll, device):
+            logger.info("rank %d: a stop was requested (%s); training ends at step %d", rank, stop_file, step)
             break
         if steps_this_epoch == 0 and not consumed:
             break  # an empty split everywhere: more epochs would not train either (train() reports it)
@@ -284,6 +293,40 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # the final checkpoint (the last step did not fall on checkpoint_every)
         _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history,
                 history[-1] if history else {"step": 0})
+
+
+#: how long rank 0 waits for a tune sweep's verdict on an evaluation before it trains on regardless
+DECISION_WAIT_S = 120.0
+
+
+def decision_file(stop_file: str, step: int):
+    """Where a tune sweep's scheduler records that it has judged the evaluation at ``step`` (beside the
+    stop file; stages/tune.py writes it): the loop waits for it, so a trial stops right after the
+    evaluation that stopped it, whatever the timing."""
+    from inpars_ray.io import storage
+
+    return storage.location(stop_file).parent.join(f"decided-{step}")
+
+
+def _await_decision(stop_file: str, step: int) -> None:
+    deadline = time.monotonic() + DECISION_WAIT_S
+    marker = decision_file(stop_file, step)
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            logger.warning("no verdict on the evaluation at step %d within %.0f s; training goes on", step,
+                           DECISION_WAIT_S)
+            return
+        time.sleep(0.05)
+
+
+def _stop_requested(stop_file: str, rank: int, coll: _Collectives, device) -> bool:
+    """Whether ``stop_file`` exists, as rank 0 sees it; every worker gets the same answer."""
+    import torch
+
+    from inpars_ray.io import storage
+
+    seen = rank == 0 and storage.location(stop_file).is_file()
+    return bool(coll.sum_(torch.tensor([float(seen)], dtype=torch.float64, device=device)).item())
 
 
 def _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history, metrics) -> None:
@@ -306,6 +349,8 @@ class _DevSet:
         S.require_columns(self.pairs.column_names, [S.QUERY_ID, S.QUERY, S.DOC_ID, S.TEXT], "train dev pairs")
         S.require_columns(self.qrels.column_names, S.QRELS.names, "train dev qrels")
         self.config = config
+        # a tune trial scores the dev pairs as rerank would, blended with the first stage's score
+        self.first_stage_weight = float(dev.get("first_stage_weight") or 0.0)
 
     def ndcg10(self, model, tokenizer) -> float:
         from inpars_ray.models.rankers import Ranker
@@ -314,7 +359,12 @@ class _DevSet:
         ranker = Ranker.from_model(model, tokenizer, self.config.family, self.config.max_length, 32,
                                    self.config.pooling)
         scores = ranker.score(self.pairs[S.QUERY], self.pairs[S.TEXT])
-        return ndcg_at_10(self.pairs.append_column(S.SCORE, pa.array(scores, pa.float64())), self.qrels)
+        scored = self.pairs.append_column(S.SCORE, pa.array(scores, pa.float64()))
+        if self.first_stage_weight > 0:
+            from inpars_ray.stages.rerank import blend_first_stage
+
+            scored = blend_first_stage(scored, self.first_stage_weight)
+        return ndcg_at_10(scored, self.qrels)
 
 
 def ndcg_at_10(scored: pa.Table, qrels: pa.Table) -> float:
