@@ -40,15 +40,12 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(config), end="")
         return 0
-    from inpars_ray.io.lease import run_lease
-
-    # one driver per run root, taken before Ray starts: a second run refuses at once, naming the holder
-    with run_lease(config.out_dir, wait_s=args.lease_wait, break_lease=args.break_lease):
-        return _run(config, args)
+    return _run(config, args)
 
 
 def _run(config, args: argparse.Namespace) -> int:
     from inpars_ray.io import storage
+    from inpars_ray.io.lease import run_lease
     from inpars_ray.pipeline import run_pipeline
     from inpars_ray.report import terminal_table
     from inpars_ray.runtime import progress
@@ -58,11 +55,13 @@ def _run(config, args: argparse.Namespace) -> int:
     with progress.stage("ray") as line:  # starting a local Ray takes a while on a small machine
         ensure_ray(args.ray_address, args.num_cpus)
         line.summary = _cluster()
-    storage.check_reachable(config.out_dir)  # before anything is written, the log included
-    log = progress.attach_log(progress.log_file(config.out_dir))
-    progress.echo(f"log: {log}")
-    run_pipeline(config, args.cache_dir)
-    report, where = _report(config.out_dir)
+    storage.check_reachable(config.out_dir)  # before anything is written, the log and the lease included
+    # one driver per run root, taken before any work: a second run refuses at once, naming the holder
+    with run_lease(config.out_dir, wait_s=args.lease_wait, break_lease=args.break_lease):
+        log = progress.attach_log(progress.log_file(config.out_dir))
+        progress.echo(f"log: {log}")
+        run_pipeline(config, args.cache_dir)
+        report, where = _report(config.out_dir)
     print(terminal_table(report), end="")
     print(f"\nreport: {where} (and {report.paths['json'].name})")
     print(f"plots:  {', '.join(p.name for p in report.plots)}")

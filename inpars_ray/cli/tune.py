@@ -42,15 +42,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir:
         overrides.append(f"out_dir={json.dumps(args.out_dir)}")
     config = load_config(args.config, overrides)  # a bad key or space fails here, before Ray starts
-    from inpars_ray.io.lease import run_lease
-
-    # the sweep writes under the run root: one driver at a time, as for run
-    with run_lease(config.out_dir, purpose="inpars-ray tune"):
-        return _tune(config, args)
+    return _tune(config, args)
 
 
 def _tune(config, args: argparse.Namespace) -> int:
     from inpars_ray.io import storage
+    from inpars_ray.io.lease import run_lease
     from inpars_ray.pipeline import run_tune
     from inpars_ray.runtime import progress
     from inpars_ray.runtime.raykit import ensure_ray
@@ -59,10 +56,12 @@ def _tune(config, args: argparse.Namespace) -> int:
     with progress.stage("ray"):
         ensure_ray(args.ray_address, args.num_cpus)
     storage.check_reachable(config.out_dir)
-    log = progress.attach_log(progress.log_file(config.out_dir))
-    progress.echo(f"log: {log}")
-    manifest = run_tune(config, args.cache_dir)
-    outputs = manifest["extra"]["outputs"]
-    print(storage.location(outputs["markdown"]).read_text(), end="")
-    print(f"\ntrials: {outputs['json']}\nplot:   {outputs['plot']}\nbest:   {manifest['extra']['best_yaml']}")
-    return 0
+    # the sweep writes under the run root: one driver at a time, as for run
+    with run_lease(config.out_dir, purpose="inpars-ray tune"):
+        log = progress.attach_log(progress.log_file(config.out_dir))
+        progress.echo(f"log: {log}")
+        manifest = run_tune(config, args.cache_dir)
+        outputs = manifest["extra"]["outputs"]
+        print(storage.location(outputs["markdown"]).read_text(), end="")
+        print(f"\ntrials: {outputs['json']}\nplot:   {outputs['plot']}\nbest:   {manifest['extra']['best_yaml']}")
+        return 0

@@ -2,7 +2,7 @@
 
 A second driver refuses with a typed error naming the holder, or waits for it with ``wait_s``; a lease of
 a dead process on this host is broken by itself; ``--break-lease`` breaks any; the lease goes at the end.
-``inpars-ray run`` takes it before Ray starts, so a refusal costs no cluster start-up.
+``inpars-ray run`` takes it once Ray is up and the run root is found reachable, before anything is written.
 """
 from __future__ import annotations
 
