@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from inpars_ray import schema as S
 from inpars_ray.errors import CollectionError, ConfigError
 from inpars_ray.io import artifacts, storage
+from inpars_ray.io.catalog import Collection
 from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, published, read_manifest
 from inpars_ray.stageconfig import Field, stage_config
 
@@ -53,37 +54,12 @@ class DevSetConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CorpusOnly:
+class CorpusOnly(Collection):
     """A collection seen by the sweep: its corpus, and nothing of its queries or judgements."""
 
-    spec: str
-    root: str
-    filesystem: Any
-
     @classmethod
-    def of(cls, collection: Any) -> CorpusOnly:
+    def of(cls, collection: Collection) -> CorpusOnly:
         return cls(collection.spec, collection.root, collection.filesystem)
-
-    @property
-    def is_local(self) -> bool:
-        import pyarrow.fs as pafs
-
-        return isinstance(self.filesystem, pafs.LocalFileSystem)
-
-    def path(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts])
-
-    def display(self, *parts: str) -> str:
-        p = self.path(*parts)
-        return p if self.is_local else f"{self.filesystem.type_name}://{p}"
-
-    def corpus_path(self) -> str:
-        return self.path("corpus.jsonl")
-
-    def exists(self, path: str) -> bool:
-        import pyarrow.fs as pafs
-
-        return self.filesystem.get_file_info(path).type == pafs.FileType.File
 
     def check_layout(self, split: str | None = None) -> None:
         if not self.exists(self.corpus_path()):
