@@ -6,12 +6,16 @@ synchronise: each polls a condition with a deadline (:func:`wait_for`).
 """
 from __future__ import annotations
 
+import collections
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+
+from tests.fakes.fault_proxy import EchoCompletionsServer
 
 #: run the long variants too (more examples, more kill points)
 FULL = os.environ.get("INPARS_RAY_RELIABILITY_FULL", "").strip().lower() in ("1", "true", "yes")
@@ -35,3 +39,33 @@ def wait_for(condition: Callable[[], T], timeout_s: float, what: str, every_s: f
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(every_s)  # a poll interval, not a synchronisation: the condition decides
+
+
+class GatedEcho(EchoCompletionsServer):
+    """The echo endpoint, counting answered completions per document; holds answers after ``open_for``
+    until :meth:`open` (so the test can kill an actor while its request is in flight)."""
+
+    def __init__(self, open_for: int | None = None) -> None:
+        super().__init__(api_key=None)
+        self.open_for, self.arrived = open_for, 0
+        self.answered: collections.Counter[str] = collections.Counter()
+        self._gate, self._count = threading.Event(), threading.Lock()
+        if open_for is None:
+            self._gate.set()
+
+    def open(self) -> None:
+        self._gate.set()
+
+    def stop(self) -> None:
+        self._gate.set()
+        super().stop()
+
+    def _complete(self, body: dict) -> dict:
+        with self._count:
+            self.arrived += 1
+            hold = self.open_for is not None and self.arrived > self.open_for
+        if hold:
+            self._gate.wait(300)
+        with self._count:
+            self.answered[str(body["prompt"])[-400:]] += 1  # the document's passage ends the prompt
+        return super()._complete(body)

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -31,39 +30,10 @@ import pytest
 from inpars_ray.io import storage
 
 from tests.conftest import free_port
-from tests.fakes.fault_proxy import EchoCompletionsServer
-from tests.reliability.conftest import wait_for
+from tests.reliability.conftest import GatedEcho, wait_for
 
 NUM_DOCS = 8
 RETRY_S = 5.0
-
-
-class GatedEcho(EchoCompletionsServer):
-    """The echo endpoint, answering at most ``open_for`` completions until :meth:`open` is called."""
-
-    def __init__(self, open_for: int | None = None) -> None:
-        super().__init__(api_key=None)
-        self.open_for = open_for
-        self._gate = threading.Event()
-        self._answered = 0
-        self._count_lock = threading.Lock()
-        if open_for is None:
-            self._gate.set()
-
-    def open(self) -> None:
-        self._gate.set()
-
-    def stop(self) -> None:
-        self._gate.set()
-        super().stop()
-
-    def _complete(self, body: dict) -> dict:
-        with self._count_lock:
-            self._answered += 1
-            hold = self.open_for is not None and self._answered > self.open_for
-        if hold:
-            self._gate.wait(300)
-        return super()._complete(body)
 
 
 class DiskEmulator:

@@ -9,7 +9,6 @@ row for row -- and counts equal: nothing lost, nothing twice.
 """
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
@@ -24,8 +23,7 @@ from inpars_ray import schema as S
 from inpars_ray.io import catalog, storage
 
 from tests.conftest import BUNDLED
-from tests.fakes.fault_proxy import EchoCompletionsServer
-from tests.reliability.conftest import wait_for
+from tests.reliability.conftest import GatedEcho, wait_for
 
 
 def _running_actor_pid(udf: str) -> int | None:
@@ -154,36 +152,6 @@ def test_mine_survives_a_killed_searcher_actor(setup):
 
 
 # --- generate with an API backend: paid once per document ---------------------------------------------------
-class CountingEcho(EchoCompletionsServer):
-    """The echo endpoint, counting answered completions per document; holds answers after ``open_for``
-    until :meth:`open` (so the test can kill an actor while its request is in flight)."""
-
-    def __init__(self, open_for: int | None = None) -> None:
-        super().__init__(api_key=None)
-        self.open_for, self.arrived = open_for, 0
-        self.answered: collections.Counter[str] = collections.Counter()
-        self._gate, self._count = threading.Event(), threading.Lock()
-        if open_for is None:
-            self._gate.set()
-
-    def open(self) -> None:
-        self._gate.set()
-
-    def stop(self) -> None:
-        self._gate.set()
-        super().stop()
-
-    def _complete(self, body: dict) -> dict:
-        with self._count:
-            self.arrived += 1
-            hold = self.open_for is not None and self.arrived > self.open_for
-        if hold:
-            self._gate.wait(300)
-        with self._count:
-            self.answered[str(body["prompt"])[-400:]] += 1  # the document's passage ends the prompt
-        return super()._complete(body)
-
-
 def _generate_config(url: str, num_docs: int):
     from inpars_ray.stages.generate import GenerateConfig
 
@@ -200,7 +168,7 @@ def test_a_retried_generate_batch_whose_part_was_written_is_not_paid_again(ray_s
     docs = [json.loads(line) for line in (BUNDLED / "corpus.jsonl").read_text().splitlines()[:3]]
     batch = pa.table({S.DOC_ID: [d["_id"] for d in docs], S.TITLE: [d.get("title", "") for d in docs],
                       S.TEXT: [d["text"] for d in docs]})
-    with CountingEcho() as server:
+    with GatedEcho() as server:
         config = _generate_config(server.url, 3)
         template = resolve_template(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split)
         worker = GenerateWorker(config, template, storage.location(tmp_path / "parts"))
@@ -218,10 +186,10 @@ def test_generate_survives_a_killed_worker_and_pays_each_document_once(ray_sessi
     collection = catalog.resolve(str(BUNDLED))
     n = 8
     resources = GenerateResources(batch_size=1, num_actors=1)
-    with CountingEcho() as server:
+    with GatedEcho() as server:
         run_generate(collection, tmp_path / "ref", _generate_config(server.url, n), resources)
         ref_paid = sum(server.answered.values())
-    with CountingEcho(open_for=3) as server:
+    with GatedEcho(open_for=3) as server:
         config = _generate_config(server.url, n)
         thread_result: dict = {}
         thread = threading.Thread(target=lambda: thread_result.setdefault(
