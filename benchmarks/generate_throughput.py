@@ -56,7 +56,8 @@ def _context(args: argparse.Namespace) -> dict[str, Any]:
     from inpars_ray.io.load import read_corpus
     from inpars_ray.models.backends.base import GenerationParams
     from inpars_ray.runtime.raykit import ensure_ray
-    from inpars_ray.stages.generate import GenerateConfig, below_threshold, block_candidates, merge_candidates
+    from inpars_ray.stages.generate import GenerateConfig
+    from inpars_ray.stages.sample import below_threshold, block_candidates, merge_candidates
     from inpars_ray.testing.tiny_lm import build_tiny_lm, tiny_lm_path
 
     if args.model:

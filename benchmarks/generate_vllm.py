@@ -49,7 +49,7 @@ def _prompts(collection, model: str, num_docs: int, doc_max: int, backend) -> li
 
     from inpars_ray.io.load import read_corpus
     from inpars_ray.models.prompts import PromptBuilder, resolve_template
-    from inpars_ray.stages.generate import below_threshold, block_candidates, merge_candidates
+    from inpars_ray.stages.sample import below_threshold, block_candidates, merge_candidates
 
     corpus = pa.concat_tables(list(read_corpus(collection).iter_batches(batch_format="pyarrow", batch_size=None)))
     threshold, _, _ = merge_candidates(block_candidates(corpus, num_docs, 1).to_pylist(), num_docs)

@@ -1,4 +1,5 @@
-"""Starting or joining Ray the same way from the CLI, the jobs and the tests.
+"""Starting or joining Ray the same way from the CLI, the jobs and the tests; and one Ray Data helper
+(:func:`one_block_per_call`).
 
 With no address, ``ray.init()`` joins the cluster recorded in ``$RAY_TMPDIR/ray/ray_current_cluster`` by
 the last ``ray start``; when that cluster was killed, the record stays behind and ``ray.init()`` waits for
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -54,3 +57,21 @@ def _recorded_cluster() -> str | None:
         return read_ray_address()
     except Exception:  # a private helper: its absence must never stop a run
         return None
+
+
+def _cut(block: Any, rows: int) -> Iterator[Any]:
+    for start in range(0, block.num_rows, rows):
+        yield block.slice(start, rows)
+
+
+def one_block_per_call(todo: Any, rows: int) -> Any:
+    """``todo`` (materialised) re-cut into blocks of at most ``rows`` consecutive rows, each within one of its
+    blocks: one block is one backend call, so every actor gets work (a small sample is a single block, which
+    one actor would otherwise take whole) and a call's documents depend on the sample alone, not on the
+    number of actors or the order blocks arrive in. The blocks stay in the object store (only references
+    reach the driver)."""
+    import ray
+
+    cut = ray.remote(num_cpus=0.25)(_cut)
+    refs = [ref for block in todo.to_arrow_refs() for ref in cut.remote(block, rows)]
+    return ray.data.from_arrow_refs(refs) if refs else todo

@@ -9,9 +9,7 @@ Layers, as every stage:
   or ``gs://``), from whichever node it runs on;
 * :func:`run_generate`, which wires them into Ray Data and writes the manifest.
 
-**Sampling.** A document is in the sample when ``hash(seed, doc_id)`` is among the N smallest. Each block
-sends its N best (hash, id) pairs, the driver merges them in O(N) memory into a threshold, and a second
-streamed pass keeps the documents at or below it. Blocks, cluster size and read order do not matter.
+**Sampling** is seeded and independent of blocks, cluster size and read order (:mod:`.sample`).
 
 **Resume.** ``out/parts/part-<hash of the batch's doc ids>.parquet`` holds the rows (queries and error rows)
 of one batch. A rerun with the same config skips every document already present in a complete part file,
@@ -21,16 +19,15 @@ document has a row, and lists the part files it publishes.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -39,6 +36,7 @@ from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
+from inpars_ray.io.journal import Journal, answer_key, run_key
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import (
     StageRecord,
@@ -48,10 +46,12 @@ from inpars_ray.io.manifest import (
     read_manifest,
     write_json_atomic,
 )
-from inpars_ray.models.backends.base import Backend, GenerationParams
+from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
 from inpars_ray.models.prompts import PromptBuilder, PromptTemplate, resolve_template
 from inpars_ray.runtime import progress
+from inpars_ray.runtime.raykit import one_block_per_call
 from inpars_ray.stageconfig import Field, field_validator, stage_config
+from inpars_ray.stages.sample import below_threshold, block_candidates, merge_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ PARTS = "parts"
 #: prefix of error rows the backend reported (API refused, quota, out of memory...): unlike the stage's own
 #: deterministic errors (prompt too long, empty answer), these documents are generated again on a rerun
 BACKEND_ERROR = "backend error: "
-_CANDIDATES = pa.schema([("hashes", pa.list_(pa.uint64())), ("ids", pa.list_(pa.string())),
-                         ("n_docs", pa.int64()), ("n_bad", pa.int64())])
 
 
 @stage_config
@@ -108,80 +106,6 @@ class GenerateResources:
     cpus_per_actor: float = Field(1.0, ge=0, description="CPUs reserved by each actor")
 
 
-def _cut(block: pa.Table, rows: int) -> Iterator[pa.Table]:
-    for start in range(0, block.num_rows, rows):
-        yield block.slice(start, rows)
-
-
-def one_block_per_call(todo: Any, rows: int) -> Any:
-    """``todo`` (materialised) re-cut into blocks of at most ``rows`` consecutive rows, each within one of its
-    blocks: one block is one backend call, so every actor gets work (a small sample is a single block, which
-    one actor would otherwise take whole) and a call's documents depend on the sample alone, not on the
-    number of actors or the order blocks arrive in. The blocks stay in the object store (only references
-    reach the driver)."""
-    import ray
-
-    cut = ray.remote(num_cpus=0.25)(_cut)
-    refs = [ref for block in todo.to_arrow_refs() for ref in cut.remote(block, rows)]
-    return ray.data.from_arrow_refs(refs) if refs else todo
-
-
-# --- sampling ---------------------------------------------------------------------------------------
-def doc_hashes(doc_ids: list[str] | np.ndarray, seed: int) -> np.ndarray:
-    """Seeded 64-bit hashes of document ids (SipHash keyed by the seed): the sample's ordering."""
-    key = hashlib.sha256(f"inpars-ray-sample:{seed}".encode()).hexdigest()[:16]
-    return pd.util.hash_array(np.asarray(doc_ids, dtype=object), hash_key=key, categorize=False)
-
-
-def _good(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch.column("reason"))) if "reason" in batch.column_names else batch
-
-
-def block_candidates(batch: pa.Table, n: int, seed: int) -> pa.Table:
-    """One row per corpus block: its ``n`` smallest (hash, id) pairs and its good / bad row counts."""
-    good = _good(batch)
-    ids = np.asarray(good.column(S.DOC_ID).to_pylist(), dtype=str)
-    hashes = doc_hashes(ids, seed)
-    keep = np.lexsort((ids, hashes))[:n]
-    return pa.table({"hashes": [hashes[keep].tolist()], "ids": [ids[keep].tolist()],
-                     "n_docs": [good.num_rows], "n_bad": [batch.num_rows - good.num_rows]}, schema=_CANDIDATES)
-
-
-def merge_candidates(rows: Any, n: int) -> tuple[tuple[int, str] | None, int, int]:
-    """Merge :func:`block_candidates` rows into the sample's threshold (largest kept (hash, id)).
-
-    Returns ``(threshold, good_docs, bad_rows)``; the threshold is None when the corpus has at most ``n``
-    documents (all are kept). Memory stays O(n) whatever the number of blocks.
-    """
-    hashes = np.empty(0, dtype=np.uint64)
-    ids = np.empty(0, dtype=str)
-    total = bad = 0
-    for row in rows:
-        total += row["n_docs"]
-        bad += row["n_bad"]
-        hashes = np.concatenate([hashes, np.asarray(row["hashes"], dtype=np.uint64)])
-        ids = np.concatenate([ids, np.asarray(row["ids"], dtype=str)])
-        if len(hashes) > 2 * n:
-            keep = np.lexsort((ids, hashes))[:n]
-            hashes, ids = hashes[keep], ids[keep]
-    if total <= n:
-        return None, total, bad
-    last = np.lexsort((ids, hashes))[n - 1]
-    return (int(hashes[last]), str(ids[last])), total, bad
-
-
-def below_threshold(batch: pa.Table, seed: int, threshold: tuple[int, str] | None) -> pa.Table:
-    """The good documents of a corpus block that belong to the sample."""
-    good = _good(batch)
-    if threshold is None or good.num_rows == 0:
-        return good.select(S.CORPUS.names)
-    ids = np.asarray(good.column(S.DOC_ID).to_pylist(), dtype=str)
-    hashes = doc_hashes(ids, seed)
-    t_hash, t_id = np.uint64(threshold[0]), threshold[1]
-    keep = (hashes < t_hash) | ((hashes == t_hash) & (ids <= t_id))
-    return good.filter(pa.array(keep)).select(S.CORPUS.names)
-
-
 # --- generation over a batch -------------------------------------------------------------------------
 def generated_query_id(doc_id: str) -> str:
     """The id of the query generated for ``doc_id`` (one query per document)."""
@@ -189,11 +113,13 @@ def generated_query_id(doc_id: str) -> str:
 
 
 def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, params: GenerationParams,
-                   prompt_name: str, model: str, fewshot_ids: list[str]) -> pa.Table:
+                   prompt_name: str, model: str, fewshot_ids: list[str], journal: Journal | None = None,
+                   part: str = "") -> pa.Table:
     """GENERATED rows for a batch of corpus documents: a query, or an error row with its reason.
 
     A prompt longer than ``params.max_prompt_tokens`` (after cutting the document) is an error row and
-    never reaches the backend; so is an empty first line.
+    never reaches the backend; so is an empty first line. With a ``journal``, each answer is journaled
+    under ``part`` as it arrives, and answers an earlier attempt journaled are taken from it, not asked again.
     """
     S.require_columns(batch.column_names, [S.DOC_ID, S.TITLE, S.TEXT], STAGE)
     doc_ids = batch.column(S.DOC_ID).to_pylist()
@@ -204,7 +130,19 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, pa
         if n_tokens > params.max_prompt_tokens:
             errors[i] = f"prompt has {n_tokens} tokens, over max_prompt_tokens={params.max_prompt_tokens}"
     todo = [i for i, e in enumerate(errors) if e is None]
-    results = dict(zip(todo, backend.generate([prompts[i] for i in todo], params))) if todo else {}
+    saved = journal.read(part) if journal is not None else {}
+    results = {i: Generation(**saved[answer_key(prompts[i])]) for i in todo if answer_key(prompts[i]) in saved}
+    ask = [i for i in todo if i not in results]
+    if results:
+        logger.info("generate: %d answers of %s from the journal, %d asked", len(results), part, len(ask))
+
+    def keep(j: int, answer: Generation) -> None:
+        results[ask[j]] = answer
+        if journal is not None and not answer.error:  # an error is asked again anyway
+            journal.append(part, answer_key(prompts[ask[j]]), dataclasses.asdict(answer))
+
+    if ask:
+        backend.generate_each([prompts[i] for i in ask], params, keep)
     cols: dict[str, list[Any]] = {name: [] for name in S.GENERATED.names}
     for i, doc_id in enumerate(doc_ids):
         res = results.get(i)
@@ -239,6 +177,11 @@ def write_part(table: pa.Table, parts_dir: storage.PathLike) -> str:
     return name
 
 
+def answer_journal(parts_dir: storage.PathLike, config: GenerateConfig, template: PromptTemplate) -> Journal:
+    """This node's journal of the answers received for the run in ``parts_dir`` (see :mod:`.io.journal`)."""
+    return Journal(run_key(storage.location(parts_dir).uri, config_hash({"config": config, "template": template.fingerprint()})))
+
+
 class GenerateWorker:
     """Ray Data UDF: loads the backend once per actor, generates a batch, writes it as a part file."""
 
@@ -254,6 +197,7 @@ class GenerateWorker:
         self.backend = make_backend(config.backend, model, **dict(config.backend_options))
         limit = config.doc_max_tokens
         self.builder = PromptBuilder(template, lambda text: self.backend.truncate(text, limit))
+        self.journal = answer_journal(self.parts_dir, config, template)
         self._usage: dict[str, float] = {}
         self._worker = f"{socket.gethostname()}:{os.getpid()}"  # counted by the stage: did every actor work?
 
@@ -285,10 +229,11 @@ class GenerateWorker:
         # batch's documents, so it is found, and its documents are not generated (or paid for) twice.
         name = part_name(batch.column(S.DOC_ID).to_pylist())
         table = self._written(name)
-        if table is None:
+        if table is None:  # each answer is journaled as it arrives: a killed attempt's answers are not paid again
             table = generate_batch(batch, self.builder, self.backend, self.config.generation, self.template.name,
-                                   self.config.model, list(self.template.fewshot_ids))
+                                   self.config.model, list(self.template.fewshot_ids), self.journal, name)
             name = write_part(table, self.parts_dir)
+        self.journal.discard(name)  # the part holds its answers now
         errors = table.num_rows - table.column(S.ERROR).null_count
         return pa.table({"part": [name], "docs": [table.num_rows], "errors": [errors],
                          "usage": [self._usage_delta()], "worker": [self._worker]})
@@ -445,4 +390,5 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     if n_retry:  # not complete: a rerun must retry these documents instead of skipping the stage
         logger.warning("generate: %d documents failed in the backend; rerun the same command to retry them", n_retry)
         return record.write(out, status="incomplete", files=files)
+    answer_journal(out / PARTS, config, template).clear()  # every answer is in a part now (on this node)
     return record.write(out, files=files)

@@ -42,15 +42,16 @@ def wait_for(condition: Callable[[], T], timeout_s: float, what: str, every_s: f
 
 
 class GatedEcho(EchoCompletionsServer):
-    """The echo endpoint, counting answered completions per document; holds answers after ``open_for``
-    until :meth:`open` (so the test can kill an actor while its request is in flight)."""
+    """The echo endpoint, counting answered completions per document; holds answers after ``open_for``, or
+    from the first request that arrives when ``hold_if()`` is true, until :meth:`open` (so the test can
+    kill an actor while its request is in flight)."""
 
-    def __init__(self, open_for: int | None = None) -> None:
+    def __init__(self, open_for: int | None = None, hold_if: Callable[[], bool] | None = None) -> None:
         super().__init__(api_key=None)
-        self.open_for, self.arrived = open_for, 0
+        self.open_for, self.hold_if, self.arrived, self.holding = open_for, hold_if, 0, False
         self.answered: collections.Counter[str] = collections.Counter()
         self._gate, self._count = threading.Event(), threading.Lock()
-        if open_for is None:
+        if open_for is None and hold_if is None:
             self._gate.set()
 
     def open(self) -> None:
@@ -63,7 +64,9 @@ class GatedEcho(EchoCompletionsServer):
     def _complete(self, body: dict) -> dict:
         with self._count:
             self.arrived += 1
-            hold = self.open_for is not None and self.arrived > self.open_for
+            self.holding = self.holding or (self.open_for is not None and self.arrived > self.open_for) or bool(
+                self.hold_if is not None and not self._gate.is_set() and self.hold_if())
+            hold = self.holding
         if hold:
             self._gate.wait(300)
         with self._count:

@@ -1,4 +1,5 @@
-"""Worker kill in filter (InPars-v2 reranker scores), mine and rerank: SIGKILL a running actor's process.
+"""Worker kill in generate, filter (InPars-v2 reranker scores), consistency, mine and rerank: SIGKILL a
+running actor's process.
 
 Each stage runs twice on the bundled collection in this process's local Ray: once unfaulted, once with
 the process of one of its actors SIGKILLed while that actor runs a batch (found by its Ray process title,
@@ -151,12 +152,36 @@ def test_mine_survives_a_killed_searcher_actor(setup):
     assert got["counts"] == want["counts"]
 
 
+def test_consistency_survives_a_killed_ranker_actor(setup, tmp_path):
+    """The consistency filter (retrieve with Lucene, score with a cross-encoder, keep the source in the top k):
+    a ranker actor is SIGKILLed mid-stage; kept and dropped equal the unfaulted run's, row for row."""
+    import pyarrow.parquet as pq
+
+    from inpars_ray.stages.consistency import ConsistencyConfig, run_consistency
+    from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
+
+    collection, root, _ = setup
+    generated = pads.dataset(str(root / "generated"), format="parquet").to_table()
+    filtered = generated.append_column(S.FILTER_SCORE, pa.array([0.0] * generated.num_rows)).cast(S.FILTERED)
+    (tmp_path / "filter" / "kept").mkdir(parents=True)
+    pq.write_table(filtered, tmp_path / "filter" / "kept" / "part-0.parquet")
+    model = str(build_tiny_cross_encoder(tmp_path / "ce"))
+    config = ConsistencyConfig(model=model, k=3, depth=10, max_length=64, rows_per_call=8, partitions=2)
+    want = run_consistency(tmp_path / "filter", collection, root / "index", tmp_path / "ref", config)
+    got, pid = run_with_kill(lambda: run_consistency(tmp_path / "filter", collection, root / "index",
+                                                     tmp_path / "kill", config), "RankerUDF")
+    for part in ("kept", "dropped"):
+        assert _table(tmp_path / "kill" / part, [S.QUERY_ID]).equals(_table(tmp_path / "ref" / part, [S.QUERY_ID]))
+    assert got["counts"] == want["counts"]
+    assert want["counts"]["kept"] + want["counts"]["dropped_inconsistent"] == filtered.num_rows  # all accounted for
+
+
 # --- generate with an API backend: paid once per document ---------------------------------------------------
-def _generate_config(url: str, num_docs: int):
+def _generate_config(url: str, num_docs: int, **options):
     from inpars_ray.stages.generate import GenerateConfig
 
     return GenerateConfig(backend="openai", model="echo", prompt="inpars", num_docs=num_docs, seed=5,
-                          backend_options=(("api_key_env", None), ("base_url", f"{url}/v1")))
+                          backend_options={"api_key_env": None, "base_url": f"{url}/v1", **options})
 
 
 def test_a_retried_generate_batch_whose_part_was_written_is_not_paid_again(ray_session, tmp_path):
@@ -180,38 +205,69 @@ def test_a_retried_generate_batch_whose_part_was_written_is_not_paid_again(ray_s
     assert read_generated(tmp_path).num_rows == 3
 
 
-def test_generate_survives_a_killed_worker_and_pays_each_document_once(ray_session, tmp_path):
-    from inpars_ray.stages.generate import GenerateResources, read_generated, run_generate
+def _part_docs(parts: Path) -> list[str]:
+    return [d for p in sorted(parts.glob("part-*.parquet"))
+            for d in pads.dataset(str(p)).to_table(columns=[S.DOC_ID]).column(S.DOC_ID).to_pylist()]
+
+
+def test_generate_survives_a_killed_worker_and_pays_only_the_request_in_flight(ray_session, tmp_path):
+    """Batches of up to 16 documents, asked one at a time. The endpoint holds the first request that
+    arrives once its batch has 2 answers journaled; the actor is SIGKILLed when every answer it received is
+    durable (in a part or in the journal). The retry takes the journaled answers and asks only for the
+    rest: the one document paid twice is the request in flight, whose answer went to a process that was
+    gone (no client can keep that one). Without the journal, the batch's received answers would be paid
+    again too."""
+    from inpars_ray.models.prompts import resolve_template
+    from inpars_ray.stages.generate import PARTS, GenerateResources, answer_journal, read_generated, run_generate
 
     collection = catalog.resolve(str(BUNDLED))
-    n = 8
-    resources = GenerateResources(batch_size=1, num_actors=1)
+    n = 16
+    resources = GenerateResources(batch_size=n, num_actors=1)
     with GatedEcho() as server:
         run_generate(collection, tmp_path / "ref", _generate_config(server.url, n), resources)
         ref_paid = sum(server.answered.values())
-    with GatedEcho(open_for=3) as server:
-        config = _generate_config(server.url, n)
+    config = _generate_config("http://127.0.0.1:0", n, max_concurrency=1)  # the URL is set below
+    parts = tmp_path / "kill" / PARTS
+
+    def journaled() -> int:
+        folder = answer_journal(parts, config, template).folder
+        return sum(len(f.read_bytes().splitlines()) for f in folder.glob("*.jsonl")) if folder.is_dir() else 0
+
+    with GatedEcho(hold_if=lambda: journaled() >= 2) as server:
+        config = _generate_config(server.url, n, max_concurrency=1)
+        template = resolve_template(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split)
         thread_result: dict = {}
         thread = threading.Thread(target=lambda: thread_result.setdefault(
             "manifest", run_generate(collection, tmp_path / "kill", config, resources)))
         thread.start()
-        wait_for(lambda: server.arrived > 3 or not thread.is_alive(), 300, "a request held at the endpoint")
+
+        def all_received_are_durable() -> bool:
+            with server._count:
+                answered = sum(server.answered.values())
+            return server.holding and answered == journaled() + len(_part_docs(parts))
+
+        wait_for(lambda: all_received_are_durable() or not thread.is_alive(), 300,
+                 "a request held at the endpoint, with every answer received journaled or in a part")
         pid = wait_for(lambda: _running_actor_pid("GenerateWorker") or (not thread.is_alive() and -1), 60,
                        "the generate actor running its batch")
         assert pid != -1 and thread.is_alive()
-        os.kill(pid, signal.SIGKILL)  # its request is in flight, held at the endpoint
+        in_journal = journaled()
+        with server._count:
+            before_kill = dict(server.answered)
+        os.kill(pid, signal.SIGKILL)  # its next request is in flight, held at the endpoint
         server.open()
         thread.join(600)
         assert "manifest" in thread_result, "the stage did not finish after its actor was killed"
         paid_twice = sorted(p for p, c in server.answered.items() if c > 1)
         paid = sum(server.answered.values())
     got, want = read_generated(tmp_path / "kill"), read_generated(tmp_path / "ref")
-    cols = [S.DOC_ID, S.QUERY_ID, S.QUERY, S.ERROR, S.NUM_TOKENS]
+    cols = [S.DOC_ID, S.QUERY_ID, S.QUERY, S.ERROR, S.NUM_TOKENS, S.TOKEN_LOGPROBS]
     assert got.select(cols).equals(want.select(cols))
     assert thread_result["manifest"]["counts"]["rows"] == n and ref_paid == n
-    # only the request in flight when the actor died can be paid twice: its answer died with the process
-    assert len(paid_twice) <= 1 and paid <= n + 1, (paid, paid_twice)
-    print(f"generate kill: {n} documents, {paid} completions answered, {len(paid_twice)} paid twice")
-    ids = [d for p in sorted((tmp_path / "kill" / "parts").glob("part-*.parquet"))
-           for d in pads.dataset(str(p)).to_table(columns=[S.DOC_ID]).column(S.DOC_ID).to_pylist()]
+    assert in_journal >= 2 and not set(before_kill) & set(paid_twice)  # no answer received was paid again
+    assert len(paid_twice) == 1 and paid == n + 1, (paid, paid_twice)  # only the request in flight
+    assert not answer_journal(parts, config, template).folder.exists()  # the stage completed: journal gone
+    print(f"generate kill: {n} documents, {paid} completions answered, {len(paid_twice)} paid twice (the request "
+          f"in flight); {in_journal} journaled answers of the killed batch not asked again")
+    ids = _part_docs(parts)
     assert sorted(ids) == sorted(set(ids)) and len(ids) == n  # each document in exactly one part

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
 
 from inpars_ray.stageconfig import Field, stage_config
 
@@ -64,6 +65,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
         """One :class:`Generation` per prompt, in order; a failing prompt yields ``error``, never raises."""
+
+    def generate_each(self, prompts: list[str], params: GenerationParams,
+                      on_result: Callable[[int, Generation], None]) -> list[Generation]:
+        """As :meth:`generate`, calling ``on_result(i, generation)`` as soon as prompt ``i`` is answered, so
+        the caller can keep each answer before the batch ends (the generate stage journals it). Backends
+        that answer prompt by prompt (openai) override this; the others answer a batch at once."""
+        out = self.generate(prompts, params)
+        for i, generation in enumerate(out):
+            on_result(i, generation)
+        return out
 
     def close(self) -> None:
         """Release the model (optional)."""

@@ -375,15 +375,21 @@ class OpenAIBackend(Backend):
         return Generation(text=text, token_logprobs=logprobs, prompt_tokens=n_prompt)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
-        futures = [self._pool.submit(self._complete, p, params) for p in prompts]
-        out: list[Generation] = []
-        for fut in futures:
+        return self.generate_each(prompts, params, lambda i, g: None)
+
+    def generate_each(self, prompts: list[str], params: GenerationParams,
+                      on_result: Callable[[int, Generation], None]) -> list[Generation]:
+        futures = {self._pool.submit(self._complete, p, params): i for i, p in enumerate(prompts)}
+        out: list[Generation | None] = [None] * len(prompts)
+        for fut in concurrent.futures.as_completed(futures):  # each answer reported as it arrives
             try:
-                out.append(fut.result())
+                generation = fut.result()
             except Exception as exc:  # a bug, not an API failure; still one row per prompt, never a raise
                 log.exception("openai backend: unexpected failure")
-                out.append(Generation(text="", token_logprobs=[], error=self._redact(f"{type(exc).__name__}: {exc}")))
-        return out
+                generation = Generation(text="", token_logprobs=[], error=self._redact(f"{type(exc).__name__}: {exc}"))
+            out[futures[fut]] = generation
+            on_result(futures[fut], generation)
+        return [g for g in out if g is not None]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 
 from inpars_ray import schema as S
-from inpars_ray.stages.generate import below_threshold, block_candidates, doc_hashes, merge_candidates
+from inpars_ray.stages.sample import below_threshold, block_candidates, doc_hashes, merge_candidates
 
 
 def _corpus(n: int, bad: int = 0) -> pa.Table:
