@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from inpars_ray.config import TINY_LM, TINY_MONOT5, TRAINED, InparsConfig, PipelineConfig
+from inpars_ray.errors import ArtifactDamagedError, find_typed_error
 from inpars_ray.io import artifacts, catalog, storage
 from inpars_ray.io.manifest import StageRecord
 from inpars_ray.runtime import progress
@@ -163,7 +164,22 @@ def _evaluate(name: str, collection: catalog.Collection, config: PipelineConfig,
 
 
 def run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Run every stage on ``config.dataset``; returns the summary also written to ``out_dir/manifest.json``."""
+    """Run every stage on ``config.dataset``; returns the summary also written to ``out_dir/manifest.json``.
+
+    A stage that finds an upstream artifact damaged (a listed file missing, or failing its checksums) has
+    marked it so (:func:`inpars_ray.io.artifacts.damaged`); the run then goes once more from the top, which
+    redoes the damaged stage and the stages after it, and keeps every other stage's output.
+    """
+    try:
+        return _run_pipeline(config, cache_dir)
+    except Exception as exc:
+        if not isinstance(find_typed_error(exc), ArtifactDamagedError):
+            raise
+        logger.warning("%s; running again: the damaged stage is redone", find_typed_error(exc))
+        return _run_pipeline(config, cache_dir)
+
+
+def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     out = storage.location(config.out_dir)  # absolute: Ray workers run in other folders
     storage.check_reachable(out)  # a local run root on many nodes fails here, before any work
     out.mkdir()

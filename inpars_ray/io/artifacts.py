@@ -7,6 +7,13 @@ parts, an index, a model) get write-once names, and the stage's manifest, writte
 dead attempt is never read. Actors that need real files copy a published folder once per node
 (:func:`materialize`); Parquet parts are read by Ray tasks through pyarrow (:func:`read_parquet_dataset`).
 Single objects and locations live in :mod:`inpars_ray.io.storage`.
+
+**Damage.** A manifest lists each file's size: a missing or truncated file is found before any read
+(:func:`listed_files`). Every Parquet file the engine writes carries a CRC32 per page
+(:data:`PARQUET_WRITE`), checked on every read (:func:`read_parquet`): damage that keeps a file's size,
+which pyarrow would otherwise read as wrong rows without a word, is an :class:`ArtifactDamagedError`
+naming the file, and the manifest that listed it is marked ``damaged`` (:func:`damaged`), so the next run
+redoes the stage that wrote it instead of reading the file again.
 """
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ from inpars_ray.errors import ArtifactDamagedError, StorageError
 from inpars_ray.io.storage import Location, PathLike, location
 
 logger = logging.getLogger(__name__)
+
+
+#: keyword arguments of every Parquet write of the engine (pyarrow's writers and Ray Data's write_parquet)
+PARQUET_WRITE: dict[str, Any] = {"write_page_checksum": True}
 
 
 # --- folders ------------------------------------------------------------------------------------------
@@ -190,19 +201,18 @@ def listed_files(root: PathLike, manifest: dict[str, Any], subdir: str = "") -> 
         raise StorageError(f"the manifest in {loc.uri} lists no files (written by an older inpars-ray?); "
                            "rerun the stage")
     prefix = subdir.strip("/") + "/" if subdir else ""
-    out = []
-    for name, size in sorted(listed.items()):
-        if not name.startswith(prefix):
-            continue
-        f = loc.join(name)
-        try:
-            info = loc.fs.get_file_info(f.path)
-        except OSError as exc:  # the store does not answer: an outage, not a damaged artifact
-            raise StorageError(f"could not look up {f.uri}: {exc}") from exc
-        if info.type != pafs.FileType.File or int(info.size or 0) != int(size):
-            raise ArtifactDamagedError(f"{f.uri} is listed in {loc.uri}'s manifest but is missing or changed")
-        out.append(f)
-    return out
+    wanted = {name: int(size) for name, size in listed.items() if name.startswith(prefix)}
+    if not wanted:
+        return []
+    try:  # one listing per top-level folder (or one look-up per top-level file), not one call per file
+        present = snapshot(loc, *sorted({name.split("/")[0] for name in wanted}))
+    except OSError as exc:  # the store does not answer: an outage, not a damaged artifact
+        raise StorageError(f"could not list {loc.uri}: {exc}") from exc
+    for name, size in sorted(wanted.items()):
+        if present.get(name) != size:
+            raise ArtifactDamagedError(f"{loc.join(name).uri} is listed in {loc.uri}'s manifest but is missing "
+                                       f"or changed (size {present.get(name)}, listed {size})")
+    return [loc.join(name) for name in sorted(wanted)]
 
 
 def remove_unlisted(root: PathLike, manifest: dict[str, Any] | None, *subdirs: str) -> int:
@@ -222,15 +232,51 @@ def remove_unlisted(root: PathLike, manifest: dict[str, Any] | None, *subdirs: s
 FILES_PER_READ_TASK = 32
 
 
-def _read_parquet_group(files: list[Location]) -> Any:
+def damaged(f: Location, why: str) -> ArtifactDamagedError:
+    """The error for a damaged file ``f``; first marks the manifest that lists it (in its folder or up to
+    two above) ``damaged``, so that its stage is redone on the next run rather than read as complete."""
+    from inpars_ray.io.manifest import MANIFEST_NAME, read_manifest, write_json_atomic
+
+    marked = ""
+    root = f.parent
+    for _ in range(3):
+        if not root.path.strip("/"):
+            break
+        manifest = read_manifest(root)
+        rel = f.path[len(root.path.rstrip("/")) + 1:]
+        if manifest and rel in manifest.get("files", {}):
+            manifest.update(status="damaged", damaged=sorted({*manifest.get("damaged", []), rel}))
+            write_json_atomic(root.join(MANIFEST_NAME), manifest)
+            marked = f"; {root.join(MANIFEST_NAME).uri} is marked damaged: the next run redoes its {manifest.get('stage')} stage"
+            break
+        if root.parent.path == root.path:
+            break
+        root = root.parent
+    logger.error("%s is damaged (%s)%s", f.uri, why, marked)
+    return ArtifactDamagedError(f"{f.uri} is damaged ({why}){marked}")
+
+
+def read_parquet(f: Location, **kwargs: Any) -> Any:
+    """One Parquet file of an artifact, read whole (``kwargs``: ``columns``, ``schema``...) with its page
+    checksums verified: a damaged file raises :func:`damaged`'s error, never returns wrong rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = []
-    for f in files:
+    try:
         with f.open_input() as fh:
-            tables.append(pq.read_table(fh))
-    return pa.concat_tables(tables, promote_options="default")
+            return pq.read_table(fh, page_checksum_verification=True, **kwargs)
+    except pa.ArrowInvalid as exc:  # no readable footer or pages: cut short or overwritten
+        raise damaged(f, str(exc)) from exc
+    except OSError as exc:
+        if "checksum" not in str(exc).lower():
+            raise
+        raise damaged(f, str(exc)) from exc
+
+
+def _read_parquet_group(files: list[Location]) -> Any:
+    import pyarrow as pa
+
+    return pa.concat_tables([read_parquet(f) for f in files], promote_options="default")
 
 
 def read_parquet_dataset(files: list[Location]) -> Any:

@@ -200,7 +200,7 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
         raise InparsError(f"consistency accounted for {kept.num_rows + dropped.num_rows} of {n_in} candidates")
     for name, table in ((KEPT_DIR, kept), (DROPPED_DIR, dropped)):
         with (out / name / f"part-{artifacts.attempt_id()}.parquet").open_output() as fh:
-            pq.write_table(table, fh)
+            pq.write_table(table, fh, **artifacts.PARQUET_WRITE)
     r = [x for x in rank_table.column(SOURCE_RANK).to_pylist() if x is not None]
     record.counts.update(candidates=n_in, kept=kept.num_rows, **{f"dropped_{INCONSISTENT}": dropped.num_rows},
                          source_not_retrieved=n_in - len(r), source_rank_1=sum(x == 1 for x in r))

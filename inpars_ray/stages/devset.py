@@ -93,7 +93,7 @@ def split_triples(triples: pa.Table, dev_docs: set[str]) -> pa.Table:
 
 
 def _read(files: list[storage.Location], columns: list[str] | None = None) -> pa.Table:
-    tables = [pq.read_table(io.BytesIO(f.read_bytes()), columns=columns) for f in files]
+    tables = [artifacts.read_parquet(f, columns=columns) for f in files]  # page checksums verified
     if not tables:
         raise ConfigError("no rows to build a dev set from")
     return pa.concat_tables(tables, promote_options="default")
@@ -101,7 +101,7 @@ def _read(files: list[storage.Location], columns: list[str] | None = None) -> pa
 
 def _write_parquet(table: pa.Table, where: storage.Location) -> None:
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, **artifacts.PARQUET_WRITE)
     where.write_bytes(buf.getvalue())
 
 

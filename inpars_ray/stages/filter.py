@@ -373,8 +373,8 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
     and returns the counts (``run_filter`` adds the manifest and the resume check)."""
     out = storage.location(out_dir)
     # Ray Data writes from the worker nodes, through the run root's filesystem (local or gs://)
-    dropped_at = {"path": (out / DROPPED_DIR).path, "filesystem": out.fs}
-    kept_at = {"path": (out / KEPT_DIR).path, "filesystem": out.fs}
+    dropped_at = {"path": (out / DROPPED_DIR).path, "filesystem": out.fs, **artifacts.PARQUET_WRITE}
+    kept_at = {"path": (out / KEPT_DIR).path, "filesystem": out.fs, **artifacts.PARQUET_WRITE}
     record = record or StageRecord("filter", config)
     parts = config.shuffle_partitions
     S.require_columns(generated.schema().names, S.GENERATED.names, "filter (generated queries)")

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inpars_ray import schema as S
-from inpars_ray.errors import ConfigError, InparsError
+from inpars_ray.errors import ArtifactDamagedError, ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.journal import Journal, answer_key, run_key
@@ -173,7 +173,7 @@ def write_part(table: pa.Table, parts_dir: storage.PathLike) -> str:
     """Write ``table`` as a part file, whole or not at all (local or object store); return its name."""
     name = part_name(table.column(S.DOC_ID).to_pylist())
     with storage.location(parts_dir).join(name).open_output() as fh:
-        pq.write_table(table, fh)
+        pq.write_table(table, fh, **artifacts.PARQUET_WRITE)
     return name
 
 
@@ -217,8 +217,8 @@ class GenerateWorker:
         if not part.is_file():
             return None
         try:
-            table = _read_part(part, schema=S.GENERATED)
-        except (pa.ArrowInvalid, OSError):
+            table = artifacts.read_parquet(part, schema=S.GENERATED)
+        except ArtifactDamagedError:
             return None  # damaged: generate it again, and overwrite it
         retry = pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
         return None if pc.any(retry).as_py() else table
@@ -240,28 +240,28 @@ class GenerateWorker:
 
 
 # --- reading back ------------------------------------------------------------------------------------
-def _part_files(parts_dir: storage.Location) -> list[storage.Location]:
-    # every part a writer left is whole (written by one upload or one rename), so all of them count; a part
-    # damaged later (truncated, overwritten) has no readable Parquet footer: it is deleted, and its
-    # documents are generated again (issue 19), rather than failing every rerun or being read as done
+def _read_parts(parts_dir: storage.Location) -> list[pa.Table]:
+    """Every part file, read whole with its page checksums verified.
+
+    Every part a writer left is whole (written by one upload or one rename), so all of them count. A part
+    damaged later (truncated, overwritten, a flipped bit) fails its footer or a page checksum: it is deleted,
+    and its documents are generated again (issue 19), rather than failing every rerun or being read as done.
+    """
     out = []
     for name in parts_dir.files(recursive=False, suffix=".parquet"):
         if not name.startswith("part-"):
             continue
         part = parts_dir.join(name)
         try:
-            with part.open_input() as fh:
-                pq.read_metadata(fh)
-        except (pa.ArrowInvalid, OSError) as exc:
-            logger.warning("generate: %s is damaged (%s); deleting it: its documents are generated again", part, exc)
+            out.append(artifacts.read_parquet(part, schema=S.GENERATED))
+        except ArtifactDamagedError:
+            logger.warning("generate: deleting the damaged %s: its documents are generated again", part)
             part.delete()
-            continue
-        out.append(part)
     return out
 
 
-def _read_part(part: storage.Location, **kwargs: Any) -> pa.Table:
-    return pq.read_table(part.path, filesystem=part.fs, **kwargs)
+def _retry(table: pa.Table) -> pa.ChunkedArray:
+    return pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
 
 
 def completed_doc_ids(out_dir: storage.PathLike) -> set[str]:
@@ -270,10 +270,8 @@ def completed_doc_ids(out_dir: storage.PathLike) -> set[str]:
     Documents whose only row is a backend error are not done: a rerun generates them again.
     """
     done: set[str] = set()
-    for path in _part_files(storage.location(out_dir).join(PARTS)):
-        t = _read_part(path, columns=[S.DOC_ID, S.ERROR])
-        retry = pc.fill_null(pc.starts_with(t.column(S.ERROR), BACKEND_ERROR), False)
-        done.update(t.filter(pc.invert(retry)).column(S.DOC_ID).to_pylist())
+    for t in _read_parts(storage.location(out_dir).join(PARTS)):
+        done.update(t.filter(pc.invert(_retry(t))).column(S.DOC_ID).to_pylist())
     return done
 
 
@@ -282,12 +280,11 @@ def read_generated(out_dir: storage.PathLike) -> pa.Table:
 
     A document retried after a backend error has two rows; its later, final one is kept.
     """
-    files = _part_files(storage.location(out_dir).join(PARTS))
-    if not files:
+    tables = _read_parts(storage.location(out_dir).join(PARTS))
+    if not tables:
         return S.GENERATED.empty_table()
-    table = pa.concat_tables([_read_part(p, schema=S.GENERATED) for p in files])
-    retry = pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
-    table = table.append_column("_retry", retry).sort_by([(S.DOC_ID, "ascending"), ("_retry", "ascending")])
+    table = pa.concat_tables(tables)
+    table = table.append_column("_retry", _retry(table)).sort_by([(S.DOC_ID, "ascending"), ("_retry", "ascending")])
     table = table.drop_columns(["_retry"])
     ids = table.column(S.DOC_ID).to_numpy(zero_copy_only=False)
     first = np.ones(len(ids), dtype=bool)

@@ -193,7 +193,7 @@ def _build_and_publish(collection: Collection, loc: storage.Location, load_confi
     staging = Path(tempfile.mkdtemp(prefix=f".{loc.name}.", dir=scratch_parent))
     try:
         n_docs, bad, unknown = _build_lucene(collection, staging, load_config, config, record)
-        pq.write_table(bad.to_table(), staging / BAD_ROWS_FILE)
+        pq.write_table(bad.to_table(), staging / BAD_ROWS_FILE, **artifacts.PARQUET_WRITE)
         record.counts.update(documents=n_docs, bad_rows=len(bad), qrels_unknown_docs=unknown)
         record.extra["bad_rows_file"] = BAD_ROWS_FILE
         with record.timed("publish"):

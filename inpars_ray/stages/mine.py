@@ -231,7 +231,7 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLi
             num_cpus=cpus,
         ).materialize()
         mined.map_batches(short_report, fn_kwargs={"n": config.negatives},
-                          batch_format="pyarrow").write_parquet((out / SHORT_DIR).path, filesystem=out.fs)
+                          batch_format="pyarrow").write_parquet((out / SHORT_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
     with record.timed("attach_texts"):
         corpus, parts = corpus_documents(collection, load_config), config.shuffle_partitions
         skeleton = mined.map_batches(explode, batch_format="pyarrow")
@@ -244,7 +244,7 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLi
             triples = hash_exchange([with_pos, corpus], [S.NEG_DOC_ID, S.DOC_ID], parts, attach_text,
                                     key=S.NEG_DOC_ID, column=S.NEG_TEXT)
         triples.map_batches(lambda b: b.select(S.TRIPLES.names).cast(S.TRIPLES),
-                            batch_format="pyarrow").write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs)
+                            batch_format="pyarrow").write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
     counts = _mined_counts(mined, config.negatives)
     record.counts.update(queries=queries.count(), **counts)
     return record.counts

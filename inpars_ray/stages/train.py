@@ -113,7 +113,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     ensure_ray(ray_address, num_cpus)
 
     config = dataclasses.replace(config, cpus_per_worker=_cpus_per_worker(config, ray.cluster_resources()))
-    ds = ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
+    ds = artifacts.read_parquet_dataset(files)  # page checksums verified; the rows are put in content order below
     S.require_columns(ds.schema().names, S.TRIPLES.names[:6], f"train ({triples_dir})")
     with record.timed("prepare"):
         if config.grouped:

@@ -344,8 +344,8 @@ class _DevSet:
     def __init__(self, dev: dict[str, str], config: TrainConfig) -> None:
         import pyarrow.parquet as pq
 
-        self.pairs = pq.read_table(dev["pairs"])
-        self.qrels = pq.read_table(dev["qrels"])
+        self.pairs = pq.read_table(dev["pairs"], page_checksum_verification=True)
+        self.qrels = pq.read_table(dev["qrels"], page_checksum_verification=True)
         S.require_columns(self.pairs.column_names, [S.QUERY_ID, S.QUERY, S.DOC_ID, S.TEXT], "train dev pairs")
         S.require_columns(self.qrels.column_names, S.QRELS.names, "train dev qrels")
         self.config = config

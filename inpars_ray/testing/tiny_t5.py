@@ -157,5 +157,6 @@ def build_tiny_triples(out_dir: str | Path, collection: Path = BUNDLED, split: s
     per_file = -(-len(rows) // files)
     for i in range(files):
         chunk = rows[i * per_file:(i + 1) * per_file]
-        pq.write_table(pa.Table.from_pylist(chunk, schema=S.TRIPLES), out_dir / f"part-{i:03d}.parquet")
+        pq.write_table(pa.Table.from_pylist(chunk, schema=S.TRIPLES), out_dir / f"part-{i:03d}.parquet",
+                       write_page_checksum=True)
     return out_dir

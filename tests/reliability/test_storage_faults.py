@@ -16,6 +16,7 @@ The endpoint holds its answers at a gate the test opens, so "mid-stage" is a sta
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -212,3 +213,40 @@ def test_damaged_part_is_detected_and_only_its_documents_are_redone(reference, e
     assert endpoint.requests["/v1/completions"] - before == lost  # only the damaged part's documents, once each
     assert "damaged" in (tmp_path / "logs" / "inpars-ray.log").read_text() or damage == "delete"
     _same(_rows(str(out)), ref_rows)
+
+
+def test_damage_that_keeps_the_size_is_caught_on_read_and_only_that_part_is_redone(reference, endpoint, tmp_path):
+    """One byte of a listed part flipped (same size, footer intact): the manifest's sizes cannot see it.
+    The next stage's read fails that part's page checksum, exits 2 naming it and marks generate's
+    manifest damaged; the generate rerun regenerates exactly that part's documents; filter then completes
+    on rows equal to the unfaulted run's."""
+    from tests.unit.io.test_damage import flip_a_data_byte
+
+    ref_dir, ref_rows = reference
+    out = tmp_path / "gen"
+    shutil.copytree(ref_dir, out)
+    victim = sorted((out / "parts").glob("part-*.parquet"))[0]
+    lost = pq.read_table(victim).num_rows
+    size = victim.stat().st_size
+    flip_a_data_byte(victim)
+    assert victim.stat().st_size == size
+    filter_cmd = [sys.executable, "-m", "inpars_ray", "filter", "--queries", str(out), "--dataset",
+                  "bundled/tiny-science", "--out", str(tmp_path / "filter"), "--num-cpus", "2", "--keep-top-k", "4"]
+    failed = subprocess.run(filter_cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert victim.name in failed.stderr and "damaged" in failed.stderr, failed.stderr[-3000:]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "damaged"
+
+    before = endpoint.requests["/v1/completions"]
+    done = subprocess.run(_command(str(out), endpoint.url), capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert endpoint.requests["/v1/completions"] - before == lost  # only the damaged part's documents, once each
+    _same(_rows(str(out)), ref_rows)
+    done = subprocess.run(filter_cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref_filter = [*filter_cmd[:5], str(ref_dir), *filter_cmd[6:]]
+    ref_filter[ref_filter.index("--out") + 1] = str(tmp_path / "filter-ref")
+    done = subprocess.run(ref_filter, capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kept = [pq.read_table(tmp_path / d / "kept").sort_by("query_id") for d in ("filter", "filter-ref")]
+    assert kept[0].num_rows > 0 and kept[0].select(["query_id", "query"]).equals(kept[1].select(["query_id", "query"]))
