@@ -8,10 +8,14 @@ takes the root's lease before any work and gives it back at the end:
   one process create it;
 * **gs:// root** -- the object ``<root>/.inpars-ray.lease`` uploaded with ``if_generation_match=0``, the
   create-only precondition of Cloud Storage: exactly one upload wins, the others get 412 (the usual way to
-  hold a lease on a bucket). Released by a delete conditioned on the generation this driver wrote, so a
-  driver never removes a lease it does not hold. (gcp-storage-emulator 2026.7 ignores preconditions; against
-  it only the "lease exists" check, made before the upload, protects, which covers drivers started one after
-  another but not two starting within the same few milliseconds.)
+  hold a lease on a bucket). An upload whose answer was lost is sent again by the client and finds the lease
+  it wrote: the 412 is then read as "ours" (same token), not as another driver's. A lease is removed by a
+  delete conditioned on its generation (the one this driver wrote, or the one found and judged stale), so a
+  driver never removes a lease written after it looked. (gcp-storage-emulator 2026.7 ignores preconditions;
+  against an emulator a "lease exists" check made before the upload refuses drivers started one after
+  another, not two starting within the same few milliseconds. ``tests/reliability/test_lease_race.py``
+  tests that race with a proxy that enforces preconditions as Cloud Storage does.) A storage call that
+  fails once its retries are spent raises :class:`~inpars_ray.errors.StorageError`.
 
 The lease holds the holder's host, pid, start time and a random token (never the command line, which may
 carry credentials). A second driver refuses with :class:`~inpars_ray.errors.LeaseHeldError` naming the
@@ -118,56 +122,108 @@ class _LocalLease:
 class _GcsLease:
     def __init__(self, loc: storage.Location) -> None:
         try:
+            import requests
             from google.api_core import exceptions
+            from google.auth import exceptions as auth_exceptions
             from google.cloud import storage as gcs
+            from google.cloud.storage.retry import DEFAULT_RETRY
         except ImportError as exc:
             raise MissingDependencyError("google-cloud-storage", "gcs", "the run lease on a gs:// run root") from exc
         self._exceptions = exceptions
+        #: what a call can end in once its retries are spent: each becomes a StorageError naming the lease
+        self._failures = (exceptions.GoogleAPICallError, exceptions.RetryError, auth_exceptions.GoogleAuthError,
+                          requests.RequestException)
+        # every call below carries a generation precondition or only reads, so each is safe to retry; for as
+        # long as the rest of the run's storage calls retry (INPARS_RAY_STORAGE_RETRY_S)
+        self._retry = DEFAULT_RETRY.with_timeout(storage.storage_retry_s())
         bucket, _, key = loc.path.partition("/")
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            from google.auth.credentials import AnonymousCredentials
+        self.path = loc.uri
+        self._emulated = bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+        try:
+            if self._emulated:
+                from google.auth.credentials import AnonymousCredentials
 
-            client = gcs.Client(project="emulator", credentials=AnonymousCredentials())
-        else:
-            client = gcs.Client()
+                client = gcs.Client(project="emulator", credentials=AnonymousCredentials())
+            else:
+                client = gcs.Client()
+        except self._failures as exc:  # no credentials, no project
+            raise StorageError(f"{self.path}: cannot reach Cloud Storage for the run lease: {exc}") from exc
         self._blob_name = key
         self._bucket = client.bucket(bucket)
-        self.path = loc.uri
+        #: token and generation of the lease this driver wrote (None while it wrote none)
+        self._token: str | None = None
         self.generation: int | None = None
+
+    def _error(self, doing: str, exc: BaseException) -> StorageError:
+        return StorageError(f"{self.path}: could not {doing} the run lease: {exc}")
 
     def create(self, record: dict[str, Any]) -> bool:
         blob = self._bucket.blob(self._blob_name)
-        if blob.exists():  # the emulator ignores the precondition below: check first
-            return False
         try:
+            # Not needed on Cloud Storage, where the create-only precondition below lets exactly one upload
+            # win. gcp-storage-emulator ignores preconditions (a second upload would replace the lease), so
+            # against an emulator this check is what refuses a driver started after another; two starting
+            # together can pass it both there (tests/reliability/test_lease_race.py tests that race through
+            # a proxy that enforces preconditions as Cloud Storage does).
+            if self._emulated and blob.exists(retry=self._retry):
+                return False
             blob.upload_from_string(json.dumps(record, sort_keys=True), content_type="application/json",
-                                    if_generation_match=0)
-        except self._exceptions.PreconditionFailed:
+                                    if_generation_match=0, retry=self._retry)
+        except (self._exceptions.PreconditionFailed, self._exceptions.Conflict):
+            # 412: a lease is there. It may be this driver's own: when the answer to an upload that succeeded
+            # is lost, the client sends it again, and the retry finds the object the first attempt wrote.
+            # (409, a conflicting write in progress: whoever won, the lease read next says who holds it.)
+            return self._is_ours(record)
+        except self._failures as exc:
+            raise self._error("take", exc) from exc
+        self._token, self.generation = record["token"], blob.generation
+        return True
+
+    def _is_ours(self, record: dict[str, Any]) -> bool:
+        current = self.read()
+        if current is None or current.get("token") != record["token"]:
             return False
-        self.generation = blob.generation
+        logger.info("the lease %s was written by this driver's first attempt, whose answer was lost", self.path)
+        self._token, self.generation = record["token"], current["_generation"]
         return True
 
     def read(self) -> dict[str, Any] | None:
-        blob = self._bucket.get_blob(self._blob_name)
-        if blob is None:
-            return None
         try:
-            data = json.loads(blob.download_as_bytes())
+            blob = self._bucket.get_blob(self._blob_name, retry=self._retry)
+            if blob is None:
+                return None
+            # taken now: the download resets it from a response header, which the emulator does not send
+            generation = blob.generation
+            # the download asks for that generation: replaced since, it is a 404
+            text = blob.download_as_bytes(retry=self._retry)
         except self._exceptions.NotFound:
             return None
+        except self._failures as exc:
+            raise self._error("read", exc) from exc
+        try:
+            data = json.loads(text)
         except ValueError:
-            return {"unreadable": True}
-        data["_generation"] = blob.generation
+            data = {"unreadable": True}
+        if not isinstance(data, dict):
+            data = {"unreadable": True}
+        data["_generation"] = generation
         return data
 
     def remove(self, expected: dict[str, Any]) -> bool:
-        current = self.read()
-        if current is None or current.get("token") != expected.get("token"):
+        """Delete the lease ``expected`` -- one read from the bucket (its ``_generation``) or the record this
+        driver wrote -- and only that one: the delete is conditioned on its generation, so a lease another
+        driver wrote meanwhile (after breaking this one) stays, whatever happens between look and act."""
+        generation = expected.get("_generation")
+        if generation is None and expected.get("token") == self._token:
+            generation = self.generation  # our own record: the generation our upload was given
+        if generation is None:
             return False
         try:
-            self._bucket.blob(self._blob_name).delete(if_generation_match=current["_generation"])
+            self._bucket.blob(self._blob_name).delete(if_generation_match=generation, retry=self._retry)
         except (self._exceptions.NotFound, self._exceptions.PreconditionFailed):
             return False
+        except self._failures as exc:
+            raise self._error("remove", exc) from exc
         return True
 
 
@@ -205,7 +261,8 @@ def run_lease(root: storage.PathLike, purpose: str = "inpars-ray run", wait_s: f
         if break_lease or is_stale(holder):
             logger.warning("breaking the lease %s held by %s (%s)", lease.path, describe(holder),
                            "--break-lease" if break_lease else "that process is gone")
-            lease.remove(holder)
+            if not lease.remove(holder) and lease.read() == holder:  # neither gone nor replaced: stuck
+                raise StorageError(f"{lease.path}: could not remove the lease of {describe(holder)}")
             break_lease = False  # break what was there once, never a lease taken after that
             continue
         if time.monotonic() >= deadline:
@@ -215,5 +272,11 @@ def run_lease(root: storage.PathLike, purpose: str = "inpars-ray run", wait_s: f
     try:
         yield record
     finally:
-        if not lease.remove(record):
-            logger.warning("the lease %s was no longer ours when this run ended", lease.path)
+        try:
+            released = lease.remove(record)
+        except StorageError as exc:  # the run's own outcome (or error) matters more than the lease's
+            logger.warning("could not release the lease %s (%s): the next run here breaks it once this process "
+                           "is gone, from another host use --break-lease", lease.path, exc)
+        else:
+            if not released:
+                logger.warning("the lease %s was no longer ours when this run ended", lease.path)
