@@ -31,6 +31,7 @@ from inpars_ray.stages.index import IndexConfig
 from inpars_ray.stages.mine import MineConfig
 from inpars_ray.stages.rerank import RerankConfig
 from inpars_ray.stages.retrieve import BM25Config
+from inpars_ray.stages.teacher import TeacherConfig
 from inpars_ray.stages.train_config import TrainConfig
 from inpars_ray.stages.tune import SweepConfig
 
@@ -39,6 +40,8 @@ TINY_LM = "local:tiny-lm"
 TINY_MONOT5 = "local:tiny-monot5"
 #: the rerank stage's model name meaning "the model the train stage wrote"
 TRAINED = "trained"
+#: the zero-shot setting meaning "the model training starts from" (train.base_model, train.family)
+START_MODEL = "start"
 
 #: stage sections whose ``seed`` comes from ``inpars.seed`` (a YAML may not set them apart)
 _SEEDED = ("generate", "mine", "train")
@@ -60,14 +63,22 @@ class InparsConfig:
                                description="fine-tuning the reranker on the triples")
     rerank: RerankConfig = Field(RerankConfig(model=TRAINED, depth=100),
                                  description=f"reranking the BM25 run; model '{TRAINED}' is the trained model")
-    zero_shot: str | None = Field(None, description="a bi-encoder (e.g. local:minilm) that reranks the same BM25 "
-                                  "hits without training, reported as the 'zero-shot' system beside InPars; "
-                                  "None skips it")
+    teacher: TeacherConfig | None = Field(None, description="a stronger ranker (or a fusion of several) that "
+                                          "scores every training triple (GPL's pseudo-labels); the train stage's "
+                                          "margin-mse and kl losses learn those scores. None: hard labels only")
+    zero_shot: str | None = Field(START_MODEL, description=f"the untrained model that reranks the same BM25 hits "
+                                  f"with the same settings, reported as 'zero-shot' and compared with every "
+                                  f"trained system: '{START_MODEL}' is train.base_model with its family (the "
+                                  f"model training starts from); another name is that model; None skips it")
     tune: SweepConfig | None = Field(None, description="a Ray Tune sweep of the training recipe on a synthetic "
                                      "dev set (never the test qrels); its best model reranks the test run too, "
                                      "reported as 'InPars (tuned)'. None skips it")
 
     def __post_init__(self) -> None:
+        from inpars_ray.stages.train_config import DISTILL_LOSSES
+
+        if self.train.loss in DISTILL_LOSSES and self.teacher is None:
+            raise ConfigError(f"train.loss {self.train.loss} distils a teacher's scores: set inpars.teacher")
         # one seed for the whole synthetic-data chain: derive the stage seeds instead of mapping them by hand
         gen = self.generate
         seeded = {

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from inpars_ray.config import TINY_LM, TINY_MONOT5, TRAINED, InparsConfig, PipelineConfig
+from inpars_ray.config import START_MODEL, TINY_LM, TINY_MONOT5, TRAINED, InparsConfig, PipelineConfig
 from inpars_ray.errors import ArtifactDamagedError, find_typed_error
 from inpars_ray.io import artifacts, catalog, storage
 from inpars_ray.io.manifest import StageRecord
@@ -98,6 +98,9 @@ def stage_configs(config: PipelineConfig, out: storage.PathLike, resolve=resolve
         train=dataclasses.replace(ic.train, base_model=resolve(ic.train.base_model, out)),
         rerank=dataclasses.replace(ic.rerank, model=rerank_model),
     )
+    if ic.teacher is not None:
+        stages["teacher"] = dataclasses.replace(ic.teacher, rankers=tuple(
+            dataclasses.replace(r, model=resolve(r.model, out)) for r in ic.teacher.rankers))
     return stages
 
 
@@ -213,8 +216,16 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
 
     synthetic = _synthetic(config, stages, collection, out, record)
     gen, filt, consistent, mined = (synthetic[k] for k in ("generate", "filter", "consistency", "mine"))
+    triples, labelled = out / "mine" / "triples", {}
+    if "teacher" in stages:
+        from inpars_ray.stages.teacher import run_teacher
+
+        with _Stage(record, "teacher") as stage:
+            labelled = run_teacher(triples.uri, (out / "teacher").uri, stages["teacher"])
+            stage.done(labelled)
+        triples = out / "teacher" / "triples"
     with _Stage(record, "train") as stage:
-        trained = train((out / "mine" / "triples").uri, (out / "train").uri, stages["train"])
+        trained = train(triples.uri, (out / "train").uri, stages["train"])
         stage.done(trained)
     rerank_path = out / "rerank" / f"run.{config.split}.trec"
     with _Stage(record, "rerank") as stage:
@@ -225,12 +236,14 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     exclude_file.write_text("".join(f"{q}\n" for q in excluded))
     if config.inpars is not None and config.inpars.zero_shot:
         _zero_shot(config, stages, collection, out, bm25_run, record, exclude_file)
+    if "teacher" in stages and stages["teacher"].rerank_test:
+        _teacher_row(config, stages, collection, out, bm25_run, record, exclude_file)
     measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)
     if config.inpars.tune is not None:
         sweep = _sweep(config, stages, collection, out, record, synthetic)
         record.extra["tuned"] = _tuned(config, stages, collection, out, bm25_run, record, exclude_file, sweep)
     for stage, manifest in (("generate", gen), ("filter", filt), ("consistency", consistent), ("mine", mined),
-                            ("train", trained)):
+                            ("teacher", labelled), ("train", trained)):
         for key, value in manifest.get("counts", {}).items():
             record.counts[f"{stage}_{key}"] = value
     record.extra["rerank"] = measures
@@ -377,14 +390,43 @@ def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: cat
 def _zero_shot(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
                out: storage.Location, bm25_run: storage.Location, record: StageRecord,
                exclude_file: storage.Location) -> dict[str, float]:
-    """The baseline a user would otherwise reach for: the untrained bi-encoder reranking the same BM25 hits
-    (same depth, length, actors and first-stage blend as the InPars reranker), evaluated on the same queries."""
+    """The baseline a user would otherwise reach for: the start model, untrained, reranking the same BM25 hits
+    (same depth, length, actors and first-stage blend as the InPars reranker), evaluated on the same queries.
+
+    ``inpars.zero_shot: start`` is ``train.base_model`` with its family (a bare encoder trained as a
+    cross-encoder has no relevance head before training, so its start is that encoder as a bi-encoder)."""
+    from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER, detect_family
     from inpars_ray.stages.rerank import rerank_run
 
     assert config.inpars is not None and config.inpars.zero_shot
-    rerank_config = dataclasses.replace(stages["rerank"], model=resolve_model(config.inpars.zero_shot, out),
-                                        family="bi-encoder")
+    name = config.inpars.zero_shot
+    if name == START_MODEL:
+        model = stages["train"].base_model
+        family = stages["train"].family or detect_family(model)
+        if family == CROSS_ENCODER and detect_family(model) != CROSS_ENCODER:
+            family = BI_ENCODER
+        shown = config.inpars.train.base_model
+    else:
+        model, family, shown = resolve_model(name, out), None, name
+    rerank_config = dataclasses.replace(stages["rerank"], model=model, family=family)
+    record.extra["start_model"] = {"system": "zero-shot", "model": shown,
+                                   "family": family or detect_family(model)}
     run_path = out / "zero-shot" / f"run.{config.split}.trec"
     with _Stage(record, "zero-shot") as stage:
         stage.done(rerank_run(collection, bm25_run.uri, run_path.uri, rerank_config, config.load))
     return _evaluate("zero-shot", collection, config, out, run_path, record, exclude_file)
+
+
+def _teacher_row(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
+                 out: storage.Location, bm25_run: storage.Location, record: StageRecord,
+                 exclude_file: storage.Location) -> dict[str, float]:
+    """The teacher itself reranking the test hits (same depth and blend as InPars): how far above the start
+    model the pseudo-labels come from."""
+    from inpars_ray.stages.rerank import rerank_run
+
+    ranker = stages["teacher"].rankers[0]
+    rerank_config = dataclasses.replace(stages["rerank"], model=ranker.model, family=ranker.family)
+    run_path = out / "teacher-test" / f"run.{config.split}.trec"
+    with _Stage(record, "rerank_teacher") as stage:
+        stage.done(rerank_run(collection, bm25_run.uri, run_path.uri, rerank_config, config.load))
+    return _evaluate("teacher", collection, config, out, run_path, record, exclude_file)

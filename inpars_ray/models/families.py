@@ -175,3 +175,60 @@ def save_ranker(family: str, model, tokenizer, path: str | Path, pooling: str = 
     else:
         model.save_pretrained(path, state_dict=state_dict)
         tokenizer.save_pretrained(path)
+
+
+# --- two towers and weight interpolation --------------------------------------------------------------------
+#: subfolder of a query-tower-only bi-encoder holding its document tower (the frozen start model)
+DOCUMENT_ENCODER = "document_encoder"
+
+
+def load_document_encoder(folder: str | Path, device=None):
+    """The document tower of a bi-encoder trained query-tower-only (``folder/document_encoder``), or None
+    when the folder holds one tower for both sides (a Hugging Face id, or an ordinary checkpoint)."""
+    path = Path(str(folder)) / DOCUMENT_ENCODER
+    if not (path / "config.json").is_file():
+        return None
+    model, _ = load_model(BI_ENCODER, path)
+    return model.to(device) if device is not None else model
+
+
+def save_document_encoder(base_model: str | Path, dest: str | Path, pooling: str = "mean",
+                          max_length: int = 512) -> None:
+    """Write the start model as ``dest/document_encoder`` (sentence-transformers files), so that the
+    query-tower-only model in ``dest`` loads as one ranker with both towers."""
+    model, tokenizer = load_model(BI_ENCODER, base_model)
+    save_bi_encoder(model, tokenizer, Path(dest) / DOCUMENT_ENCODER, pooling, max_length)
+
+
+def interpolate_weights(family: str, trained: str | Path, base_model: str | Path, alpha: float,
+                        pooling: str = "mean", max_length: int = 512) -> dict[str, int]:
+    """WiSE-FT (Wortsman et al., arXiv 2109.01903): rewrite the model in ``trained`` as
+    ``(1 - alpha) * start + alpha * trained``, weight by weight, in its family's format.
+
+    Weights the start checkpoint does not have (a cross-encoder's new head on a bare encoder) or whose
+    shapes differ keep their trained values. Returns how many tensors were interpolated and kept.
+    """
+    torch = require("torch", "weight interpolation")
+    model, tokenizer = load_model(family, trained, training=True)
+    start_family = detect_family(local_model(base_model))
+    start, _ = load_model(family if start_family == family else start_family, base_model)
+    start_state = start.state_dict()
+    prefix = "" if start_family == family else _base_prefix(model)
+    mixed, kept = 0, 0
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, value in state.items():
+            source = start_state.get(name[len(prefix):] if prefix and name.startswith(prefix) else name)
+            if source is None or source.shape != value.shape or not value.is_floating_point():
+                kept += 1
+                continue
+            value.copy_((1.0 - alpha) * source.to(value.dtype) + alpha * value)
+            mixed += 1
+    save_ranker(family, model, tokenizer, trained, pooling, max_length)
+    return {"interpolated": mixed, "kept": kept}
+
+
+def _base_prefix(model) -> str:
+    """``bert.`` for a BertForSequenceClassification: where the bare encoder's weights sit in the model."""
+    base = getattr(model, "base_model_prefix", "")
+    return f"{base}." if base else ""

@@ -85,18 +85,28 @@ def group_triples(rows: pa.Table) -> pa.Table:
 
     A Ray Data ``map_groups`` function; a negative mined twice appears once.
     """
+    from inpars_ray.models.distill import NEG_SCORES, POS_SCORE
+
     rows = rows.sort_by([(S.NEG_RANK, "ascending"), (S.NEG_DOC_ID, "ascending")])
-    seen, ids, texts = set(), [], []
-    for did, text in zip(rows.column(S.NEG_DOC_ID).to_pylist(), rows.column(S.NEG_TEXT).to_pylist()):
+    scored = POS_SCORE in rows.column_names  # the teacher stage's triples: its scores travel with the list
+    neg_scores = rows.column("neg_score").to_pylist() if scored else [None] * rows.num_rows
+    seen, ids, texts, scores = set(), [], [], []
+    for did, text, score in zip(rows.column(S.NEG_DOC_ID).to_pylist(), rows.column(S.NEG_TEXT).to_pylist(),
+                                neg_scores):
         if did not in seen:
             seen.add(did)
             ids.append(did)
             texts.append(text)
+            scores.append(score)
     first = rows.slice(0, 1)
-    return pa.table({S.QUERY_ID: first.column(S.QUERY_ID), S.QUERY: first.column(S.QUERY),
-                     S.POS_DOC_ID: first.column(S.POS_DOC_ID), S.POS_TEXT: first.column(S.POS_TEXT),
-                     NEG_DOC_IDS: pa.array([ids], pa.list_(pa.string())),
-                     NEG_TEXTS: pa.array([texts], pa.list_(pa.string()))})
+    columns = {S.QUERY_ID: first.column(S.QUERY_ID), S.QUERY: first.column(S.QUERY),
+               S.POS_DOC_ID: first.column(S.POS_DOC_ID), S.POS_TEXT: first.column(S.POS_TEXT),
+               NEG_DOC_IDS: pa.array([ids], pa.list_(pa.string())),
+               NEG_TEXTS: pa.array([texts], pa.list_(pa.string()))}
+    if scored:
+        columns[POS_SCORE] = first.column(POS_SCORE)
+        columns[NEG_SCORES] = pa.array([scores], pa.list_(pa.float64()))
+    return pa.table(columns)
 
 
 def unit_id(row: dict[str, Any], grouped: bool) -> str:
@@ -159,17 +169,20 @@ def pointwise_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length:
 
 
 def contrastive_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
-                         max_negatives: int | None = None, temperature: float = 0.05, pooling: str = "mean"):
+                         max_negatives: int | None = None, temperature: float = 0.05, pooling: str = "mean",
+                         document_encoder=None, doc_cache: dict | None = None):
     """Bi-encoder loss summed over lists: each query's positive against its own BM25 negatives and every
-    other document of the micro-batch (in-batch negatives), softmax over cosines / ``temperature``."""
+    other document of the micro-batch (in-batch negatives), softmax over cosines / ``temperature``.
+    With ``document_encoder`` the documents are embedded by that frozen model (query-tower-only training)."""
     import torch
 
+    from inpars_ray.models.distill import _embed_documents
     from inpars_ray.models.encoding import embed, encode_texts
 
     queries, docs = _lists(rows, max_negatives)
     flat = [d for ds in docs for d in ds]
     pos_at = torch.tensor([0] + [len(d) for d in docs[:-1]], device=device).cumsum(0)
     q = embed(model, _tensors(encode_texts(tokenizer, queries, max_length), device), pooling)
-    d = embed(model, _tensors(encode_texts(tokenizer, flat, max_length), device), pooling)
+    d = _embed_documents(flat, model, document_encoder, tokenizer, max_length, device, pooling, doc_cache)
     sims = q @ d.T / temperature
     return torch.nn.functional.cross_entropy(sims, pos_at, reduction="sum")

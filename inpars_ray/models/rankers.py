@@ -43,6 +43,7 @@ from inpars_ray.models.families import (
     POOLINGS,
     bi_encoder_pooling,
     detect_family,
+    load_document_encoder,
     input_length,
     load_model,
     local_model,
@@ -99,7 +100,7 @@ class Ranker:
     Build it from a config (loads the checkpoint) or, for a model being trained, with :meth:`from_model`.
     """
 
-    def __init__(self, config: RankerConfig, model=None, tokenizer=None) -> None:
+    def __init__(self, config: RankerConfig, model=None, tokenizer=None, document_model=None) -> None:
         torch = require("torch", "ranker scoring")
         self.config = config = config.resolved()
         self.family = config.family
@@ -107,12 +108,18 @@ class Ranker:
             torch.set_num_threads(config.torch_threads)
         # embeddings are cached only for a checkpoint loaded here: a model handed in may still be training
         self._cache: collections.OrderedDict[str, np.ndarray] | None = None
+        self._doc_cache: collections.OrderedDict[str, np.ndarray] | None = None
         if model is None:
             model, tokenizer = load_model(self.family, config.model)
             model.to(torch.device(config.device))
+            if self.family == BI_ENCODER:
+                document_model = load_document_encoder(local_model(config.model), torch.device(config.device))
             if self.family == BI_ENCODER and config.embedding_cache > 0:
                 self._cache = collections.OrderedDict()
+                self._doc_cache = collections.OrderedDict() if document_model is not None else self._cache
         self.model, self.tokenizer = model, tokenizer
+        #: a query-tower-only bi-encoder's document tower (the frozen start model); None: one tower for both
+        self.document_model = document_model
         self._left = getattr(tokenizer, "padding_side", "right") == "left"
         folder = local_model(config.model) if model is None else config.model
         self.pooling = bi_encoder_pooling(folder, config.pooling) if self.family == BI_ENCODER else None
@@ -127,11 +134,12 @@ class Ranker:
 
     @classmethod
     def from_model(cls, model, tokenizer, family: str, max_length: int = 512, batch_size: int = 32,
-                   pooling: str = "mean") -> Ranker:
-        """A ranker around an in-memory model (training's dev evaluation); the caller sets eval/train mode."""
+                   pooling: str = "mean", document_model=None) -> Ranker:
+        """A ranker around an in-memory model (training's dev evaluation); the caller sets eval/train mode.
+        ``document_model``: a query-tower-only bi-encoder's frozen document tower."""
         config = RankerConfig(model="<in-memory>", family=family, max_length=max_length, batch_size=batch_size,
                               device=str(next(model.parameters()).device), pooling=pooling)
-        return cls(config, model=model, tokenizer=tokenizer)
+        return cls(config, model=model, tokenizer=tokenizer, document_model=document_model)
 
     @property
     def device(self):
@@ -170,8 +178,9 @@ class Ranker:
                 out[rows] = forward(batch).float().cpu().numpy()
         return out
 
-    def embed(self, texts: Sequence[str] | pa.Array) -> np.ndarray:
-        """Normalised embeddings (float32, one row per text) of a bi-encoder."""
+    def embed(self, texts: Sequence[str] | pa.Array, documents: bool = False) -> np.ndarray:
+        """Normalised embeddings (float32, one row per text) of a bi-encoder; ``documents`` embeds with the
+        document tower (the same model unless it was trained query-tower-only)."""
         torch = require("torch", "bi-encoder scoring")
         if self.family != BI_ENCODER:
             raise ConfigError(f"embed() needs a bi-encoder, this ranker is a {self.family}")
@@ -180,13 +189,14 @@ class Ranker:
         out = None
         with torch.inference_mode():
             for rows in length_buckets(lengths, self.config.batch_size, self.config.sort_by_length):
-                e = embed(self.model, trim_padding(enc, rows, torch, self.device, self._left), self.pooling).cpu().numpy()
+                tower = self.document_model if documents and self.document_model is not None else self.model
+                e = embed(tower, trim_padding(enc, rows, torch, self.device, self._left), self.pooling).cpu().numpy()
                 if out is None:
                     out = np.empty((len(lengths), e.shape[1]), dtype=np.float32)
                 out[rows] = e
         return out
 
-    def _embed_distinct(self, texts) -> np.ndarray:
+    def _embed_distinct(self, texts, documents: bool = False) -> np.ndarray:
         """One embedding row per input text; each distinct text is embedded once (and, with the cache, once
         per actor: a document in many queries' hits, a query over many pairs)."""
         arr = pa.array(as_text_list(texts) if not isinstance(texts, (pa.Array, pa.ChunkedArray)) else texts, pa.string())
@@ -195,27 +205,28 @@ class Ranker:
         encoded = arr.dictionary_encode()
         distinct = encoded.dictionary.to_pylist()
         idx = encoded.indices.to_numpy(zero_copy_only=False)
-        if self._cache is None:
-            return self.embed(distinct)[idx]
-        todo = [t for t in distinct if t not in self._cache]
+        cache = self._doc_cache if documents else self._cache
+        if cache is None:
+            return self.embed(distinct, documents)[idx]
+        todo = [t for t in distinct if t not in cache]
         if todo:
-            for text, row in zip(todo, self.embed(todo)):
-                self._cache[text] = row
-            while len(self._cache) > self.config.embedding_cache:
-                self._cache.popitem(last=False)  # the oldest first
+            for text, row in zip(todo, self.embed(todo, documents)):
+                cache[text] = row
+            while len(cache) > self.config.embedding_cache:
+                cache.popitem(last=False)  # the oldest first
         rows = []
         for t in distinct:
-            row = self._cache.get(t)
+            row = cache.get(t)
             if row is None:  # evicted within this very call (a batch larger than the cache)
-                row = self.embed([t])[0]
+                row = self.embed([t], documents)[0]
             else:
-                self._cache.move_to_end(t)
+                cache.move_to_end(t)
             rows.append(row)
         return np.stack(rows)[idx]
 
     def _score_bi(self, queries, docs) -> np.ndarray:
         # a batch of rerank pairs holds few distinct queries, and a document recurs in many queries' hits
-        q_emb, d_emb = self._embed_distinct(queries), self._embed_distinct(docs)
+        q_emb, d_emb = self._embed_distinct(queries), self._embed_distinct(docs, documents=True)
         return np.einsum("ij,ij->i", q_emb, d_emb).astype(np.float64)
 
     def __str__(self) -> str:

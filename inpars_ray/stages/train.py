@@ -36,6 +36,7 @@ from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, config_hash, is_complete, read_manifest
+from inpars_ray.models.distill import POS_SCORE
 from inpars_ray.models.losses import group_triples, unit_id
 from inpars_ray.runtime.deps import require
 from inpars_ray.stages.train_config import DATA_STATE, GROUP_ROWS_PER_PARTITION, STAGE, TRAINER_STATE, TrainConfig
@@ -54,14 +55,20 @@ def _hash_payload(triples_key: str, config: TrainConfig) -> dict[str, Any]:
 
 
 def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
-               trained_from: str | None = None) -> dict[str, Any]:
+               trained_from: str | None = None, config: TrainConfig | None = None) -> dict[str, Any]:
     """Publish the model files of a Ray checkpoint (local or gs://) at ``dest`` (local or gs://), trainer
     state left out: the files, then a manifest listing them, so readers (rerank and filter actors on any
     node, :func:`inpars_ray.io.artifacts.materialize`) take exactly those and key them by content.
 
     ``trained_from`` (the training stage's key) goes into the manifest: a model retrained on other triples
     has files of the very same names and sizes, and without it downstream stages keyed on this manifest
-    would take the new model for the old one."""
+    would take the new model for the old one.
+
+    With ``config``: its ``interpolate`` (WiSE-FT) mixes the start weights back in, and a query-tower-only
+    bi-encoder gets its document tower (the start model) as ``document_encoder/``, so the folder loads as
+    one ranker (:class:`inpars_ray.models.rankers.Ranker`)."""
+    from inpars_ray.models.families import interpolate_weights, save_document_encoder
+
     pafs = require("pyarrow.fs", "copying the trained model")
     with tempfile.TemporaryDirectory(prefix="inpars-model-") as tmp:
         local = Path(tmp) / "model"
@@ -70,8 +77,15 @@ def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
         (local / TRAINER_STATE).unlink(missing_ok=True)
         shutil.rmtree(local / DATA_STATE, ignore_errors=True)
         (local / "history.json").unlink(missing_ok=True)
+        extra: dict[str, Any] = {}
+        if config is not None and config.interpolate < 1.0:
+            extra["interpolation"] = {"alpha": config.interpolate, **interpolate_weights(
+                config.family, local, config.base_model, config.interpolate, config.pooling, config.max_length)}
+        if config is not None and config.query_only:
+            save_document_encoder(config.base_model, local, config.pooling, config.max_length)
+            extra["towers"] = {"query": "trained", "document": "start model (frozen)"}
         return artifacts.publish_dir(local, dest, {"stage": "model", "status": "complete", "family": family,
-                                                 "trained_from": trained_from})
+                                                 "trained_from": trained_from, **extra})
 
 
 def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
@@ -99,7 +113,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         out = storage.location(str(Path(out.path).resolve()))
     storage.check_reachable(out, triples_dir)
     config = config.resolved()
-    files, triples_key = published(triples_dir, "mine", "triples")
+    files, triples_key = published(triples_dir, ("mine", "teacher"), "triples")
     payload = _hash_payload(triples_key, config)
     if is_complete(out, STAGE, payload):
         logger.info("[train] %s already holds a model trained with this config; nothing to do", out)
@@ -115,6 +129,9 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     config = dataclasses.replace(config, cpus_per_worker=_cpus_per_worker(config, ray.cluster_resources()))
     ds = artifacts.read_parquet_dataset(files)  # page checksums verified; the rows are put in content order below
     S.require_columns(ds.schema().names, S.TRIPLES.names[:6], f"train ({triples_dir})")
+    if config.distills and POS_SCORE not in ds.schema().names:
+        raise ConfigError(f"train: loss {config.loss} distils a teacher's scores, but the triples in {triples_dir} "
+                          "carry none: set inpars.teacher (the teacher stage scores them)")
     with record.timed("prepare"):
         if config.grouped:
             # a query's triples become one list (a shuffle). Few partitions: Ray Data's default (200 hash
@@ -132,7 +149,12 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
             ds = ds.map_batches(_identity, batch_size=config.rows_per_block, batch_format="pyarrow").materialize()
         finally:
             ctx.execution_options.preserve_order = kept
-    record.counts["rows" if not config.grouped else "lists"] = ds.count()
+    record.counts["rows" if not config.grouped else "lists"] = units = ds.count()
+    if config.warmup_ratio is not None:  # a fraction of this run's steps, known once the data is counted
+        per_epoch = -(-(units * (1 if config.grouped else 2)) // config.batch_size)
+        total = config.max_steps or per_epoch * config.epochs
+        config = dataclasses.replace(config, warmup_steps=round(config.warmup_ratio * total))
+        record.extra["warmup_steps"] = config.warmup_steps
     # under the run root (local or gs://). The filesystem goes with it: given a bare "gs://" string, Ray
     # builds its own default GCS client, which ignores the emulator/credentials this run was given and, on
     # a node without them, retried for 15 minutes before failing (seen on the two-node harness)
@@ -165,14 +187,15 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     if result.checkpoint is None:
         raise ConfigError(f"training produced no checkpoint: are there triples under {triples_dir}?")
     with record.timed("copy_model"):
-        copy_model(result.checkpoint, out.join("model"), config.family, config_hash(payload))
+        model_manifest = copy_model(result.checkpoint, out.join("model"), config.family, config_hash(payload), config)
     history = _read_history(result.checkpoint)
     record.counts.update(steps=history[-1]["step"] if history else 0,
                          examples=sum(h["examples"] for h in history), workers=config.num_workers)
     record.extra.update(model=out.join("model").uri, family=config.family, loss=config.loss,
                         checkpoint=result.checkpoint.path, history=history,
                         first_loss=history[0]["loss"] if history else None,
-                        final_loss=history[-1]["loss"] if history else None)
+                        final_loss=history[-1]["loss"] if history else None,
+                        **{k: model_manifest[k] for k in ("interpolation", "towers") if k in model_manifest})
     return record.write(out)
 
 

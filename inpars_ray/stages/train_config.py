@@ -1,6 +1,7 @@
 """The train stage's settings (:class:`TrainConfig`) and its batch geometry (:func:`plan_steps`).
 
-Defaults follow the InPars-v1 recipe (REFERENCE.md "train"; InPars repo issue #21 for the 3e-4 LR).
+Defaults follow the InPars-v1 recipe for monoT5 (arXiv 2202.05144; InPars repo issue #21 for the 3e-4 LR)
+and GPL's for bi- and cross-encoders (arXiv 2112.07577; UKPLab/gpl: lr 2e-5, 1k warm-up steps of 140k).
 Batch sizes count examples (two per triple) for the pairwise losses and lists (queries) for the grouped
 ones (listwise, contrastive).
 """
@@ -16,8 +17,13 @@ STAGE = "train"
 TRAINER_STATE = "trainer_state.pt"
 DATA_STATE = "data_state"
 ACCELERATORS = ("cpu", "gpu", "tpu")
-LOSSES = {MONOT5: ("monot5",), CROSS_ENCODER: ("listwise", "pointwise"), BI_ENCODER: ("contrastive",)}
-GROUPED_LOSSES = ("listwise", "contrastive")
+LOSSES = {MONOT5: ("monot5", "margin-mse", "kl"), CROSS_ENCODER: ("listwise", "pointwise", "margin-mse", "kl"),
+          BI_ENCODER: ("contrastive", "margin-mse", "kl")}
+GROUPED_LOSSES = ("listwise", "contrastive", "margin-mse", "kl")
+#: the losses that train on a teacher's scores (:mod:`inpars_ray.models.distill`)
+DISTILL_LOSSES = ("margin-mse", "kl")
+#: learning rate per family when none is given: InPars-v1's for monoT5, GPL's for the encoders
+DEFAULT_LR = {MONOT5: 3e-4, CROSS_ENCODER: 2e-5, BI_ENCODER: 2e-5}
 #: triples per hash partition when they are grouped into lists
 GROUP_ROWS_PER_PARTITION = 200_000
 
@@ -36,9 +42,19 @@ class TrainConfig:
                                "base_model (a bare encoder such as all-MiniLM-L6-v2 reads as a bi-encoder: say "
                                "cross-encoder to train one)")
     loss: str | None = Field(None, description="monot5 (monoT5), listwise or pointwise (cross-encoder), "
-                             "contrastive (bi-encoder); None picks the first of these for the family")
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate, constant after the warm-up")
+                             "contrastive (bi-encoder); None picks the first of these for the family. margin-mse "
+                             "and kl (every family) distil the teacher stage's scores (GPL)")
+    lr: float | None = Field(None, gt=0, description="AdamW learning rate, constant after the warm-up; None: "
+                             "3e-4 for monoT5 (InPars-v1), 2e-5 for bi- and cross-encoders (GPL)")
     warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
+    warmup_ratio: float | None = Field(None, ge=0, le=1, description="warm-up as a fraction of the run's steps "
+                                       "(wins over warmup_steps; GPL: 1k of 140k)")
+    teacher_temperature: float | None = Field(None, gt=0, description="kl: temperature of the teacher's "
+                                              "softmax (None: the student's, `temperature`)")
+    query_only: bool = Field(False, description="bi-encoder: train the query tower only; documents are embedded "
+                             "by the frozen start model (saved beside it as document_encoder/)")
+    interpolate: float = Field(1.0, gt=0, le=1, description="WiSE-FT (arXiv 2109.01903): the saved weights are "
+                               "(1 - a) * start + a * trained; 1 keeps the trained weights")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     batch_size: int = Field(128, description="effective batch per optimizer step, all workers together: "
                             "examples (a triple gives two) or lists (listwise, contrastive)")
@@ -118,7 +134,14 @@ class TrainConfig:
         loss = self.loss or LOSSES[family][0]
         if loss not in LOSSES[family]:
             raise ConfigError(f"a {family} trains with loss {LOSSES[family]}, not {loss!r}")
-        return dataclasses.replace(self, family=family, loss=loss)
+        if self.query_only and family != BI_ENCODER:
+            raise ConfigError(f"query_only trains a bi-encoder's query tower; this model is a {family}")
+        return dataclasses.replace(self, family=family, loss=loss, lr=self.lr or DEFAULT_LR[family])
+
+    @property
+    def distills(self) -> bool:
+        """Whether this loss trains on a teacher's scores."""
+        return self.loss in DISTILL_LOSSES
 
     @property
     def grouped(self) -> bool:

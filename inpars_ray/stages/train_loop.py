@@ -35,17 +35,39 @@ from inpars_ray.models.losses import (
     pointwise_loss_sum,
     unit_id,
 )
+from inpars_ray.models.distill import NEG_SCORES, POS_SCORE
+from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER
 from inpars_ray.runtime.deps import require
 from inpars_ray.stages.train_config import DATA_STATE, TRAINER_STATE, TrainConfig, plan_steps
 
 logger = logging.getLogger(__name__)
 
 
-def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]], device, autocast: bool):
-    """(summed loss, units it covers, ids of the examples) of one micro-batch for ``config.loss``."""
+def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]], device, autocast: bool,
+               document_encoder=None, doc_cache: dict | None = None):
+    """(summed loss, units it covers, ids of the examples) of one micro-batch for ``config.loss``.
+
+    ``document_encoder`` (query-tower-only bi-encoder training) embeds the documents, frozen; ``doc_cache``
+    keeps its embeddings by text for the whole run."""
     import torch
 
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        if config.distills:
+            from inpars_ray.models import distill
+
+            ids = [unit_id(r, True) for r in rows]
+            common = dict(loss=config.loss, temperature=config.temperature,
+                          teacher_temperature=config.teacher_temperature or config.temperature,
+                          max_negatives=config.max_negatives)
+            if config.family == BI_ENCODER:
+                loss = distill.bi_encoder_distill_sum(model, tokenizer, rows, config.max_length, device,
+                                                      pooling=config.pooling, document_encoder=document_encoder,
+                                                      doc_cache=doc_cache, **common)
+            elif config.family == CROSS_ENCODER:
+                loss = distill.cross_encoder_distill_sum(model, tokenizer, rows, config.max_length, device, **common)
+            else:
+                loss = distill.monot5_distill_sum(model, tokenizer, rows, config.max_length, device, **common)
+            return loss, len(ids), ids
         if config.loss == "monot5":
             q, d, t, ids = expand_triples(rows)
             batch = {k: v.to(device) for k, v in encode_examples(tokenizer, q, d, t, config.max_length).items()}
@@ -58,7 +80,7 @@ def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]]
             loss = listwise_loss_sum(model, tokenizer, rows, config.max_length, device, config.max_negatives)
         else:
             loss = contrastive_loss_sum(model, tokenizer, rows, config.max_length, device, config.max_negatives,
-                                        config.temperature, config.pooling)
+                                        config.temperature, config.pooling, document_encoder, doc_cache)
         return loss, len(ids), ids
 
 
@@ -67,7 +89,8 @@ def _fresh_triples(shard, consumed: set[str], rows_per_batch: int, grouped: bool
     cols = ([S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, NEG_DOC_IDS, NEG_TEXTS] if grouped else
             [S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, S.NEG_DOC_ID, S.NEG_TEXT])
     for batch in shard.iter_batches(batch_size=rows_per_batch, batch_format="pyarrow"):
-        for row in batch.select(cols).to_pylist():
+        scores = [c for c in (POS_SCORE, NEG_SCORES) if grouped and c in batch.column_names]
+        for row in batch.select(cols + scores).to_pylist():
             if unit_id(row, grouped) not in consumed:
                 yield row
 
@@ -208,6 +231,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     step, epoch, consumed, history, opt_state = 0, 0, set(), [], None
+    document_encoder, doc_cache = None, {}
+    if config.query_only:  # the start model, frozen, embeds the documents (each distinct text once)
+        document_encoder, _ = load_model(config.family, config.base_model)
+        document_encoder.to(device).requires_grad_(False)
     if checkpoint is None:
         model, tokenizer = load_model(config.family, config.base_model, training=True)
     else:
@@ -230,7 +257,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     last_saved = step
-    dev = _DevSet(loop_config.get("dev"), config) if rank == 0 and config.validate_every else None
+    dev = _DevSet(loop_config.get("dev"), config, document_encoder) if rank == 0 and config.validate_every else None
     stop_file = loop_config.get("stop_file")  # a tune sweep's early stop (stages/tune.py): end the run here
     while _more_steps(config, step, epoch):
         rows = _fresh_triples(shard, consumed, max(plan.triples_per_step, 64), config.grouped)
@@ -242,14 +269,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             n_global = int(coll.sum_(torch.tensor([units], dtype=torch.float64, device=device)).item())
             if n_global == 0:
                 break
-            for group in optimizer.param_groups:  # linear warm-up, then constant
+            for group in optimizer.param_groups:  # linear warm-up (train() turns a ratio into steps), then constant
                 warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
                 group["lr"] = config.lr * warm
             optimizer.zero_grad(set_to_none=True)
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             seen: list[str] = []
             for i in range(0, len(take), plan.micro_triples):
-                loss, _, ids = micro_loss(config, model, tokenizer, take[i:i + plan.micro_triples], device, autocast)
+                loss, _, ids = micro_loss(config, model, tokenizer, take[i:i + plan.micro_triples], device, autocast,
+                                          document_encoder, doc_cache)
                 (loss / n_global).backward()
                 local_loss += loss.detach().double()
                 seen += ids
@@ -341,14 +369,14 @@ def _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, histor
 class _DevSet:
     """A small reranking dev set: rank 0 scores it with the model being trained and computes nDCG@10."""
 
-    def __init__(self, dev: dict[str, str], config: TrainConfig) -> None:
+    def __init__(self, dev: dict[str, str], config: TrainConfig, document_encoder=None) -> None:
         import pyarrow.parquet as pq
 
         self.pairs = pq.read_table(dev["pairs"], page_checksum_verification=True)
         self.qrels = pq.read_table(dev["qrels"], page_checksum_verification=True)
         S.require_columns(self.pairs.column_names, [S.QUERY_ID, S.QUERY, S.DOC_ID, S.TEXT], "train dev pairs")
         S.require_columns(self.qrels.column_names, S.QRELS.names, "train dev qrels")
-        self.config = config
+        self.config, self.document_encoder = config, document_encoder
         # a tune trial scores the dev pairs as rerank would, blended with the first stage's score
         self.first_stage_weight = float(dev.get("first_stage_weight") or 0.0)
 
@@ -357,7 +385,7 @@ class _DevSet:
 
         model.eval()
         ranker = Ranker.from_model(model, tokenizer, self.config.family, self.config.max_length, 32,
-                                   self.config.pooling)
+                                   self.config.pooling, document_model=self.document_encoder)
         scores = ranker.score(self.pairs[S.QUERY], self.pairs[S.TEXT])
         scored = self.pairs.append_column(S.SCORE, pa.array(scores, pa.float64()))
         if self.first_stage_weight > 0:

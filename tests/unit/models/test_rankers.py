@@ -87,7 +87,7 @@ def test_bi_encoder_embeds_each_text_once_per_actor_and_scores_as_without_the_ca
     cached = R.Ranker(R.RankerConfig(path, batch_size=2, max_length=64, embedding_cache=size))
     seen: list[str] = []
     embed = cached.embed
-    cached.embed = lambda texts: (seen.extend(texts), embed(texts))[1]
+    cached.embed = lambda texts, documents=False: (seen.extend(texts), embed(texts, documents))[1]
     # the same documents in two batches of pairs, as in the hits of several queries
     queries, docs = QUERIES + QUERIES[::-1], DOCS + DOCS
     for _ in range(2):
