@@ -1,14 +1,16 @@
-"""The run's report, rebuilt from its artifacts alone: measures, paired differences, plots, stage times.
+"""The run's report, rebuilt from its artifacts alone: does training beat the model it started from?
 
-Inputs (all under the run root): the run manifest's ``systems`` list (name, run file, evaluation
-summary, per-query values; :mod:`inpars_ray.pipeline` writes it; the first system is the baseline, BM25)
-and every stage manifest's timings. Outputs: ``report.md``, ``report.json``, ``report_per_query.png``
-(per-query nDCG@10 difference of each system from the baseline) and ``report_stage_times.png``.
-
-Any number of systems: each one after the first is compared with the baseline on the queries both were
-measured on, per measure: mean difference, a two-sided paired t-test on the per-query values
-(``scipy.stats.ttest_rel``), and how many queries got better, worse or stayed equal.
-:func:`collections_report` puts several runs (e.g. all of BEIR) in one table.
+Inputs (under the run root): the run manifest's ``extra.systems`` (name, run file, per-query values;
+:mod:`inpars_ray.pipeline` writes it; the first is the baseline, BM25), ``extra.start_model``
+(``{"system", "model", "family"}``: the row of the untrained model training starts from, reranking the same
+hits with the same settings; without it a ``zero-shot`` row is taken) and every stage manifest's timings.
+Outputs: ``report.md`` (a plain sentence first: does InPars, and InPars (tuned), beat the start model on the
+first configured measure at p < 0.05), ``report.json`` (``headline``, per system ``vs_baseline`` and
+``vs_start_model``), ``report_per_query.png`` and ``report_stage_times.png``. Every system after the first is
+compared with the baseline, and every one but the baseline and the start model with the start model (the
+``teacher`` row too, for information; it is never the headline), per measure on the queries both were
+measured on: mean difference, two-sided paired t-test (``scipy.stats.ttest_rel``, uncorrected for the number
+of comparisons), queries better, worse, tied. :func:`collections_report` puts several runs in one table.
 """
 from __future__ import annotations
 
@@ -30,9 +32,12 @@ logger = logging.getLogger(__name__)
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 PER_QUERY_PNG, STAGE_TIMES_PNG = "report_per_query.png", "report_stage_times.png"
-TEST_NAME = "two-sided paired t-test on per-query values (scipy.stats.ttest_rel)"
-#: differences smaller than this count as ties (per-query values are written with 6 decimals)
-TIE = 1e-6
+TEST_NAME = ("two-sided paired t-test on per-query values (scipy.stats.ttest_rel), uncorrected for the number "
+             "of comparisons")
+TIE = 1e-6  # differences smaller than this count as ties (per-query values are written with 6 decimals)
+ALPHA = 0.05  # the headline's significance level
+START_SYSTEM, TEACHER = "zero-shot", "teacher"  # the start model's row unless the manifest names one; the teacher's
+HEADLINE_SYSTEMS = ("InPars", "InPars (tuned)")  # the trained systems the headline speaks of, when the run has them
 
 
 @dataclasses.dataclass
@@ -85,6 +90,21 @@ def read_systems(root: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_start_model(manifest: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any] | None:
+    """``{"system", "model", "family"}`` from ``extra.start_model``; without it a ``zero-shot`` row (model from
+    ``config.inpars.zero_shot``). None when that row is not among ``names``, the evaluated systems."""
+    declared = (manifest.get("extra") or {}).get("start_model") or {}
+    system = declared.get("system") or START_SYSTEM
+    if system not in names:
+        if declared:
+            logger.warning("start model %r was not evaluated (systems: %s)", system, ", ".join(names))
+        return None
+    model = declared.get("model")
+    if model is None and system == START_SYSTEM:
+        model = ((manifest.get("config") or {}).get("inpars") or {}).get("zero_shot")
+    return {"system": system, "model": model, "family": declared.get("family")}
+
+
 def stage_times(root: Path) -> list[tuple[str, float, bool]]:
     """(stage, seconds it took when it ran, reused in the last run) for each stage manifest under ``root``.
 
@@ -110,7 +130,7 @@ def stage_times(root: Path) -> list[tuple[str, float, bool]]:
     for name, seconds in this_run.items():  # steps without a manifest of their own (evaluation)
         if name.startswith("evaluate"):
             rows.append((name, float(seconds), False))
-    order = ["index", "retrieve", "generate", "filter", "mine", "train", "rerank"]
+    order = ["index", "retrieve", "generate", "filter", "consistency", "mine", "teacher", "train", "rerank"]
     def rank(label: str) -> int:
         stage = label.split(" ")[0]
         return order.index(stage) if stage in order else len(order)
@@ -132,39 +152,89 @@ def compare(baseline: Mapping[str, float], system: Mapping[str, float]) -> dict[
         p = float(stats.ttest_rel(b, a).pvalue)
     elif n >= 2 and abs(diffs[0]) <= TIE:
         p = 1.0  # identical on every query
-    return {
-        "queries": n,
-        "baseline": math.fsum(a) / n if n else None,
-        "system": math.fsum(b) / n if n else None,
-        "difference": math.fsum(diffs) / n if n else None,
-        "p_value": p,
-        "better": sum(d > TIE for d in diffs),
-        "worse": sum(d < -TIE for d in diffs),
-        "tied": sum(abs(d) <= TIE for d in diffs),
-        "per_query_difference": dict(zip(queries, diffs)),
-    }
+    mean = (lambda xs: math.fsum(xs) / n if n else None)
+    return {"queries": n, "baseline": mean(a), "system": mean(b), "difference": mean(diffs), "p_value": p,
+            "better": sum(d > TIE for d in diffs), "worse": sum(d < -TIE for d in diffs),
+            "tied": sum(abs(d) <= TIE for d in diffs), "per_query_difference": dict(zip(queries, diffs))}
 
 
-def summarise(systems: Sequence[dict[str, Any]], order: Sequence[str] = ()) -> dict[str, Any]:
-    """report.json's content: each system's means and each system's comparison with the first.
-
-    ``order``: the measures' order, headline first (the run's configured measures; manifests sort keys).
-    """
+def summarise(systems: Sequence[dict[str, Any]], order: Sequence[str] = (),
+              start_model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """report.json's content: each system's means, ``vs_baseline`` (the first system), ``vs_start_model`` and
+    the headline. ``order``: the configured measures, headline first; ``start_model``: :func:`read_start_model`."""
     if not systems:
         raise ConfigError("no systems to report")
     base = systems[0]
     measures = [m for m in order if m in base["values"]] + [m for m in base["values"] if m not in order]
-    out: dict[str, Any] = {"baseline": base["name"], "measures": measures, "test": TEST_NAME, "systems": []}
+    start = next((s for s in systems if start_model and s["name"] == start_model.get("system")), None)
+    out: dict[str, Any] = {"baseline": base["name"], "measures": measures, "test": TEST_NAME,
+                           "start_model": dict(start_model) if start is not None else None, "systems": []}
     for system in systems:
         values = system["values"]
-        entry = {"name": system["name"], "run": system.get("run"),
+        role = ("baseline" if system is base else "start model" if system is start
+                else "teacher" if system["name"] == TEACHER else "trained")
+        entry = {"name": system["name"], "role": role, "run": system.get("run"),
                  "queries": len(next(iter(values.values()), {})),
                  "means": {m: math.fsum(values[m].values()) / len(values[m]) if values.get(m) else None
                            for m in measures}}
-        if system is not base:
-            entry["vs_baseline"] = {m: compare(base["values"].get(m, {}), system["values"].get(m, {}))
-                                    for m in measures if m in system["values"]}
+        for key, other in (("vs_baseline", base if system is not base else None),
+                           ("vs_start_model", start if role in ("trained", "teacher") else None)):
+            if other is not None:
+                entry[key] = {m: compare(other["values"].get(m, {}), values[m]) for m in measures if m in values}
         out["systems"].append(entry)
+    out["headline_detail"] = headline_detail(out)
+    out["headline"] = " ".join(d["sentence"] for d in out["headline_detail"])
+    return out
+
+
+def summarise_run(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`summarise` of a run folder, and its run manifest."""
+    systems, manifest = read_systems(root), _read_json(root / MANIFEST_NAME)
+    return summarise(systems, measure_order(root), read_start_model(manifest, [s["name"] for s in systems])), manifest
+
+
+def start_model_label(start: Mapping[str, Any]) -> str:
+    """'the start model (all-MiniLM-L6-v2, bi-encoder)': its name (a folder or URI: the last part) and family."""
+    model = start.get("model")
+    if isinstance(model, str) and (model.startswith("/") or "://" in model):
+        model = model.rstrip("/").rsplit("/", 1)[-1] or model
+    return f"the start model ({', '.join(str(x) for x in (model, start.get('family')) if x) or start['system']})"
+
+
+def headline_detail(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One entry per headline sentence: InPars, then InPars (tuned) (else the first trained system; never the
+    teacher) against the start model on the first measure: ``verdict`` (beats: Δ > 0 and p < ``ALPHA``; not
+    significant; below; no comparison), ``difference``, ``p_value``, ``queries`` and the ``sentence``."""
+    head, start = summary["measures"][0], summary.get("start_model")
+    trained = [s for s in summary["systems"] if s.get("role") == "trained"]
+    subjects = [s for name in HEADLINE_SYSTEMS for s in trained if s["name"] == name] or trained[:1]
+    if not subjects:
+        return [{"system": None, "measure": head, "verdict": "no comparison", "difference": None, "p_value": None,
+                 "queries": 0, "sentence": "This run trained no system to compare with the start model."}]
+    out = []
+    for s in subjects if start else subjects[:1]:
+        c = (s.get("vs_start_model" if start else "vs_baseline") or {}).get(head) or {"queries": 0}
+        name, diff, p, n = s["name"], c.get("difference"), c.get("p_value"), c["queries"]
+        numbers, test = f"{_num(diff, '+.4f')} {head} on {n} queries", f"paired t-test {_p(p, ' ')}"
+        if start is None:
+            verdict = "no comparison"
+            text = ("This run has no start-model comparison (no zero-shot row: set inpars.zero_shot to rerank the "
+                    "same hits with the untrained start model)" + (f"; {name} vs {summary['baseline']}: {numbers} "
+                                                                   f"({test})" if n else ""))
+        elif not n:
+            verdict, text = "no comparison", f"{name} and {start_model_label(start)} share no query with {head}"
+        elif diff > TIE and p is not None and p < ALPHA:
+            verdict, text = "beats", f"{name} beats {start_model_label(start)} by {numbers} ({test})"
+        elif diff < -TIE:
+            verdict, text = "below", f"{name} is below {start_model_label(start)} by {numbers} ({test}" + (
+                ")" if p is not None and p < ALPHA else f", not significant at {ALPHA:g})")
+        else:
+            verdict = "not significant"
+            text = (f"{name} does not beat {start_model_label(start)}: {numbers}, "
+                    + (f"{_p(p, ' ')} (not significant at {ALPHA:g})" if p is not None
+                       else "no paired t-test (the per-query differences do not vary)"))
+        out.append({"system": name, "measure": head, "verdict": verdict, "difference": diff, "p_value": p,
+                    "queries": n, "sentence": text + "."})
     return out
 
 
@@ -173,39 +243,47 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
     return "–" if value is None else format(value, fmt)
 
 
-def _p(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
+def _p(value: float | None, sep: str | None = None) -> str:
+    """'0.047', '<0.001', 'n/a'; with ``sep`` '': 'p=0.047', 'p<0.001'; with ``sep`` ' ': 'p = 0.047', 'p < 0.001'."""
+    text = "n/a" if value is None else "<0.001" if value < 0.001 else f"{value:.3f}"
+    if sep is None:
+        return text
+    return f"p{sep}<{sep}{text[1:]}" if text.startswith("<") else f"p{sep}={sep}{text}"
 
 
-def _p_eq(value: float | None) -> str:
-    text = _p(value)
-    return f"p{text}" if text.startswith("<") else f"p={text}"
+def _comparison_table(rows: Sequence[dict[str, Any]], key: str, head: str, against: str) -> list[str]:
+    lines = ["", f"| {head} vs {against} | Δ | p | better | worse | tied |", "|---|---:|---:|---:|---:|---:|"]
+    for s, c in ((s, s[key][head]) for s in rows if head in s[key]):
+        name = f"{s['name']} (for information)" if s.get("role") == "teacher" and key == "vs_start_model" else s["name"]
+        lines.append(f"| {name} | {_num(c['difference'], '+.4f')} | {_p(c['p_value'])} | {c['better']} | "
+                     f"{c['worse']} | {c['tied']} |")
+    return lines
 
 
 def markdown(summary: dict[str, Any], title: str | None = None, times: Sequence[tuple[str, float, bool]] = (),
              plots: Sequence[str] = ()) -> str:
-    """The report as Markdown: one table of measures, one of paired differences on the headline measure."""
-    measures = summary["measures"]
+    """The report as Markdown: the headline sentence first, then one table of measures and the paired
+    differences of the headline measure from the baseline and from the start model."""
+    measures, base = summary["measures"], summary["baseline"]
     head = measures[0]
-    base = summary["baseline"]
-    lines = [f"## {title}" if title else "## Results", ""]
+    lines = [summary["headline"], ""] if summary.get("headline") else []
+    lines += [f"## {title}" if title else "## Results", ""]
     lines.append("| system | queries | " + " | ".join(measures) + " |")
     lines.append("|---|---:|" + "---:|" * len(measures))
     for s in summary["systems"]:
         lines.append(f"| {s['name']} | {s['queries']} | " + " | ".join(_num(s["means"].get(m)) for m in measures)
                      + " |")
     others = [s for s in summary["systems"] if "vs_baseline" in s]
+    start, versus_start = summary.get("start_model"), [s for s in summary["systems"] if "vs_start_model" in s]
     if others:
-        lines += ["", f"| {head} vs {base} | Δ | p | better | worse | tied |", "|---|---:|---:|---:|---:|---:|"]
-        for s in others:
-            c = s["vs_baseline"].get(head)
-            if c is None:
-                continue
-            lines.append(f"| {s['name']} | {_num(c['difference'], '+.4f')} | {_p(c['p_value'])} | {c['better']} | "
-                         f"{c['worse']} | {c['tied']} |")
-        lines += ["", f"Δ: mean difference over the queries both systems were measured on; p: {summary['test']}."]
+        lines += _comparison_table(others, "vs_baseline", head, base)
+    if start and versus_start:
+        lines += _comparison_table(versus_start, "vs_start_model", head, f"start model ({start['system']})")
+        lines += ["", f"{start['system']}: {start_model_label(start)}, untrained (the model training starts from), "
+                  "reranking the same hits with the same settings."]
+    if others:
+        lines += ["", f"Δ: mean difference over the queries both systems were measured on; p: {summary['test']}. "
+                  "Every measure's comparisons are in report.json."]
     if times:
         lines += ["", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {name}{' (earlier run)' if reused else ''} | {seconds:.1f} |" for name, seconds, reused in times]
@@ -223,25 +301,27 @@ def _pyplot():
 
 
 def plot_per_query(summary: dict[str, Any], path: Path) -> Path | None:
-    """One panel per compared system: per-query difference of the headline measure, sorted, as bars."""
-    others = [s for s in summary["systems"] if "vs_baseline" in s]
-    head = summary["measures"][0]
-    if not others:
+    """One panel per comparison (each system vs the baseline, then each vs the start model): per-query
+    difference of the headline measure, sorted, as bars."""
+    head, start = summary["measures"][0], (summary.get("start_model") or {}).get("system")
+    panels = [(s, s[key][head], against) for key, against in (("vs_baseline", summary["baseline"]),
+                                                              ("vs_start_model", start))
+              for s in summary["systems"] if head in s.get(key, {})]
+    if not panels:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(others), 1, figsize=(8, 2.6 * len(others) + 0.6), squeeze=False)
-    for ax, s in zip(axes[:, 0], others):
-        c = s["vs_baseline"][head]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels) + 0.6), squeeze=False)
+    for ax, (s, c, against) in zip(axes[:, 0], panels):
         diffs = sorted(c["per_query_difference"].values(), reverse=True)
         colours = ["#2a9d8f" if d > TIE else "#e76f51" if d < -TIE else "#999999" for d in diffs]
         ax.bar(range(len(diffs)), diffs, width=1.0, color=colours)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xlim(-0.5, max(len(diffs), 1) - 0.5)
         ax.set_ylabel(f"Δ {head}")
-        ax.set_title(f"{s['name']} − {summary['baseline']}: mean Δ {_num(c['difference'], '+.4f')}, "
-                     f"{_p_eq(c['p_value'])}; better {c['better']}, worse {c['worse']}, tied {c['tied']}",
-                     fontsize=10)
-    axes[-1, 0].set_xlabel(f"queries, sorted by difference ({others[0]['vs_baseline'][head]['queries']} queries)")
+        ax.set_title(f"{s['name']} − {against}: mean Δ {_num(c['difference'], '+.4f')}, "
+                     f"{_p(c['p_value'], '')}; better {c['better']}, worse {c['worse']}, tied {c['tied']} "
+                     f"({c['queries']} queries)", fontsize=10)
+    axes[-1, 0].set_xlabel("queries, sorted by difference")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -274,16 +354,11 @@ def plot_stage_times(times: Sequence[tuple[str, float, bool]], path: Path) -> Pa
 def build_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Report:
     """Read a run's artifacts, write report.md, report.json and the PNGs under it, and return them."""
     root = Path(run_dir).resolve()
-    systems = read_systems(root)
-    summary = summarise(systems, measure_order(root))
+    summary, manifest = summarise_run(root)
     times = stage_times(root)
-    manifest = _read_json(root / MANIFEST_NAME)
     dataset = manifest.get("config", {}).get("dataset", root.name)
-    written = []
-    if plots:
-        for made in (plot_per_query(summary, root / PER_QUERY_PNG), plot_stage_times(times, root / STAGE_TIMES_PNG)):
-            if made is not None:
-                written.append(made)
+    written = [made for made in (plot_per_query(summary, root / PER_QUERY_PNG),
+                                 plot_stage_times(times, root / STAGE_TIMES_PNG)) if made is not None] if plots else []
     text = markdown(summary, title=f"{dataset} ({manifest.get('config', {}).get('split', 'test')})",
                     times=times, plots=[str(p) for p in written])
     data = {"run_dir": str(root), "dataset": dataset, **summary,
@@ -295,9 +370,9 @@ def build_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Report:
 
 
 def terminal_table(report: Report) -> str:
-    """The report's two tables only (what a run prints at its end)."""
-    return markdown({k: report.data[k] for k in ("baseline", "measures", "test", "systems")},
-                    title=f"{report.data['dataset']}")
+    """The headline sentence and the report's tables (what a run prints at its end)."""
+    keys = ("baseline", "measures", "test", "systems", "start_model", "headline")
+    return markdown({k: report.data.get(k) for k in keys}, title=f"{report.data['dataset']}")
 
 
 def collections_report(run_dirs: Mapping[str, str | os.PathLike[str]], out_dir: str | os.PathLike[str],
@@ -313,40 +388,40 @@ def collections_report(run_dirs: Mapping[str, str | os.PathLike[str]], out_dir: 
     head = None
     for collection, run_dir in run_dirs.items():
         try:
-            summary = summarise(read_systems(Path(run_dir)), measure_order(Path(run_dir)))
+            summary, _ = summarise_run(Path(run_dir))
         except ConfigError as exc:
             rows.append({"collection": collection, "error": str(exc)})
             continue
         head = head or summary["measures"][0]
-        row: dict[str, Any] = {"collection": collection, "systems": {}}
+        row: dict[str, Any] = {"collection": collection, "systems": {}, "start_model": summary["start_model"],
+                               "headline": summary["headline"], "published": {**(published or {}).get(collection, {})}}
         for s in summary["systems"]:
             names.append(s["name"]) if s["name"] not in names else None
-            c = s.get("vs_baseline", {}).get(head)
-            row["systems"][s["name"]] = {"mean": s["means"].get(head),
-                                         **({"difference": c["difference"], "p_value": c["p_value"]} if c else {})}
-        row["published"] = dict((published or {}).get(collection, {}))
+            c, z = ({k: v[k] for k in ("difference", "p_value")} if v else None
+                    for v in (s.get(key, {}).get(head) for key in ("vs_baseline", "vs_start_model")))
+            row["systems"][s["name"]] = {"mean": s["means"].get(head), **(c or {}),
+                                         **({"vs_start_model": z} if z else {})}
         rows.append(row)
     pub_cols = sorted({k for r in rows for k in r.get("published", {})})
+    # one column per system compared with the start model in some run: its difference and p
+    vs_start = [n for n in names if any("vs_start_model" in (r.get("systems", {}).get(n) or {}) for r in rows)]
     head = head or "nDCG@10"
-    lines = [f"## {head} per collection", "", "| collection | " + " | ".join(names + [f"published {c}" for c in pub_cols])
-             + " |", "|---|" + "---:|" * (len(names) + len(pub_cols))]
+    columns = names + [f"{n} − start model" for n in vs_start] + [f"published {c}" for c in pub_cols]
+    lines = [f"## {head} per collection", "", "| collection | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['collection']} | " + " | ".join(["missing"] * len(names) + ["–"] * len(pub_cols))
-                         + " |")
+            lines.append(f"| {r['collection']} | " + " | ".join(["missing"] * len(names)
+                                                                + ["–"] * (len(vs_start) + len(pub_cols))) + " |")
             continue
-        cells = []
-        for n in names:
-            v = r["systems"].get(n)
-            if v is None:
-                cells.append("–")
-            elif "difference" in v:
-                cells.append(f"{_num(v['mean'])} ({_num(v['difference'], '+.3f')}, {_p_eq(v['p_value'])})")
-            else:
-                cells.append(_num(v["mean"]))
+        cells = ["–" if v is None else f"{_num(v['mean'])} ({_num(v['difference'], '+.3f')}, {_p(v['p_value'], '')})"
+                 if "difference" in v else _num(v["mean"]) for v in (r["systems"].get(n) for n in names)]
+        for z in ((r["systems"].get(n) or {}).get("vs_start_model") for n in vs_start):
+            cells.append(f"{_num(z['difference'], '+.3f')} ({_p(z['p_value'], '')})" if z else "–")
         cells += [_num(r["published"].get(c), ".3f") if r["published"].get(c) is not None else "–" for c in pub_cols]
         lines.append(f"| {r['collection']} | " + " | ".join(cells) + " |")
-    lines += ["", f"In brackets: difference from {names[0] if names else 'the baseline'} and p of a {TEST_NAME}."]
+    lines += ["", f"In brackets: difference from {names[0] if names else 'the baseline'} and p of a {TEST_NAME}."
+              + (" '− start model': difference from the run's untrained start model, same test." if vs_start else "")]
     plot = None
     done = [r for r in rows if "error" not in r]
     if done and names:

@@ -1,4 +1,5 @@
-"""The report is rebuilt from a run's artifacts alone: measures, paired t-test, better/worse counts, plots."""
+"""The report is rebuilt from a run's artifacts alone: measures, paired t-test, better/worse counts, plots,
+and one sentence saying whether InPars beats the start model (the same model untrained)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import pytest
 
 from inpars_ray import cli
 from inpars_ray.errors import ConfigError
-from inpars_ray.report import build_report, collections_report, compare
+from inpars_ray.report import build_report, collections_report, compare, terminal_table
 
 MEASURES = ("nDCG@10", "RR@10")
 
@@ -82,3 +83,154 @@ def test_identical_systems_and_collections_table(tmp_path: Path):
     report = collections_report(runs, tmp_path / "all", published={"tiny": {"InPars-v2": 0.7}})
     assert "| tiny | 0.4400 | 0.6400 (+0.200, p=0.047) |" in report.markdown
     assert "| broken | missing" in report.markdown and (tmp_path / "all" / "report_collections.png").exists()
+
+
+# --- the start model: every trained system compared with the untrained model it started from -------------
+START = {"system": "zero-shot", "model": "all-MiniLM-L6-v2", "family": "bi-encoder"}
+ZERO = [0.50, 0.40, 0.60, 0.30, 0.50, 0.70, 0.20, 0.45]
+
+
+def shifted(diffs: list[float]) -> list[float]:
+    return [round(z + d, 6) for z, d in zip(ZERO, diffs)]
+
+
+def make_start_run(root: Path, systems: dict[str, list[float]], start_model: dict | None = START,
+                   config: dict | None = None) -> Path:
+    """A run folder with ``systems`` (name -> per-query nDCG@10; RR@10 is the same values halved), BM25
+    first, and ``extra.start_model`` as the pipeline writes it (None: left out)."""
+    listed = []
+    for name, vals in systems.items():
+        entry = write_system(root, name.replace(" ", "_").replace("(", "").replace(")", ""),
+                             {"nDCG@10": vals, "RR@10": [v / 2 for v in vals]})
+        entry["name"] = name
+        listed.append(entry)
+    extra: dict = {"systems": listed}
+    if start_model is not None:
+        extra["start_model"] = start_model
+    (root / "manifest.json").write_text(json.dumps({
+        "stage": "pipeline", "status": "complete",
+        "config": {"dataset": "bundled/tiny-science", "split": "test", "measures": ["nDCG@10", "RR@10"],
+                   **(config or {})},
+        "timings": {}, "extra": extra}))
+    return root
+
+
+BM25 = [0.30, 0.20, 0.40, 0.10, 0.30, 0.50, 0.10, 0.30]
+GAIN = [0.10, 0.12, 0.09, 0.11, 0.10, 0.13, 0.08, 0.10]      # clearly better on every query
+SMALL = [0.10, -0.10, 0.05, -0.02, 0.00, 0.01, -0.03, 0.04]  # +0.00625 on average, p ~ 0.8
+LOSS = [-0.05, -0.07, -0.04, -0.06, -0.05, -0.08, -0.04, -0.05]
+
+
+def test_vs_start_model_is_a_paired_t_test_by_hand(tmp_path: Path):
+    stats = pytest.importorskip("scipy.stats")
+    teacher = shifted([0.2] * 4 + [0.25] * 4)
+    root = make_start_run(tmp_path / "run", {"BM25": BM25, "zero-shot": ZERO, "teacher": teacher,
+                                             "InPars": shifted(SMALL)})
+    report = build_report(root)
+    data = json.loads((root / "report.json").read_text())
+    assert data["start_model"] == START
+    by_name = {s["name"]: s for s in data["systems"]}
+    assert [by_name[n]["role"] for n in ("BM25", "zero-shot", "teacher", "InPars")] == \
+        ["baseline", "start model", "teacher", "trained"]
+    # the start model's own row and the baseline are not compared with the start model; the teacher is
+    assert "vs_start_model" not in by_name["BM25"] and "vs_start_model" not in by_name["zero-shot"]
+    assert "vs_baseline" in by_name["zero-shot"] and "vs_start_model" in by_name["teacher"]
+    inpars = by_name["InPars"]
+    for measure, scale in (("nDCG@10", 1.0), ("RR@10", 0.5)):
+        a = [round(z * scale, 6) for z in ZERO]
+        b = [round(v * scale, 6) for v in shifted(SMALL)]
+        diffs = [y - x for x, y in zip(a, b)]
+        c = inpars["vs_start_model"][measure]
+        assert c["queries"] == 8
+        assert c["difference"] == pytest.approx(sum(diffs) / 8, abs=1e-9)
+        assert c["p_value"] == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-6)
+        assert (c["better"], c["worse"], c["tied"]) == (sum(d > 1e-6 for d in diffs), sum(d < -1e-6 for d in diffs),
+                                                        sum(abs(d) <= 1e-6 for d in diffs))
+    assert (inpars["vs_start_model"]["nDCG@10"]["better"], inpars["vs_start_model"]["nDCG@10"]["worse"]) == (4, 3)
+    # vs BM25 stays as it was
+    assert inpars["vs_baseline"]["nDCG@10"]["difference"] == pytest.approx(0.18125 + sum(SMALL) / 8)
+    c = inpars["vs_start_model"]["nDCG@10"]
+    assert f"| InPars | {c['difference']:+.4f} | {c['p_value']:.3f} | 4 | 3 | 1 |" in report.markdown
+    assert "| nDCG@10 vs start model (zero-shot) |" in report.markdown
+    assert "| teacher (for information) | +0.2250 |" in report.markdown
+    assert "uncorrected" in report.markdown
+    # the teacher, far above the start model, is not what the headline speaks of
+    assert data["headline"].startswith("InPars does not beat the start model (all-MiniLM-L6-v2, bi-encoder): "
+                                       "+0.0063 nDCG@10 on 8 queries, p = ")
+    assert "teacher" not in data["headline"] and [d["system"] for d in data["headline_detail"]] == ["InPars"]
+
+
+def headline(tmp_path: Path, systems: dict[str, list[float]], **kw) -> str:
+    report = build_report(make_start_run(tmp_path / "run", systems, **kw), plots=False)
+    first = report.markdown.splitlines()[0]
+    assert first == report.data["headline"] and terminal_table(report).splitlines()[0] == first
+    return first
+
+
+def test_headline_significant_gain(tmp_path: Path):
+    stats = pytest.importorskip("scipy.stats")
+    p = stats.ttest_rel(shifted(GAIN), ZERO).pvalue
+    assert p < 0.001
+    text = headline(tmp_path, {"BM25": BM25, "zero-shot": ZERO, "InPars": shifted(GAIN)})
+    assert text == ("InPars beats the start model (all-MiniLM-L6-v2, bi-encoder) by +0.1037 nDCG@10 on 8 queries "
+                    "(paired t-test p < 0.001).")
+
+
+def test_headline_not_significant(tmp_path: Path):
+    stats = pytest.importorskip("scipy.stats")
+    p = stats.ttest_rel(shifted(SMALL), ZERO).pvalue
+    assert p > 0.05
+    text = headline(tmp_path, {"BM25": BM25, "zero-shot": ZERO, "InPars": shifted(SMALL)})
+    assert text == ("InPars does not beat the start model (all-MiniLM-L6-v2, bi-encoder): +0.0063 nDCG@10 on 8 "
+                    f"queries, p = {p:.3f} (not significant at 0.05).")
+
+
+def test_headline_loss_and_tuned_second_sentence(tmp_path: Path):
+    stats = pytest.importorskip("scipy.stats")
+    p_loss = stats.ttest_rel(shifted(LOSS), ZERO).pvalue
+    p_gain = stats.ttest_rel(shifted(GAIN), ZERO).pvalue
+    assert p_loss < 0.001 and p_gain < 0.001
+    text = headline(tmp_path, {"BM25": BM25, "zero-shot": ZERO, "InPars": shifted(LOSS),
+                               "InPars (tuned)": shifted(GAIN)})
+    assert text == ("InPars is below the start model (all-MiniLM-L6-v2, bi-encoder) by -0.0550 nDCG@10 on 8 queries "
+                    "(paired t-test p < 0.001). InPars (tuned) beats the start model (all-MiniLM-L6-v2, bi-encoder) "
+                    "by +0.1037 nDCG@10 on 8 queries (paired t-test p < 0.001).")
+    data = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [(d["system"], d["verdict"]) for d in data["headline_detail"]] == [("InPars", "below"),
+                                                                              ("InPars (tuned)", "beats")]
+
+
+def test_headline_without_start_model(tmp_path: Path):
+    text = headline(tmp_path, {"BM25": BM25, "InPars": shifted(GAIN)}, start_model=None)
+    assert text.startswith("This run has no start-model comparison (no zero-shot row: set inpars.zero_shot")
+    assert "InPars vs BM25: +0.2850 nDCG@10 on 8 queries (paired t-test p < 0.001)." in text
+    data = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert data["start_model"] is None and all("vs_start_model" not in s for s in data["systems"])
+    assert "vs start model" not in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_start_model_named_by_the_manifest_or_found_by_name(tmp_path: Path):
+    # a row of another name, declared as the start model
+    text = headline(tmp_path / "a", {"BM25": BM25, "untrained": ZERO, "InPars": shifted(GAIN)},
+                    start_model={"system": "untrained", "model": "/cache/models/monot5-small", "family": "monot5"})
+    assert text.startswith("InPars beats the start model (monot5-small, monot5) by +0.1037")
+    # an older manifest: no extra.start_model, a zero-shot row, its model in config.inpars.zero_shot
+    text = headline(tmp_path / "b", {"BM25": BM25, "zero-shot": ZERO, "InPars": shifted(GAIN)}, start_model=None,
+                    config={"inpars": {"zero_shot": "local:minilm"}})
+    assert text.startswith("InPars beats the start model (local:minilm) by +0.1037")
+    # a declared start model that was never evaluated is no comparison
+    text = headline(tmp_path / "c", {"BM25": BM25, "InPars": shifted(GAIN)}, start_model=START)
+    assert text.startswith("This run has no start-model comparison")
+
+
+def test_collections_table_shows_the_difference_from_the_start_model(tmp_path: Path):
+    runs = {"with": make_start_run(tmp_path / "with", {"BM25": BM25, "zero-shot": ZERO, "InPars": shifted(GAIN)}),
+            "without": make_start_run(tmp_path / "without", {"BM25": BM25, "InPars": shifted(GAIN)},
+                                      start_model=None)}
+    report = collections_report(runs, tmp_path / "all")
+    assert "| collection | BM25 | zero-shot | InPars | InPars − start model |" in report.markdown
+    assert "| 0.5600 (+0.285, p<0.001) | +0.104 (p<0.001) |" in report.markdown.split("| with |")[1].split("\n")[0]
+    assert "| without | 0.2750 | – | 0.5600 (+0.285, p<0.001) | – |" in report.markdown
+    rows = {r["collection"]: r for r in report.data["collections"]}
+    assert rows["with"]["systems"]["InPars"]["vs_start_model"]["difference"] == pytest.approx(0.10375)
+    assert rows["with"]["headline"].startswith("InPars beats") and rows["without"]["start_model"] is None
