@@ -1,219 +1,585 @@
-"""Effectiveness of InPars recipes against BM25 and a zero-shot reranker, over seeds (issue 9.6).
+"""Effectiveness of InPars' levers against the zero-shot start model, measured by the engine itself (issue 24.8).
 
-For one BEIR-layout collection, with bounded work, every system is measured on the same test queries:
+Every figure here comes from ``inpars-ray run``: each (lever, seed) is one run of the product, exactly as a
+user runs it (``.venv/bin/inpars-ray run --config <generated yaml>`` in a subprocess), and this script only
+writes the configs, starts the runs and reads what they wrote (``manifest.json``, ``report.json`` and the
+per-query evaluation files listed under the manifest's ``extra.systems``). It has no training, ranking or
+scoring code of its own.
 
-* ``bm25``: the engine's Lucene BM25 run;
-* ``zero-shot``: all-MiniLM-L6-v2 as a bi-encoder reranking BM25's top ``--rerank-depth`` (what a user would
-  otherwise reach for);
-* ``inpars-<filter>``: the recipe (SmolLM2 queries from the engine's generate stage, BM25 negatives, the
-  MiniLM bi-encoder's *query side* fine-tuned with an in-batch contrastive loss against the frozen zero-shot
-  document embeddings, so the corpus is embedded once; reranking the same top-k), once per filter strategy: ``all`` (the checks only), ``scores`` (InPars-v1:
-  best half by mean log-prob) and ``consistency`` (InPars-light: source document in the top 3 of a ranker
-  trained on all candidates);
-* ``inpars-all+bm25``: the ``inpars-all`` model's scores blended with BM25's (per query, min-max scaled,
-  0.3 on BM25). Beside the rows, ``references`` holds the zero-shot ranker with the same blend, so the
-  blend's own gain can be told from InPars'.
+Configs: ``configs/demo.yaml`` scaled down (:data:`SCALE`: 100 generated documents, BM25's top 20 reranked),
+then one lever overlay (:func:`lever_overlays`) merged over it, then ``inpars.seed`` and ``out_dir``. The
+engine has no cap on the number of test queries, so every run is evaluated on the collection's whole test
+split (python-docstrings: 400 queries).
 
-Generation runs once (greedy decoding: a document's query does not depend on the seed) over a sample of
-``--num-docs`` documents; each seed draws its own training subsample (``--train-fraction``), negatives and
-training order, so the spread shows the recipe's stability, not the generator's.
+Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained, reranking the same hits):
 
-Run (about 25 minutes on 2 busy cores with the defaults)::
+* ``hard-labels``: InPars as before (binary labels, in-batch contrastive loss, both towers trained);
+* ``hard-labels+query-only``, ``hard-labels+wise``: that, with the query tower only / WiSE-FT alpha 0.5;
+* ``teacher``: GPL, all-mpnet-base-v2 (``local:mpnet``) scores each query's positive and 4 BM25 negatives,
+  the student learns the margins (``margin-mse``);
+* ``teacher+query-only``, ``teacher+query-only+wise``: that, with the query tower only, then WiSE-FT 0.5;
+* ``generator`` (``--with-gemma``): the best lever with a Gemma generator, if the engine has a local one.
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/effectiveness.py \\
-        --dataset builtin/python-docstrings --seeds 3 --num-docs 300 --rerank-depth 100 \\
-        --max-test-queries 400 --out benchmarks/results/effectiveness.json
+Reuse: the levers of one seed run one after another in the SAME run folder, so the stages whose config does
+not change (index, BM25, generate, filter, mine, the teacher, the zero-shot rerank) are found complete by the
+engine and skipped ("already complete" on their stage line; recorded per run as ``reused_stages``); train and
+rerank are redone. Levers are ordered so that the mine stage (negatives 1, then 4) changes once per seed. Right
+after each run its ``report.json``, ``manifest.json`` and evaluation files are copied to
+``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
+exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Writes ``--out`` (JSON with ``rows``: one per system and seed with nDCG@10, RR@10, R@100, improved / hurt
-vs BM25; and ``summary``: mean and standard deviation per system) and a PNG beside it.
+Full benchmark: 3 seeds x 6 levers = 18 runs. Estimated (not yet run) at about 1.5-2 hours on a quiet 2-core
+machine, from the demo's stage times halved for 100 documents (generate ~3 min per seed, shared by its levers;
+zero-shot ~1.6 min per seed; each lever's train ~1.5-3 min and rerank ~1.7 min) plus the teacher (~2 min per
+seed) and ~1 min of start-up per run (Ray, Ray Train, the report; measured by ``--smoke``); 2-3x that on a
+busy shared machine::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/effectiveness.py --seeds 3
+
+Mechanics only, in minutes (tiny random models on bundled/tiny-science, 1 seed, 2 levers; writes under the
+work dir, never benchmarks/results)::
+
+    .venv/bin/python benchmarks/effectiveness.py --smoke
+
+Writes ``--out`` (default ``benchmarks/results/effectiveness.json``): each lever's overlay and resolved config;
+per (lever, seed) nDCG@10 / RR@10 / R@100 of the zero-shot start model and of the lever, the difference, the
+paired t-test p (two-sided, uncorrected, on per-query nDCG@10) and better / worse / tied queries, wall seconds
+and the stages reused; per lever the mean, spread (sample std over seeds), min and max of the difference and
+one paired test over all seeds' queries pooled. ``effectiveness.md`` beside it holds the tables.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import csv
+import hashlib
 import json
 import logging
-import random
+import math
+import os
+import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yaml
 
-import recipe_search as rs  # noqa: E402  (a sibling benchmark module)
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEMO = REPO / "configs" / "demo.yaml"
+CLI = REPO / ".venv" / "bin" / "inpars-ray"
 
 logger = logging.getLogger("effectiveness")
 
-#: the recipe (see recipe_search.VARIANTS and the search results in the report)
-RECIPE: dict[str, Any] = {"family": "bi", "train": True, "query_only": True, "lr": 3e-5, "epochs": 5, "batch": 16,
-                          "warmup": 0.1, "negatives": 1, "neg_depth": 30}
-FILTERS = {"inpars-all": {"filter": "all"}, "inpars-scores": {"filter": "scores", "keep": 0.5},
-           "inpars-consistency": {"filter": "consistency", "consistency_k": 3},
-           # the inpars-all model, its scores blended with BM25's (per-query min-max, 0.3 on BM25: the weight
-           # recipe_search measured for the zero-shot ranker; the engine's rerank.first_stage_weight)
-           "inpars-all+bm25": {"filter": "all", "alpha": 0.3}}
-#: systems measured for reference beside the rows (not InPars): the zero-shot ranker with the same blend
-REFERENCES = {"zero-shot+bm25": {"family": "bi", "alpha": 0.3}}
+#: the measure the paired tests, better/worse/tied and the summary are about
+HEADLINE = "nDCG@10"
+#: names the run manifest gives the two systems compared (pipeline._zero_shot, pipeline._evaluate("InPars"))
+ZERO_SHOT, INPARS = "zero-shot", "InPars"
+#: a per-query difference smaller than this counts as a tie
+TIE = 1e-9
+
+#: the benchmark's scale over configs/demo.yaml (issue 24.8: 100 documents; BM25's top 20 reranked). The zero-shot
+#: row is pinned to the start model (train.base_model, untrained) whatever the demo names.
+SCALE: dict[str, Any] = {"inpars": {"generate": {"num_docs": 100}, "rerank": {"depth": 20}, "zero_shot": "start"}}
+
+#: the teacher of the full benchmark: all-mpnet-base-v2, the rerank stage's ranker settings
+MPNET_TEACHER: dict[str, Any] = {"model": "local:mpnet", "family": "bi-encoder", "max_length": 192, "batch_size": 32}
 
 
-def generate(dataset: str, out: Path, num_docs: int, cache_dir: str | None, batch_size: int = 8) -> Path:
-    """The engine's generate stage (hf backend, SmolLM2 GGUF) over ``num_docs`` documents; resumable."""
-    import ray
+def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each lever as a YAML overlay over the base config, in run order (levers that share the mine stage's
+    settings are adjacent). Every overlay pins all the lever keys, so a lever means the same thing whatever
+    the base config sets (``hard-labels`` stays InPars as before if the demo's recipe changes)."""
+    hard = {"inpars": {"teacher": None, "mine": {"negatives": 1},
+                       "train": {"loss": "contrastive", "query_only": False, "interpolate": 1.0}}}
+    teacher = {"inpars": {"teacher": {"rankers": [dict(teacher_ranker)]}, "mine": {"negatives": 4},
+                          "train": {"loss": "margin-mse", "query_only": False, "interpolate": 1.0}}}
+    query_only = {"inpars": {"train": {"query_only": True}}}
+    wise = {"inpars": {"train": {"interpolate": 0.5}}}
+    return {
+        "hard-labels": hard,
+        "hard-labels+query-only": overlay(hard, query_only),
+        "hard-labels+wise": overlay(hard, wise),
+        "teacher": teacher,
+        "teacher+query-only": overlay(teacher, query_only),
+        "teacher+query-only+wise": overlay(teacher, query_only, wise),
+    }
 
-    from inpars_ray.io import catalog
-    from inpars_ray.models.backends.base import GenerationParams
-    from inpars_ray.models.local_models import SMOLLM2, resolve_model
-    from inpars_ray.stages.generate import GenerateConfig, GenerateResources, run_generate
 
-    rs._ray_local(str(out.parent / "ray"))
-    run_generate(catalog.resolve(dataset, cache_dir), out,
-                 GenerateConfig(backend="hf", model=resolve_model(SMOLLM2), prompt="inpars", num_docs=num_docs,
-                                seed=1, generation=GenerationParams(max_new_tokens=32, seed=1)),
-                 GenerateResources(batch_size=batch_size, num_actors=1, cpus_per_actor=1))
-    ray.shutdown()
-    return out / "parts"
+#: what each lever is, in the table's words
+DESCRIPTIONS = {
+    "hard-labels": "InPars as before: binary labels, in-batch contrastive loss, both towers",
+    "hard-labels+query-only": "hard labels, query tower only (document embeddings of the start model)",
+    "hard-labels+wise": "hard labels, WiSE-FT: saved weights 0.5 start + 0.5 trained",
+    "teacher": "GPL: teacher scores the positive and 4 BM25 negatives, margin-mse",
+    "teacher+query-only": "teacher, query tower only",
+    "teacher+query-only+wise": "teacher, query tower only, WiSE-FT 0.5",
+    "generator": "the best lever with another generator",
+}
+GENERATOR = "generator"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="builtin/python-docstrings", help="collection spec (BEIR layout)")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--num-docs", type=int, default=300, help="documents the generator writes queries for")
-    ap.add_argument("--generated", default=None, help="reuse a generate stage's parts folder instead of generating")
-    ap.add_argument("--rerank-depth", type=int, default=100, help="BM25 hits each reranker reorders per query")
-    ap.add_argument("--depth", type=int, default=100, help="BM25 run depth (R@100 needs 100); hits below the "
-                    "rerank depth keep their BM25 order")
-    ap.add_argument("--max-test-queries", type=int, default=400)
-    ap.add_argument("--train-fraction", type=float, default=0.8, help="share of generated queries each seed trains on")
-    ap.add_argument("--systems", default="bm25,zero-shot,inpars-all,inpars-scores,inpars-consistency,"
-                    "inpars-all+bm25")
-    ap.add_argument("--work", default="runs/effectiveness", help="index, runs and generated queries go here")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--out", default="benchmarks/results/effectiveness.json")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    work = Path(args.work).resolve()
-    t_start = time.time()
-    systems = args.systems.split(",")
-    gen_dir = args.generated
-    if gen_dir is None and any(s.startswith("inpars") for s in systems):
-        gen_dir = str(generate(args.dataset, work / "generate", args.num_docs, args.cache_dir))
-    data = rs.load_data(args.dataset, gen_dir or "", str(work), args.depth, args.max_test_queries,
-                        args.cache_dir)
-    all_gen = list(data.gen)
-    bm25_m = rs.measure({q: data.test_run.get(q, [])[:args.depth] for q in data.test_queries}, data)
-    rows: list[dict[str, Any]] = []
-    zs_m = None
-    zs_model = rs.BiEncoder(rs.minilm_path())
-    for seed in range(1, args.seeds + 1):
-        rng = random.Random(seed)
-        data.gen = sorted(rng.sample(all_gen, int(len(all_gen) * args.train_fraction)), key=lambda r: r["query_id"])
-        # per seed: the "all" model serves the consistency filter too; the zero-shot model (and its document
-        # embeddings, which query-side fine-tuning keeps) is shared by all seeds
-        cache: dict[str, Any] = {"zs-model": zs_model}
-        for system in systems:
-            t0 = time.time()
-            if system == "bm25":
-                m = bm25_m
-            elif system == "zero-shot":  # deterministic: measured once
-                zs_m = zs_m or rs.measure(rs.run_variant(system, {"family": "bi", "rerank_depth": args.rerank_depth},
-                                                         data, args.depth, seed, cache), data)
-                m = zs_m
-            elif system in FILTERS:
-                spec = {**RECIPE, **FILTERS[system], "rerank_depth": args.rerank_depth}
-                m = rs.measure(rs.run_variant(system, spec, data, args.depth, seed, cache), data)
+# --- pure parts: configs --------------------------------------------------------------------------------
+def overlay(base: Mapping[str, Any], *overs: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with each of ``overs`` deep-merged over it (mappings merge key by key; anything else, lists and
+    None included, replaces). Inputs are not modified."""
+    out = copy.deepcopy(dict(base))
+    for over in overs:
+        for key, value in over.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = overlay(out[key], value)
             else:
-                raise SystemExit(f"unknown system {system!r}")
-            better, worse = rs.vs_bm25(m, bm25_m)
-            row = {"system": system, "seed": seed, "nDCG@10": round(m["nDCG@10"], 4), "RR@10": round(m["RR@10"], 4),
-                   "R@100": round(m["R@100"], 4), "improved_vs_bm25": better, "hurt_vs_bm25": worse,
-                   "seconds": round(time.time() - t0, 1), "train": cache.get(f"info:{system}")}
-            logger.info("ROW %s", json.dumps(row))
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def lever_config(base: Mapping[str, Any], lever: Mapping[str, Any], seed: int, out_dir: str) -> dict[str, Any]:
+    """The config one (lever, seed) runs with: base, lever overlay, then the seed and the run folder."""
+    return overlay(base, lever, {"inpars": {"seed": seed}, "out_dir": out_dir})
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A short content hash of a config (a (lever, seed) result is reused only for the same config)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_base(path: Path = DEMO, scale: Mapping[str, Any] = SCALE) -> dict[str, Any]:
+    """configs/demo.yaml with the benchmark's scale merged over it."""
+    return overlay(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, scale)
+
+
+# --- pure parts: reading a run's files and comparing systems ---------------------------------------------
+def read_per_query(path: Path) -> dict[str, dict[str, float]]:
+    """An ``eval.<split>.per_query.tsv`` (query_id, measure, value) as {measure: {query_id: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            out.setdefault(row["measure"], {})[row["query_id"]] = float(row["value"])
+    return out
+
+
+def systems_of(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The evaluated systems a run manifest lists (``extra.systems``), by name."""
+    return {s["name"]: s for s in manifest.get("extra", {}).get("systems", [])}
+
+
+def paired(base: Mapping[str, float], system: Mapping[str, float]) -> dict[str, Any]:
+    """``system`` against ``base`` on the queries both hold: mean difference, two-sided paired t-test p
+    (scipy.stats.ttest_rel; 1.0 when every difference is 0), better / worse / tied queries."""
+    from scipy import stats
+
+    queries = sorted(set(base) & set(system))
+    a = [base[q] for q in queries]
+    b = [system[q] for q in queries]
+    diffs = [y - x for x, y in zip(a, b)]
+    if not queries:
+        return {"queries": 0, "difference": None, "p_value": None, "better": 0, "worse": 0, "tied": 0}
+    if all(abs(d) <= TIE for d in diffs):
+        p = 1.0
+    elif len(queries) < 2:
+        p = None
+    else:
+        p = float(stats.ttest_rel(b, a).pvalue)
+        p = None if math.isnan(p) else p
+    return {"queries": len(queries), "difference": statistics.fmean(diffs), "p_value": p,
+            "better": sum(d > TIE for d in diffs), "worse": sum(d < -TIE for d in diffs),
+            "tied": sum(abs(d) <= TIE for d in diffs)}
+
+
+def run_row(lever: str, seed: int, results: Path) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """One (lever, seed)'s row from its copied files, and the per-query values of both systems
+    ({"zero-shot": {qid: nDCG@10}, "InPars": {...}})."""
+    manifest = json.loads((results / "manifest.json").read_text())
+    systems = systems_of(manifest)
+    missing = [s for s in (ZERO_SHOT, INPARS) if s not in systems]
+    if missing:
+        raise ValueError(f"{results}: the run manifest lists no {missing} system (systems: {sorted(systems)})")
+    per_query = {name: read_per_query(results / systems[name]["per_query"]) for name in (ZERO_SHOT, INPARS)}
+    measures = list(systems[INPARS]["measures"])
+    zs, lv = systems[ZERO_SHOT]["measures"], systems[INPARS]["measures"]
+    test = paired(per_query[ZERO_SHOT].get(HEADLINE, {}), per_query[INPARS].get(HEADLINE, {}))
+    row = {"lever": lever, "seed": seed,
+           "zero_shot": {m: zs[m] for m in measures}, "lever_measures": {m: lv[m] for m in measures},
+           "delta": {m: lv[m] - zs[m] for m in measures},
+           "paired": {HEADLINE: test}, "queries": test["queries"],
+           "start_model": manifest.get("extra", {}).get("start_model"),
+           "bm25": systems.get("BM25", {}).get("measures"),
+           "teacher": systems.get("teacher", {}).get("measures"),
+           "counts": manifest.get("counts", {}), "stage_seconds": manifest.get("timings", {}),
+           "versions": manifest.get("versions")}
+    meta = results / "run.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        row.update(wall_seconds=m.get("wall_seconds"), reused_stages=m.get("reused_stages"),
+                   config_key=m.get("config_key"))
+    return row, {name: per_query[name].get(HEADLINE, {}) for name in per_query}
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], per_query: Mapping[tuple[str, int], Mapping[str, Mapping[str, float]]]
+              ) -> dict[str, dict[str, Any]]:
+    """Per lever, over its seeds: the mean, sample std, min and max of the nDCG@10 difference (and the mean
+    differences of the other measures), and one paired test over every seed's queries pooled (a query of
+    seed 1 and the same query of seed 2 are two pairs)."""
+    out: dict[str, dict[str, Any]] = {}
+    for lever in dict.fromkeys(r["lever"] for r in rows):
+        mine = [r for r in rows if r["lever"] == lever]
+        deltas = [r["delta"][HEADLINE] for r in mine]
+        base_pooled, lever_pooled = {}, {}
+        for r in mine:
+            values = per_query[(lever, r["seed"])]
+            base_pooled.update({(r["seed"], q): v for q, v in values[ZERO_SHOT].items()})
+            lever_pooled.update({(r["seed"], q): v for q, v in values[INPARS].items()})
+        measures = list(mine[0]["delta"])
+        out[lever] = {
+            "seeds": [r["seed"] for r in mine],
+            "zero_shot_mean": {m: statistics.fmean(r["zero_shot"][m] for r in mine) for m in measures},
+            "lever_mean": {m: statistics.fmean(r["lever_measures"][m] for r in mine) for m in measures},
+            "delta_mean": {m: statistics.fmean(r["delta"][m] for r in mine) for m in measures},
+            "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else None,
+            "delta_min": min(deltas), "delta_max": max(deltas),
+            "seeds_above_zero_shot": sum(d > TIE for d in deltas),
+            "seeds_significant_above": sum(1 for r in mine if r["delta"][HEADLINE] > 0
+                                           and (r["paired"][HEADLINE]["p_value"] or 1) < 0.05),
+            "pooled": paired(base_pooled, lever_pooled),
+        }
+    return out
+
+
+def best_lever(summary: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The lever with the largest mean nDCG@10 difference (the generator lever builds on it)."""
+    levers = [k for k in summary if k != GENERATOR]
+    return max(levers, key=lambda k: summary[k]["delta_mean"][HEADLINE]) if levers else None
+
+
+def _f(value: float | None, digits: int = 4, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else (f"{value:.2g}" if value < 0.001 else f"{value:.3f}")
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The summary table (one row per lever) and the per-run table."""
+    s = result["summary"]
+    lines = [f"# Effectiveness of InPars' levers ({result['dataset']}, measured by `inpars-ray run`)", "",
+             f"{result.get('test_queries', '?')} test queries; BM25 top {result['rerank_depth']} reranked; "
+             f"{result['num_docs']} generated documents; seeds {result['seeds']}. Zero-shot is the start model "
+             f"({result.get('start_model') or '?'}) untrained, reranking the same hits in the same run. "
+             f"Δ = lever - zero-shot on {HEADLINE}; p: paired t-test (two-sided, uncorrected) on per-query "
+             f"{HEADLINE}, pooled over all seeds' queries; std: sample std of Δ over seeds.", "",
+             f"| lever | zero-shot {HEADLINE} | lever {HEADLINE} | Δ mean | Δ std | Δ min | Δ max | seeds > zs "
+             f"(p<0.05) | pooled p | better / worse / tied | Δ RR@10 | Δ R@100 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for lever, x in s.items():
+        pooled = x["pooled"]
+        other = lambda m: _f(x["delta_mean"].get(m), sign=True)  # noqa: E731
+        lines.append(
+            f"| {lever} | {_f(x['zero_shot_mean'][HEADLINE])} | {_f(x['lever_mean'][HEADLINE])} | "
+            f"{_f(x['delta_mean'][HEADLINE], sign=True)} | {_f(x['delta_std'])} | {_f(x['delta_min'], sign=True)} | "
+            f"{_f(x['delta_max'], sign=True)} | {x['seeds_above_zero_shot']}/{len(x['seeds'])} "
+            f"({x['seeds_significant_above']}) | {_p(pooled['p_value'])} | "
+            f"{pooled['better']} / {pooled['worse']} / {pooled['tied']} | {other('RR@10')} | {other('R@100')} |")
+    lines += ["", "Per run:", "",
+              f"| lever | seed | zero-shot {HEADLINE} | lever {HEADLINE} | Δ | p | better / worse / tied | "
+              f"wall s | stages reused |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        t = r["paired"][HEADLINE]
+        lines.append(f"| {r['lever']} | {r['seed']} | {_f(r['zero_shot'][HEADLINE])} | "
+                     f"{_f(r['lever_measures'][HEADLINE])} | {_f(r['delta'][HEADLINE], sign=True)} | "
+                     f"{_p(t['p_value'])} | {t['better']} / {t['worse']} / {t['tied']} | "
+                     f"{_f(r.get('wall_seconds'), 0)} | {', '.join(r.get('reused_stages') or []) or '-'} |")
+    for what in ("skipped", "failed"):
+        for item in result.get(what, []):
+            lines.append(f"\n{what}: {item}")
+    return "\n".join(lines) + "\n"
+
+
+def reused_from_log(text: str) -> list[str]:
+    """The stages a run's terminal output reports as reused ("<stage> ... already complete")."""
+    out = []
+    for line in text.splitlines():
+        if "already complete" in line:
+            words = line.replace("✓", " ").split()
+            if words:
+                out.append(words[0].rstrip(":"))
+    return list(dict.fromkeys(out))
+
+
+# --- driving the engine ----------------------------------------------------------------------------------
+def copy_results(run_dir: Path, dest: Path) -> None:
+    """A run's report, manifest and every listed system's evaluation files, into ``dest`` (same relative paths)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("manifest.json", "report.json", "report.md"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for system in systems_of(manifest).values():
+        for key in ("per_query", "summary"):
+            if system.get(key):
+                (dest / system[key]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run_dir / system[key], dest / system[key])
+
+
+def run_engine(config_path: Path, log_path: Path, num_cpus: int | None, label: str) -> tuple[int, float, str]:
+    """``inpars-ray run --config config_path`` in a subprocess: its output goes to ``log_path`` and, one line
+    each, to this log. Returns (exit code, wall seconds, output)."""
+    cmd = [str(CLI), "run", "--config", str(config_path)]
+    if num_cpus:
+        cmd += ["--num-cpus", str(num_cpus)]
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    logger.info("%s: %s", label, " ".join(cmd))
+    t0 = time.time()
+    lines: list[str] = []
+    with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            lines.append(line)
+            if line.strip():
+                logger.info("%s | %s", label, line.rstrip()[:200])
+        code = proc.wait()
+    return code, time.time() - t0, "".join(lines)
+
+
+def run_lever(name: str, seed: int, config: dict[str, Any], work: Path, args: argparse.Namespace) -> Path | None:
+    """Run one (lever, seed) unless its results exist for this config; returns its results folder (None when
+    the run failed)."""
+    seed_dir = work / f"seed-{seed}"
+    results = seed_dir / "levers" / name
+    key = config_key(config)
+    meta = results / "run.json"
+    if meta.is_file() and not args.force:
+        if json.loads(meta.read_text()).get("config_key") == key:
+            logger.info("seed %d, %s: results exist (%s), skipped (--force reruns)", seed, name, results)
+            return results
+        logger.info("seed %d, %s: results exist for another config: rerun", seed, name)
+    if results.exists():
+        shutil.rmtree(results)
+    (seed_dir / "configs").mkdir(parents=True, exist_ok=True)
+    config_path = seed_dir / "configs" / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    from inpars_ray.config import load_config
+
+    load_config(config_path)  # a bad key fails here, before any run
+    results.mkdir(parents=True)
+    log_path = seed_dir / "configs" / f"{name}.log"
+    code, wall, output = run_engine(config_path, log_path, args.num_cpus, f"seed {seed}, {name}")
+    if code != 0:
+        logger.error("seed %d, %s: inpars-ray run exited %d after %.0f s (log: %s)", seed, name, code, wall, log_path)
+        shutil.rmtree(results)
+        return None
+    copy_results(Path(config["out_dir"]), results)
+    shutil.copy2(config_path, results / "config.yaml")
+    shutil.copy2(log_path, results / "run.log")
+    reused = reused_from_log(output)
+    report = json.loads((results / "report.json").read_text()) if (results / "report.json").is_file() else {}
+    meta.write_text(json.dumps({"lever": name, "seed": seed, "config_key": key, "wall_seconds": round(wall, 1),
+                                "reused_stages": reused, "exit_code": code,
+                                "headline": report.get("headline"),
+                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
+    logger.info("seed %d, %s: done in %.0f s; reused: %s", seed, name, wall, ", ".join(reused) or "nothing")
+    if not args.keep_checkpoints:  # Ray Train's checkpoints only resume an interrupted training (~0.5 GB each)
+        shutil.rmtree(Path(config["out_dir"]) / "train" / "ray", ignore_errors=True)
+    return results
+
+
+def gemma_name() -> str | None:
+    """A local Gemma generator the engine knows (``local_models``), else None."""
+    from inpars_ray.models import local_models
+
+    names = [*getattr(local_models, "PACKAGED", {}), *getattr(local_models, "SPLIT", {})]
+    return next((n for n in names if "gemma" in n.lower()), None)
+
+
+def smoke_setup(work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The smoke mode's base config and teacher: tiny random models on bundled/tiny-science (mechanics only:
+    the figures mean nothing). The tiny bi-encoder is built once into the work dir, start model and teacher."""
+    from inpars_ray.testing.tiny_bert import build_tiny_bi_encoder
+
+    model = work / "models" / "tiny-bi-encoder"
+    if not (model / "config.json").is_file():
+        build_tiny_bi_encoder(model)
+    base = overlay(load_base(), {
+        "dataset": "bundled/tiny-science", "k": 100,
+        "inpars": {"generate": {"model": "local:tiny-lm", "num_docs": 16, "generation": {"max_new_tokens": 12}},
+                   "generate_resources": {"batch_size": 8},
+                   "filter": {"min_tokens": 1},
+                   "train": {"base_model": str(model), "family": "bi-encoder", "batch_size": 8, "max_length": 64},
+                   "rerank": {"depth": 20, "max_length": 64}}})
+    teacher = {"model": str(model), "family": "bi-encoder", "max_length": 64, "batch_size": 32}
+    return base, teacher
+
+
+def collect(order: Sequence[tuple[str, int]], work: Path) -> tuple[list[dict[str, Any]], dict]:
+    """The rows (and per-query values) of every (lever, seed) whose results exist, in run order."""
+    rows, per_query = [], {}
+    for lever, seed in order:
+        results = work / f"seed-{seed}" / "levers" / lever
+        if (results / "run.json").is_file():
+            row, values = run_row(lever, seed, results)
             rows.append(row)
-            write_result(args, data, all_gen, rows, systems, t_start, final=False)
-    references = {}
-    for name, spec in REFERENCES.items():  # deterministic (no training): measured once
-        m = rs.measure(rs.run_variant(name, {**spec, "rerank_depth": args.rerank_depth}, data, args.depth, 1,
-                                      {"zs-model": zs_model}), data)
-        better, worse = rs.vs_bm25(m, bm25_m)
-        references[name] = {k: round(m[k], 4) for k in ("nDCG@10", "RR@10", "R@100")} | {
-            "improved_vs_bm25": better, "hurt_vs_bm25": worse}
-    write_result(args, data, all_gen, rows, systems, t_start, final=True, references=references)
-    return 0
+            per_query[(lever, seed)] = values
+    return rows, per_query
 
 
-def write_result(args: argparse.Namespace, data: rs.Data, all_gen: list, rows: list[dict[str, Any]],
-                 systems: list[str], t_start: float, final: bool, references: dict | None = None) -> None:
-    """Write the JSON (after every row, so an interrupted run keeps what it measured) and, at the end,
-    the PNG and the Markdown table."""
-    summary = {}
-    for system in systems:
-        mine = [r for r in rows if r["system"] == system]
-        if not mine:
-            continue
-        summary[system] = {k: {"mean": round(statistics.fmean(r[k] for r in mine), 4),
-                               "std": round(statistics.pstdev(r[k] for r in mine), 4)}
-                           for k in ("nDCG@10", "RR@10", "R@100", "improved_vs_bm25", "hurt_vs_bm25")}
+def write_outputs(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], per_query: dict,
+                  final: bool) -> dict[str, Any]:
     from inpars_ray.io.manifest import versions
 
-    result = {"dataset": args.dataset, "test_queries": len(data.test_queries), "generated_queries": len(all_gen),
-              "num_docs": args.num_docs, "rerank_depth": args.rerank_depth, "seeds": args.seeds,
-              "train_fraction": args.train_fraction, "recipe": RECIPE, "filters": FILTERS,
-              "generator": "local:smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF, hf backend, prompt inpars, greedy)",
-              "ranker": "local:minilm (all-MiniLM-L6-v2)", "wall_seconds": round(time.time() - t_start, 1),
-              "complete": final, "versions": versions(), "rows": rows, "summary": summary,
-              "references": references or {}}
-    out = Path(args.out)
+    summary = summarize(rows, per_query) if rows else {}
+    start = next((r["start_model"] for r in rows if r.get("start_model")), None)
+    result = {**meta, "complete": final, "test_queries": rows[0]["queries"] if rows else None,
+              "start_model": f"{start['model']} ({start['family']})" if start else None,
+              "versions": versions(), "runs": rows, "summary": summary}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if final:
-        plot(result, out.with_suffix(".png"))
-        print(table(result))
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp.replace(out)
+    if rows:
+        out.with_suffix(".md").write_text(markdown(result))
+    return result
 
 
-def table(result: dict[str, Any]) -> str:
-    """The summary as a Markdown table (mean ± std over seeds)."""
-    lines = ["| system | nDCG@10 | RR@10 | R@100 | improved / hurt vs BM25 |", "|---|---|---|---|---|"]
-    for system, s in result["summary"].items():
-        cell = lambda k: f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"  # noqa: E731
-        lines.append(f"| {system} | {cell('nDCG@10')} | {cell('RR@10')} | {cell('R@100')} | "
-                     f"{s['improved_vs_bm25']['mean']:.0f} / {s['hurt_vs_bm25']['mean']:.0f} |")
-    for name, r in result.get("references", {}).items():  # one deterministic run: no spread
-        lines.append(f"| ({name}, reference) | {r['nDCG@10']:.3f} | {r['RR@10']:.3f} | {r['R@100']:.3f} | "
-                     f"{r['improved_vs_bm25']} / {r['hurt_vs_bm25']} |")
-    return "\n".join(lines)
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """nDCG@10 per system: one dot per seed, a bar for the mean."""
+def plot(result: Mapping[str, Any], path: Path) -> None:
+    """Δ nDCG@10 against zero-shot per lever: one dot per seed, a bar for the mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = list(result["summary"])
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
-    for i, system in enumerate(systems):
-        vals = [r["nDCG@10"] for r in result["rows"] if r["system"] == system]
-        ax.bar(i, statistics.fmean(vals), color="#4c72b0" if system.startswith("inpars") else "#999999", alpha=0.8)
+    levers = list(result["summary"])
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=120)
+    for i, lever in enumerate(levers):
+        vals = [r["delta"][HEADLINE] for r in result["runs"] if r["lever"] == lever]
+        mean = statistics.fmean(vals)
+        ax.bar(i, mean, color="#4c72b0" if mean > 0 else "#c44e52", alpha=0.8)
         ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
-        ax.text(i, statistics.fmean(vals) + 0.01, f"{statistics.fmean(vals):.3f}", ha="center", fontsize=8)
-    bm25 = result["summary"].get("bm25", {}).get("nDCG@10", {}).get("mean")
-    if bm25 is not None:
-        ax.axhline(bm25, color="#c44e52", linestyle="--", linewidth=1, label="BM25")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xticks(range(len(systems)), systems, rotation=15, fontsize=8)
-    ax.set_ylabel("nDCG@10")
-    ax.set_title(f"{result['dataset']}: {result['test_queries']} test queries, rerank top-{result['rerank_depth']}, "
-                 f"{result['seeds']} seeds", fontsize=9)
+    ax.axhline(0, color="#555555", linewidth=1)
+    ax.set_xticks(range(len(levers)), levers, rotation=20, fontsize=7, ha="right")
+    ax.set_ylabel(f"Δ {HEADLINE} vs zero-shot")
+    ax.set_title(f"{result['dataset']}: {result.get('test_queries')} test queries, seeds {result['seeds']}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=3, help="inpars.seed = 1..N (default 3)")
+    ap.add_argument("--levers", default=None, help="comma-separated subset, in run order (default: all six; "
+                    "--smoke: hard-labels,teacher)")
+    ap.add_argument("--with-gemma", action="store_true", help="also the best lever with a Gemma generator, "
+                    "when the engine has a local one")
+    ap.add_argument("--work-dir", default=None, help="run folders and per-lever results (default "
+                    "runs/effectiveness, --smoke: runs/effectiveness-smoke; runs/ is git-ignored)")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/effectiveness.json; "
+                    "--smoke: <work-dir>/effectiveness.json)")
+    ap.add_argument("--num-cpus", type=int, default=None, help="passed to inpars-ray run (default: all)")
+    ap.add_argument("--force", action="store_true", help="rerun (lever, seed)s whose results exist")
+    ap.add_argument("--keep-checkpoints", action="store_true", help="keep Ray Train's checkpoints of each run")
+    ap.add_argument("--smoke", action="store_true", help="mechanics only: tiny random models on "
+                    "bundled/tiny-science, 1 seed, 2 levers (minutes)")
+    ap.add_argument("--dry-run", action="store_true", help="write and validate the configs, run nothing")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    work = Path(args.work_dir or ("runs/effectiveness-smoke" if args.smoke else "runs/effectiveness"))
+    work = (work if work.is_absolute() else REPO / work).resolve()
+    out = Path(args.out) if args.out else (work / "effectiveness.json" if args.smoke
+                                           else HERE / "results" / "effectiveness.json")
+    work.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        base, teacher = smoke_setup(work)
+        seeds = [1]
+        default_levers = "hard-labels,teacher"
+    else:
+        base, teacher = load_base(), MPNET_TEACHER
+        seeds = list(range(1, args.seeds + 1))
+        default_levers = None
+    overlays = lever_overlays(teacher)
+    chosen = (args.levers or default_levers or ",".join(overlays)).split(",")
+    unknown = [x for x in chosen if x not in overlays]
+    if unknown:
+        raise SystemExit(f"unknown lever(s) {unknown}; known: {list(overlays)}")
+    chosen = [x for x in overlays if x in chosen]  # run order: mine's settings change once per seed
+    t_start = time.time()
+    meta: dict[str, Any] = {
+        "benchmark": "effectiveness", "mode": "smoke" if args.smoke else "full",
+        "command": " ".join(["benchmarks/effectiveness.py", *(argv if argv is not None else sys.argv[1:])]),
+        "engine_command": ".venv/bin/inpars-ray run --config <work-dir>/seed-<s>/configs/<lever>.yaml",
+        "dataset": base.get("dataset"), "base_config": "configs/demo.yaml", "scale": SCALE,
+        "num_docs": base["inpars"]["generate"]["num_docs"], "rerank_depth": base["inpars"]["rerank"]["depth"],
+        "seeds": seeds, "headline_measure": HEADLINE, "work_dir": str(work),
+        "test_queries_note": "the engine has no test-query cap: the whole test split is evaluated",
+        "levers": {name: {"description": DESCRIPTIONS[name], "overlay": overlays[name],
+                          "config": lever_config(base, overlays[name], seeds[0], "<work-dir>/seed-<s>/run")}
+                   for name in chosen},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "skipped": [], "failed": [],
+    }
+    order = [(lever, seed) for seed in seeds for lever in chosen]
+    done = 0
+    for seed in seeds:
+        run_dir = work / f"seed-{seed}" / "run"
+        for lever in chosen:
+            done += 1
+            logger.info("=== (%d/%d) seed %d, lever %s", done, len(order), seed, lever)
+            config = lever_config(base, overlays[lever], seed, str(run_dir))
+            if args.dry_run:
+                path = work / f"seed-{seed}" / "configs" / f"{lever}.yaml"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(yaml.safe_dump(config, sort_keys=False))
+                from inpars_ray.config import load_config
+
+                load_config(path)
+                logger.info("config ok: %s", path)
+                continue
+            if run_lever(lever, seed, config, work, args) is None:
+                meta["failed"].append(f"{lever} seed {seed} (log: {work}/seed-{seed}/configs/{lever}.log)")
+            rows, per_query = collect(order, work)
+            meta["wall_seconds"] = round(time.time() - t_start, 1)
+            write_outputs(out, meta, rows, per_query, final=False)
+    if args.with_gemma and not args.dry_run:
+        gemma = gemma_name()
+        rows, per_query = collect(order, work)
+        best = best_lever(summarize(rows, per_query)) if rows else None
+        if gemma is None:
+            message = "generator lever: the engine has no local Gemma model (inpars_ray.models.local_models); skipped"
+            logger.warning(message)
+            meta["skipped"].append(message)
+        elif best is None:
+            meta["skipped"].append("generator lever: no lever measured to build on; skipped")
+        else:
+            over = overlay(overlays[best], {"inpars": {"generate": {"model": gemma}}})
+            meta["levers"][GENERATOR] = {"description": f"{best} with generator {gemma}", "overlay": over,
+                                         "builds_on": best}
+            for seed in seeds:  # another generation: its own run folder, so the others' stages stay reusable
+                order.append((GENERATOR, seed))
+                config = lever_config(base, over, seed, str(work / f"seed-{seed}" / "run-generator"))
+                if run_lever(GENERATOR, seed, config, work, args) is None:
+                    meta["failed"].append(f"{GENERATOR} seed {seed}")
+    if args.dry_run:
+        return 0
+    rows, per_query = collect(order, work)
+    meta["wall_seconds"] = round(time.time() - t_start, 1)
+    result = write_outputs(out, meta, rows, per_query, final=not meta["failed"])
+    if rows:
+        plot(result, out.with_suffix(".png"))
+        print(markdown(result))
+    logger.info("wrote %s and %s", out, out.with_suffix(".md"))
+    return 1 if meta["failed"] else 0
 
 
 if __name__ == "__main__":
