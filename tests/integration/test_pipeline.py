@@ -34,8 +34,11 @@ def test_full_pipeline_runs_and_resumes(ray_session, tmp_path: Path):
     assert set(summary["inpars"]) == set(summary["bm25"]) and 0.0 <= summary["inpars"]["nDCG@10"] <= 1.0
     # the report is built from the run's files: both systems, compared on the same queries
     report = build_report(root)
-    assert [s["name"] for s in report.data["systems"]] == ["BM25", "InPars"]
-    assert report.data["systems"][1]["means"]["nDCG@10"] == pytest.approx(summary["inpars"]["nDCG@10"], abs=1e-5)
+    # BM25, the start model untrained (inpars.zero_shot defaults to it), and the trained model
+    assert [s["name"] for s in report.data["systems"]] == ["BM25", "zero-shot", "InPars"]
+    assert report.data["systems"][2]["means"]["nDCG@10"] == pytest.approx(summary["inpars"]["nDCG@10"], abs=1e-5)
+    start = read_manifest(root)["extra"]["start_model"]
+    assert start["system"] == "zero-shot" and start["family"] == "monot5"
     assert all(p.exists() for p in report.plots) and len(report.plots) == 2
 
     before = {rel: (root / rel).stat().st_mtime_ns for rel in STAGE_MANIFESTS}
