@@ -138,8 +138,8 @@ class Collection:
 
 
 def resolve(spec: str, cache_dir: str | os.PathLike[str] | None = None) -> Collection:
-    """Resolve a dataset spec (folder, ``beir/<name>``, ``bundled/tiny-science``, ``builtin/python-docstrings``
-    or ``gs://...``)."""
+    """Resolve a dataset spec (folder, ``beir/<name>``, ``bundled/tiny-science``, ``builtin/python-docstrings``,
+    ``builtin/man-pages`` or ``gs://...``)."""
     if spec.startswith("gs://"):
         root = spec[len("gs://"):].rstrip("/")
         return Collection(spec=spec, root=root, filesystem=gcs_filesystem())
@@ -149,6 +149,11 @@ def resolve(spec: str, cache_dir: str | os.PathLike[str] | None = None) -> Colle
         from inpars_ray.io import stdlib_docs
 
         root = stdlib_docs.ensure(Path(cache_dir) if cache_dir else default_cache_dir())
+        return Collection(spec=spec, root=str(root), filesystem=pafs.LocalFileSystem())
+    if spec == "builtin/man-pages":  # built at first use from this machine's manual pages (/usr/share/man)
+        from inpars_ray.io import man_pages
+
+        root = man_pages.ensure(Path(cache_dir) if cache_dir else default_cache_dir())
         return Collection(spec=spec, root=str(root), filesystem=pafs.LocalFileSystem())
     if spec.startswith("beir/"):
         name = spec[len("beir/"):]
