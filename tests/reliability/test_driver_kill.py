@@ -7,12 +7,15 @@ written, so that its kill lands among its parts), SIGKILL the driver's whole pro
 pid, every process it started outside that group (Ray's workers have groups of their own), rerun, kill at
 the next moment, ... and a final rerun to completion.
 
-Targets are the run's stages in order (``ray`` start-up, index, retrieve, the BM25 evaluation, generate,
-filter, mine, train, rerank, the InPars evaluation, the report), a seeded sample of them by default and
-every one with ``INPARS_RAY_RELIABILITY_FULL=1``. The final artifacts must equal the reference's (TREC
-runs byte for byte, measures, every stage's manifest counts and Parquet rows), no stage complete before a
-kill may run again afterwards (its manifest and listed files untouched), no Ray process may outlive its
-driver, and the documents generated twice (lost in flight with a killed driver) are counted.
+The chain's pipeline is the tiny default with a teacher (:data:`SETTINGS`: the tiny monoT5 scores the mined
+triples, and training distils those scores with margin-mse). Targets are the run's stages in order (``ray``
+start-up, index, retrieve, the BM25 evaluation, generate, filter, mine, teacher, train, rerank, the
+zero-shot rerank and its evaluation, the InPars evaluation, the report): a seeded sample of them by
+default, always with the teacher among them, and every one with ``INPARS_RAY_RELIABILITY_FULL=1``. The
+final artifacts must equal the reference's (TREC runs byte for byte, measures, every stage's manifest
+counts and Parquet rows, the teacher's scores within FLOAT_TOL), no stage complete before a kill may run
+again afterwards (its manifest and listed files untouched), no Ray process may outlive its driver, and
+the documents generated twice (lost in flight with a killed driver) are counted.
 """
 from __future__ import annotations
 
@@ -46,10 +49,16 @@ pytestmark = [
 ]
 
 SEED = int(os.environ.get("INPARS_RAY_RELIABILITY_SEED", "15"))
-#: the stages of ``inpars-ray run`` on the tiny default pipeline, in the order they run; each but the
-#: first and the last logs ``stage <name> done`` when it ends (the two evaluations are both ``evaluate``)
-STAGES = ("ray", "index", "retrieve", "evaluate-bm25", "generate", "filter", "mine", "train", "rerank",
-          "evaluate-inpars", "report")
+#: the chain's settings over the tiny default pipeline: a teacher stage between mine and train (the tiny
+#: monoT5, built in the run root like the start model), whose scores the start model distils (margin-mse)
+SETTINGS = ("inpars.teacher={rankers: [{model: 'local:tiny-monot5'}]}", "inpars.train.loss=margin-mse")
+#: the stages of ``inpars-ray run`` with :data:`SETTINGS`, in the order they run; each but the last logs
+#: ``stage <name> done`` when it ends (the three evaluations are all ``evaluate``); the reference run's log
+#: is checked against this list, so a stage the pipeline gains or loses fails here, not silently
+STAGES = ("ray", "index", "retrieve", "evaluate-bm25", "generate", "filter", "mine", "teacher", "train", "rerank",
+          "zero-shot", "evaluate-zero-shot", "evaluate-inpars", "report")
+#: stages every plan targets (the seeded pick of their slice gives way): the teacher, which SETTINGS add
+ALWAYS = ("teacher",)
 KILLS = len(STAGES) if FULL else 3
 RUN_TIMEOUT_S = 900
 #: the extra delay is drawn from [0, DELAY_SHARE x the stage's duration in the reference run]
@@ -57,12 +66,13 @@ DELAY_SHARE = 0.35
 #: manifest counts that describe the work of the attempt that finished a stage, not its result
 PER_ATTEMPT_COUNTS = {"resumed", "generated_this_run"}
 #: Parquet outputs compared row for row
-TABLES = ("generate/parts", "filter/kept", "filter/dropped", "mine/triples", "mine/short_queries")
+TABLES = ("generate/parts", "filter/kept", "filter/dropped", "mine/triples", "mine/short_queries", "teacher/triples")
 #: the generator's log-probabilities and the filter score made of them, compared within FLOAT_TOL: a part
 #: generated again in a fresh process (after a kill) may differ from the unfaulted run's in the last digits
 #: (seen: the 3 documents of one part, up to 1.2e-7 per token); the queries never did, and everything
-#: else downstream (kept queries, triples, TREC runs, measures) stayed identical
-FLOATS = ("token_logprobs", "mean_logprob", "filter_score")
+#: else downstream (kept queries, triples, TREC runs, measures) stayed identical. The teacher's scores are
+#: compared within the same tolerance (scored again in a fresh actor after a kill)
+FLOATS = ("token_logprobs", "mean_logprob", "filter_score", "pos_score", "neg_score")
 FLOAT_TOL = 1e-6
 
 _DONE = re.compile(r" inpars_ray\.runtime\.progress: stage (\S+) (?:done|failed) in ")
@@ -72,7 +82,9 @@ _TO_GENERATE = re.compile(r"generate: (\d+) documents sampled \((\d+) already do
 
 
 def _command(out: Path) -> list[str]:
-    return [str(Path(sys.executable).with_name("inpars-ray")), "run", "--out-dir", str(out), "--num-cpus", "2"]
+    settings = [arg for setting in SETTINGS for arg in ("--set", setting)]
+    return [str(Path(sys.executable).with_name("inpars-ray")), "run", "--out-dir", str(out), "--num-cpus", "2",
+            *settings]
 
 
 def _env() -> dict[str, str]:
@@ -229,7 +241,7 @@ def _drift(got: list[list[float]], want: list[list[float]]) -> tuple[int, float]
 
 def _measures(out: Path) -> dict[str, dict]:
     found = {}
-    for name in ("bm25", "rerank"):
+    for name in ("bm25", "rerank", "zero-shot"):
         summary = json.loads((out / name / "eval.test.json").read_text())
         found[name] = {"measures": summary["measures"], "num_queries": summary["num_queries"],
                        "per_query": (out / name / "eval.test.per_query.tsv").read_bytes()}
@@ -257,12 +269,20 @@ def _stamp(line: str) -> float:
     return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
 
 
+def _logged_name(stage: str) -> str:
+    """The name a stage of :data:`STAGES` logs in its ``stage <name> done`` line."""
+    return "evaluate" if stage.startswith("evaluate-") else stage
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The unfaulted run, and how long each stage took in it (from process start for ``ray``)."""
     out = tmp_path_factory.mktemp("driver-kill-reference") / "run"
     done = subprocess.run(_command(out), capture_output=True, text=True, env=_env(), timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
+    logged = _DONE.findall(_log(out).read_text())
+    assert logged == [_logged_name(s) for s in STAGES[:-1]], f"the run's stages are not STAGES: {logged}"
+    assert json.loads((out / "train" / "manifest.json").read_text())["extra"]["loss"] == "margin-mse"
     return out, _stage_seconds(out, time.time())
 
 
@@ -270,9 +290,11 @@ def _plan(seconds: dict[str, float]) -> list[tuple[str, float]]:
     """The kill moments: (target stage, extra delay in seconds), in the order the stages run."""
     rng = random.Random(SEED)
     # every stage once (the full set), else one seeded stage from each of KILLS consecutive slices of the run
+    # (the stage of ALWAYS in a slice, when it holds one)
     bounds = [round(i * len(STAGES) / KILLS) for i in range(KILLS + 1)]
-    targets = list(STAGES) if KILLS >= len(STAGES) else [STAGES[rng.randrange(lo, hi)]
-                                                         for lo, hi in zip(bounds, bounds[1:])]
+    targets = list(STAGES) if KILLS >= len(STAGES) else [
+        next((s for s in STAGES[lo:hi] if s in ALWAYS), STAGES[rng.randrange(lo, hi)])
+        for lo, hi in zip(bounds, bounds[1:])]
     return [(stage, round(rng.uniform(0.0, DELAY_SHARE * seconds.get(stage, 0.0)), 2)) for stage in targets]
 
 
@@ -334,7 +356,7 @@ def test_driver_killed_anywhere_reruns_to_the_unfaulted_result(reference, tmp_pa
     assert final.returncode == 0, f"final rerun failed; kills: {kills}\n{stderr[-3000:]}"
     no_rerun("final rerun")
 
-    for run in ("bm25/run.test.trec", "rerank/run.test.trec"):
+    for run in ("bm25/run.test.trec", "rerank/run.test.trec", "zero-shot/run.test.trec"):
         assert (out / run).read_bytes() == (ref / run).read_bytes(), f"{run} differs; kills: {kills}"
     assert _measures(out) == _measures(ref), f"measures differ; kills: {kills}"
     assert _counts(out) == _counts(ref), f"manifest counts differ; kills: {kills}"

@@ -1,12 +1,12 @@
-"""Worker kill in generate, filter (InPars-v2 reranker scores), consistency, mine and rerank: SIGKILL a
-running actor's process.
+"""Worker kill in generate, filter (InPars-v2 reranker scores), consistency, mine, teacher and rerank:
+SIGKILL a running actor's process.
 
 Each stage runs twice on the bundled collection in this process's local Ray: once unfaulted, once with
 the process of one of its actors SIGKILLed while that actor runs a batch (found by its Ray process title,
 ``ray::MapWorker(MapBatches(<UDF>)).submit``, among this process's descendants; killed with ``os.kill``).
 Ray Data restarts the actor and retries its in-flight batch (at least once); the stage must finish with
 output equal to the unfaulted run's -- the TREC run byte for byte, the kept queries and the triples
-row for row -- and counts equal: nothing lost, nothing twice.
+row for row (the teacher's scores within 1e-6) -- and counts equal: nothing lost, nothing twice.
 """
 from __future__ import annotations
 
@@ -174,6 +174,32 @@ def test_consistency_survives_a_killed_ranker_actor(setup, tmp_path):
         assert _table(tmp_path / "kill" / part, [S.QUERY_ID]).equals(_table(tmp_path / "ref" / part, [S.QUERY_ID]))
     assert got["counts"] == want["counts"]
     assert want["counts"]["kept"] + want["counts"]["dropped_inconsistent"] == filtered.num_rows  # all accounted for
+
+
+def test_teacher_survives_a_killed_ranker_actor(setup, tmp_path):
+    """The teacher stage (GPL pseudo-labels, the tiny monoT5 as teacher): a ranker actor is SIGKILLed
+    mid-stage; the scored triples equal the unfaulted run's row for row, scores within 1e-6, counts equal."""
+    import numpy as np
+
+    from inpars_ray.models.rankers import RankerConfig
+    from inpars_ray.stages.teacher import NEG_SCORE, POS_SCORE, TeacherConfig, run_teacher
+    from inpars_ray.testing.tiny_t5 import build_tiny_triples
+
+    _, _, model = setup
+    triples = build_tiny_triples(tmp_path / "triples", repeat=2, limit=96, files=2)
+    # small calls: many batches, so the kill lands while the actor has more to do
+    config = TeacherConfig(rankers=(RankerConfig(model=model, max_length=128, batch_size=4),), rows_per_call=4,
+                           partitions=2)
+    want = run_teacher(triples, tmp_path / "ref", config)
+    got, pid = run_with_kill(lambda: run_teacher(triples, tmp_path / "kill", config), "RankerUDF")
+    cols = [S.QUERY_ID, S.POS_DOC_ID, S.NEG_DOC_ID, S.NEG_RANK]
+    ref, kill = _table(tmp_path / "ref" / "triples", cols), _table(tmp_path / "kill" / "triples", cols)
+    scores = [POS_SCORE, NEG_SCORE]
+    assert kill.drop_columns(scores).equals(ref.drop_columns(scores))
+    for col in scores:
+        assert np.allclose(kill.column(col).to_numpy(), ref.column(col).to_numpy(), rtol=0, atol=1e-6), col
+    assert got["counts"] == want["counts"]
+    assert want["counts"]["triples"] == ref.num_rows == 96  # every triple scored once
 
 
 # --- generate with an API backend: paid once per document ---------------------------------------------------
