@@ -215,17 +215,10 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     from inpars_ray.stages.train import train
 
     synthetic = _synthetic(config, stages, collection, out, record)
-    gen, filt, consistent, mined = (synthetic[k] for k in ("generate", "filter", "consistency", "mine"))
-    triples, labelled = out / "mine" / "triples", {}
-    if "teacher" in stages:
-        from inpars_ray.stages.teacher import run_teacher
-
-        with _Stage(record, "teacher") as stage:
-            labelled = run_teacher(triples.uri, (out / "teacher").uri, stages["teacher"])
-            stage.done(labelled)
-        triples = out / "teacher" / "triples"
+    gen, filt, consistent, mined, labelled = (synthetic[k] for k in ("generate", "filter", "consistency", "mine",
+                                                                      "teacher"))
     with _Stage(record, "train") as stage:
-        trained = train(triples.uri, (out / "train").uri, stages["train"])
+        trained = train(synthetic["triples_dir"].uri, (out / "train").uri, stages["train"])
         stage.done(trained)
     rerank_path = out / "rerank" / f"run.{config.split}.trec"
     with _Stage(record, "rerank") as stage:
@@ -252,7 +245,8 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
 
 def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
                out: storage.Location, record: StageRecord) -> dict[str, Any]:
-    """generate -> filter (-> consistency) -> mine: the manifests, and the folder of the kept queries."""
+    """generate -> filter (-> consistency) -> mine (-> teacher): the manifests, the folder of the kept queries
+    and the folder of the triples training reads (the teacher's scored ones when there is a teacher)."""
     from inpars_ray.stages.filter import run_filter
     from inpars_ray.stages.generate import run_generate
     from inpars_ray.stages.mine import run_mine
@@ -271,7 +265,16 @@ def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catal
         mined = run_mine(queries_dir.uri, collection, (out / "index").uri, (out / "mine").uri, stages["mine"],
                          config.load)
         stage.done(mined)
-    return {"generate": gen, "filter": filt, "consistency": consistent, "mine": mined, "queries_dir": queries_dir}
+    triples_dir, labelled = out / "mine" / "triples", {}
+    if "teacher" in stages:
+        from inpars_ray.stages.teacher import run_teacher
+
+        with _Stage(record, "teacher") as stage:
+            labelled = run_teacher(triples_dir.uri, (out / "teacher").uri, stages["teacher"])
+            stage.done(labelled)
+        triples_dir = out / "teacher" / "triples"
+    return {"generate": gen, "filter": filt, "consistency": consistent, "mine": mined, "teacher": labelled,
+            "queries_dir": queries_dir, "triples_dir": triples_dir}
 
 
 def run_tune(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -321,7 +324,7 @@ def _sweep(config: PipelineConfig, stages: dict[str, Any], collection: catalog.C
 
     tc = config.inpars.tune
     with _Stage(record, "devset") as stage:
-        devset = build_dev_set(synthetic["queries_dir"].uri, (out / "mine" / "triples").uri, (out / "index").uri,
+        devset = build_dev_set(synthetic["queries_dir"].uri, synthetic["triples_dir"].uri, (out / "index").uri,
                                collection, (out / "tune" / "devset").uri, tc.dev, config.bm25, config.load)
         stage.done(devset)
     weight = stages["rerank"].first_stage_weight

@@ -14,6 +14,7 @@ Which family a checkpoint belongs to is read from the checkpoint itself (:func:`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,12 @@ def local_model(model: str | Path) -> str:
         from inpars_ray.io import artifacts
 
         return str(artifacts.materialize(text))
+    if not os.path.exists(text):  # a model assembled from wheels on the driver's node, absent on this one
+        from inpars_ray.models import local_models
+
+        for name, spec in local_models.SPLIT.items():
+            if Path(text) == local_models.CACHE_DIR / spec.folder:
+                return str(local_models.assemble(name))
     return text
 
 

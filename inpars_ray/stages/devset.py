@@ -125,7 +125,7 @@ def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, 
     bm25 = bm25 or BM25Config()
     out = storage.location(out)
     query_files, queries_key = published(queries_dir, ("filter", "consistency"), KEPT_DIR)
-    triple_files, triples_key = published(triples_dir, "mine", "triples")
+    triple_files, triples_key = published(triples_dir, ("mine", "teacher"), "triples")
     info = corpus.filesystem.get_file_info(corpus.corpus_path())
     payload = {"queries": queries_key, "triples": triples_key, "index": _index_key(index_dir),
                "corpus": [info.size, info.mtime_ns], "config": config, "bm25": bm25}

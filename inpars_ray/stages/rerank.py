@@ -13,6 +13,7 @@ Layers:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -241,9 +242,13 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     from inpars_ray.io.trec import completed_run, run_manifest_name, write_trec_stream
     from inpars_ray.models.rankers import RankerConfig, score_dataset
 
+    from inpars_ray.models import local_models
+
     run, out = storage.location(run_path), storage.location(out_path)
     if not run.is_file():
         raise ConfigError(f"rerank: no first-stage run at {run.uri}")
+    if config.model in local_models.PACKAGED or config.model in local_models.SPLIT:  # local:minilm, local:mpnet
+        config = dataclasses.replace(config, model=local_models.resolve_model(config.model))
     stage_config = {"dataset": collection_key(collection), "run": run_key(run), "model": artifact_key(config.model),
                     "rerank": config}
     done = completed_run(out, "rerank", stage_config)

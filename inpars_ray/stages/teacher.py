@@ -180,7 +180,7 @@ def run_teacher(triples_dir: storage.PathLike, out_dir: storage.PathLike, config
             triples = hash_exchange([triples], [S.QUERY_ID], config.partitions, _cap_negatives,
                                     max_negatives=config.max_negatives).materialize()
         n_expected = triples.count()
-        pairs = hash_exchange([triples], [S.QUERY_ID], config.partitions, distinct_pairs)
+        pairs = hash_exchange([triples], [S.QUERY_ID], config.partitions, distinct_pairs).materialize()
         empty = pairs.filter(lambda r: not r[S.TEXT] or not r[S.QUERY]).count()
         if empty:
             raise InparsError(f"teacher: {empty} pairs have an empty query or document text (mine writes none)")

@@ -243,34 +243,41 @@ def test_margin_mse_trains_a_query_tower_only_bi_encoder_interpolated_with_its_s
     assert not np.allclose(got, one_tower, rtol=0, atol=1e-5)  # the documents really went through the start model
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: pipeline._sweep builds the tune dev set from mine/triples, "
-                   "which carry no teacher scores, so every trial of a sweep with a distillation loss "
-                   "(margin-mse, kl) fails in train(); the dev set must be cut from teacher/triples")
 def test_a_tune_sweep_after_the_teacher_cuts_its_dev_set_from_the_scored_triples(tmp_path, monkeypatch):
     """inpars.teacher + train.loss margin-mse + inpars.tune: the sweep's trials train with the run's loss, so
-    the training part of its dev set must come from the teacher's triples (pos_score, neg_score), not mine's.
-    (No Ray: the dev set builder is replaced by one that records what it was given.)"""
+    the training part of its dev set must come from the teacher's triples (pos_score, neg_score), not mine's;
+    and `inpars-ray tune` (run_synthetic) runs the teacher too. (No Ray: the stages are replaced by recorders.)"""
     from inpars_ray import pipeline
     from inpars_ray.config import PipelineConfig
     from inpars_ray.io import storage
     from inpars_ray.io.manifest import StageRecord
-    from inpars_ray.stages import devset
+    from inpars_ray.stages import devset, filter as filter_stage, generate, mine, teacher
 
     class Built(Exception):
         pass
 
     given: dict[str, str] = {}
+    calls: list[str] = []
 
     def build_dev_set(queries_dir, triples_dir, *args, **kwargs):
         given["triples"] = str(triples_dir)
         raise Built
 
+    def recorder(name):
+        return lambda *a, **k: calls.append(name) or {"counts": {}}
+
     monkeypatch.setattr(devset, "build_dev_set", build_dev_set)
+    for module, name in ((generate, "run_generate"), (filter_stage, "run_filter"), (mine, "run_mine"),
+                         (teacher, "run_teacher")):
+        monkeypatch.setattr(module, name, recorder(name))
     config = PipelineConfig.from_dict({"out_dir": str(tmp_path), "inpars": {
         "teacher": {"rankers": [{"model": "local:tiny-monot5"}]}, "train": {"loss": "margin-mse"},
         "tune": {"num_samples": 1}}})
     out = storage.location(str(tmp_path))
-    synthetic = {"generate": {}, "filter": {}, "consistency": {}, "mine": {}, "queries_dir": out / "filter"}
+    stages = pipeline.stage_configs(config, out, resolve=lambda name, where: name)
+    record = StageRecord("pipeline", {})
+    synthetic = pipeline._synthetic(config, stages, None, out, record)
+    assert calls == ["run_generate", "run_filter", "run_mine", "run_teacher"]
     with pytest.raises(Built):
-        pipeline._sweep(config, {}, None, out, StageRecord("pipeline", {}), synthetic)
+        pipeline._sweep(config, stages, None, out, record, synthetic)
     assert given["triples"] == (out / "teacher" / "triples").uri

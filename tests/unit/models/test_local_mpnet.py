@@ -185,3 +185,15 @@ def test_real_mpnet_loads_in_sentence_transformers_with_the_engines_embeddings(m
     ours = Ranker(RankerConfig(model=str(path), family="bi-encoder")).embed(texts)
     theirs = st.SentenceTransformer(str(path), device="cpu").encode(texts)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_an_assembled_folder_missing_on_this_node_is_assembled_again(tmp_path, monkeypatch):
+    """A worker on another node gets the driver's cache path: it assembles the model there itself."""
+    from inpars_ray.models import families, local_models
+
+    calls = []
+    monkeypatch.setattr(local_models, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(local_models, "assemble", lambda name: calls.append(name) or tmp_path / "built")
+    folder = local_models.CACHE_DIR / local_models.SPLIT[local_models.MPNET].folder
+    assert families.local_model(folder) == str(tmp_path / "built") and calls == [local_models.MPNET]
+    assert families.local_model("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
