@@ -122,22 +122,31 @@ def _zero(model):
     return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
 
 
+def _pairwise_distill_sum(model, rows: list[dict[str, Any]], score_pairs, loss: str, temperature: float,
+                          teacher_temperature: float, max_negatives: int | None, device):
+    """Margin-MSE or KL, summed over lists, for a family that scores (query, document) pairs jointly:
+    ``score_pairs(queries, docs)`` returns one score per pair, with gradients."""
+    total = None
+    for group in scored_lists(rows, max_negatives):
+        n = len(group[0][NEG_SCORES][:max_negatives] if max_negatives else group[0][NEG_SCORES])
+        queries = [r[S.QUERY] for r in group for _ in range(n + 1)]
+        docs = [t for r in group for t in (r[S.POS_TEXT], *r["neg_texts"][:n])]
+        scores = score_pairs(queries, docs).float().view(len(group), n + 1)
+        part = _from_scores(scores, _labels(group, n, device), loss, temperature, teacher_temperature)
+        total = part if total is None else total + part
+    return total if total is not None else _zero(model)
+
+
 def cross_encoder_distill_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device, loss: str,
                               temperature: float, teacher_temperature: float, max_negatives: int | None = None):
     """Margin-MSE or KL on the cross-encoder's logits, summed over lists."""
     from inpars_ray.models.encoding import cross_encoder_logits, encode_pairs
     from inpars_ray.models.losses import _tensors
 
-    total = None
-    for group in scored_lists(rows, max_negatives):
-        n = len(group[0][NEG_SCORES][:max_negatives] if max_negatives else group[0][NEG_SCORES])
-        queries = [r[S.QUERY] for r in group for _ in range(n + 1)]
-        docs = [t for r in group for t in (r[S.POS_TEXT], *r["neg_texts"][:n])]
-        logits = cross_encoder_logits(model, _tensors(encode_pairs(tokenizer, queries, docs, max_length), device))
-        part = _from_scores(logits.float().view(len(group), n + 1), _labels(group, n, device), loss, temperature,
-                            teacher_temperature)
-        total = part if total is None else total + part
-    return total if total is not None else _zero(model)
+    def logits(queries, docs):
+        return cross_encoder_logits(model, _tensors(encode_pairs(tokenizer, queries, docs, max_length), device))
+
+    return _pairwise_distill_sum(model, rows, logits, loss, temperature, teacher_temperature, max_negatives, device)
 
 
 def monot5_log_odds(model, tokenizer, queries: list[str], docs: list[str], max_length: int, device):
@@ -164,12 +173,7 @@ def monot5_log_odds(model, tokenizer, queries: list[str], docs: list[str], max_l
 def monot5_distill_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device, loss: str,
                        temperature: float, teacher_temperature: float, max_negatives: int | None = None):
     """Margin-MSE or KL on monoT5's true/false log-odds, summed over lists."""
-    total = None
-    for group in scored_lists(rows, max_negatives):
-        n = len(group[0][NEG_SCORES][:max_negatives] if max_negatives else group[0][NEG_SCORES])
-        queries = [r[S.QUERY] for r in group for _ in range(n + 1)]
-        docs = [t for r in group for t in (r[S.POS_TEXT], *r["neg_texts"][:n])]
-        scores = monot5_log_odds(model, tokenizer, queries, docs, max_length, device).view(len(group), n + 1)
-        part = _from_scores(scores, _labels(group, n, device), loss, temperature, teacher_temperature)
-        total = part if total is None else total + part
-    return total if total is not None else _zero(model)
+    def log_odds(queries, docs):
+        return monot5_log_odds(model, tokenizer, queries, docs, max_length, device)
+
+    return _pairwise_distill_sum(model, rows, log_odds, loss, temperature, teacher_temperature, max_negatives, device)
