@@ -14,7 +14,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "inpars_ray"
 #: modules that may live at the top of the package: the contracts every layer shares, and what composes them
 TOP_LEVEL = {"__init__", "__main__", "config", "schema", "errors", "stageconfig", "pipeline", "report"}
-KINDS = {"io", "models", "runtime", "stages", "cli", "testing", "data"}
+KINDS = {"io", "models", "runtime", "stages", "cli", "testing", "data", "integrations"}
 LOWER = ("io", "models", "runtime")
 #: what a lower layer may never import
 ABOVE = ("inpars_ray.stages", "inpars_ray.pipeline", "inpars_ray.cli", "inpars_ray.config", "inpars_ray.report")
@@ -59,6 +59,22 @@ def test_lower_layers_never_import_stages_pipeline_or_cli(layer: str) -> None:
         for module in sorted(_imports(path)):
             if any(_is_under(module, above) for above in ABOVE):
                 offences.append(f"{path.relative_to(PKG)} imports {module}")
+    assert not offences, "\n".join(offences)
+
+
+def test_integrations_use_the_lower_layers_only() -> None:
+    """``integrations`` (ir_datasets, PyTerrier, the Hub, MLflow) sit beside the stages: they may use ``io``,
+    ``models``, ``runtime`` and the contracts, never a stage, the pipeline, the composing config or the CLI."""
+    offences = [f"{path.relative_to(PKG)} imports {module}"
+                for path in sorted((PKG / "integrations").rglob("*.py")) for module in sorted(_imports(path))
+                if any(_is_under(module, above) for above in ABOVE)]
+    assert not offences, "\n".join(offences)
+
+
+def test_lower_layers_never_import_integrations() -> None:
+    offences = [f"{path.relative_to(PKG)} imports {module}"
+                for layer in LOWER for path in sorted((PKG / layer).rglob("*.py"))
+                for module in sorted(_imports(path)) if _is_under(module, "inpars_ray.integrations")]
     assert not offences, "\n".join(offences)
 
 
