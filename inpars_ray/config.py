@@ -79,6 +79,8 @@ class InparsConfig:
 
         if self.train.loss in DISTILL_LOSSES and self.teacher is None:
             raise ConfigError(f"train.loss {self.train.loss} distils a teacher's scores: set inpars.teacher")
+        if self.tune is not None and self.tune.dev.judge == "fused" and self.teacher is None:
+            raise ConfigError("tune.dev.judge: fused judges the dev set with the teacher: set inpars.teacher")
         # one seed for the whole synthetic-data chain: derive the stage seeds instead of mapping them by hand
         gen = self.generate
         seeded = {

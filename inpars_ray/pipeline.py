@@ -325,7 +325,8 @@ def _sweep(config: PipelineConfig, stages: dict[str, Any], collection: catalog.C
     tc = config.inpars.tune
     with _Stage(record, "devset") as stage:
         devset = build_dev_set(synthetic["queries_dir"].uri, synthetic["triples_dir"].uri, (out / "index").uri,
-                               collection, (out / "tune" / "devset").uri, tc.dev, config.bm25, config.load)
+                               collection, (out / "tune" / "devset").uri, tc.dev, config.bm25, config.load,
+                               teacher=stages.get("teacher"))
         stage.done(devset)
     weight = stages["rerank"].first_stage_weight
     key = config_hash(sweep_payload(tc, tc.resolved_space(), manifest_hash(devset), config.inpars.train, weight))

@@ -22,6 +22,7 @@ import io
 import logging
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -39,6 +40,7 @@ STAGE = "devset"
 TRAIN_DIR = "train_triples"  #: the training part of the triples (a folder train() reads)
 PAIRS, QRELS = "dev_pairs.parquet", "dev_qrels.parquet"
 FIRST_STAGE_SCORE = "first_stage_score"  #: BM25 score of a dev pair (for the first-stage blend)
+JUDGES = ("source", "fused")
 
 
 @stage_config
@@ -51,6 +53,18 @@ class DevSetConfig:
     max_queries: int = Field(200, ge=1, description="at most this many dev queries (a seeded choice): each "
                              "evaluation scores max_queries x depth pairs")
     seed: int = Field(0, ge=0, description="seed of the document split")
+    judge: str = Field("source", description="what a dev query's relevant documents are: source (its source "
+                       "document only) or fused (the source document plus the top pseudo_relevant documents of "
+                       "the teacher's scores fused with BM25's, a pseudo-reference after LARMOR, arXiv "
+                       "2402.04853; needs inpars.teacher)")
+    pseudo_relevant: int = Field(2, ge=1, description="with judge: fused, the fused ranking's top documents "
+                                 "(besides the source document) judged relevant")
+    bm25_weight: float = Field(1.0, ge=0.0, description="with judge: fused, BM25's weight in the fusion against "
+                               "the teacher's (its rankers' weights sum to 1)")
+
+    def __post_init__(self) -> None:
+        if self.judge not in JUDGES:
+            raise ConfigError(f"tune.dev.judge must be one of {JUDGES}, got {self.judge!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +106,59 @@ def split_triples(triples: pa.Table, dev_docs: set[str]) -> pa.Table:
     return triples.filter(pc.invert(held))
 
 
+def pseudo_qrels(pairs: pa.Table, fused: np.ndarray, sources: pa.Table, top: int) -> pa.Table:
+    """Dev qrels judged by a fused pseudo-reference: for each dev query, its source document and the ``top``
+    best documents of ``fused`` (one score per row of ``pairs``: query_id, doc_id), each with relevance 1.
+
+    A ranker's dev score against the source document alone rewards finding one document; against a fusion of
+    several rankers it tracks the true ranking of systems better (LARMOR, arXiv 2402.04853: Kendall tau about
+    0.70 against 0.51). Ties break by document id, so the qrels do not depend on row order.
+    """
+    qids = pairs.column(S.QUERY_ID).to_pylist()
+    docs = pairs.column(S.DOC_ID).to_pylist()
+    order = sorted(range(len(qids)), key=lambda i: (qids[i], -float(fused[i]), docs[i]))
+    judged: dict[str, list[str]] = {}
+    for qid, doc in zip(sources.column(S.QUERY_ID).to_pylist(), sources.column(S.DOC_ID).to_pylist()):
+        judged.setdefault(qid, []).append(doc)
+    picked: dict[str, int] = {}
+    for i in order:
+        qid, doc = qids[i], docs[i]
+        if qid in judged and picked.get(qid, 0) < top and doc not in judged[qid]:
+            judged[qid].append(doc)
+            picked[qid] = picked.get(qid, 0) + 1
+    rows = [(q, d) for q, ds in judged.items() for d in ds]
+    return pa.table({S.QUERY_ID: [q for q, _ in rows], S.DOC_ID: [d for _, d in rows],
+                     S.RELEVANCE: pa.array([1] * len(rows), pa.int64())}, schema=S.QRELS)
+
+
+def _fused_scores(pairs: pa.Table, teacher: Any, bm25_weight: float) -> np.ndarray:
+    """The teacher's rankers and BM25 on the dev pairs, each standardised over all pairs, mixed with the
+    teacher's weights (summing to 1) and ``bm25_weight`` (the teacher stage's :func:`fuse`)."""
+    import ray
+
+    from inpars_ray.models.rankers import score_dataset
+    from inpars_ray.stages.teacher import fuse
+
+    ds = ray.data.from_arrow(pairs.select([S.QUERY_ID, S.DOC_ID, S.QUERY, S.TEXT]))
+    columns = []
+    for i, ranker in enumerate(teacher.rankers):
+        ds = score_dataset(ds, ranker, num_actors=teacher.num_actors, batch_rows=teacher.rows_per_call,
+                           num_gpus_per_actor=teacher.num_gpus_per_actor, score_column=f"judge_{i}")
+        columns.append(f"judge_{i}")
+    scored = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    # the actors may return the rows in another order: line them up with the pairs by (query, doc)
+    at = {(q, d): i for i, (q, d) in enumerate(zip(scored.column(S.QUERY_ID).to_pylist(),
+                                                   scored.column(S.DOC_ID).to_pylist()))}
+    take = pa.array([at[(q, d)] for q, d in zip(pairs.column(S.QUERY_ID).to_pylist(),
+                                                pairs.column(S.DOC_ID).to_pylist())])
+    scores = [scored.column(c).take(take).to_numpy(zero_copy_only=False) for c in columns]
+    scores.append(pairs.column(FIRST_STAGE_SCORE).to_numpy(zero_copy_only=False))
+    weights = list(teacher.weights or [1.0] * len(teacher.rankers))
+    weights = [w / sum(weights) for w in weights] + [bm25_weight]
+    stats = [(float(s.mean()), float(s.std())) for s in scores]
+    return fuse(scores, stats, weights)
+
+
 def _read(files: list[storage.Location], columns: list[str] | None = None) -> pa.Table:
     tables = [artifacts.read_parquet(f, columns=columns) for f in files]  # page checksums verified
     if not tables:
@@ -107,13 +174,14 @@ def _write_parquet(table: pa.Table, where: storage.Location) -> None:
 
 def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, index_dir: storage.PathLike,
                   collection: Any, out: storage.PathLike, config: DevSetConfig, bm25: Any = None,
-                  load_config: Any = None) -> dict[str, Any]:
+                  load_config: Any = None, teacher: Any = None) -> dict[str, Any]:
     """Split the filtered queries (``queries_dir``: the filter's or consistency's output) and the mined triples
     (``triples_dir``) by source document; write the training triples, the dev pairs (BM25 top ``depth`` with
     texts and BM25 scores) and dev qrels under ``out``; return the manifest (a rerun with the same inputs
     returns it unchanged).
 
-    ``collection`` is only read for document texts, through :class:`CorpusOnly`.
+    ``collection`` is only read for document texts, through :class:`CorpusOnly`. ``teacher`` (a
+    :class:`~inpars_ray.stages.teacher.TeacherConfig`) judges the dev pairs when ``config.judge`` is fused.
     """
     import ray
 
@@ -123,12 +191,18 @@ def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, 
 
     corpus = CorpusOnly.of(collection)
     bm25 = bm25 or BM25Config()
+    if config.judge == "fused" and teacher is None:
+        raise ConfigError("tune.dev.judge: fused judges the dev set with the teacher: set inpars.teacher")
     out = storage.location(out)
     query_files, queries_key = published(queries_dir, ("filter", "consistency"), KEPT_DIR)
     triple_files, triples_key = published(triples_dir, ("mine", "teacher"), "triples")
     info = corpus.filesystem.get_file_info(corpus.corpus_path())
     payload = {"queries": queries_key, "triples": triples_key, "index": _index_key(index_dir),
                "corpus": [info.size, info.mtime_ns], "config": config, "bm25": bm25}
+    if config.judge == "fused":
+        from inpars_ray.io.manifest import artifact_key
+
+        payload.update(teacher=teacher, teacher_models=[artifact_key(r.model) for r in teacher.rankers])
     if is_complete(out, STAGE, payload):
         return read_manifest(out)
     out.join(MANIFEST_NAME).delete()
@@ -162,7 +236,12 @@ def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, 
         pairs = pairs.filter(pc.is_valid(pairs.column(S.TEXT)))
     qrels = pa.table({S.QUERY_ID: dev_queries.column(S.QUERY_ID), S.DOC_ID: dev_queries.column(S.DOC_ID),
                       S.RELEVANCE: pa.array([1] * dev_queries.num_rows, pa.int64())}, schema=S.QRELS)
-    found = pc.is_in(pc.binary_join_element_wise(qrels.column(S.QUERY_ID), qrels.column(S.DOC_ID), "\t"),
+    sources = qrels
+    if config.judge == "fused" and pairs.num_rows:
+        with record.timed("judge"):
+            qrels = pseudo_qrels(pairs, _fused_scores(pairs, teacher, config.bm25_weight), sources,
+                                 config.pseudo_relevant)
+    found = pc.is_in(pc.binary_join_element_wise(sources.column(S.QUERY_ID), sources.column(S.DOC_ID), "\t"),
                      value_set=pc.binary_join_element_wise(pairs.column(S.QUERY_ID), pairs.column(S.DOC_ID), "\t"))
 
     for stale in (out / TRAIN_DIR, out / PAIRS, out / QRELS):
@@ -172,6 +251,7 @@ def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, 
     _write_parquet(qrels, out / QRELS)
     grouped = train_part.group_by([S.QUERY_ID, S.POS_DOC_ID]).aggregate([]).num_rows
     record.counts.update(documents_held_out=len(held), dev_queries=dev_queries.num_rows, dev_pairs=pairs.num_rows,
+                         dev_judged=qrels.num_rows,
                          dev_source_in_hits=int(pc.sum(found).as_py() or 0), train_triples=train_part.num_rows,
                          train_lists=grouped, triples_held_out=triples.num_rows - train_part.num_rows)
     logger.info("[devset] %d dev queries from %d held-out documents; %d of %d triples left for training",

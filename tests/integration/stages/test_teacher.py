@@ -281,3 +281,38 @@ def test_a_tune_sweep_after_the_teacher_cuts_its_dev_set_from_the_scored_triples
     with pytest.raises(Built):
         pipeline._sweep(config, stages, None, out, record, synthetic)
     assert given["triples"] == (out / "teacher" / "triples").uri
+
+
+def test_dev_set_judge_fuses_the_teacher_and_bm25_as_computed_in_one_process(models, triples):
+    """The tune dev set's fused pseudo-reference: the teacher's rankers (on Ray actors, rows in any order)
+    and BM25, each standardised, mixed with the teacher's weights (normalised) and BM25's weight."""
+    from inpars_ray.stages.devset import FIRST_STAGE_SCORE, _fused_scores, pseudo_qrels
+
+    table = _sorted(pq.read_table(triples))
+    rows = {}
+    for r in table.to_pylist():
+        rows[(r[S.QUERY_ID], r[S.NEG_DOC_ID])] = (r[S.QUERY], r[S.NEG_TEXT])
+    keys = sorted(rows)[:40]
+    rng = np.random.default_rng(0)
+    pairs = pa.table({S.QUERY_ID: [q for q, _ in keys], S.DOC_ID: [d for _, d in keys],
+                      S.QUERY: [rows[k][0] for k in keys], S.TEXT: [rows[k][1] for k in keys],
+                      FIRST_STAGE_SCORE: rng.normal(10.0, 3.0, len(keys))})
+    teacher = TeacherConfig(rankers=(_ranker(models["monot5"]), _ranker(models["bi"])), weights=(3.0, 1.0),
+                            rows_per_call=8)
+    fused = _fused_scores(pairs, teacher, bm25_weight=0.5)
+
+    queries, texts = pairs.column(S.QUERY).to_pylist(), pairs.column(S.TEXT).to_pylist()
+    parts = [Ranker(r).score(queries, texts) for r in teacher.rankers]
+    parts.append(pairs.column(FIRST_STAGE_SCORE).to_numpy())
+    z = [(p - p.mean()) / p.std() for p in parts]
+    weights = np.array([0.75, 0.25, 0.5]) / 1.5
+    np.testing.assert_allclose(fused, sum(w * s for w, s in zip(weights, z)), atol=1e-5)
+
+    sources = pa.table({S.QUERY_ID: sorted({q for q, _ in keys}), S.DOC_ID: ["source"] * len({q for q, _ in keys}),
+                        S.RELEVANCE: pa.array([1] * len({q for q, _ in keys}), pa.int64())}, schema=S.QRELS)
+    qrels = pseudo_qrels(pairs, fused, sources, top=1)
+    best = {}
+    for (q, d), f in sorted(zip(keys, fused), key=lambda x: (x[0][0], -x[1], x[0][1])):
+        best.setdefault(q, d)
+    judged = {(q, d) for q, d in zip(qrels.column(S.QUERY_ID).to_pylist(), qrels.column(S.DOC_ID).to_pylist())}
+    assert judged == {(q, "source") for q in best} | set(best.items())
