@@ -5,7 +5,8 @@ parts, an index, a model) get write-once names, and the stage's manifest, writte
 (:func:`snapshot`): it is the commit marker. Readers take only the files a complete manifest lists
 (:func:`listed_files`), so a killed writer leaves nothing a rerun mistakes for done, and a stray part of a
 dead attempt is never read. Actors that need real files copy a published folder once per node
-(:func:`materialize`); Parquet parts are read by Ray tasks through pyarrow (:func:`read_parquet_dataset`).
+(:func:`materialize`); Parquet parts are read by Ray tasks through pyarrow (:func:`read_parquet_dataset`), or
+on the driver as one table (:func:`read_parquet_table`).
 Single objects and locations live in :mod:`inpars_ray.io.storage`.
 
 **Damage.** A manifest lists each file's size: a missing or truncated file is found before any read
@@ -273,10 +274,15 @@ def read_parquet(f: Location, **kwargs: Any) -> Any:
         raise damaged(f, str(exc)) from exc
 
 
-def _read_parquet_group(files: list[Location]) -> Any:
+def read_parquet_table(files: list[Location], **kwargs: Any) -> Any:
+    """The Parquet files of an artifact (e.g. :func:`listed_files`) as one table, each file read by
+    :func:`read_parquet` (``kwargs``: ``columns``...): page checksums verified, a damaged file an
+    :class:`ArtifactDamagedError` naming it."""
     import pyarrow as pa
 
-    return pa.concat_tables([read_parquet(f) for f in files], promote_options="default")
+    if not files:
+        raise StorageError("no Parquet files to read")
+    return pa.concat_tables([read_parquet(f, **kwargs) for f in files], promote_options="default")
 
 
 def read_parquet_dataset(files: list[Location]) -> Any:
@@ -291,6 +297,6 @@ def read_parquet_dataset(files: list[Location]) -> Any:
 
     if not files:
         raise StorageError("no Parquet files to read")
-    read = ray.remote(_read_parquet_group)
+    read = ray.remote(read_parquet_table)
     groups = [files[i:i + FILES_PER_READ_TASK] for i in range(0, len(files), FILES_PER_READ_TASK)]
     return ray.data.from_arrow_refs([read.remote(g) for g in groups])

@@ -146,7 +146,6 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
     """Keep the candidates (a filter output folder or its ``kept/``) whose source document the ranker puts in
     its top ``k``; writes ``kept/``, ``dropped/`` and, last, the manifest listing them to ``out_dir`` (a local
     folder or ``gs://...``) and returns the manifest. A rerun with the same inputs and config does nothing."""
-    import pyarrow.dataset as pads
     import pyarrow.parquet as pq
     import ray
 
@@ -171,8 +170,7 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
     record = StageRecord(STAGE, stage_config)
     if not files:
         raise InparsError(f"consistency: no candidate queries (Parquet files) in {storage.location(candidates_dir)}")
-    candidates = pads.dataset([f.path for f in files], format="parquet", filesystem=files[0].fs).to_table(
-    ).select(S.FILTERED.names).cast(S.FILTERED)
+    candidates = artifacts.read_parquet_table(files).select(S.FILTERED.names).cast(S.FILTERED)
     n_in = candidates.num_rows
     queries = candidates.select([S.QUERY_ID, S.QUERY, S.DOC_ID])
     with record.timed("bm25"):

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -297,13 +295,6 @@ def dropped_table(batch: pa.Table) -> pa.Table:
 
 
 # --- Ray wiring -------------------------------------------------------------------------------------------
-def input_fingerprint(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
-    """(name, size, mtime) of every file under ``path``: a changed input invalidates a stage's manifest."""
-    root = Path(path)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return [(str(p.relative_to(root)) if p != root else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-
-
 def _distinct_fewshot_ids(batch: pa.Table) -> pa.Table:
     ids = pc.unique(pc.list_flatten(batch.column(S.FEWSHOT_IDS)).drop_null())
     return pa.table({"id": ids.cast(pa.string())})
@@ -329,14 +320,21 @@ def fewshot_queries(generated: Any, collection: Collection, load_config: LoadCon
     return FewShotQueries(builtin_fewshot_queries(), by_id)
 
 
-def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
-    import pyarrow.dataset as pads
-
-    files = dropped_dir.files(suffix=".parquet")
+def _read_back(folder: storage.Location, column: str) -> pa.ChunkedArray:
+    """``column`` of the Parquet files this stage wrote under ``folder`` (empty when it wrote none), read with
+    their page checksums verified: a damaged file is an :class:`ArtifactDamagedError` naming it."""
+    files = [folder.join(name) for name in folder.files(suffix=".parquet")]
     if not files:
-        return {}
-    data = pads.dataset([dropped_dir.join(f).path for f in files], format="parquet", filesystem=dropped_dir.fs)
-    reasons = data.to_table(columns=[S.DROP_REASON]).column(0)
+        return pa.chunked_array([], pa.string())
+    return artifacts.read_parquet_table(files, columns=[column]).column(0)
+
+
+def _count_rows(kept_dir: storage.Location) -> int:
+    return len(_read_back(kept_dir, S.QUERY_ID))
+
+
+def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
+    reasons = _read_back(dropped_dir, S.DROP_REASON)
     return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(reasons).to_pylist()}
 
 
@@ -420,18 +418,10 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
                                    batch_format="pyarrow").materialize()
         final.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
         final.map_batches(kept_table, batch_format="pyarrow").write_parquet(**kept_at)
-    kept = int(sum(pq_rows(out / KEPT_DIR / f) for f in (out / KEPT_DIR).files(suffix=".parquet")))
+    kept = _count_rows(out / KEPT_DIR)
     dropped = _count_reasons(out / DROPPED_DIR)
     record.counts.update(kept=kept, **{f"dropped_{r}": dropped.get(r, 0) for r in REASONS})
     if kept + sum(dropped.values()) != n_in:
         raise InparsError(f"filter accounted for {kept + sum(dropped.values())} of {n_in} input rows")
     record.extra["threshold"] = list(threshold) if threshold else None
     return record.counts
-
-
-def pq_rows(path: storage.PathLike) -> int:
-    """Rows of one Parquet file, from its footer."""
-    import pyarrow.parquet as pq
-
-    with storage.location(path).open_input() as fh:
-        return pq.ParquetFile(fh).metadata.num_rows

@@ -277,13 +277,10 @@ def _mined_counts(mined: Any, n: int) -> dict[str, int]:
 def export_tsv(out_dir: storage.PathLike, path: storage.PathLike | None = None) -> storage.Location:
     """Write the triples of ``out_dir`` as ``query<TAB>positive<TAB>negative`` lines (the reference toolkit's
     training format), ordered by query id then negative rank; returns where it was written."""
-    import pyarrow.dataset as pads
-
     out = storage.location(out_dir)
     target = storage.location(path) if path else out / TSV_NAME
     files, _ = published(out, "mine", TRIPLES_DIR)
-    table = pads.dataset([f.path for f in files], format="parquet", filesystem=out.fs).to_table(
-        columns=[S.QUERY_ID, S.NEG_RANK, S.QUERY, S.POS_TEXT, S.NEG_TEXT])
+    table = artifacts.read_parquet_table(files, columns=[S.QUERY_ID, S.NEG_RANK, S.QUERY, S.POS_TEXT, S.NEG_TEXT])
     table = table.take(pc.sort_indices(table, [(S.QUERY_ID, "ascending"), (S.NEG_RANK, "ascending")]))
     with target.open_output() as fh:
         for q, p, n in zip(*(tsv_field(table.column(c)).to_pylist() for c in (S.QUERY, S.POS_TEXT, S.NEG_TEXT))):
