@@ -337,12 +337,6 @@ def write_json(where: PathLike, payload: Any) -> None:
     location(where).write_json(payload)
 
 
-def ray_io(where: PathLike) -> dict[str, Any]:
-    """Keyword arguments that point a Ray Data reader or writer at ``where``: ``paths``/``path`` is the
-    caller's, this gives ``filesystem`` (use with :attr:`Location.path`)."""
-    return {"filesystem": location(where).fs}
-
-
 # --- many nodes ---------------------------------------------------------------------------------------
 def shared_fs_declared() -> bool:
     return os.environ.get(SHARED_FS_ENV, "").strip().lower() in ("1", "true", "yes")

@@ -297,11 +297,6 @@ def _unwrapped(batches: Any) -> Any:
         raise typed from None
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _bounded_read(dataset: Any, buffer_mb: int) -> Any:
     """``dataset`` with the object store memory its execution may use capped at ``buffer_mb`` (the limit is
     set on the dataset's own copy of the DataContext, so other datasets keep theirs)."""

@@ -183,10 +183,6 @@ def planned_steps(train, units: dict[str, int]) -> int:
     return train.epochs * max(1, math.ceil(per / train.batch_size))
 
 
-def stop_requested(stop_file: storage.PathLike | None) -> bool:
-    return bool(stop_file) and storage.location(stop_file).is_file()
-
-
 def search_algorithm(config: SweepConfig, flat: dict[str, Any]):
     """OptunaSearch (seeded) when asked or, for ``auto``, when optuna imports and the space has no grid."""
     has_grid = any(isinstance(s, dict) and "grid" in s for s in flat.values())
