@@ -60,7 +60,9 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def config_hash(config: Any) -> str:
-    """A stable hash of a config: sha256 of its canonical JSON."""
+    """A stable hash of a config, a manifest or any other value :func:`to_jsonable` takes: sha256 of its
+    canonical JSON. A complete manifest's hash is the content key of its stage's output (:func:`input_key`):
+    it changes whenever that stage wrote anew."""
     blob = json.dumps(to_jsonable(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -105,10 +107,8 @@ def is_complete(directory: storage.PathLike, stage: str, config: Any, name: str 
     return True
 
 
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """The content hash of a manifest (canonical JSON): changes whenever its stage wrote anew."""
-    blob = json.dumps(to_jsonable(manifest), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+#: the same function under the name some callers still use for a manifest's content key
+manifest_hash = config_hash
 
 
 def input_key(directory: storage.PathLike, name: str = MANIFEST_NAME, stage: str | None = None) -> str:
@@ -120,7 +120,7 @@ def input_key(directory: storage.PathLike, name: str = MANIFEST_NAME, stage: str
     if not manifest or manifest.get("status") != "complete" or (stage and manifest.get("stage") != stage):
         what = f"a complete {stage} output" if stage else "a complete stage output"
         raise InparsError(f"{storage.location(directory).join(name).uri}: not {what}; run that stage first")
-    return manifest_hash(manifest)
+    return config_hash(manifest)
 
 
 def artifact_key(where_or_id: str | os.PathLike[str] | storage.Location) -> str:
@@ -130,7 +130,7 @@ def artifact_key(where_or_id: str | os.PathLike[str] | storage.Location) -> str:
     if "://" in text or os.path.isabs(text) or os.path.exists(text):
         manifest = read_manifest(text)
         if manifest and manifest.get("status") == "complete":
-            return manifest_hash(manifest)
+            return config_hash(manifest)
     return text
 
 
@@ -140,9 +140,9 @@ def published(where: storage.PathLike, stage: str | tuple[str, ...], subdir: str
 
     ``where`` is the upstream stage's folder or its ``subdir`` (``generate`` or ``generate/parts``). When a
     manifest of ``stage`` is there, the files are exactly those it lists under ``subdir`` and the key is
-    :func:`manifest_hash` (a stage still ``incomplete`` counts too: e.g. generate's rows after backend
-    errors are final for this run). Otherwise ``where`` is a user's own folder: every ``suffix`` file under
-    it, keyed by their names, sizes and modification times.
+    that manifest's :func:`config_hash` (a stage still ``incomplete`` counts too: e.g. generate's rows after
+    backend errors are final for this run). Otherwise ``where`` is a user's own folder: every ``suffix`` file
+    under it, keyed by their names, sizes and modification times.
     """
     stages = (stage,) if isinstance(stage, str) else stage  # any of them (mine reads filter or consistency)
     loc = storage.location(where)
@@ -151,7 +151,7 @@ def published(where: storage.PathLike, stage: str | tuple[str, ...], subdir: str
         if manifest and manifest.get("stage") in stages and "files" in manifest:
             if manifest.get("status") != "complete":
                 logger.warning("%s: reading the %s output of an incomplete run", root.uri, stage)
-            return artifacts.listed_files(root, manifest, subdir), manifest_hash(manifest)
+            return artifacts.listed_files(root, manifest, subdir), config_hash(manifest)
     folder = loc.join(subdir) if loc.join(subdir).is_dir() else loc
     names = folder.files(suffix=suffix)
     infos = folder.fs.get_file_info([folder.join(n).path for n in names])

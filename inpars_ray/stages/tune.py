@@ -340,7 +340,7 @@ def run_sweep(devset: dict[str, Any], devset_dir: storage.PathLike, out: storage
     import ray
     from ray import tune
 
-    from inpars_ray.io.manifest import manifest_hash
+    from inpars_ray.io.manifest import config_hash
     from inpars_ray.stages import tune_report
     from inpars_ray.stages.devset import dev_paths
 
@@ -349,7 +349,7 @@ def run_sweep(devset: dict[str, Any], devset_dir: storage.PathLike, out: storage
     out = storage.location(out)
     if out.is_local:
         out = storage.location(str(out.local_path().resolve()))
-    payload = sweep_payload(config, flat, manifest_hash(devset), train, rerank_weight)
+    payload = sweep_payload(config, flat, config_hash(devset), train, rerank_weight)
     if is_complete(out, STAGE, payload):
         logger.info("[tune] %s holds this sweep already; nothing to do", out.uri)
         return read_manifest(out)

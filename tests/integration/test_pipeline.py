@@ -61,7 +61,7 @@ def test_full_pipeline_runs_and_resumes(ray_session, tmp_path: Path):
 @pytest.mark.slow
 def test_consistency_strategy_trains_on_the_candidates_then_mines_only_consistent_queries(ray_session, tmp_path):
     from inpars_ray.config import merge
-    from inpars_ray.io.manifest import manifest_hash
+    from inpars_ray.io.manifest import config_hash
 
     root = tmp_path / "run"
     config = merge(PipelineConfig(dataset=str(BUNDLED), out_dir=str(root)),
@@ -75,5 +75,5 @@ def test_consistency_strategy_trains_on_the_candidates_then_mines_only_consisten
     assert check["status"] == "complete" and check["config"]["consistency"]["k"] == 10
     assert check["counts"]["candidates"] == filt["counts"]["kept"]
     assert check["counts"]["kept"] + check["counts"]["dropped_inconsistent"] == check["counts"]["candidates"]
-    assert mine["config"]["queries"] == manifest_hash(check)  # mine read the consistency stage's output
+    assert mine["config"]["queries"] == config_hash(check)  # mine read the consistency stage's output
     assert mine["counts"]["queries"] == check["counts"]["kept"]
