@@ -30,16 +30,14 @@ from __future__ import annotations
 import collections
 import gzip
 import hashlib
-import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from inpars_ray.errors import CollectionError, ConfigError
+from inpars_ray.io.beir_writer import BeirWriter
 
 logger = logging.getLogger(__name__)
 
@@ -362,10 +360,6 @@ def assign_splits(queries: list[Row], test: int = TEST_QUERIES, dev: int = DEV_Q
     return {q["_id"]: ("test" if i < test else "dev" if i < test + dev else "train") for i, q in enumerate(order)}
 
 
-def _write_lines(path: Path, rows: list[str]) -> None:
-    path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
-
-
 def build(out_dir: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
           test_queries: int = TEST_QUERIES, dev_queries: int = DEV_QUERIES) -> dict[str, Any]:
     """Write the collection in BEIR layout into ``out_dir`` (a temporary folder, then renamed: created whole) and
@@ -385,34 +379,21 @@ def build(out_dir: str | os.PathLike[str], root: str | os.PathLike[str] | None =
         raise CollectionError(f"man-pages: only {len(queries)} usable queries under {src} (sections "
                               f"{', '.join(used)}), fewer than the {test_queries} test + {dev_queries} dev asked for")
     splits = assign_splits(queries, test_queries, dev_queries)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (staging / "qrels").mkdir()
-        _write_lines(staging / "corpus.jsonl", [json.dumps(d, ensure_ascii=False) for d in docs])
-        _write_lines(staging / "queries.jsonl",
-                     [json.dumps({"_id": q["_id"], "text": q["text"]}, ensure_ascii=False) for q in queries])
-        split_counts = {}
+    split_counts = {split: sum(splits[q["_id"]] == split for q in queries) for split in ("train", "dev", "test")}
+    manifest = {
+        "spec": SPEC, "builder_version": BUILDER_VERSION, "man_folder": str(src), "sections": list(used),
+        "source_sha256": counts.pop("source_sha256"), "licence": LICENCE, "counts": counts, "qrels": split_counts,
+        "rules": {"min_doc_words": MIN_DOC_WORDS, "max_doc_words": MAX_DOC_WORDS, "min_query_words":
+                  MIN_QUERY_WORDS, "max_query_words": MAX_QUERY_WORDS, "min_command_docs": MIN_COMMAND_DOCS,
+                  "skip_prefixes": list(SKIP_PREFIXES)},
+    }
+    with BeirWriter(out_dir) as writer:
+        writer.corpus(docs)
+        writer.queries({"_id": q["_id"], "text": q["text"]} for q in queries)
         for split in ("train", "dev", "test"):
-            rows = [f"{q['_id']}\t{q['doc']}\t1" for q in queries if splits[q["_id"]] == split]
-            split_counts[split] = len(rows)
-            _write_lines(staging / "qrels" / f"{split}.tsv", ["query-id\tcorpus-id\tscore", *rows])
-        manifest = {
-            "spec": SPEC, "builder_version": BUILDER_VERSION, "man_folder": str(src), "sections": list(used),
-            "source_sha256": counts.pop("source_sha256"), "licence": LICENCE, "counts": counts, "qrels": split_counts,
-            "rules": {"min_doc_words": MIN_DOC_WORDS, "max_doc_words": MAX_DOC_WORDS, "min_query_words":
-                      MIN_QUERY_WORDS, "max_query_words": MAX_QUERY_WORDS, "min_command_docs": MIN_COMMAND_DOCS,
-                      "skip_prefixes": list(SKIP_PREFIXES)},
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        (staging / "PROVENANCE.md").write_text(_provenance(manifest))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("man-pages: %d documents, %d queries (%s) in %s", counts["documents"], len(queries), split_counts, out)
+            writer.qrels(split, ((q["_id"], q["doc"], 1) for q in queries if splits[q["_id"]] == split))
+        writer.finish(manifest, _provenance(manifest))
+    logger.info("man-pages: %d documents, %d queries (%s) in %s", counts["documents"], len(queries), split_counts, out_dir)
     return manifest
 
 

@@ -28,19 +28,17 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import logging
 import os
 import platform
 import re
-import shutil
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from inpars_ray.errors import CollectionError
+from inpars_ray.io.beir_writer import BeirWriter
 
 logger = logging.getLogger(__name__)
 
@@ -193,42 +191,23 @@ def build(out_dir: str | os.PathLike[str], root: str | os.PathLike[str] | None =
         raise CollectionError(f"python-docstrings: only {len(queries)} usable queries under {src}, "
                               f"fewer than the {test_queries} test + {dev_queries} dev asked for")
     splits = assign_splits(queries, test_queries, dev_queries)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (staging / "qrels").mkdir()
-        with (staging / "corpus.jsonl").open("w", encoding="utf-8") as fh:
-            for d in docs:
-                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
-        with (staging / "queries.jsonl").open("w", encoding="utf-8") as fh:
-            for q in queries:
-                fh.write(json.dumps({"_id": q["_id"], "text": q["text"]}, ensure_ascii=False) + "\n")
-        split_counts = {}
+    split_counts = {split: sum(splits[q["_id"]] == split for q in queries) for split in ("train", "dev", "test")}
+    manifest = {
+        "spec": SPEC, "builder_version": BUILDER_VERSION, "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(), "stdlib_folder": str(src),
+        "licence": "PSF-2.0 (Python Software Foundation License), the licence of the Python standard library",
+        "counts": counts, "qrels": split_counts,
+        "rules": {"min_doc_words": MIN_DOC_WORDS, "min_query_words": MIN_QUERY_WORDS,
+                  "max_query_words": MAX_QUERY_WORDS, "skip_dirs": sorted(SKIP_DIRS), "skip_files": sorted(SKIP_FILES)},
+    }
+    with BeirWriter(out_dir) as writer:
+        writer.corpus(docs)
+        writer.queries({"_id": q["_id"], "text": q["text"]} for q in queries)
         for split in ("train", "dev", "test"):
-            rows = [q for q in queries if splits[q["_id"]] == split]
-            split_counts[split] = len(rows)
-            with (staging / "qrels" / f"{split}.tsv").open("w", encoding="utf-8") as fh:
-                fh.write("query-id\tcorpus-id\tscore\n")
-                for q in rows:
-                    fh.write(f"{q['_id']}\t{q['doc']}\t1\n")
-        manifest = {
-            "spec": SPEC, "builder_version": BUILDER_VERSION, "python_version": platform.python_version(),
-            "python_implementation": platform.python_implementation(), "stdlib_folder": str(src),
-            "licence": "PSF-2.0 (Python Software Foundation License), the licence of the Python standard library",
-            "counts": counts, "qrels": split_counts,
-            "rules": {"min_doc_words": MIN_DOC_WORDS, "min_query_words": MIN_QUERY_WORDS,
-                      "max_query_words": MAX_QUERY_WORDS, "skip_dirs": sorted(SKIP_DIRS), "skip_files": sorted(SKIP_FILES)},
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        (staging / "PROVENANCE.md").write_text(_provenance(manifest))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            writer.qrels(split, ((q["_id"], q["doc"], 1) for q in queries if splits[q["_id"]] == split))
+        writer.finish(manifest, _provenance(manifest))
     logger.info("python-docstrings: %d documents, %d queries (%s) in %s", counts["documents"], counts["queries"],
-                split_counts, out)
+                split_counts, out_dir)
     return manifest
 
 
