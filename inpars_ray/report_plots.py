@@ -1,0 +1,69 @@
+"""The report's plots (PNG, drawn with matplotlib's Agg backend: files only, never a window)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from inpars_ray.report_stats import TIE, fmt_num, fmt_p
+from inpars_ray.runtime.deps import require
+
+
+def pyplot():
+    matplotlib = require("matplotlib", "the report's plots")
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_query(summary: dict[str, Any], path: Path) -> Path | None:
+    """One panel per comparison (each system vs the baseline, then each vs the start model): per-query
+    difference of the headline measure, sorted, as bars."""
+    head, start = summary["measures"][0], (summary.get("start_model") or {}).get("system")
+    panels = [(s, s[key][head], against) for key, against in (("vs_baseline", summary["baseline"]),
+                                                              ("vs_start_model", start))
+              for s in summary["systems"] if head in s.get(key, {})]
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels) + 0.6), squeeze=False)
+    for ax, (s, c, against) in zip(axes[:, 0], panels):
+        diffs = sorted(c["per_query_difference"].values(), reverse=True)
+        colours = ["#2a9d8f" if d > TIE else "#e76f51" if d < -TIE else "#999999" for d in diffs]
+        ax.bar(range(len(diffs)), diffs, width=1.0, color=colours)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlim(-0.5, max(len(diffs), 1) - 0.5)
+        ax.set_ylabel(f"Δ {head}")
+        ax.set_title(f"{s['name']} − {against}: mean Δ {fmt_num(c['difference'], '+.4f')}, "
+                     f"{fmt_p(c['p_value'], '')}; better {c['better']}, worse {c['worse']}, tied {c['tied']} "
+                     f"({c['queries']} queries)", fontsize=10)
+    axes[-1, 0].set_xlabel("queries, sorted by difference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_stage_times(times: Sequence[tuple[str, float, bool]], path: Path) -> Path | None:
+    """Horizontal bars: seconds per stage (hatched: computed in an earlier run and reused)."""
+    if not times:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(times) + 1.2))
+    names = [name for name, _, _ in times][::-1]
+    seconds = [s for _, s, _ in times][::-1]
+    bars = ax.barh(names, seconds, color="#457b9d")
+    for bar, (_, s, reused) in zip(bars, list(times)[::-1]):
+        if reused:
+            bar.set_hatch("//")
+            bar.set_alpha(0.6)
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {s:.1f}s", va="center", fontsize=9)
+    ax.set_xlabel("seconds (hatched: computed in an earlier run, reused)")
+    ax.set_title(f"time per stage (total {sum(seconds):.0f}s)")
+    ax.set_xlim(0, max(seconds) * 1.18 if max(seconds) > 0 else 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
