@@ -3,8 +3,9 @@
 Layers:
 
 * pure functions over Arrow batches: :func:`attach_texts` (run rows + query text + document text, the
-  document as BEIR flat indexes join it) and :func:`rank_by_score` (ranks within each query by
-  descending score, ties broken by doc id);
+  document as BEIR flat indexes join it), :func:`rank_with_tail`, and, from :mod:`inpars_ray.models.ranking`
+  (shared with the PyTerrier reranker), :func:`rank_by_score` (ranks within each query by descending
+  score, ties broken by doc id) and :func:`blend_first_stage`;
 * the scoring actor is :class:`inpars_ray.models.rankers.RankerUDF` (monoT5, cross-encoder or bi-encoder, read
   from the checkpoint), the same scorer the InPars-v2 filter uses;
 * :func:`rerank_run` wires them into Ray: the run is streamed from its file, joined with the corpus by a
@@ -27,6 +28,13 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord
+# the pure ranking lives with the models (the PyTerrier reranker ranks through it too); named here for callers
+from inpars_ray.models.ranking import (  # noqa: F401
+    FIRST_STAGE_SCORE,
+    blend_first_stage,
+    rank_by_score,
+    ranks_within_runs,
+)
 from inpars_ray.runtime.exchange import hash_exchange
 from inpars_ray.stageconfig import Field, stage_config
 
@@ -82,59 +90,6 @@ def attach_texts(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
             .append_column(S.TEXT, pa.array(texts, pa.string())))
 
 
-FIRST_STAGE_SCORE = "first_stage_score"  #: column of :func:`attach_texts`: the hit's first-stage score
-
-
-def _min_max_by_query(qids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``values`` scaled to [0, 1] within each query (a query whose values are all equal gets 0)."""
-    _, group = np.unique(qids, return_inverse=True)
-    low = np.full(group.max() + 1, np.inf)
-    high = np.full(group.max() + 1, -np.inf)
-    np.minimum.at(low, group, values)
-    np.maximum.at(high, group, values)
-    span = (high - low)[group]
-    return np.where(span > 0, (values - low[group]) / np.where(span > 0, span, 1.0), 0.0)
-
-
-def blend_first_stage(scored: pa.Table, weight: float) -> pa.Table:
-    """``scored`` with its score replaced by ``(1-weight) * ranker + weight * first stage``, both min-max
-    scaled per query. Every hit of a query must be in ``scored`` (the regrouping by query sees to it)."""
-    if weight <= 0 or scored.num_rows == 0:
-        return scored
-    S.require_columns(scored.column_names, [S.QUERY_ID, S.SCORE, FIRST_STAGE_SCORE], "first-stage blend")
-    qids = scored.column(S.QUERY_ID).to_numpy(zero_copy_only=False).astype(object)
-    model = _min_max_by_query(qids, scored.column(S.SCORE).to_numpy(zero_copy_only=False).astype(np.float64))
-    first = _min_max_by_query(qids, scored.column(FIRST_STAGE_SCORE).to_numpy(
-        zero_copy_only=False).astype(np.float64))
-    mixed = pa.array((1.0 - weight) * model + weight * first, pa.float64())
-    return scored.set_column(scored.column_names.index(S.SCORE), S.SCORE, mixed)
-
-
-def rank_by_score(scored: pa.Table, first_stage_weight: float = 0.0) -> pa.Table:
-    """A :data:`schema.RUN` table ranked within each query by descending score, ties by doc id (the score
-    first blended with the first stage's, :func:`blend_first_stage`, when ``first_stage_weight`` > 0)."""
-    scored = blend_first_stage(scored, first_stage_weight)
-    if scored.num_rows == 0:
-        return S.RUN.empty_table()
-    order = pc.sort_indices(scored, [(S.QUERY_ID, "ascending"), (S.SCORE, "descending"), (S.DOC_ID, "ascending")])
-    rows = scored.take(order)
-    return pa.table({S.QUERY_ID: rows.column(S.QUERY_ID), S.DOC_ID: rows.column(S.DOC_ID),
-                     S.RANK: pa.array(_ranks_within_runs(rows.column(S.QUERY_ID)), pa.int64()),
-                     S.SCORE: rows.column(S.SCORE)}, schema=S.RUN)
-
-
-def _ranks_within_runs(keys: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """1, 2, 3... within each run of equal consecutive ``keys`` (rows sorted by key), restarting at each new key."""
-    n = len(keys)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    codes = (keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys).dictionary_encode().indices
-    codes = codes.to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
-    run_start = np.repeat(starts, np.diff(np.append(starts, n)))
-    return np.arange(n, dtype=np.int64) - run_start + 1
-
-
 def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float = 0.0) -> pa.Table:
     """:func:`rank_by_score` of the rescored hits, then each query's deeper first-stage hits in their order.
 
@@ -145,7 +100,7 @@ def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float =
     if tail.num_rows == 0:
         return head.append_column(RESCORED, pa.array([True] * head.num_rows, pa.bool_()))
     tail = tail.take(pc.sort_indices(tail, [(S.QUERY_ID, "ascending"), (S.RANK, "ascending")]))
-    k = _ranks_within_runs(tail.column(S.QUERY_ID))
+    k = ranks_within_runs(tail.column(S.QUERY_ID))
     # each query's last rescored row (rank_by_score sorts by query, then descending score): its rank, its score
     ranks = head.column(S.RANK).to_numpy()
     last = head.filter(pa.array(np.append(ranks[1:] == 1, True) if head.num_rows else np.zeros(0, dtype=bool)))
