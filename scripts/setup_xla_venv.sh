@@ -3,7 +3,7 @@
 #
 # Why a separate venv: torch-xla 2.9.0 only runs beside torch 2.9.0, while the main venv pins the CPU
 # build of torch 2.13.0. Without a TPU, torch-xla's CPU PJRT device (PJRT_DEVICE=CPU) is the only way to
-# exercise the XLA training path on this machine (ENVIRONMENT.md, "torch-xla on the CPU"). Cost: ~3 min,
+# exercise the XLA training path on a machine without one. Cost: ~3 min,
 # ~7 GB (torch 2.9.0 from PyPI is the CUDA build and drags in the nvidia wheels).
 #
 # Idempotent: a stamp in the venv holds the hash of this script and the pins; when it matches and the

@@ -1,10 +1,10 @@
 """Document store: the corpus's texts fetched by document id, without a shuffle and without the whole corpus.
 
 Rerank, filter and mine each need the texts of a small subset of the corpus (the hits of a run, the source
-documents of the generated queries, the negatives). Before this store they hash-exchanged the whole corpus
-with those rows (issue #11), which costs a full pass over the corpus and a shuffle per stage. The store is
-built once per corpus version and then answers ``fetch(ids)`` in any process, in time that depends on the
-number of ids, not on the size of the corpus.
+documents of the generated queries, the negatives). Without it they hash-exchange the whole corpus with
+those rows (as they still do where no store is built), which costs a full pass over the corpus and a shuffle
+per stage. The store is built once per corpus version and then answers ``fetch(ids)`` in any process, in
+time that depends on the number of ids, not on the size of the corpus.
 
 Layout of a store folder (every file is written beside a temporary name and renamed, the manifest last):
 

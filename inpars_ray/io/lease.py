@@ -1,4 +1,4 @@
-"""The run lease: one driver at a time on a run root (issue 19).
+"""The run lease: one driver at a time on a run root.
 
 Two drivers on one run root would interleave their artifacts: both see a stage incomplete, both write
 parts and a manifest, and the second manifest may list files the first one is still replacing. So a driver

@@ -98,7 +98,7 @@ def is_complete(directory: storage.PathLike, stage: str, config: Any, name: str 
     if not (manifest and manifest.get("stage") == stage and manifest.get("status") == "complete"
             and manifest.get("config_hash") == config_hash(config)):
         return False
-    if "files" in manifest:  # its artifacts must still be there, whole: else the stage is redone (issue 19)
+    if "files" in manifest:  # its artifacts must still be there, whole: else the stage is redone
         try:
             artifacts.listed_files(directory, manifest)
         except ArtifactDamagedError as exc:  # an outage (StorageError) is raised: no reason to redo a stage

@@ -1,6 +1,6 @@
 """Model inputs and outputs of the ranker families: tokenised pairs, padding, pooling and score heads.
 
-Speed (issue 11): pairs are tokenised in one call of the fast tokenizer per batch and kept as token-id
+Speed: pairs are tokenised in one call of the fast tokenizer per batch and kept as token-id
 lists (:func:`pair_token_lists`, no padding); the scorer orders a batch's pairs by token length, cuts
 sub-batches (:func:`length_buckets`) and pads each only to its own longest pair (:func:`padded_batch`), so
 padding stays small. The per-family forward helpers (:func:`cross_encoder_logits`, :func:`embed`,

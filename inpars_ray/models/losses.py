@@ -1,6 +1,6 @@
 """Training examples and losses of the ranker families (used by the train stage's workers).
 
-* ``monot5`` (InPars-v1 recipe, REFERENCE.md "train"; arXiv 2202.05144 §4): input ``Query: {q} Document:
+* ``monot5`` (InPars-v1 recipe, arXiv 2202.05144 §4): input ``Query: {q} Document:
   {d} Relevant:``, target ``true`` for the positive and ``false`` for the negative of each triple
   (:func:`expand_triples`); the loss covers only the target tokens (:func:`loss_sum`), and the document
   (never the ``Relevant:`` suffix) is truncated — the encoder input is built by :mod:`inpars_ray.models.monot5`.

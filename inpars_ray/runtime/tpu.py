@@ -2,8 +2,8 @@
 
 Why not ``ScalingConfig(use_tpu=True)`` alone: on Ray 2.60 it makes ``TorchTrainer`` pick the
 ``tpu_dist`` process-group backend, which needs Google's ``torch_tpu`` package, not ``torch_xla``; and
-``ray.train.torch.xla.TorchXLAConfig`` targets AWS Neuron (ENVIRONMENT.md, "Ray 2.60 facts"). So this
-module supplies its own :class:`XlaTorchConfig`:
+``ray.train.torch.xla.TorchXLAConfig`` targets AWS Neuron (Ray 2.60's ``ray/train/torch/xla/config.py``). So
+this module supplies its own :class:`XlaTorchConfig`:
 
 * one Ray Train worker per TPU VM host (it reserves the host's chips through the ``TPU`` resource);
 * before the training function runs, every worker gets ``PJRT_DEVICE`` set (``TPU`` on TPU VMs; ``CPU``

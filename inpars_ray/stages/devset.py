@@ -1,4 +1,4 @@
-"""A dev set made from the synthetic data, for choosing a training recipe without the test judgements (issue 20).
+"""A dev set made from the synthetic data, for choosing a training recipe without the test judgements.
 
 The filtered queries are split *by source document*: a seeded share of the documents that have synthetic
 queries (``fraction``, default 10%) is held out, every query generated from them becomes a dev query, and
@@ -80,10 +80,12 @@ class CorpusOnly(Collection):
             raise CollectionError(f"collection {self.spec!r} has no corpus.jsonl")
 
     def queries_path(self) -> str:
-        raise CollectionError("a tune sweep never reads the collection's queries (issue 20)")
+        raise CollectionError("a tune sweep never reads the collection's queries: it chooses the recipe on "
+                              "synthetic data only, so the test judgements stay unseen")
 
     def qrels_path(self, split: str) -> str:
-        raise CollectionError(f"a tune sweep never reads the collection's qrels ({split}; issue 20)")
+        raise CollectionError(f"a tune sweep never reads the collection's qrels ({split}): it chooses the "
+                              "recipe on synthetic data only, so the test judgements stay unseen")
 
 
 def _rank_key(text: str, seed: int) -> bytes:

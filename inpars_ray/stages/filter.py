@@ -1,6 +1,6 @@
 """Stage — filter: keep the synthetic queries most likely to be good training data.
 
-Two strategies (REFERENCE.md, "filter"):
+Two strategies (InPars-v1, arXiv 2202.05144; InPars-v2, arXiv 2301.01820):
 
 * ``scores`` (InPars-v1): the generator's own confidence, the mean of the generated tokens' log-probs
   (``sum`` and ``min`` are offered too); queries with fewer than ``min_tokens`` or more than
@@ -67,7 +67,7 @@ _ORDER = [(S.FILTER_SCORE, "descending"), (S.QUERY_ID, "ascending"), (S.DOC_ID, 
 
 @stage_config
 class FilterConfig:
-    """How synthetic queries are filtered (defaults: InPars, REFERENCE.md)."""
+    """How synthetic queries are filtered (defaults: InPars, arXiv 2202.05144 and 2301.01820)."""
 
     strategy: str = Field("scores", description="scores (InPars-v1, generator log-probs), reranker "
                           "(InPars-v2: a ranker's score of the query and its document, monoT5 P(true) in the "
@@ -378,7 +378,7 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
     S.require_columns(generated.schema().names, S.GENERATED.names, "filter (generated queries)")
     with record.timed("checks"):
         # read once: the few-shot check and the checks below both pass over these rows, and reading the
-        # Parquet parts was most of this stage's time (benchmarks/filter_throughput.py, issue #11)
+        # Parquet parts was most of this stage's time (measured by benchmarks/filter_throughput.py)
         generated = generated.materialize()
         store = store_for(collection, load_config)
         if store is not None:  # the document of each generated row, fetched by id from the corpus's store

@@ -2,10 +2,11 @@
 
 For each kept query, BM25 retrieves the top ``depth`` documents of the collection (InPars: 1000); ``n``
 negatives (InPars-v2: one) are drawn uniformly, without replacement, from those hits. The query's own
-source document is never a negative (the reference toolkit forgot this; v1 excluded it — REFERENCE.md).
-The draw for a query uses a numpy Generator seeded from (seed, a stable hash of the query id), so it does
-not depend on cluster size, block boundaries or the order queries arrive in. A query with fewer eligible
-hits than ``n`` keeps the negatives it has and is listed in ``short_queries/`` with its counts.
+source document is never a negative (the reference toolkit, github.com/zetaalphavector/InPars, forgot this;
+v1 excluded it). The draw for a query uses a numpy Generator seeded from (seed, a stable hash of the query
+id), so it does not depend on cluster size, block boundaries or the order queries arrive in. A query with
+fewer eligible hits than ``n`` keeps the negatives it has and is listed in ``short_queries/`` with its
+counts.
 
 Layers: :func:`sample_negatives` / :func:`mine_batch` / :func:`explode` are pure; :class:`NegativeMiner`
 is the Ray actor, which opens the index once (it holds a :class:`inpars_ray.stages.retrieve.BM25Searcher`, the
@@ -60,7 +61,7 @@ MINED = pa.schema([
 
 @stage_config
 class MineConfig:
-    """How negatives are mined (defaults: InPars-v2, REFERENCE.md)."""
+    """How negatives are mined (defaults: InPars-v2, arXiv 2301.01820)."""
 
     depth: int = Field(1000, ge=1, description="BM25 hits retrieved per query, the pool negatives are drawn from "
                        "(InPars: 1000)")

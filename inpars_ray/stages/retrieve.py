@@ -2,7 +2,8 @@
 
 Anserini's multi-threaded ``SearchCollection`` runs in-process (pyjnius) on a batch of queries and writes a
 TREC run that is read back as Arrow. Going through ``LuceneSearcher.batch_search`` instead marshals every
-hit through JNI as a Java object, which was >4x slower at depth 1000 (ENVIRONMENT.md); with
+hit through JNI as a Java object: at depth 1000, 2,000 queries over 2,000 documents on 2 threads did not
+finish in 120 s that way, while ``SearchCollection`` wrote the same run in 28 s; with
 ``SearchCollection`` only one file crosses the boundary per batch. For many queries,
 :func:`retrieve_dataset` shards the queries over Ray actors, each with its JVM started once. Scores and the
 tie-break (by docid) are Anserini's own, so a run equals ``SearchCollection``'s exactly.

@@ -1,7 +1,8 @@
 """The train stage's settings (:class:`TrainConfig`) and its batch geometry (:func:`plan_steps`).
 
-Defaults follow the InPars-v1 recipe for monoT5 (arXiv 2202.05144; InPars repo issue #21 for the 3e-4 LR)
-and GPL's for bi- and cross-encoders (arXiv 2112.07577; UKPLab/gpl: lr 2e-5, 1k warm-up steps of 140k).
+Defaults follow the InPars-v1 recipe for monoT5 (arXiv 2202.05144; the 3e-4 LR from
+github.com/zetaalphavector/InPars issue #21) and GPL's for bi- and cross-encoders (arXiv 2112.07577;
+UKPLab/gpl: lr 2e-5, 1k warm-up steps of 140k).
 Batch sizes count examples (two per triple) for the pairwise losses and lists (queries) for the grouped
 ones (listwise, contrastive).
 """
@@ -30,7 +31,7 @@ GROUP_ROWS_PER_PARTITION = 200_000
 
 @stage_config
 class TrainConfig:
-    """How to fine-tune a ranker (defaults: InPars-v1 monoT5 on GPU, REFERENCE.md).
+    """How to fine-tune a ranker (defaults: InPars-v1 monoT5 on GPU, arXiv 2202.05144).
 
     ``batch_size / (num_workers * micro_batch_size)`` is the number of gradient-accumulation micro-steps and
     must be a whole number. The unit of both is an example (two per triple) for the pairwise losses

@@ -1,4 +1,4 @@
-"""Stage — tune: a Ray Tune sweep over the training recipe, scored on the synthetic dev set (issue 20).
+"""Stage — tune: a Ray Tune sweep over the training recipe, scored on the synthetic dev set.
 
 Each trial is the train stage itself (:func:`inpars_ray.stages.train.train`, Ray Train V2 inside a Tune
 *function* trainable, the pattern of Ray's "Hyperparameter Tuning with Ray Tune" guide for Train V2): it

@@ -1,4 +1,4 @@
-"""What a sweep gives its user: the table of trials, a plot, and the best settings (issue 20).
+"""What a sweep gives its user: the table of trials, a plot, and the best settings.
 
 Pure functions over the trials (one dict per trial: settings, dev nDCG@10 per evaluation, steps run and
 planned, stopped early or not); :func:`trials_table` reads them from Tune's ResultGrid, and

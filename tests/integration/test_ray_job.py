@@ -27,7 +27,7 @@ def ray_head(tmp_path: Path):
     gcs, dash, agent, agent_grpc, client, metrics, runtime_env = sorted(ports)
     # a short temp dir: Ray puts Unix sockets in it and pytest's tmp paths exceed the socket path limit
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    # Ray 2.60 enables token auth by default; this throw-away loopback head runs without it (ENVIRONMENT.md)
+    # Ray 2.60 enables token auth by default; this throw-away loopback head runs without it
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(

@@ -2,8 +2,9 @@
 
 A backend takes finished prompt strings and returns, for each, the first line the model generated and the
 log-probabilities of the tokens of that line (the tokens actually chosen, also under sampling). Stopping at
-the end of the first line must work for any tokenizer: a backend never hard-codes a newline token id (an
-upstream defect, see REFERENCE.md); it looks for a newline in the *decoded* text of the generated tokens.
+the end of the first line must work for any tokenizer: a backend never hard-codes a newline token id (the
+InPars toolkit, github.com/zetaalphavector/InPars, hard-codes GPT-2's); it looks for a newline in the
+*decoded* text of the generated tokens.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from inpars_ray.stageconfig import Field, stage_config
 
 @stage_config
 class GenerationParams:
-    """Decoding settings shared by all backends (defaults: InPars, REFERENCE.md)."""
+    """Decoding settings shared by all backends (defaults: InPars, arXiv 2202.05144 and 2301.01820)."""
 
     max_new_tokens: int = Field(64, ge=1, description="most tokens generated per prompt (InPars: 64)")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding; above 0, sampling at that "

@@ -3,8 +3,8 @@
 Decoding is greedy by default; with ``temperature > 0`` it samples. In both cases the log-probability
 recorded for a token is that of the token actually chosen under the model's own distribution
 (``log_softmax`` of the raw logits), so it equals a teacher-forced forward pass over prompt + answer.
-The reference toolkit took the scores *after* its logits processors, which is right only for greedy
-decoding (REFERENCE.md, upstream defects).
+The reference toolkit (github.com/zetaalphavector/InPars) took the scores *after* its logits processors,
+which is right only for greedy decoding.
 
 Generation stops at the end of the first line. The test decodes the generated tokens and looks for a
 newline in the text, so it works for any tokenizer (byte-level BPE, SentencePiece byte fallback, ...):

