@@ -7,8 +7,9 @@ hits with the same settings; without it a ``zero-shot`` row is taken) and every 
 Outputs: ``report.md`` (a plain sentence first: does InPars, and InPars (tuned), beat the start model on the
 first configured measure at p < 0.05), ``report.json`` (``headline``, per system ``vs_baseline`` and
 ``vs_start_model``), ``report_per_query.png`` and ``report_stage_times.png``. The comparisons (paired t-test,
-uncorrected for the number of comparisons; better, worse, tied) are :mod:`inpars_ray.report_stats`', the
-plots :mod:`inpars_ray.report_plots`'; here: reading the run folder, the Markdown, and writing the files.
+uncorrected, and Holm-adjusted where a table compares several systems with one reference; better, worse,
+tied) are :mod:`inpars_ray.report_stats`', the plots :mod:`inpars_ray.report_plots`'; here: reading the run
+folder, the Markdown, and writing the files.
 :func:`collections_report` puts several runs in one table.
 """
 from __future__ import annotations
@@ -24,14 +25,16 @@ from typing import Any
 
 from inpars_ray.errors import ConfigError
 from inpars_ray.io.manifest import MANIFEST_NAME, write_json_atomic
-from inpars_ray.report_plots import plot_per_query, plot_stage_times, pyplot
+from inpars_ray.report_plots import plot_collections, plot_per_query, plot_stage_times
 from inpars_ray.report_stats import (
+    CORRECTION,
     START_SYSTEM,
     TEST_NAME,
     compare,
     fmt_num,
     fmt_p,
     headline_detail,
+    holm_table,
     start_model_label,
     summarise,
 )
@@ -152,11 +155,17 @@ def summarise_run(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 # --- rendering ------------------------------------------------------------------------------------------
 def _comparison_table(rows: Sequence[dict[str, Any]], key: str, head: str, against: str) -> list[str]:
-    lines = ["", f"| {head} vs {against} | Δ | p | better | worse | tied |", "|---|---:|---:|---:|---:|---:|"]
-    for s, c in ((s, s[key][head]) for s in rows if head in s[key]):
+    """One comparison table; with more than one system in it, the Holm-adjusted p beside the uncorrected one."""
+    table = [(s, s[key][head]) for s in rows if head in s[key]]
+    holm = any("p_holm" in c for _, c in table)
+    p_cols = "p (uncorrected) | p (Holm) |" if holm else "p |"
+    lines = ["", f"| {head} vs {against} | Δ | {p_cols} better | worse | tied |",
+             "|---|---:|" + "---:|" * (5 if holm else 4)]
+    for s, c in table:
         name = f"{s['name']} (for information)" if s.get("role") == "teacher" and key == "vs_start_model" else s["name"]
-        lines.append(f"| {name} | {fmt_num(c['difference'], '+.4f')} | {fmt_p(c['p_value'])} | {c['better']} | "
-                     f"{c['worse']} | {c['tied']} |")
+        p = f"{fmt_p(c['p_value'])} | {fmt_p(c['p_holm'])}" if holm else fmt_p(c["p_value"])
+        lines.append(f"| {name} | {fmt_num(c['difference'], '+.4f')} | {p} | {c['better']} | {c['worse']} | "
+                     f"{c['tied']} |")
     return lines
 
 
@@ -182,8 +191,9 @@ def markdown(summary: dict[str, Any], title: str | None = None, times: Sequence[
         lines += ["", f"{start['system']}: {start_model_label(start)}, untrained (the model training starts from), "
                   "reranking the same hits with the same settings."]
     if others:
-        lines += ["", f"Δ: mean difference over the queries both systems were measured on; p: {summary['test']}. "
-                  "Every measure's comparisons are in report.json."]
+        lines += ["", f"Δ: mean difference over the queries both systems were measured on; p: {summary['test']}"
+                  + (f"; p (Holm): {summary['correction']}" if summary.get("correction") else "")
+                  + ". Every measure's comparisons are in report.json."]
     if times:
         lines += ["", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {name}{' (earlier run)' if reused else ''} | {seconds:.1f} |" for name, seconds, reused in times]
@@ -212,8 +222,13 @@ def build_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Report:
 
 def terminal_table(report: Report) -> str:
     """The headline sentence and the report's tables (what a run prints at its end)."""
-    keys = ("baseline", "measures", "test", "systems", "start_model", "headline")
+    keys = ("baseline", "measures", "test", "correction", "systems", "start_model", "headline")
     return markdown({k: report.data.get(k) for k in keys}, title=f"{report.data['dataset']}")
+
+
+def _ps(c: Mapping[str, Any]) -> str:
+    """'p=0.047', and the Holm-adjusted p beside it when the table has one: 'p=0.047, Holm p=0.094'."""
+    return fmt_p(c["p_value"], "") + (f", Holm {fmt_p(c['p_holm'], '')}" if "p_holm" in c else "")
 
 
 def collections_report(run_dirs: Mapping[str, str | os.PathLike[str]], out_dir: str | os.PathLike[str],
@@ -243,6 +258,11 @@ def collections_report(run_dirs: Mapping[str, str | os.PathLike[str]], out_dir: 
             row["systems"][s["name"]] = {"mean": s["means"].get(head), **(c or {}),
                                          **({"vs_start_model": z} if z else {})}
         rows.append(row)
+    # Holm over every comparison of this table (each system against the baseline and against the start model, in
+    # every collection): the question the table answers is "where does a system beat its reference?"
+    holm_table([c for r in rows for v in r.get("systems", {}).values()
+                for c in ([v] if "difference" in v else []) + ([v["vs_start_model"]] if "vs_start_model" in v else [])])
+    holm = any("p_holm" in v for r in rows for v in r.get("systems", {}).values())
     pub_cols = sorted({k for r in rows for k in r.get("published", {})})
     # one column per system compared with the start model in some run: its difference and p
     vs_start = [n for n in names if any("vs_start_model" in (r.get("systems", {}).get(n) or {}) for r in rows)]
@@ -255,34 +275,21 @@ def collections_report(run_dirs: Mapping[str, str | os.PathLike[str]], out_dir: 
             lines.append(f"| {r['collection']} | " + " | ".join(["missing"] * len(names)
                                                                 + ["–"] * (len(vs_start) + len(pub_cols))) + " |")
             continue
-        cells = ["–" if v is None else f"{fmt_num(v['mean'])} ({fmt_num(v['difference'], '+.3f')}, {fmt_p(v['p_value'], '')})"
+        cells = ["–" if v is None else f"{fmt_num(v['mean'])} ({fmt_num(v['difference'], '+.3f')}, {_ps(v)})"
                  if "difference" in v else fmt_num(v["mean"]) for v in (r["systems"].get(n) for n in names)]
         for z in ((r["systems"].get(n) or {}).get("vs_start_model") for n in vs_start):
-            cells.append(f"{fmt_num(z['difference'], '+.3f')} ({fmt_p(z['p_value'], '')})" if z else "–")
+            cells.append(f"{fmt_num(z['difference'], '+.3f')} ({_ps(z)})" if z else "–")
         cells += [fmt_num(r["published"].get(c), ".3f") if r["published"].get(c) is not None else "–" for c in pub_cols]
         lines.append(f"| {r['collection']} | " + " | ".join(cells) + " |")
-    lines += ["", f"In brackets: difference from {names[0] if names else 'the baseline'} and p of a {TEST_NAME}."
+    lines += ["", f"In brackets: difference from {names[0] if names else 'the baseline'} and p of a {TEST_NAME}"
+              + (f"; Holm p: {CORRECTION}, every comparison of the table together" if holm else "") + "."
               + (" '− start model': difference from the run's untrained start model, same test." if vs_start else "")]
-    plot = None
-    done = [r for r in rows if "error" not in r]
-    if done and names:
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(done) * len(names) + 2), 4))
-        width = 0.8 / len(names)
-        for i, n in enumerate(names):
-            ax.bar([j + i * width for j in range(len(done))],
-                   [(r["systems"].get(n) or {}).get("mean") or 0.0 for r in done], width=width, label=n)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(done))], [r["collection"] for r in done],
-                      rotation=30, ha="right")
-        ax.set_ylabel(head)
-        ax.legend()
-        fig.tight_layout()
-        plot = out / "report_collections.png"
-        fig.savefig(plot, dpi=110)
-        plt.close(fig)
+    plot = plot_collections([r for r in rows if "error" not in r], names, head, out / "report_collections.png")
+    if plot is not None:
         lines += ["", f"![collections]({plot.name})"]
     text = "\n".join(lines) + "\n"
-    data = {"measure": head, "test": TEST_NAME, "systems": names, "collections": rows}
+    data = {"measure": head, "test": TEST_NAME, **({"correction": CORRECTION} if holm else {}), "systems": names,
+            "collections": rows}
     (out / REPORT_MD).write_text(text, encoding="utf-8")
     write_json_atomic(out / REPORT_JSON, data)
     return Report(markdown=text, data=data, paths={"md": out / REPORT_MD, "json": out / REPORT_JSON},

@@ -36,7 +36,7 @@ def plot_per_query(summary: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlim(-0.5, max(len(diffs), 1) - 0.5)
         ax.set_ylabel(f"Δ {head}")
         ax.set_title(f"{s['name']} − {against}: mean Δ {fmt_num(c['difference'], '+.4f')}, "
-                     f"{fmt_p(c['p_value'], '')}; better {c['better']}, worse {c['worse']}, tied {c['tied']} "
+                     f"{fmt_p(c['p_value'], '')}{', Holm ' + fmt_p(c['p_holm'], '') if 'p_holm' in c else ''}; better {c['better']}, worse {c['worse']}, tied {c['tied']} "
                      f"({c['queries']} queries)", fontsize=10)
     axes[-1, 0].set_xlabel("queries, sorted by difference")
     fig.tight_layout()
@@ -67,3 +67,23 @@ def plot_stage_times(times: Sequence[tuple[str, float, bool]], path: Path) -> Pa
     plt.close(fig)
     return path
 
+
+
+def plot_collections(rows: Sequence[dict[str, Any]], names: Sequence[str], head: str, path: Path) -> Path | None:
+    """Grouped bars: the headline measure of each system (``names``) per collection (``rows`` with results)."""
+    if not rows or not names:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) * len(names) + 2), 4))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax.bar([j + i * width for j in range(len(rows))],
+               [(r["systems"].get(n) or {}).get("mean") or 0.0 for r in rows], width=width, label=n)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], [r["collection"] for r in rows],
+                  rotation=30, ha="right")
+    ax.set_ylabel(head)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

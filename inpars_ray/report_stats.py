@@ -4,7 +4,10 @@ headline sentence (does InPars beat the start model?).
 Every system after the first is compared with the baseline, and every one but the baseline and the start model
 with the start model (the ``teacher`` row too, for information; it is never the headline), per measure on the
 queries both were measured on: mean difference, two-sided paired t-test (``scipy.stats.ttest_rel``), queries
-better, worse, tied. Reading the run folder and writing the files is :mod:`inpars_ray.report`'s job.
+better, worse, tied. Where a table compares more than one system with its reference (one measure, against
+the baseline or against the start model), each comparison also carries its p-value adjusted by Holm's
+step-down method over that table's comparisons (``p_holm``), beside the uncorrected ``p_value``. Reading the
+run folder and writing the files is :mod:`inpars_ray.report`'s job.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ TIE = 1e-6  # differences smaller than this count as ties (per-query values are 
 ALPHA = 0.05  # the headline's significance level
 START_SYSTEM, TEACHER = "zero-shot", "teacher"  # the start model's row unless the manifest names one; the teacher's
 HEADLINE_SYSTEMS = ("InPars", "InPars (tuned)")  # the trained systems the headline speaks of, when the run has them
+CORRECTION = ("Holm's step-down adjustment over the table's comparisons (Holm 1979, Scand. J. Statist. 6:65-70; "
+              "it bounds the family-wise error rate)")
 
 
 def compare(baseline: Mapping[str, float], system: Mapping[str, float]) -> dict[str, Any]:
@@ -40,6 +45,32 @@ def compare(baseline: Mapping[str, float], system: Mapping[str, float]) -> dict[
     return {"queries": n, "baseline": mean(a), "system": mean(b), "difference": mean(diffs), "p_value": p,
             "better": sum(d > TIE for d in diffs), "worse": sum(d < -TIE for d in diffs),
             "tied": sum(abs(d) <= TIE for d in diffs), "per_query_difference": dict(zip(queries, diffs))}
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values, in the order given (Holm 1979, "A simple sequentially rejective
+    multiple test procedure", Scand. J. Statist. 6:65-70): the i-th smallest of m p-values (i from 0) is
+    multiplied by m - i, capped at 1, and made non-decreasing in that order, so that rejecting where the
+    adjusted p < alpha is Holm's procedure at level alpha. A missing p-value (no test) stays None and does not
+    count in m. scipy (1.17) adjusts for the false discovery rate only (``false_discovery_control``)."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out
+
+
+def holm_table(comparisons: Sequence[dict[str, Any]]) -> None:
+    """Add ``p_holm`` (and ``holm_comparisons``, the m it was adjusted for) to each of one table's
+    comparisons (:func:`compare`'s dicts), when the table has more than one."""
+    if len(comparisons) < 2:
+        return
+    adjusted = holm([c["p_value"] for c in comparisons])
+    tested = sum(p is not None for p in adjusted)
+    for c, p in zip(comparisons, adjusted):
+        c["p_holm"], c["holm_comparisons"] = p, tested
 
 
 def summarise(systems: Sequence[dict[str, Any]], order: Sequence[str] = (),
@@ -66,6 +97,12 @@ def summarise(systems: Sequence[dict[str, Any]], order: Sequence[str] = (),
             if other is not None:
                 entry[key] = {m: compare(other["values"].get(m, {}), values[m]) for m in measures if m in values}
         out["systems"].append(entry)
+    for key in ("vs_baseline", "vs_start_model"):
+        for measure in measures:
+            holm_table([s[key][measure] for s in out["systems"] if measure in s.get(key, {})])
+    if any("p_holm" in c for s in out["systems"] for key in ("vs_baseline", "vs_start_model")
+           for c in s.get(key, {}).values()):
+        out["correction"] = CORRECTION
     out["headline_detail"] = headline_detail(out)
     out["headline"] = " ".join(d["sentence"] for d in out["headline_detail"])
     return out

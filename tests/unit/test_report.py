@@ -10,6 +10,7 @@ import pytest
 from inpars_ray import cli
 from inpars_ray.errors import ConfigError
 from inpars_ray.report import build_report, collections_report, compare, terminal_table
+from inpars_ray.report_stats import holm
 
 MEASURES = ("nDCG@10", "RR@10")
 
@@ -54,7 +55,13 @@ def test_report_from_artifacts(tmp_path: Path, capsys):
     assert c["p_value"] == pytest.approx(0.04742, abs=1e-4)
     z = zero["vs_baseline"]["nDCG@10"]
     assert (z["queries"], z["better"], z["worse"], z["tied"]) == (4, 1, 1, 2)
-    assert "| InPars | +0.2000 | 0.047 | 4 | 0 | 1 |" in report.markdown
+    # two systems against BM25: Holm's p beside the uncorrected one (zero-shot's p = 1 keeps the larger at 1)
+    assert (c["p_holm"], z["p_holm"], c["holm_comparisons"]) == (pytest.approx(2 * c["p_value"]), 1.0, 2)
+    assert "| nDCG@10 vs BM25 | Δ | p (uncorrected) | p (Holm) | better | worse | tied |" in report.markdown
+    assert "| InPars | +0.2000 | 0.047 | 0.095 | 4 | 0 | 1 |" in report.markdown
+    # one system against the start model: no correction, one p column
+    assert "p_holm" not in inpars["vs_start_model"]["nDCG@10"]
+    assert "| nDCG@10 vs start model (zero-shot) | Δ | p | better | worse | tied |" in report.markdown
     for name in ("report.md", "report.json", "report_per_query.png", "report_stage_times.png"):
         assert (root / name).stat().st_size > 0, name
     times = {row["stage"]: row for row in report.data["stage_seconds"]}
@@ -81,7 +88,11 @@ def test_identical_systems_and_collections_table(tmp_path: Path):
     assert (same["p_value"], same["tied"], same["difference"]) == (1.0, 2, 0.0)
     runs = {"tiny": make_run(tmp_path / "tiny"), "broken": tmp_path / "nothing"}
     report = collections_report(runs, tmp_path / "all", published={"tiny": {"InPars-v2": 0.7}})
-    assert "| tiny | 0.4400 | 0.6400 (+0.200, p=0.047) |" in report.markdown
+    # Holm over the table's three comparisons (InPars and zero-shot vs BM25, InPars vs the start model):
+    # p 0.0154 x 3 = 0.046, 0.0474 x 2 = 0.095, then 1.0
+    assert "| tiny | 0.4400 | 0.6400 (+0.200, p=0.047, Holm p=0.095) | 0.5000 (+0.000, p=1.000, Holm p=1.000) | " \
+           "+0.250 (p=0.015, Holm p=0.046) |" in report.markdown
+    assert report.data["correction"].startswith("Holm's step-down")
     assert "| broken | missing" in report.markdown and (tmp_path / "all" / "report_collections.png").exists()
 
 
@@ -150,7 +161,11 @@ def test_vs_start_model_is_a_paired_t_test_by_hand(tmp_path: Path):
     # vs BM25 stays as it was
     assert inpars["vs_baseline"]["nDCG@10"]["difference"] == pytest.approx(0.18125 + sum(SMALL) / 8)
     c = inpars["vs_start_model"]["nDCG@10"]
-    assert f"| InPars | {c['difference']:+.4f} | {c['p_value']:.3f} | 4 | 3 | 1 |" in report.markdown
+    # the teacher's p (< 0.001) is the smaller of the two: x 2; InPars' is the larger: x 1, kept
+    assert c["p_holm"] == pytest.approx(c["p_value"]) and c["holm_comparisons"] == 2
+    t = by_name["teacher"]["vs_start_model"]["nDCG@10"]
+    assert t["p_holm"] == pytest.approx(2 * t["p_value"])
+    assert f"| InPars | {c['difference']:+.4f} | {c['p_value']:.3f} | {c['p_value']:.3f} | 4 | 3 | 1 |" in report.markdown
     assert "| nDCG@10 vs start model (zero-shot) |" in report.markdown
     assert "| teacher (for information) | +0.2250 |" in report.markdown
     assert "uncorrected" in report.markdown
@@ -229,8 +244,28 @@ def test_collections_table_shows_the_difference_from_the_start_model(tmp_path: P
                                       start_model=None)}
     report = collections_report(runs, tmp_path / "all")
     assert "| collection | BM25 | zero-shot | InPars | InPars − start model |" in report.markdown
-    assert "| 0.5600 (+0.285, p<0.001) | +0.104 (p<0.001) |" in report.markdown.split("| with |")[1].split("\n")[0]
-    assert "| without | 0.2750 | – | 0.5600 (+0.285, p<0.001) | – |" in report.markdown
+    assert "| 0.5600 (+0.285, p<0.001, Holm p<0.001) | +0.104 (p<0.001, Holm p<0.001) |" in \
+        report.markdown.split("| with |")[1].split("\n")[0]
+    assert "| without | 0.2750 | – | 0.5600 (+0.285, p<0.001, Holm p<0.001) | – |" in report.markdown
     rows = {r["collection"]: r for r in report.data["collections"]}
     assert rows["with"]["systems"]["InPars"]["vs_start_model"]["difference"] == pytest.approx(0.10375)
     assert rows["with"]["headline"].startswith("InPars beats") and rows["without"]["start_model"] is None
+
+
+# --- Holm's correction when a table compares several systems with one reference ------------------------------
+def test_holm_matches_the_textbook_example():
+    """Holm (1979)'s procedure on four p-values (the Wikipedia "Holm-Bonferroni method" example): sorted
+    0.005, 0.01, 0.03, 0.04 are multiplied by 4, 3, 2, 1 and kept non-decreasing: 0.02, 0.03, 0.06, 0.06
+    (0.04 x 1 = 0.04 rises to 0.06), so at 0.05 H1 and H4 are rejected, H2 and H3 not."""
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert [p < 0.05 for p in adjusted] == [True, False, False, True]
+    # capped at 1; a missing test stays missing and does not count in m
+    assert holm([0.6, None, 0.2]) == [pytest.approx(0.6), None, pytest.approx(0.4)]
+    assert holm([0.9, 0.8]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_holm_agrees_with_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    ps = [0.001, 0.2, 0.013, 0.04, 0.04, 0.5, 0.0004]
+    assert holm(ps) == pytest.approx(list(multitest.multipletests(ps, method="holm")[1]))
