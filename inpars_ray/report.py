@@ -39,9 +39,9 @@ from inpars_ray.report_stats import (
     summarise,
 )
 
-__all__ = ["Report", "build_report", "collections_report", "compare", "headline_detail", "markdown",
-           "read_per_query", "read_start_model", "read_systems", "stage_times", "summarise", "summarise_run",
-           "terminal_table"]
+__all__ = ["Report", "build_report", "collections_report", "compare", "evaluation_note", "headline_detail",
+           "markdown", "read_evaluation", "read_per_query", "read_start_model", "read_systems", "stage_times",
+           "summarise", "summarise_run", "terminal_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,39 @@ def read_systems(root: Path) -> list[dict[str, Any]]:
             raise ConfigError(f"{path} (per-query values of {system['name']}) does not exist")
         out.append({**system, "values": read_per_query(path)})
     return out
+
+
+def read_evaluation(root: Path, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How the run's systems were evaluated, from their evaluation summaries (``extra.systems[].summary``):
+    ``{"ignore_identical_ids": bool, or None when the systems differ, "identical_ids_dropped": {system: hits}}``
+    (:mod:`inpars_ray.stages.evaluate`, BEIR's convention). None when no summary records it (older runs)."""
+    dropped: dict[str, int] = {}
+    settings: set[bool] = set()
+    for system in (manifest.get("extra") or {}).get("systems") or []:
+        try:
+            summary = json.loads((root / system["summary"]).read_text()) if system.get("summary") else {}
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "ignore_identical_ids" in summary:
+            settings.add(bool(summary["ignore_identical_ids"]))
+            dropped[system["name"]] = int(summary.get("identical_ids_dropped") or 0)
+    if not dropped:
+        return None
+    return {"ignore_identical_ids": settings.pop() if len(settings) == 1 else None, "identical_ids_dropped": dropped}
+
+
+def evaluation_note(evaluation: Mapping[str, Any]) -> str:
+    """One sentence on BEIR's identical-id convention as this run applied it."""
+    dropped = evaluation["identical_ids_dropped"]
+    if evaluation["ignore_identical_ids"] is None:
+        return ("The systems were evaluated with different ignore_identical_ids settings (hits dropped: "
+                + ", ".join(f"{n} {k}" for n, k in dropped.items()) + "): their measures are not comparable.")
+    if not evaluation["ignore_identical_ids"]:
+        return ("Hits whose document id equals the query id were kept (BEIR's evaluation drops them: "
+                "ignore_identical_ids).")
+    counts = ", ".join(f"{n} {k}" for n, k in dropped.items()) if any(dropped.values()) else "none in this run"
+    return ("As in BEIR's evaluation (ignore_identical_ids), a hit whose document id equals its query id was dropped "
+            f"before measuring (hits dropped: {counts}).")
 
 
 def read_start_model(manifest: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any] | None:
@@ -194,6 +227,8 @@ def markdown(summary: dict[str, Any], title: str | None = None, times: Sequence[
         lines += ["", f"Δ: mean difference over the queries both systems were measured on; p: {summary['test']}"
                   + (f"; p (Holm): {summary['correction']}" if summary.get("correction") else "")
                   + ". Every measure's comparisons are in report.json."]
+    if summary.get("evaluation"):
+        lines += ["", evaluation_note(summary["evaluation"])]
     if times:
         lines += ["", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {name}{' (earlier run)' if reused else ''} | {seconds:.1f} |" for name, seconds, reused in times]
@@ -206,6 +241,9 @@ def build_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Report:
     """Read a run's artifacts, write report.md, report.json and the PNGs under it, and return them."""
     root = Path(run_dir).resolve()
     summary, manifest = summarise_run(root)
+    evaluation = read_evaluation(root, manifest)
+    if evaluation is not None:
+        summary["evaluation"] = evaluation
     times = stage_times(root)
     dataset = manifest.get("config", {}).get("dataset", root.name)
     written = [made for made in (plot_per_query(summary, root / PER_QUERY_PNG),
@@ -222,7 +260,7 @@ def build_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Report:
 
 def terminal_table(report: Report) -> str:
     """The headline sentence and the report's tables (what a run prints at its end)."""
-    keys = ("baseline", "measures", "test", "correction", "systems", "start_model", "headline")
+    keys = ("baseline", "measures", "test", "correction", "systems", "start_model", "headline", "evaluation")
     return markdown({k: report.data.get(k) for k in keys}, title=f"{report.data['dataset']}")
 
 

@@ -15,6 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measures", default=None, help="comma-separated ir-measures names (default nDCG@10,RR@10,R@100,R@1000,AP)")
     p.add_argument("--exclude-queries", default=None, help="file of query ids (one per line) to leave out, "
                                                            "e.g. the few-shot queries used in prompts")
+    p.add_argument("--keep-identical-ids", action="store_true",
+                   help="keep hits whose document id equals the query id (by default they are dropped before "
+                        "measuring, as BEIR's evaluation does: it matters for ArguAna and Quora)")
     p.add_argument("--per-query", default=None, help="write per-query values to this TSV file")
     p.add_argument("--out", default=None, help="write the JSON summary to this file")
     p.add_argument("--json", action="store_true", help="print one JSON object (measure -> value) as the last line")
@@ -28,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     measures = args.measures.split(",") if args.measures else list(DEFAULT_MEASURES)
     result, summary = evaluate_files(catalog.resolve(args.dataset, args.cache_dir), args.run, args.split, measures,
                                      exclude_file=args.exclude_queries, per_query_path=args.per_query,
-                                     summary_path=args.out, skip_bad_rows=args.skip_bad_rows)
+                                     summary_path=args.out, skip_bad_rows=args.skip_bad_rows,
+                                     ignore_identical_ids=not args.keep_identical_ids)
     if args.json:
         print(json.dumps(result.aggregate, sort_keys=False))
     else:

@@ -4,6 +4,12 @@ Defaults are the InPars/BEIR reporting set: nDCG@10 (the headline), RR@10, R@100
 measure name ir-measures parses is accepted. Relevance threshold 1 (BEIR). Queries whose ids are listed
 in ``exclude_query_ids`` (e.g. queries used as few-shot examples in prompts) are left out of both
 qrels and run before measuring.
+
+BEIR's convention (``EvaluateRetrieval.evaluate(..., ignore_identical_ids=True)``, its default): a hit whose
+document id equals its query id is dropped from the run before measuring. It matters where queries are
+documents of the corpus too (ArguAna's counter-arguments, Quora's duplicate questions): the query's own
+document would otherwise take the first rank. ``ignore_identical_ids=False`` keeps them; the summary records
+the setting and how many hits it dropped.
 """
 from __future__ import annotations
 
@@ -32,12 +38,15 @@ class EvalResult:
         per_query: (query id, measure name, value) rows.
         num_queries: judged queries that were measured.
         num_queries_without_hits: judged queries absent from the run (they count as zero).
+        identical_ids_dropped: hits of judged queries whose document id equals the query id, dropped
+            before measuring (BEIR's ``ignore_identical_ids``; 0 when kept).
     """
 
     aggregate: dict[str, float]
     per_query: list[tuple[str, str, float]]
     num_queries: int
     num_queries_without_hits: int
+    identical_ids_dropped: int = 0
 
     def per_query_table(self) -> pa.Table:
         qids, names, values = (list(c) for c in zip(*self.per_query)) if self.per_query else ([], [], [])
@@ -64,11 +73,12 @@ def parse_measures(names: Iterable[str]) -> list[Any]:
 
 
 def evaluate_run(run: pa.Table, qrels: pa.Table, measures: Sequence[str] = DEFAULT_MEASURES,
-                 exclude_query_ids: Iterable[str] = ()) -> EvalResult:
+                 exclude_query_ids: Iterable[str] = (), ignore_identical_ids: bool = True) -> EvalResult:
     """Measure ``run`` (:data:`schema.RUN`) against ``qrels`` (:data:`schema.QRELS`).
 
     Every judged query counts: a judged query the run has no hits for scores 0 (ir-measures would
-    otherwise leave it out of the mean and flatter the run).
+    otherwise leave it out of the mean and flatter the run). ``ignore_identical_ids`` drops hits whose
+    document id equals the query id first, as BEIR's evaluation does (module docstring).
     """
     import ir_measures
 
@@ -81,6 +91,13 @@ def evaluate_run(run: pa.Table, qrels: pa.Table, measures: Sequence[str] = DEFAU
     judged = {q.query_id for q in qrels_rows}
     run_rows = [ir_measures.ScoredDoc(q, d, float(s)) for q, d, s in zip(
         *(run.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.SCORE))) if q in judged]
+    dropped = 0
+    if ignore_identical_ids:
+        kept = [r for r in run_rows if r.doc_id != r.query_id]
+        dropped, run_rows = len(run_rows) - len(kept), kept
+        if dropped:
+            logger.info("%d hits whose document id equals the query id were dropped (BEIR's ignore_identical_ids)",
+                        dropped)
     per_query: list[tuple[str, str, float]] = []
     seen: dict[str, set[str]] = {}
     for metric in ir_measures.iter_calc(parsed, qrels_rows, run_rows):
@@ -97,7 +114,7 @@ def evaluate_run(run: pa.Table, qrels: pa.Table, measures: Sequence[str] = DEFAU
     if missing_any:
         logger.info("%d judged queries have no hits in the run; they count as 0", len(missing_any))
     return EvalResult(aggregate=aggregate, per_query=sorted(per_query), num_queries=len(judged),
-                      num_queries_without_hits=len(missing_any))
+                      num_queries_without_hits=len(missing_any), identical_ids_dropped=dropped)
 
 
 def run_key(run_path: str) -> str:
@@ -116,13 +133,15 @@ def run_key(run_path: str) -> str:
 
 def evaluate_files(collection: Any, run_path: str, split: str, measures: Sequence[str],
                    exclude_file: str | None = None, per_query_path: str | None = None,
-                   summary_path: str | None = None, skip_bad_rows: bool = False) -> tuple[EvalResult, dict]:
+                   summary_path: str | None = None, skip_bad_rows: bool = False,
+                   ignore_identical_ids: bool = True) -> tuple[EvalResult, dict]:
     """Evaluate a TREC run file against ``collection``'s qrels; optionally write per-query and summary files.
 
     Every path may be local or ``gs://...`` (all are read and written here, in the driver, so a local path
     is fine on any cluster). Measuring is cheap and happens in this process every time; the
     summary records the content keys of its inputs (the run's manifest, the collection's files, the measures
-    and excluded queries) and is rewritten only when they changed, so an unchanged rerun writes nothing.
+    and excluded queries) and is rewritten only when they changed, so an unchanged rerun writes nothing; it
+    records ``ignore_identical_ids`` and the hits it dropped (``identical_ids_dropped``).
     """
     import hashlib
     import json
@@ -141,16 +160,19 @@ def evaluate_files(collection: Any, run_path: str, split: str, measures: Sequenc
     excluded: list[str] = []
     if exclude_file:
         excluded = [line.strip() for line in storage.read_text(exclude_file).splitlines() if line.strip()]
-    result = evaluate_run(read_trec_run(run_path), qrels, measures, excluded)
+    result = evaluate_run(read_trec_run(run_path), qrels, measures, excluded, ignore_identical_ids)
     inputs = {"run": run_key(run_path), "collection": collection_key(collection), "split": split,
               "measures": list(measures), "skip_bad_rows": skip_bad_rows,
-              "excluded": hashlib.sha256("\n".join(sorted(excluded)).encode()).hexdigest()[:16]}
+              "excluded": hashlib.sha256("\n".join(sorted(excluded)).encode()).hexdigest()[:16],
+              "ignore_identical_ids": ignore_identical_ids}
     if per_query_path:
         storage.write_text(per_query_path, "query_id\tmeasure\tvalue\n"
                            + "".join(f"{q}\t{m}\t{v:.6f}\n" for q, m, v in result.per_query))
     summary = {"run": run.uri, "dataset": collection.spec, "split": split, "measures": result.aggregate,
                "num_queries": result.num_queries, "num_queries_without_hits": result.num_queries_without_hits,
-               "excluded_queries": len(excluded), "versions": versions(), "inputs_hash": config_hash(inputs)}
+               "excluded_queries": len(excluded), "ignore_identical_ids": ignore_identical_ids,
+               "identical_ids_dropped": result.identical_ids_dropped, "versions": versions(),
+               "inputs_hash": config_hash(inputs)}
     if summary_path:
         old = storage.location(summary_path)
         if not (old.is_file() and old.read_json().get("inputs_hash") == summary["inputs_hash"]):

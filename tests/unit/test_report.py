@@ -269,3 +269,38 @@ def test_holm_agrees_with_statsmodels():
     multitest = pytest.importorskip("statsmodels.stats.multitest")
     ps = [0.001, 0.2, 0.013, 0.04, 0.04, 0.5, 0.0004]
     assert holm(ps) == pytest.approx(list(multitest.multipletests(ps, method="holm")[1]))
+
+
+# --- BEIR's identical-id convention, as the evaluation summaries recorded it --------------------------------------
+def _with_summaries(root: Path, summaries: dict[str, dict]) -> Path:
+    manifest = json.loads((root / "manifest.json").read_text())
+    for system in manifest["extra"]["systems"]:
+        if system["name"] in summaries:
+            system["summary"] = system["per_query"].replace(".per_query.tsv", ".json")
+            (root / system["summary"]).write_text(json.dumps(summaries[system["name"]]))
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_report_says_which_identical_id_hits_were_dropped(tmp_path: Path):
+    on = {"ignore_identical_ids": True}
+    root = _with_summaries(make_run(tmp_path / "run"), {"BM25": {**on, "identical_ids_dropped": 3},
+                                                        "InPars": {**on, "identical_ids_dropped": 2},
+                                                        "zero-shot": {**on, "identical_ids_dropped": 0}})
+    report = build_report(root, plots=False)
+    assert report.data["evaluation"] == {"ignore_identical_ids": True,
+                                         "identical_ids_dropped": {"BM25": 3, "InPars": 2, "zero-shot": 0}}
+    assert ("a hit whose document id equals its query id was dropped before measuring (hits dropped: BM25 3, "
+            "InPars 2, zero-shot 0)") in report.markdown
+    assert "ignore_identical_ids" in terminal_table(report)
+
+    off = _with_summaries(make_run(tmp_path / "off"), {n: {"ignore_identical_ids": False, "identical_ids_dropped": 0}
+                                                       for n in ("BM25", "InPars", "zero-shot")})
+    assert "Hits whose document id equals the query id were kept" in build_report(off, plots=False).markdown
+    mixed = _with_summaries(make_run(tmp_path / "mixed"), {"BM25": {**on, "identical_ids_dropped": 1},
+                                                           "InPars": {"ignore_identical_ids": False}})
+    data = build_report(mixed, plots=False).data["evaluation"]
+    assert data["ignore_identical_ids"] is None and data["identical_ids_dropped"] == {"BM25": 1, "InPars": 0}
+    # a run evaluated before the setting existed says nothing about it
+    old = build_report(make_run(tmp_path / "old"), plots=False)
+    assert "evaluation" not in old.data and "identical" not in old.markdown
