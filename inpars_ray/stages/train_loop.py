@@ -370,10 +370,12 @@ class _DevSet:
     """A small reranking dev set: rank 0 scores it with the model being trained and computes nDCG@10."""
 
     def __init__(self, dev: dict[str, str], config: TrainConfig, document_encoder=None) -> None:
-        import pyarrow.parquet as pq
+        from inpars_ray.io import artifacts, storage
 
-        self.pairs = pq.read_table(dev["pairs"], page_checksum_verification=True)
-        self.qrels = pq.read_table(dev["qrels"], page_checksum_verification=True)
+        # through the storage layer (its retries, gs:// settings) with page checksums verified: a damaged
+        # file is an ArtifactDamagedError, and the dev set's manifest is marked for redoing
+        self.pairs = artifacts.read_parquet(storage.location(dev["pairs"]))
+        self.qrels = artifacts.read_parquet(storage.location(dev["qrels"]))
         S.require_columns(self.pairs.column_names, [S.QUERY_ID, S.QUERY, S.DOC_ID, S.TEXT], "train dev pairs")
         S.require_columns(self.qrels.column_names, S.QRELS.names, "train dev qrels")
         self.config, self.document_encoder = config, document_encoder

@@ -124,3 +124,32 @@ def test_training_order_is_fixed_by_content_and_seed_not_by_layout():
     assert one_block != [r[S.NEG_DOC_ID] for r in rows]  # shuffled, not the input order
     assert order([rows], seed=1) != one_block  # the seed reorders
     assert ORDER_KEY not in _sorted_part(order_keys(pa.Table.from_pylist(rows), 0, False)).column_names
+
+
+def test_a_damaged_dev_set_file_is_a_typed_error_and_its_stage_is_marked(tmp_path):
+    """The train loop reads its dev set through artifacts.read_parquet: a byte flipped in a file that keeps its
+    size is an ArtifactDamagedError naming it (never wrong rows), and the dev set's manifest is marked."""
+    import pyarrow.parquet as pq
+
+    from inpars_ray.errors import ArtifactDamagedError
+    from inpars_ray.io import artifacts
+    from inpars_ray.io.manifest import StageRecord, read_manifest
+    from inpars_ray.stages.train_loop import _DevSet
+    from tests.unit.io.test_damage import flip_a_data_byte
+
+    n = 300  # enough rows that the flipped byte lands in a data page
+    pairs = pa.table({S.QUERY_ID: [f"q{i}" for i in range(n)], S.QUERY: [f"query {i}" for i in range(n)],
+                      S.DOC_ID: [f"d{i}" for i in range(n)], S.TEXT: [f"text {i}" for i in range(n)]})
+    qrels = pa.table({S.QUERY_ID: [f"q{i}" for i in range(n)], S.DOC_ID: [f"d{i}" for i in range(n)],
+                      S.RELEVANCE: [1] * n}, schema=S.QRELS)
+    for name, table in (("dev_pairs.parquet", pairs), ("dev_qrels.parquet", qrels)):
+        pq.write_table(table, tmp_path / name, **artifacts.PARQUET_WRITE)
+    StageRecord("devset", {"k": 1}).write(tmp_path, files={
+        name: (tmp_path / name).stat().st_size for name in ("dev_pairs.parquet", "dev_qrels.parquet")})
+    dev = {"pairs": str(tmp_path / "dev_pairs.parquet"), "qrels": str(tmp_path / "dev_qrels.parquet")}
+    config = TrainConfig(base_model="x")
+    assert _DevSet(dev, config).pairs.equals(pairs)  # undamaged: read back whole
+    flip_a_data_byte(tmp_path / "dev_pairs.parquet")
+    with pytest.raises(ArtifactDamagedError, match="dev_pairs.parquet"):
+        _DevSet(dev, config)
+    assert read_manifest(tmp_path)["status"] == "damaged"
