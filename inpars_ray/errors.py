@@ -40,6 +40,29 @@ class DownloadError(CollectionError):
     """A download failed or its checksum did not match."""
 
 
+class DatasetUnavailableError(CollectionError):
+    """An ir_datasets id's data could not be read here (not downloaded, and no network to fetch it).
+
+    Attributes:
+        dataset_id: the ir_datasets id.
+        home: the folder ir_datasets keeps its data in (``IR_DATASETS_HOME``).
+        reason: what ir_datasets said.
+    """
+
+    def __init__(self, dataset_id: str, home: str, reason: str) -> None:
+        super().__init__(
+            f"the data of ir_datasets id {dataset_id!r} is not available: {reason}. ir_datasets fetches it on "
+            f"first use into IR_DATASETS_HOME (here {home}); without network, fetch it on a machine that has "
+            f"network (e.g. `ir_datasets export {dataset_id} docs > /dev/null`, likewise queries and qrels), then "
+            f"copy that machine's IR_DATASETS_HOME folder here and set IR_DATASETS_HOME to it")
+        self.dataset_id = dataset_id
+        self.home = home
+        self.reason = reason
+
+    def __reduce__(self):  # errors cross process boundaries in Ray: pickle the constructor's arguments
+        return (type(self), (self.dataset_id, self.home, self.reason))
+
+
 class FormatError(CollectionError):
     """A row of an input file is malformed.
 

@@ -51,12 +51,18 @@ PER_QUERY_PNG, STAGE_TIMES_PNG = "report_per_query.png", "report_stage_times.png
 
 @dataclasses.dataclass
 class Report:
-    """A built report: its Markdown, its data (report.json) and the files written."""
+    """A built report: its Markdown, its data (report.json) and the files written.
+
+    ``paths`` (``md``, ``json``) and ``plots`` are local files; for a run root on an object store the report is
+    built in a local copy that is removed, and they are empty: ``where`` (report.md) and ``published`` (every
+    file written, report.md and report.json first) say where the files are, a path or a URI."""
 
     markdown: str
     data: dict[str, Any]
     paths: dict[str, Path]
     plots: list[Path]
+    where: str = ""
+    published: list[str] = dataclasses.field(default_factory=list)
 
 
 # --- reading the artifacts ---------------------------------------------------------------------------
@@ -238,19 +244,55 @@ def markdown(summary: dict[str, Any], title: str | None = None, times: Sequence[
 
 
 def build_report(run_dir: str | os.PathLike[str], plots: bool = True) -> Report:
-    """Read a run's artifacts, write report.md, report.json and the PNGs under it, and return them."""
-    root = Path(run_dir).resolve()
+    """Read a run's artifacts, write report.md, report.json and the PNGs under it, and return them.
+
+    ``run_dir`` is a local folder or an object-store URI (``gs://bucket/run``): the files the report reads (the
+    manifests, the evaluation summaries and per-query values, the training history) are copied to a temporary
+    folder, the report is built there, and what it wrote is published back beside the run."""
+    from inpars_ray.io import storage
+
+    loc = storage.location(str(run_dir))
+    if not loc.is_local:
+        return _build_remote(loc, plots)
+    report = _build_local(Path(run_dir).resolve(), plots)
+    report.where, report.published = str(report.paths["md"]), [str(p) for p in (*report.paths.values(), *report.plots)]
+    return report
+
+
+def _build_remote(root, plots: bool) -> Report:
+    import tempfile
+
+    from inpars_ray.io import artifacts
+
+    wanted = [n for n in root.files() if n.endswith(".json") and n.count("/") <= 1
+              or n.endswith(".tsv") and "/eval." in f"/{n}"]
+    with tempfile.TemporaryDirectory(prefix="inpars-report-") as tmp:
+        local = artifacts.download_dir(root, Path(tmp) / "run", names=wanted)
+        report = _build_local(local, plots, run_dir=root.uri)
+        published = []
+        for made in [report.paths["md"], report.paths["json"], *report.plots]:
+            target = root.join(made.name)
+            target.write_bytes(Path(made).read_bytes())
+            published.append(target.uri)
+    logger.info("report of %s published: %s", root.uri, ", ".join(published))
+    return Report(markdown=report.markdown, data=report.data, paths={}, plots=[], where=published[0],
+                  published=published)
+
+
+def _build_local(root: Path, plots: bool, run_dir: str | None = None) -> Report:
+    """The report of the run folder ``root`` (``run_dir``: the run root as the report names it)."""
+    run_dir = run_dir or str(root)
     summary, manifest = summarise_run(root)
     evaluation = read_evaluation(root, manifest)
     if evaluation is not None:
         summary["evaluation"] = evaluation
     times = stage_times(root)
-    dataset = manifest.get("config", {}).get("dataset", root.name)
+    dataset = manifest.get("config", {}).get("dataset", run_dir.rstrip("/").rsplit("/", 1)[-1])
     written = [made for made in (plot_per_query(summary, root / PER_QUERY_PNG),
                                  plot_stage_times(times, root / STAGE_TIMES_PNG)) if made is not None] if plots else []
     text = markdown(summary, title=f"{dataset} ({manifest.get('config', {}).get('split', 'test')})",
                     times=times, plots=[str(p) for p in written])
-    data = {"run_dir": str(root), "dataset": dataset, **summary,
+    data = {"run_dir": run_dir, "dataset": dataset, **summary,
             "stage_seconds": [{"stage": n, "seconds": s, "earlier_run": r} for n, s, r in times]}
     (root / REPORT_MD).write_text(text, encoding="utf-8")
     write_json_atomic(root / REPORT_JSON, data)

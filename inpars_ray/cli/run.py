@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--dataset", default=None, help="collection spec (same as --set dataset=SPEC)")
     p.add_argument("--out-dir", default=None, help="run root (same as --set out_dir=DIR)")
-    p.add_argument("--cache-dir", default=None, help="where beir/<name> downloads go")
+    p.add_argument("--cache-dir", default=None, help="where beir/<name> downloads and irds:<id> files go")
     p.add_argument("--skip-bad-rows", action="store_true", help="same as --set load.skip_bad_rows=true")
     p.add_argument("--lease-wait", type=float, default=0.0, metavar="SECONDS",
                    help="if another run holds the run root's lease, wait this long for it (default: refuse at once)")
@@ -47,7 +47,7 @@ def _run(config, args: argparse.Namespace) -> int:
     from inpars_ray.io import storage
     from inpars_ray.io.lease import run_lease
     from inpars_ray.pipeline import run_pipeline
-    from inpars_ray.report import terminal_table
+    from inpars_ray.report import build_report, terminal_table
     from inpars_ray.runtime import progress
     from inpars_ray.runtime.raykit import ensure_ray
 
@@ -61,34 +61,11 @@ def _run(config, args: argparse.Namespace) -> int:
         log = progress.attach_log(progress.log_file(config.out_dir))
         progress.echo(f"log: {log}")
         run_pipeline(config, args.cache_dir)
-        report, where = _report(config.out_dir)
+        report = build_report(config.out_dir)  # a gs:// run's report is published beside the run
     print(terminal_table(report), end="")
-    print(f"\nreport: {where} (and {report.paths['json'].name})")
-    print(f"plots:  {', '.join(p.name for p in report.plots)}")
+    print(f"\nreport: {report.where} (and {report.published[1].rsplit('/', 1)[-1]})")
+    print(f"plots:  {', '.join(p.rsplit('/', 1)[-1] for p in report.published[2:])}")
     return 0
-
-
-def _report(out_dir: str):
-    """Build the run's report; for an object-store run root, from a local copy of the files it reads,
-    published back beside the run. Returns the report and where its Markdown is."""
-    import tempfile
-    from pathlib import Path
-
-    from inpars_ray.io import artifacts, storage
-    from inpars_ray.report import build_report
-
-    root = storage.location(out_dir)
-    if root.is_local:
-        report = build_report(out_dir)
-        return report, report.paths["md"]
-    wanted = [n for n in root.files() if n.endswith(".json") and n.count("/") <= 1 or n.endswith(".tsv")
-              and "/eval." in f"/{n}"]
-    with tempfile.TemporaryDirectory(prefix="inpars-report-") as tmp:
-        local = artifacts.download_dir(root, Path(tmp) / "run", names=wanted)
-        report = build_report(local)
-        for made in [report.paths["md"], report.paths["json"], *report.plots]:
-            root.join(made.name).write_bytes(Path(made).read_bytes())
-    return report, root.join(report.paths["md"].name).uri
 
 
 def _cluster() -> str:

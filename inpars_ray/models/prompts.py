@@ -113,7 +113,7 @@ def inpars_template(gbq: bool = False) -> PromptTemplate:
 
 def collection_name(collection: Collection) -> str:
     """The short name of a collection (``beir/scifact`` -> ``scifact``), used to pick its template."""
-    return collection.spec.rstrip("/").rsplit("/", 1)[-1]
+    return collection.name
 
 
 def promptagator_template(collection: Collection, seed: int = 1, num_examples: int = 8,
