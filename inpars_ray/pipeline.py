@@ -188,6 +188,8 @@ def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | No
     out.mkdir()
     record = StageRecord("pipeline", config)
     collection = catalog.resolve(config.dataset, cache_dir)
+    if collection.source:  # a built collection (irds:): the resolved ids and versions it came from
+        record.extra["collection"] = collection.source
     stages = stage_configs(config, out)
     with _Stage(record, "index") as stage:
         index_manifest = index.build_index(collection, (out / "index").uri, config.load, config.index)
@@ -301,6 +303,8 @@ def run_synthetic(config: PipelineConfig, cache_dir: str | os.PathLike[str] | No
     out.mkdir()
     record = StageRecord("tune_run", config)
     collection = catalog.resolve(config.dataset, cache_dir)
+    if collection.source:  # a built collection (irds:): the resolved ids and versions it came from
+        record.extra["collection"] = collection.source
     stages = stage_configs(config, out)
     with _Stage(record, "index") as stage:
         stage.done(index.build_index(collection, (out / "index").uri, config.load, config.index))

@@ -19,8 +19,10 @@ _DEST = "cfg:"
 
 def add_dataset(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--dataset", required=required,
-                        help="collection: a BEIR-layout folder, beir/<name>, bundled/tiny-science or gs://bucket/prefix")
-    parser.add_argument("--cache-dir", default=None, help="where beir/<name> downloads go (default ~/.cache/inpars-ray)")
+                        help="collection: a BEIR-layout folder, beir/<name>, irds:<ir_datasets id> (e.g. "
+                        "irds:beir/scifact/test), bundled/tiny-science or gs://bucket/prefix")
+    parser.add_argument("--cache-dir", default=None, help="where beir/<name> downloads and the files written for "
+                        "irds:<id> go (default ~/.cache/inpars-ray)")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="report malformed rows and go on without them instead of failing")
 

@@ -1,4 +1,4 @@
-"""Resolve a dataset spec to a BEIR-layout collection: a local folder, ``beir/<name>`` or ``gs://...``.
+"""Resolve a dataset spec to a BEIR-layout collection: a local folder, ``beir/<name>``, ``irds:<id>`` or ``gs://...``.
 
 A BEIR-layout collection holds ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv``.
 
@@ -6,7 +6,10 @@ A BEIR-layout collection holds ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{
 * ``beir/<name>`` is downloaded from the public BEIR site into a cache folder, verified against the md5
   the BEIR authors publish, and unpacked. The download resumes from a ``.part`` file with an HTTP Range
   request; the folder appears under its final name only once verified and fully unpacked, so a cache
-  folder is never half-written.
+  folder is never half-written. CQADupStack's zip holds one collection per StackExchange forum:
+  ``beir/cqadupstack/<forum>`` is that forum's folder (BEIR reports the mean over the 12 forums).
+* ``irds:<id>`` (an ir_datasets id, e.g. ``irds:beir/scifact/test``) is written once into BEIR-layout
+  files in the cache folder (:mod:`inpars_ray.io.irds`).
 * ``gs://bucket/prefix`` is read in place through a pyarrow filesystem; ``STORAGE_EMULATOR_HOST`` (the
   variable google-cloud-storage honours) points it at an emulator.
 """
@@ -23,6 +26,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -52,6 +56,13 @@ BEIR_MD5: dict[str, str] = {
     "scifact": "5f7d1de60b170fc8027bb7898e2efca1",
 }
 
+#: CQADupStack's forums: its zip unpacks into ``cqadupstack/<forum>/``, one BEIR-layout collection each
+CQADUPSTACK_FORUMS = ("android", "english", "gaming", "gis", "mathematica", "physics", "programmers", "stats",
+                      "tex", "unix", "webmasters", "wordpress")
+#: BEIR collections that need a licence (no public zip): build them as BEIR's authors describe and pass the
+#: folder as the dataset spec
+LICENSED = ("bioasq", "signal1m", "trec-news", "robust04")
+
 #: The collection bundled with the package, for tests and the demo (see its PROVENANCE.md).
 BUNDLED_SPEC = "bundled/tiny-science"
 BUNDLED_ROOT = Path(__file__).resolve().parents[1] / "data" / "collections" / "tiny-science"
@@ -77,7 +88,7 @@ def beir_source(name: str, base_url: str | None = None) -> ZipSource:
     if name not in BEIR_MD5:
         raise CollectionError(
             f"unknown BEIR dataset {name!r}; public ones are {sorted(BEIR_MD5)} "
-            "(bioasq, signal1m, trec-news and robust04 need licences: build them locally and pass the folder)"
+            f"({', '.join(LICENSED)} need licences: build them locally and pass the folder)"
         )
     base = (base_url or os.environ.get("INPARS_RAY_BEIR_URL") or BEIR_BASE_URL).rstrip("/")
     return ZipSource(name=name, url=f"{base}/{name}.zip", md5=BEIR_MD5[name])
@@ -96,11 +107,20 @@ class Collection:
         spec: the spec it was resolved from (recorded in manifests).
         root: the folder, as a path inside ``filesystem`` (no ``gs://`` scheme).
         filesystem: the pyarrow filesystem ``root`` lives in.
+        source: where a built collection came from, for the run's manifest (``irds:``: the resolved ids,
+            split and ir_datasets version), or None.
     """
 
     spec: str
     root: str
     filesystem: pafs.FileSystem
+    source: dict[str, Any] | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The collection's short name (``beir/scifact`` and ``irds:beir/scifact/test`` -> ``scifact``)."""
+        ident = (self.source or {}).get("ids", {}).get("docs") or self.spec
+        return ident.rstrip("/").rsplit("/", 1)[-1]
 
     @property
     def is_local(self) -> bool:
@@ -138,8 +158,8 @@ class Collection:
 
 
 def resolve(spec: str, cache_dir: str | os.PathLike[str] | None = None) -> Collection:
-    """Resolve a dataset spec (folder, ``beir/<name>``, ``bundled/tiny-science``, ``builtin/python-docstrings``,
-    ``builtin/man-pages`` or ``gs://...``)."""
+    """Resolve a dataset spec (folder, ``beir/<name>``, ``beir/cqadupstack/<forum>``, ``irds:<id>``,
+    ``bundled/tiny-science``, ``builtin/python-docstrings``, ``builtin/man-pages`` or ``gs://...``)."""
     if spec.startswith("gs://"):
         root = spec[len("gs://"):].rstrip("/")
         return Collection(spec=spec, root=root, filesystem=gcs_filesystem())
@@ -155,14 +175,26 @@ def resolve(spec: str, cache_dir: str | os.PathLike[str] | None = None) -> Colle
 
         root = man_pages.ensure(Path(cache_dir) if cache_dir else default_cache_dir())
         return Collection(spec=spec, root=str(root), filesystem=pafs.LocalFileSystem())
+    if spec.startswith("irds:"):  # materialised on this process (the driver), once per id, in the cache
+        from inpars_ray.io import irds
+
+        root, manifest = irds.ensure(spec, Path(cache_dir) if cache_dir else default_cache_dir())
+        return Collection(spec=spec, root=str(root), filesystem=pafs.LocalFileSystem(),
+                          source=irds.provenance(manifest))
     if spec.startswith("beir/"):
-        name = spec[len("beir/"):]
+        name, _, forum = spec[len("beir/"):].strip("/").partition("/")
+        if name == "cqadupstack" and forum not in CQADUPSTACK_FORUMS:
+            raise CollectionError(f"{spec!r}: CQADupStack is one collection per forum; name one as "
+                                  f"beir/cqadupstack/<forum>, <forum> one of {', '.join(CQADUPSTACK_FORUMS)}")
+        if forum and name != "cqadupstack":
+            raise CollectionError(f"{spec!r}: only beir/cqadupstack has sub-collections")
         root = download(beir_source(name), Path(cache_dir) if cache_dir else default_cache_dir())
-        return Collection(spec=spec, root=str(root), filesystem=pafs.LocalFileSystem())
+        return Collection(spec=spec, root=str(root / forum if forum else root), filesystem=pafs.LocalFileSystem())
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise CollectionError(
-            f"dataset spec {spec!r} is neither a folder, 'beir/<name>', '{BUNDLED_SPEC}' nor 'gs://bucket/prefix'"
+            f"dataset spec {spec!r} is neither a folder, 'beir/<name>', 'irds:<id>', '{BUNDLED_SPEC}' nor "
+            "'gs://bucket/prefix'"
         )
     return Collection(spec=spec, root=str(path.resolve()), filesystem=pafs.LocalFileSystem())
 
