@@ -124,6 +124,10 @@ class BackendError(InparsError):
     """A generation or scoring backend failed in a way retries could not cure."""
 
 
+class HubError(InparsError):
+    """The Hugging Face Hub cannot take an upload: no token, offline mode, or the Hub refused it."""
+
+
 #: ``scheme://user:password@``: the credentials part of a URL
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@")
 
