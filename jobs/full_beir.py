@@ -11,7 +11,12 @@ and actors, so a small collection's stages fill the cluster while a big one inde
 fails is reported and the others go on; stages whose manifests match are skipped, so a resubmitted job
 resumes each collection where it stopped. ``summary.json`` and ``summary.md`` under the run root list each
 collection's status, BM25 and InPars nDCG@10 and the published figures (REFERENCE.md); they are rewritten
-whenever a collection finishes. The exit status is 1 when any collection failed.
+whenever a collection finishes. The exit status is 1 when any collection did not complete.
+
+BEIR's conventions: ``beir/cqadupstack`` runs as its 12 forums (``beir/cqadupstack/<forum>``, one
+collection each) and is reported as their mean, as BEIR reports it, once every forum is complete. The
+collections that need a licence (bioasq, signal1m, trec-news, robust04) have no public zip: the summary
+lists them as needing a local copy, which runs as a folder spec (``--datasets /data/robust04``).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from typing import Any
 
 from inpars_ray.errors import ConfigError, find_typed_error
 from inpars_ray.io import storage
-from inpars_ray.io.catalog import BEIR_MD5
+from inpars_ray.io.catalog import BEIR_MD5, CQADUPSTACK_FORUMS, LICENSED
 from inpars_ray.runtime.raykit import ensure_ray
 
 logger = logging.getLogger("full_beir")
@@ -40,6 +45,12 @@ PUBLISHED = {"scifact": {"bm25": 0.678, "inpars_v1": 0.774, "inpars_v2": 0.774}}
 PUBLISHED_BEIR_AVERAGE = {"bm25": 0.424, "inpars_v1": 0.539, "inpars_v2": 0.545}
 #: BEIR datasets in the order of the InPars-v2 table (those downloadable without a licence)
 DEFAULT_DATASETS = [f"beir/{name}" for name in BEIR_MD5 if name != "msmarco"]
+#: a spec that runs as several collections, reported as their mean (BEIR's convention for CQADupStack)
+GROUPS = {"beir/cqadupstack": [f"beir/cqadupstack/{forum}" for forum in CQADUPSTACK_FORUMS]}
+#: status of a licensed collection asked for by its beir/ name: there is nothing to download
+NEEDS_LOCAL_COPY = "needs a local copy"
+LOCAL_COPY_HOWTO = ("no public download (a licence is needed): build it in BEIR layout (corpus.jsonl, queries.jsonl, "
+                    "qrels/test.tsv) as the BEIR repository describes, then pass the folder: --datasets /data/{name}")
 
 
 @dataclasses.dataclass
@@ -68,7 +79,58 @@ class Outcome:
 
 
 def collection_name(spec: str) -> str:
+    """The run folder's name: ``beir/scifact`` -> ``scifact``, ``beir/cqadupstack/gis`` -> ``cqadupstack-gis``,
+    ``irds:beir/scifact/test`` -> ``beir-scifact-test``, a folder -> its last part."""
+    for prefix in ("beir/", "irds:"):
+        if spec.startswith(prefix):
+            return spec[len(prefix):].strip("/").replace("/", "-")
     return spec.rstrip("/").split("/")[-1]
+
+
+def expand(specs: list[str]) -> list[str]:
+    """``specs`` with each group (``beir/cqadupstack``) replaced by its members, each spec once."""
+    out: list[str] = []
+    for spec in specs:
+        out += [s for s in GROUPS.get(spec.rstrip("/"), [spec]) if s not in out]
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return round(sum(values) / len(values), 4) if values and None not in values else None
+
+
+def _row(dataset: str, status: str, **values: Any) -> dict[str, Any]:
+    """A summary row that no single pipeline run made (a group's mean, a collection needing a local copy)."""
+    return {**Outcome(dataset, collection_name(dataset), "", status=status).row(), "out_dir": None, **values}
+
+
+def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row per group with members in ``rows``: the mean of its members' figures once all of them are
+    complete (a mean over some forums is not BEIR's figure), else how many are."""
+    out = []
+    for group, members in GROUPS.items():
+        mine = [r for r in rows if r["dataset"] in members]
+        if not mine:
+            continue
+        done = [r for r in mine if r["status"] == "complete"]
+        if len(done) < len(members):
+            out.append(_row(group, f"{len(done)} of {len(members)} forums complete"))
+            continue
+        out.append(_row(group, f"mean of {len(members)} forums", **{
+            "bm25_ndcg@10": _mean([r["bm25_ndcg@10"] for r in done]),
+            "inpars_ndcg@10": _mean([r["inpars_ndcg@10"] for r in done]),
+            "seconds": round(sum(r["seconds"] or 0 for r in done), 1)}))
+    return out
+
+
+def local_copy_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row per licensed BEIR collection that this run over BEIR (a ``beir/`` spec) did not cover, saying
+    how to run it."""
+    if not any(r["dataset"].startswith("beir/") for r in rows):
+        return []
+    covered = {collection_name(r["dataset"]) for r in rows}
+    return [_row(f"beir/{name}", NEEDS_LOCAL_COPY, error=LOCAL_COPY_HOWTO.format(name=name))
+            for name in LICENSED if name not in covered]
 
 
 def pipeline_data(spec: str, out_dir: str, base: dict[str, Any], bm25_only: bool, skip_bad_rows: bool,
@@ -126,6 +188,9 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed", ""] + [f"- {r['dataset']}: {r['error']}" for r in failed]
+    local = [r for r in rows if r["status"] == NEEDS_LOCAL_COPY]
+    if local:
+        lines += ["", "## Needs a local copy", ""] + [f"- {r['dataset']}: {r['error']}" for r in local]
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +203,7 @@ class Summary:
     def write(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = [o.row() for o in self.outcomes]
+            rows += group_rows(rows) + local_copy_rows(rows)
             storage.write_json(storage.join(self.root, "summary.json"), rows)
             storage.write_text(storage.join(self.root, "summary.md"), render_markdown(rows))
             return rows
@@ -164,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
 
         base = yaml.safe_load(Path(args.config).read_text()) or {}
-    specs = [s.strip() for s in args.datasets.split(",") if s.strip()]
+    specs = expand([s.strip() for s in args.datasets.split(",") if s.strip()])
     names = [collection_name(s) for s in specs]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
@@ -177,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         out = storage.join(args.out_dir, name)
         outcomes.append(Outcome(spec, name, out, published_bm25=published.get("bm25"),
                                 published_inpars_v2=published.get("inpars_v2")))
+        if spec.rstrip("/") in {f"beir/{n}" for n in LICENSED}:  # nothing to download: say how to run it
+            outcomes[-1].status, outcomes[-1].error = NEEDS_LOCAL_COPY, LOCAL_COPY_HOWTO.format(name=name)
         datas.append(pipeline_data(spec, out, base, args.bm25_only, args.skip_bad_rows, prebuilt))
     summary = Summary(args.out_dir, outcomes)
     summary.write()
@@ -185,11 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         run_one(outcomes[i], datas[i])
         summary.write()
 
+    runnable = [i for i, o in enumerate(outcomes) if o.status != NEEDS_LOCAL_COPY]
     with ThreadPoolExecutor(max_workers=args.max_concurrent, thread_name_prefix="collection") as pool:
-        list(pool.map(task, range(len(specs))))
+        list(pool.map(task, runnable))
     rows = summary.write()
     logger.info("[full_beir] summary in %s\n%s", storage.join(args.out_dir, "summary.md"), render_markdown(rows))
-    return 0 if all(r["status"] == "complete" for r in rows) else 1
+    return 0 if all(o.status == "complete" for o in outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 # --- pyserini prebuilt indexes ----------------------------------------------------------------------------
-#: BEIR collections whose pyserini "flat" index covers the collection as BEIR ships it (cqadupstack is
-#: split into one index per forum there, msmarco is not among them)
+#: BEIR specs with no pyserini "flat" index: cqadupstack as a whole (pyserini has one per forum, as the
+#: catalog has: beir/cqadupstack/<forum> -> beir-v1.0.0-cqadupstack-<forum>.flat), msmarco (not among them)
 _NO_PREBUILT = {"cqadupstack", "msmarco"}
 
 
@@ -40,9 +40,9 @@ def prebuilt_name(collection: Collection, config: IndexConfig) -> str | None:
     if config.prebuilt != "auto":
         return config.prebuilt
     if collection.spec.startswith("beir/"):
-        name = collection.spec[len("beir/"):]
+        name = collection.spec[len("beir/"):].strip("/")
         if name not in _NO_PREBUILT:
-            return f"beir-v1.0.0-{name}.flat"
+            return f"beir-v1.0.0-{name.replace('/', '-')}.flat"
     return None
 
 

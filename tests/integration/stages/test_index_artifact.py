@@ -147,11 +147,13 @@ def test_auto_prebuilt_names_exist_in_pyserinis_table():
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "jobs"))
-    from full_beir import DEFAULT_DATASETS
+    from full_beir import DEFAULT_DATASETS, expand
 
     auto = index_mod.IndexConfig(prebuilt="auto")
-    names = {spec: prebuilt.prebuilt_name(catalog.Collection(spec, "/nowhere", None), auto) for spec in DEFAULT_DATASETS}
+    specs = DEFAULT_DATASETS + expand(DEFAULT_DATASETS)  # the job runs cqadupstack as its forums
+    names = {spec: prebuilt.prebuilt_name(catalog.Collection(spec, "/nowhere", None), auto) for spec in specs}
     assert names["beir/scifact"] == "beir-v1.0.0-scifact.flat" and names["beir/cqadupstack"] is None
+    assert names["beir/cqadupstack/android"] == "beir-v1.0.0-cqadupstack-android.flat"
     for spec, name in names.items():
         if name:
             assert prebuilt.pyserini_table_entry(name)["md5"], spec
