@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 import os
+import tempfile
 from typing import Any
 
 from inpars_ray.errors import ConfigError
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 STAGE = "tune"
 METRIC = "dev_ndcg@10"
 STOP_FILE = "STOP"
+ASHA_STATE = "asha.pkl"  #: the scheduler's saved state, beside the trials' folder
 EXPERIMENT = "experiment"  #: the Tune experiment's folder name under the sweep folder
 SEARCHES = ("auto", "optuna", "random")
 #: sampling forms of a search-space leaf (YAML ``{form: args}``)
@@ -206,34 +208,27 @@ def search_algorithm(config: SweepConfig, flat: dict[str, Any]):
 def _make_scheduler(config: SweepConfig, max_t: int, trials_root: str):
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-    rungs_file = storage.location(trials_root).parent.join("asha_rungs.json")
+    state_file = storage.location(trials_root).parent.join(ASHA_STATE)
 
     class _CooperativeASHA(AsyncHyperBandScheduler):
         """ASHA whose stop decision is a STOP file the trial's training loop obeys (module docstring).
 
         Tune does not save a scheduler with the experiment: a restored sweep would start with empty rungs
-        and judge the remaining trials against nothing. The rungs (trial -> dev nDCG@10 at each milestone;
-        ASHA's ``_brackets[i]._rungs``, Ray internals) are saved after every result and loaded back."""
-
-        def _load_rungs(self) -> None:
-            if getattr(self, "_rungs_loaded", False):
-                return
-            self._rungs_loaded = True
-            if rungs_file.is_file():
-                for bracket, saved in zip(self._brackets, rungs_file.read_json()):
-                    for (_, recorded), values in zip(bracket._rungs, saved):
-                        recorded.update(values)
+        and judge the remaining trials against nothing. So the scheduler's public ``save`` runs after every
+        result it records, and ``restore`` loads it back before the first trial of a resumed sweep."""
 
         def on_trial_add(self, tune_controller, trial):
-            self._load_rungs()
+            if not getattr(self, "_restored", False):
+                self._restored = True
+                if state_file.is_file():
+                    _restore_scheduler(self, state_file)
             super().on_trial_add(tune_controller, trial)
 
         def on_trial_result(self, tune_controller, trial, result):
             from inpars_ray.stages.train_loop import decision_file
 
-            self._load_rungs()
             action = super().on_trial_result(tune_controller, trial, result)
-            rungs_file.write_json([[dict(recorded) for _, recorded in b._rungs] for b in self._brackets])
+            _save_scheduler(self, state_file)
             stop = storage.location(trials_root).join(trial.trial_id, STOP_FILE)
             if action == TrialScheduler.STOP:
                 logger.info("[tune] ASHA stops trial %s at step %s", trial.trial_id, result.get("step"))
@@ -242,9 +237,31 @@ def _make_scheduler(config: SweepConfig, max_t: int, trials_root: str):
                 decision_file(stop.uri, int(result["step"])).write_text(action)
             return TrialScheduler.CONTINUE if action == TrialScheduler.STOP else action
 
+        def on_trial_complete(self, tune_controller, trial, result):
+            super().on_trial_complete(tune_controller, trial, result)
+            _save_scheduler(self, state_file)
+
     return _CooperativeASHA(time_attr="step", max_t=max(max_t, config.grace_period + 1),
                             grace_period=config.grace_period, reduction_factor=config.reduction_factor,
                             stop_last_trials=False)
+
+
+def _save_scheduler(scheduler, where: storage.Location) -> None:
+    """``scheduler.save`` (Ray's public API, a local path) published to ``where`` (local or an object store)."""
+    with tempfile.TemporaryDirectory(prefix="inpars-asha-") as tmp:
+        path = os.path.join(tmp, ASHA_STATE)
+        scheduler.save(path)
+        with open(path, "rb") as fh:
+            where.write_bytes(fh.read())
+
+
+def _restore_scheduler(scheduler, where: storage.Location) -> None:
+    """``scheduler.restore`` from the state :func:`_save_scheduler` published to ``where``."""
+    with tempfile.TemporaryDirectory(prefix="inpars-asha-") as tmp:
+        path = os.path.join(tmp, ASHA_STATE)
+        with open(path, "wb") as fh:
+            fh.write(where.read_bytes())
+        scheduler.restore(path)
 
 
 @dataclasses.dataclass(frozen=True)
