@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "rerank": "rerank",
     "report": "report",
     "tune": "tune",
+    "export": "export",
 }
 
 
