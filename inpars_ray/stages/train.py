@@ -275,7 +275,9 @@ def _every_row_data_config():
             for name, ds in datasets.items():
                 ds = ds.copy(ds)
                 ds.context.execution_options = DataConfig.default_ingest_options()
-                hints = worker_node_ids if self._enable_shard_locality else None
+                # as DataConfig's default (enable_shard_locality=True, which this class never turns off):
+                # each worker's split prefers blocks on its own node
+                hints = worker_node_ids
                 for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
                     out[i][name] = split
             return out
