@@ -94,7 +94,8 @@ def stage_configs(config: PipelineConfig, out: storage.PathLike, resolve=resolve
         generate=dataclasses.replace(ic.generate, model=resolve(ic.generate.model, out)),
         generate_resources=ic.generate_resources,
         filter=dataclasses.replace(filt, model=resolve(filt.model, out)) if filt.model else filt,
-        mine=ic.mine,
+        mine=dataclasses.replace(ic.mine, dense=dataclasses.replace(
+            ic.mine.dense, model=resolve(ic.mine.dense.model, out))) if ic.mine.dense else ic.mine,
         train=dataclasses.replace(ic.train, base_model=resolve(ic.train.base_model, out)),
         rerank=dataclasses.replace(ic.rerank, model=rerank_model),
     )

@@ -42,6 +42,7 @@ from inpars_ray.io.manifest import (
 )
 from inpars_ray.runtime.exchange import corpus_documents, hash_exchange, left_join_unique
 from inpars_ray.stageconfig import Field, stage_config
+from inpars_ray.stages.dense_negatives import DenseNegativesConfig
 from inpars_ray.stages.filter import KEPT_DIR, document_text
 from inpars_ray.stages.retrieve import BM25Config
 
@@ -67,6 +68,8 @@ class MineConfig:
                        "(InPars: 1000)")
     negatives: int = Field(1, ge=1, description="negatives drawn per query (InPars-v2 paper: 1); each makes one triple")
     seed: int = Field(1, ge=0, description="seed of the draws; the same seed gives the same triples on any cluster")
+    dense: DenseNegativesConfig | None = Field(None, description="also draw negatives from a bi-encoder's top "
+                                               "hits (never the positive or a near-copy of it); None: BM25 only")
     bm25: BM25Config = Field(BM25Config(remove_query=False), description="BM25 settings; remove_query is off "
                              "because synthetic query ids are not document ids")
     queries_per_call: int = Field(2000, ge=1, description="queries an actor searches per call")
@@ -195,6 +198,10 @@ def run_mine(queries_dir: storage.PathLike, collection: Collection, index_dir: s
     files, queries_key = published(queries_dir, ("filter", "consistency"), KEPT_DIR)
     stage_config = {"queries": queries_key, "dataset": collection_key(collection),
                     "index": input_key(index_dir, stage="index"), "mine": config, "load": load_config}
+    if config.dense is not None:  # a model retrained in place mines again
+        from inpars_ray.io.manifest import artifact_key
+
+        stage_config["dense_model"] = artifact_key(config.dense.model)
     if is_complete(out, "mine", stage_config):
         logger.info("mine output in %s is complete for this config; nothing to do", out)
         return read_manifest(out) or {}
@@ -231,6 +238,16 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLi
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.num_actors),
             num_cpus=cpus,
         ).materialize()
+    dense_counts: dict[str, int] = {}
+    if config.dense is not None:
+        from inpars_ray.stages.dense_negatives import add_dense_negatives
+
+        with record.timed("dense_negatives"):
+            table = pa.concat_tables([pa.Table.from_batches([], MINED), *ray.get(mined.to_arrow_refs())])
+            table, dense_counts = add_dense_negatives(table, corpus_documents(collection, load_config), config.dense,
+                                                      config.seed, _NEG_IDS, _NEG_RANKS)
+            mined = ray.data.from_arrow(table).materialize()
+    with record.timed("search_and_sample"):
         mined.map_batches(short_report, fn_kwargs={"n": config.negatives},
                           batch_format="pyarrow").write_parquet((out / SHORT_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
     with record.timed("attach_texts"):
@@ -247,7 +264,8 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLi
         triples.map_batches(lambda b: b.select(S.TRIPLES.names).cast(S.TRIPLES),
                             batch_format="pyarrow").write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
     counts = _mined_counts(mined, config.negatives)
-    record.counts.update(queries=queries.count(), **counts)
+    counts["triples"] += dense_counts.get("dense_negatives", 0)
+    record.counts.update(queries=queries.count(), **counts, **dense_counts)
     return record.counts
 
 

@@ -208,3 +208,58 @@ def test_mining_excludes_positive_uses_own_hits_and_is_block_independent(ray_ses
         manifest["finished_at"]
     lines = export_tsv(tmp_path / "run").read_text(encoding="utf-8").splitlines()
     assert len(lines) == triples.num_rows and all(line.count("\t") == 2 for line in lines)
+
+
+def test_dense_negatives_match_a_one_process_recomputation(ray_session, index_dir, kept_dir, tmp_path):
+    """BM25's negatives plus a bi-encoder's: every dense negative is the draw the pure functions make from
+    embeddings computed here without Ray, never the positive or a near-copy of it; counts add up."""
+    import numpy as np
+
+    from inpars_ray.models.rankers import Ranker, RankerConfig
+    from inpars_ray.stages.dense_negatives import DenseNegativesConfig, dense_candidates, draw_dense
+    from inpars_ray.stages.mine import MineConfig, query_rng, run_mine
+    from inpars_ray.stages.retrieve import BM25Config
+    from inpars_ray.testing.tiny_bert import build_tiny_bi_encoder
+
+    model = build_tiny_bi_encoder(tmp_path / "bi")
+    collection = resolve("bundled/tiny-science")
+    dense = DenseNegativesConfig(model=str(model), negatives=2, depth=8, max_similarity=0.995, max_length=64,
+                                 rows_per_call=64, query_block=7)
+    config = MineConfig(depth=50, negatives=1, seed=3, shuffle_partitions=2, dense=dense,
+                        bm25=BM25Config(threads=1, remove_query=False))
+    manifest = run_mine(kept_dir.parent, collection, index_dir, tmp_path / "run", config)
+    triples = read_dir(tmp_path / "run" / "triples")
+
+    docs = corpus()
+    doc_ids = list(docs)
+    ranker = Ranker(RankerConfig(model=str(model), family="bi-encoder", max_length=64, batch_size=64,
+                                 embedding_cache=0))
+    doc_vecs = ranker.embed([docs[d] for d in doc_ids], documents=True)
+    queries = read_dir(kept_dir)
+    q_ids, q_text, q_pos = (queries.column(c).to_pylist() for c in (S.QUERY_ID, S.QUERY, S.DOC_ID))
+    idx, _ = dense_candidates(ranker.embed(q_text), doc_vecs, dense.depth)
+    plain = run_mine(kept_dir.parent, collection, index_dir, tmp_path / "plain",
+                     MineConfig(**{**config.__dict__, "dense": None}))
+    assert plain["counts"]["triples"] < manifest["counts"]["triples"]
+    bm25: dict[str, set[str]] = {}
+    for t in read_dir(tmp_path / "plain" / "triples").to_pylist():
+        bm25.setdefault(t[S.QUERY_ID], set()).add(t[S.NEG_DOC_ID])
+    got: dict[str, list[str]] = {}
+    for t in triples.to_pylist():
+        got.setdefault(t[S.QUERY_ID], []).append(t[S.NEG_DOC_ID])
+    expected_dense, near_copies = 0, 0
+    for qid, pos, cand in zip(q_ids, q_pos, idx):
+        negs = got.get(qid, [])
+        assert pos not in negs and len(set(negs)) == len(negs)
+        sim = doc_vecs[cand] @ doc_vecs[doc_ids.index(pos)]
+        ids, _, excluded = draw_dense(query_rng(config.seed + 1_000_003, qid), [doc_ids[i] for i in cand], pos, sim,
+                                      bm25.get(qid, set()), dense.negatives, dense.max_similarity)
+        assert sorted(negs) == sorted(bm25.get(qid, set()) | set(ids)), qid
+        expected_dense += len(ids)
+        near_copies += excluded["near_copy"]
+    counts = manifest["counts"]
+    assert counts["dense_negatives"] == expected_dense > 0
+    assert counts["dense_excluded_near_copy"] == near_copies
+    assert counts["triples"] == triples.num_rows
+    assert run_mine(kept_dir.parent, collection, index_dir, tmp_path / "run", config)["finished_at"] == \
+        manifest["finished_at"]
