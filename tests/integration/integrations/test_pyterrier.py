@@ -185,7 +185,8 @@ def test_a_pyterrier_pipeline_in_an_experiment_with_a_significance_test(models, 
     first = pt.Transformer.from_df(run)
     reranker = InparsReranker(models[families.CROSS_ENCODER], batch_size=4)
     pipeline = first >> DocumentTexts(store) >> reranker  # from_df joins the topics' query
-    table = pt.Experiment([first, pipeline], topics, qrels, [pt.measures.nDCG @ 10, pt.measures.RR], names=["overlap", str(reranker)],
+    measures = [pt.measures.nDCG @ 10, pt.measures.RR]
+    table = pt.Experiment([first, pipeline], topics, qrels, measures, names=["overlap", str(reranker)],
                           baseline=0, test="t", validate="error")
     assert list(table["name"]) == ["overlap", str(reranker)]
     row = table.set_index("name").loc[str(reranker)]
