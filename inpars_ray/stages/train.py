@@ -41,6 +41,7 @@ from inpars_ray.models.losses import group_triples, unit_id
 from inpars_ray.runtime.deps import require
 from inpars_ray.stages.train_config import DATA_STATE, GROUP_ROWS_PER_PARTITION, STAGE, TRAINER_STATE, TrainConfig
 from inpars_ray.stages.train_loop import train_loop_per_worker
+from inpars_ray.stages.train_tracking import mlflow_settings, write_history
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def _hash_payload(triples_key: str, config: TrainConfig) -> dict[str, Any]:
     from inpars_ray.io.manifest import artifact_key
 
     return {"triples": triples_key, "base_model": artifact_key(config.base_model), "config": dataclasses.replace(
-        config, storage_path=None, record_dir=None, max_failures=0, rows_per_block=1, cpus_per_worker=None)}
+        config, storage_path=None, record_dir=None, max_failures=0, rows_per_block=1, cpus_per_worker=None,
+        mlflow=False, mlflow_tracking_uri=None, mlflow_experiment=None)}
 
 
 def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
@@ -90,7 +92,7 @@ def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
 
 def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
           ray_address: str | None = None, num_cpus: int | None = None, callbacks: list | None = None,
-          stop_file: str | None = None) -> dict[str, Any]:
+          stop_file: str | None = None, mlflow: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a ranker on the triples Parquet under ``triples_dir``; the model lands in ``<out>/model``.
 
     ``dev`` (optional) names Parquet files for validation: ``{"pairs": ..., "qrels": ...}`` where pairs
@@ -98,8 +100,10 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     (``first_stage_weight``, optional: blend with the pairs' ``first_stage_score`` as rerank does).
     ``callbacks`` (Ray Train ``UserCallback``s) go to the run; a tune trial forwards its dev evaluations
     to Tune with one. Training ends early, at the next step, once the file ``stop_file`` exists (a tune
-    sweep's early stop: stages/tune.py).
-    Returns the manifest. A rerun with the same triples and config returns the existing manifest.
+    sweep's early stop: stages/tune.py). With ``config.mlflow`` the worker logs every step to MLflow
+    (:mod:`inpars_ray.stages.train_tracking`; ``mlflow``: a tune trial's experiment, run name or store).
+    The per-step history is written beside the model as ``<out>/history.json``. Returns the manifest. A
+    rerun with the same triples and config returns the existing manifest.
     """
     ray = require("ray", "training on Ray")
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -120,6 +124,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         return read_manifest(out)
     if config.validate_every is not None and not dev:
         raise ConfigError("validate_every is set but no dev pairs/qrels were given")
+    tracking = mlflow_settings(config, out, **(mlflow or {}))  # a bad store fails here, before Ray starts
     if not files:
         raise ConfigError(f"train: no triples (Parquet files) in {storage.location(triples_dir)}")
     out.join(MANIFEST_NAME).delete()  # a half-finished earlier attempt must not look complete
@@ -167,7 +172,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         torch_config = XlaTorchConfig()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "dev": dev, "stop_file": stop_file},
+        train_loop_config={"config": config, "dev": dev, "stop_file": stop_file, "mlflow": tracking},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=_worker_resources(config)),
         run_config=RunConfig(
@@ -189,10 +194,13 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     with record.timed("copy_model"):
         model_manifest = copy_model(result.checkpoint, out.join("model"), config.family, config_hash(payload), config)
     history = _read_history(result.checkpoint)
+    history_file = write_history(out, history)  # beside the model, for the report's training curves
     record.counts.update(steps=history[-1]["step"] if history else 0,
                          examples=sum(h["examples"] for h in history), workers=config.num_workers)
     record.extra.update(model=out.join("model").uri, family=config.family, loss=config.loss,
-                        checkpoint=result.checkpoint.path, history=history,
+                        checkpoint=result.checkpoint.path, history=history, history_file=history_file,
+                        **({"mlflow": {k: tracking[k] for k in ("tracking_uri", "experiment_name", "run_name")}}
+                           if tracking else {}),
                         first_loss=history[0]["loss"] if history else None,
                         final_loss=history[-1]["loss"] if history else None,
                         **{k: model_manifest[k] for k in ("interpolation", "towers") if k in model_manifest})

@@ -92,6 +92,13 @@ class TrainConfig:
                                        "many steps; None disables it")
     record_dir: str | None = Field(None, description="when set, workers write their pid and the ids of the "
                                    "examples they train on here (tests and audits)")
+    mlflow: bool = Field(False, description="log each step's loss, learning rate and dev nDCG@10 (where scored) "
+                         "to MLflow through Ray's setup_mlflow, for train and every tune trial (the mlflow extra)")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI (a server, sqlite:///..., "
+                                            "file:...); None: a local store under the run root, "
+                                            "file:<run root>/mlruns (a gs:// run root needs one)")
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment name; None: inpars-ray (tune "
+                                          "trials: inpars-ray tune <sweep>)")
 
     def __post_init__(self) -> None:
         if self.accelerator not in ACCELERATORS:

@@ -39,6 +39,7 @@ from inpars_ray.models.distill import NEG_SCORES, POS_SCORE
 from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER
 from inpars_ray.runtime.deps import require
 from inpars_ray.stages.train_config import DATA_STATE, TRAINER_STATE, TrainConfig, plan_steps
+from inpars_ray.stages.train_tracking import MlflowLog
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     last_saved = step
     dev = _DevSet(loop_config.get("dev"), config, document_encoder) if rank == 0 and config.validate_every else None
+    tracking = MlflowLog(loop_config.get("mlflow"), config)  # Ray's setup_mlflow: rank 0 logs, the others no-op
     stop_file = loop_config.get("stop_file")  # a tune sweep's early stop (stages/tune.py): end the run here
     while _more_steps(config, step, epoch):
         rows = _fresh_triples(shard, consumed, max(plan.triples_per_step, 64), config.grouped)
@@ -298,6 +300,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 metrics["dev_ndcg@10"] = dev.ndcg10(model, tokenizer)
                 model.train()
             history.append(metrics)
+            tracking.log(metrics, step)
             if step % config.checkpoint_every == 0:
                 _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history, metrics)
                 last_saved = step
@@ -321,6 +324,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # the final checkpoint (the last step did not fall on checkpoint_every)
         _report(rank, config, model, tokenizer, optimizer, step, epoch, mine, history,
                 history[-1] if history else {"step": 0})
+    tracking.close()
 
 
 #: how long rank 0 waits for a tune sweep's verdict on an evaluation before it trains on regardless

@@ -34,6 +34,7 @@ from inpars_ray.io import storage
 from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
 from inpars_ray.stageconfig import Field, stage_config
 from inpars_ray.stages.devset import DevSetConfig
+from inpars_ray.stages.train_tracking import trial_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -313,13 +314,14 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
                               checkpoint_every=ctx.validate_every, keep_checkpoints=1,
                               storage_path=out.join("ray").uri)
     callback = _make_report_callback(planned)
+    tracking = trial_mlflow(cfg, storage.location(ctx.trials_root).parent, trial_id)  # train.mlflow: one run per trial
     # The train stage runs in a task of its own, outside the trial's placement group: Tune makes a trial
     # capture its child tasks, and the stage's own tasks (the content-order exchange) ask for a whole CPU
     # that the trial's bundle does not have (ValueError: cannot fit into any bundles).
     task = ray.remote(_train_task).options(scheduling_strategy="DEFAULT", num_cpus=0)
     manifest, trained = ray.get(task.remote(ctx.triples, out.uri, cfg, {
         "pairs": ctx.dev_pairs, "qrels": ctx.dev_qrels, "first_stage_weight": weight}, callback,
-        out.join(STOP_FILE).uri))
+        out.join(STOP_FILE).uri, tracking))
     if not trained:
         # the Train run had finished before a driver was killed: Tune gets its evaluations from the manifest
         for row in manifest.get("extra", {}).get("history", []):
@@ -327,21 +329,22 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
                 ray.tune.report({**row, "planned_steps": planned})
 
 
-def _train_task(triples: str, out: str, cfg, dev: dict[str, Any], callback, stop_file: str):
+def _train_task(triples: str, out: str, cfg, dev: dict[str, Any], callback, stop_file: str, mlflow=None):
     """(the train stage's manifest, whether it trained now) of one trial's training run. A run found
     complete (the driver was killed after it ended) reported nothing to this Tune session."""
     from inpars_ray.io.manifest import read_manifest
     from inpars_ray.stages.train import train
 
     before = read_manifest(out)
-    manifest = train(triples, out, cfg, dev=dev, callbacks=[callback], stop_file=stop_file)
+    manifest = train(triples, out, cfg, dev=dev, callbacks=[callback], stop_file=stop_file, mlflow=mlflow)
     reused = before is not None and before.get("finished_at") == manifest.get("finished_at")
     return manifest, not reused
 
 
 def sweep_payload(config: SweepConfig, flat: dict[str, Any], devset_key: str, train, rerank_weight: float) -> dict:
     """What a sweep's results depend on (where it runs and how many trials run at once do not)."""
-    base = dataclasses.replace(train, storage_path=None, record_dir=None, cpus_per_worker=None, max_failures=0)
+    base = dataclasses.replace(train, storage_path=None, record_dir=None, cpus_per_worker=None, max_failures=0,
+                               mlflow=False, mlflow_tracking_uri=None, mlflow_experiment=None)
     return {"space": flat, "devset": devset_key, "train": base, "first_stage_weight": rerank_weight,
             "tune": dataclasses.replace(config, space={}, space_file=None, max_concurrent_trials=1,
                                         cpus_per_trial=0.0)}
@@ -366,6 +369,7 @@ def run_sweep(devset: dict[str, Any], devset_dir: storage.PathLike, out: storage
     out = storage.location(out)
     if out.is_local:
         out = storage.location(str(out.local_path().resolve()))
+    trial_mlflow(train, out, "check")  # train.mlflow without a usable store fails here, before the sweep
     payload = sweep_payload(config, flat, config_hash(devset), train, rerank_weight)
     if is_complete(out, STAGE, payload):
         logger.info("[tune] %s holds this sweep already; nothing to do", out.uri)
