@@ -6,10 +6,11 @@ Inputs (under the run root): the run manifest's ``extra.systems`` (name, run fil
 hits with the same settings; without it a ``zero-shot`` row is taken) and every stage manifest's timings.
 Outputs: ``report.md`` (a plain sentence first: does InPars, and InPars (tuned), beat the start model on the
 first configured measure at p < 0.05), ``report.json`` (``headline``, per system ``vs_baseline`` and
-``vs_start_model``), ``report_per_query.png`` and ``report_stage_times.png``. The comparisons (paired t-test,
-uncorrected, and Holm-adjusted where a table compares several systems with one reference; better, worse,
-tied) are :mod:`inpars_ray.report_stats`', the plots :mod:`inpars_ray.report_plots`'; here: reading the run
-folder, the Markdown, and writing the files.
+``vs_start_model``), ``report_per_query.png``, ``report_stage_times.png`` and ``report_training.png`` (the
+training loss per step and the dev measure where scored, from ``train/history.json``). The comparisons
+(paired t-test, uncorrected, and Holm-adjusted where a table compares several systems with one reference;
+better, worse, tied) are :mod:`inpars_ray.report_stats`', the plots :mod:`inpars_ray.report_plots`'; here:
+reading the run folder, the Markdown, and writing the files.
 :func:`collections_report` puts several runs in one table.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from inpars_ray.errors import ConfigError
 from inpars_ray.io.manifest import MANIFEST_NAME, write_json_atomic
-from inpars_ray.report_plots import plot_collections, plot_per_query, plot_stage_times
+from inpars_ray.report_plots import plot_collections, plot_per_query, plot_stage_times, plot_training
 from inpars_ray.report_stats import (
     CORRECTION,
     START_SYSTEM,
@@ -40,13 +41,13 @@ from inpars_ray.report_stats import (
 )
 
 __all__ = ["Report", "build_report", "collections_report", "compare", "evaluation_note", "headline_detail",
-           "markdown", "read_evaluation", "read_per_query", "read_start_model", "read_systems", "stage_times",
-           "summarise", "summarise_run", "terminal_table"]
+           "markdown", "read_evaluation", "read_per_query", "read_start_model", "read_systems", "read_training",
+           "stage_times", "summarise", "summarise_run", "terminal_table"]
 
 logger = logging.getLogger(__name__)
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
-PER_QUERY_PNG, STAGE_TIMES_PNG = "report_per_query.png", "report_stage_times.png"
+PER_QUERY_PNG, STAGE_TIMES_PNG, TRAINING_PNG = "report_per_query.png", "report_stage_times.png", "report_training.png"
 
 
 @dataclasses.dataclass
@@ -136,6 +137,27 @@ def evaluation_note(evaluation: Mapping[str, Any]) -> str:
     counts = ", ".join(f"{n} {k}" for n, k in dropped.items()) if any(dropped.values()) else "none in this run"
     return ("As in BEIR's evaluation (ignore_identical_ids), a hit whose document id equals its query id was dropped "
             f"before measuring (hits dropped: {counts}).")
+
+
+def read_training(root: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(folder, per-step history) of each training run directly under ``root`` (``train/``): its
+    ``history.json`` (written beside the model), else its stage manifest's ``extra.history`` (runs from before
+    the file existed); a run with neither is left out."""
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        history = None
+        try:
+            if (folder / "history.json").is_file():
+                history = json.loads((folder / "history.json").read_text())
+            elif (folder / MANIFEST_NAME).is_file():
+                manifest = json.loads((folder / MANIFEST_NAME).read_text())
+                if manifest.get("stage") == "train" and manifest.get("status") == "complete":
+                    history = (manifest.get("extra") or {}).get("history")
+        except (OSError, json.JSONDecodeError) as exc:
+            logger.warning("training history of %s unreadable (%s): no curve for it", folder, exc)
+        if isinstance(history, list) and history:
+            out.append((folder.name, history))
+    return out
 
 
 def read_start_model(manifest: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any] | None:
@@ -289,7 +311,9 @@ def _build_local(root: Path, plots: bool, run_dir: str | None = None) -> Report:
     times = stage_times(root)
     dataset = manifest.get("config", {}).get("dataset", run_dir.rstrip("/").rsplit("/", 1)[-1])
     written = [made for made in (plot_per_query(summary, root / PER_QUERY_PNG),
-                                 plot_stage_times(times, root / STAGE_TIMES_PNG)) if made is not None] if plots else []
+                                 plot_stage_times(times, root / STAGE_TIMES_PNG),
+                                 plot_training(read_training(root), root / TRAINING_PNG)) if made is not None] \
+        if plots else []
     text = markdown(summary, title=f"{dataset} ({manifest.get('config', {}).get('split', 'test')})",
                     times=times, plots=[str(p) for p in written])
     data = {"run_dir": run_dir, "dataset": dataset, **summary,

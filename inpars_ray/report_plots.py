@@ -36,7 +36,8 @@ def plot_per_query(summary: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlim(-0.5, max(len(diffs), 1) - 0.5)
         ax.set_ylabel(f"Δ {head}")
         ax.set_title(f"{s['name']} − {against}: mean Δ {fmt_num(c['difference'], '+.4f')}, "
-                     f"{fmt_p(c['p_value'], '')}{', Holm ' + fmt_p(c['p_holm'], '') if 'p_holm' in c else ''}; better {c['better']}, worse {c['worse']}, tied {c['tied']} "
+                     f"{fmt_p(c['p_value'], '')}{', Holm ' + fmt_p(c['p_holm'], '') if 'p_holm' in c else ''}; "
+                     f"better {c['better']}, worse {c['worse']}, tied {c['tied']} "
                      f"({c['queries']} queries)", fontsize=10)
     axes[-1, 0].set_xlabel("queries, sorted by difference")
     fig.tight_layout()
@@ -83,6 +84,42 @@ def plot_collections(rows: Sequence[dict[str, Any]], names: Sequence[str], head:
                   rotation=30, ha="right")
     ax.set_ylabel(head)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training(curves: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path,
+                  dev_key: str = "dev_ndcg@10") -> Path | None:
+    """Training curves, one line per training run (``(label, per-step history)``): the loss per step, and the
+    dev measure (right axis, markers) at the steps it was scored, so a reader sees whether training converged."""
+    curves = [(label, [h for h in history if h.get("loss") is not None]) for label, history in curves]
+    curves = [(label, history) for label, history in curves if history]
+    if not curves:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    dev_ax = None
+    for i, (label, history) in enumerate(curves):
+        colour = f"C{i}"
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history], color=colour, linewidth=1.2,
+                label=f"{label}: loss")
+        scored = [h for h in history if h.get(dev_key) is not None]
+        if scored:
+            dev_ax = dev_ax or ax.twinx()
+            dev_ax.plot([h["step"] for h in scored], [h[dev_key] for h in scored], color=colour, marker="o",
+                        linestyle="--", label=f"{label}: dev {dev_key.removeprefix('dev_')}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    handles, labels = ax.get_legend_handles_labels()
+    if dev_ax is not None:
+        dev_ax.set_ylabel(dev_key.removeprefix("dev_") + " (dev set)")
+        more = dev_ax.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8, loc="upper right")
+    first, last = curves[0][1][0]["loss"], curves[0][1][-1]["loss"]
+    ax.set_title(f"training loss per step ({curves[0][0]}: {fmt_num(first)} -> {fmt_num(last)})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -304,3 +304,29 @@ def test_report_says_which_identical_id_hits_were_dropped(tmp_path: Path):
     # a run evaluated before the setting existed says nothing about it
     old = build_report(make_run(tmp_path / "old"), plots=False)
     assert "evaluation" not in old.data and "identical" not in old.markdown
+
+
+# --- training curves: train/history.json, else the train manifest's history (older runs), else none -------------
+def test_training_curves_from_the_history_file_or_an_old_runs_manifest(tmp_path: Path):
+    from inpars_ray.report import read_training
+
+    history = [{"step": s, "loss": 2.0 / s, "lr": 1e-3, "examples": 8, **({"dev_ndcg@10": 0.1 * s} if s % 2 == 0
+                                                                          else {})} for s in range(1, 7)]
+    root = make_run(tmp_path / "run")
+    (root / "train" / "history.json").write_text(json.dumps(history))
+    report = build_report(root)
+    assert read_training(root) == [("train", history)]
+    assert (root / "report_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![report_training](report_training.png)" in report.markdown
+
+    # a run from before the file existed: the curve comes from the train stage's manifest
+    old = make_run(tmp_path / "old")
+    (old / "train" / "manifest.json").write_text(json.dumps(
+        {"stage": "train", "status": "complete", "timings": {"total": 20.0}, "extra": {"history": history}}))
+    assert read_training(old) == [("train", history)]
+    assert "report_training.png" in build_report(old).markdown
+
+    # no history anywhere: no curve, the rest of the report as before
+    bare = build_report(make_run(tmp_path / "bare"))
+    assert "report_training" not in bare.markdown and not (tmp_path / "bare" / "report_training.png").exists()
+    assert len(bare.plots) == 2
