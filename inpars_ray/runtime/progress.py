@@ -1,14 +1,15 @@
-"""What the terminal shows while stages run: one progress line per stage, one summary line when it ends.
+"""What the terminal shows while stages run: a progress bar per stage, one summary line when it ends.
 
-Quiet by default: everything logged (inpars-ray's INFO lines, Ray's and Ray Data's own logs, the output
-of Ray workers and actors) goes to a log file under the run folder; the terminal shows warnings and,
-for each running stage, one line rewritten in place (rows done, rate, ETA when Ray Data knows the
-total, elapsed time), then a one-line summary. ``verbose`` restores everything on the console (Ray
-Data's progress bars included).
+Quiet by default: everything logged (inpars-ray's INFO lines, Ray's and Ray Data's own logs) goes to a log
+file under the run folder; the terminal shows warnings, the running stage's tqdm bar (its elapsed time, then
+the units it counts: rate, ETA when the total is known), Ray Data's own bar for its executions, and one
+summary line per stage. ``verbose`` restores everything on the console (Ray Data's operator bars and the
+output of Ray workers included). In quiet mode Ray does not forward the workers' output to the driver
+(``ray.init(log_to_driver=False)``): it stays in Ray's session logs, whose folder the log file names.
 
-Rows come from Ray Data's streaming executor: :func:`install` gives it a progress manager that forwards
-each execution's row counts to the running stage's line instead of drawing bars. Library code only
-wraps a stage in :func:`stage`; the CLI calls :func:`configure` once.
+One switch turns every progress bar off (ours, Ray Data's, and tqdm's in transformers and the Hugging Face
+hub): ``INPARS_RAY_PROGRESS=0`` or ``configure(show_progress=False)``; the summary lines stay. Library code
+only wraps a stage in :func:`stage` and never prints: nothing is drawn until the CLI calls :func:`configure`.
 """
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ import logging
 import logging.handlers
 import os
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from inpars_ray.runtime.terminal import Display, StageLine, fmt_seconds
+from inpars_ray.runtime import terminal
+from inpars_ray.runtime.terminal import StageBar
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +31,19 @@ LOG_NAME = "inpars-ray.log"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-_display: Display | None = None
-_lines: list[StageLine] = []  # running stages, innermost last
+_stream: TextIO | None = None  # the terminal the CLI configured (None: library use, nothing is drawn)
+_live = False  # draw bars on it: a terminal, quiet, progress on
+_running: list[StageBar] = []  # running stages, innermost last
 
 
 class _ConsoleHandler(logging.StreamHandler):
-    """Console logging that erases the progress line first, so records never interleave with it."""
+    """Console logging written above the running bars, so records never break them."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _display is None:
-            super().emit(record)
-            return
-        with _display.lock:
-            _display.clear()
-            super().emit(record)
-            _display.draw()
+        try:
+            terminal.write(self.format(record), self.stream)
+        except Exception:  # logging's own contract: a failing handler reports, never raises
+            self.handleError(record)
 
 
 def log_file(out: Any) -> Path:
@@ -61,29 +59,41 @@ def log_file(out: Any) -> Path:
 
 
 _console: logging.Handler | None = None
+_saved_env: dict[str, str | None] = {}  # what configure() changed in os.environ, for restore()
 _early: logging.handlers.MemoryHandler | None = None
 _log_path: Path | None = None
 _saved_fd: int | None = None  # the terminal's fd 2 while native output goes to the log file
 _saved_stderr: TextIO | None = None
 
 
-def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
-    """Set up the console for one CLI command: warnings and stage lines (quiet), or every record (verbose).
+def enabled() -> bool:
+    """The one progress switch: bars on unless ``INPARS_RAY_PROGRESS=0`` (or ``configure(show_progress=False)``)."""
+    return os.environ.get("INPARS_RAY_PROGRESS", "1") != "0"
+
+
+def configure(verbose: bool = False, stream: TextIO | None = None, show_progress: bool | None = None) -> None:
+    """Set up the console for one CLI command: warnings, stage bars and summaries (quiet), or every record
+    (verbose); ``show_progress=False`` (default: :func:`enabled`) turns every progress bar off.
 
     Log records go to the log file once :func:`attach_log` names it.
     """
-    global _display, _console
-    os.environ["INPARS_RAY_QUIET"] = "0" if verbose else "1"
-    if not verbose:  # before tqdm, transformers or huggingface_hub read them
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    global _stream, _live, _console
+    show = enabled() if show_progress is None else show_progress
+    _set_env("INPARS_RAY_QUIET", "0" if verbose else "1")
+    _set_env("INPARS_RAY_PROGRESS", "1" if show else "0")  # Ray Data's bars follow it (install())
+    # before transformers, huggingface_hub or tqdm read them (Ray workers inherit them too)
+    if not verbose:
+        _set_env("HF_HUB_DISABLE_PROGRESS_BARS", os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
+        _set_env("TRANSFORMERS_VERBOSITY", os.environ.get("TRANSFORMERS_VERBOSITY", "error"))
+    if not show:
+        _set_env("TQDM_DISABLE", "1")  # every tqdm bar whose caller does not decide itself
+        _set_env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     stream = stream or sys.stderr
     root = logging.getLogger()
     if _console is not None:
         root.removeHandler(_console)
     root.setLevel(logging.DEBUG)
-    _display = Display(stream, live=stream.isatty() and not verbose)
+    _stream, _live = stream, stream.isatty() and not verbose and show
     _console = _ConsoleHandler(stream)
     _console.setFormatter(logging.Formatter(_FORMAT if verbose else "%(levelname)s %(name)s: %(message)s"))
     _console.setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -103,6 +113,11 @@ def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
         _route_ray_data_logs()  # Ray Data configures its logger at import: earlier imports left a console on it
     for noisy in ("filelock", "urllib3", "fsspec", "asyncio", "matplotlib", "PIL", "kivy", "jnius"):
         logging.getLogger(noisy).setLevel(logging.INFO)
+
+
+def _set_env(name: str, value: str) -> None:
+    _saved_env.setdefault(name, os.environ.get(name))
+    os.environ[name] = value
 
 
 def attach_log(path: str | os.PathLike[str]) -> Path:
@@ -136,7 +151,7 @@ def attach_log(path: str | os.PathLike[str]) -> Path:
 def _redirect_native_stderr(path: Path) -> None:
     # fd 2 -> the log file, so that writes from outside Python (Lucene's JVM, Ray's core worker, a local
     # raylet started later) land there; Python's own stderr (our lines, errors) keeps the terminal
-    global _saved_fd, _saved_stderr
+    global _saved_fd, _saved_stderr, _stream
     try:
         if sys.stderr.fileno() != 2:
             return
@@ -146,20 +161,20 @@ def _redirect_native_stderr(path: Path) -> None:
         sys.stderr.flush()
         _saved_fd = os.dup(2)
         _saved_stderr = sys.stderr
-        terminal = os.fdopen(os.dup(_saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
-        sys.stderr = terminal
-        if _display is not None:
-            _display.stream = terminal
+        tty = os.fdopen(os.dup(_saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+        if _stream is _saved_stderr:
+            _stream = tty
+        sys.stderr = tty
         if _console is not None:
-            _console.setStream(terminal)
+            _console.setStream(tty)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 2)
     os.close(fd)
 
 
 def restore() -> None:
-    """End of a CLI command: fd 2 back to the terminal, our handlers removed, quiet mode off."""
-    global _saved_fd, _saved_stderr, _display, _console, _log_path, _early
+    """End of a CLI command: fd 2 back to the terminal, our handlers removed, the environment as before."""
+    global _saved_fd, _saved_stderr, _stream, _live, _console, _log_path, _early
     root = logging.getLogger()
     for handler in list(root.handlers):
         if handler is _console or getattr(handler, "_inpars_ray", None) == "file":
@@ -168,17 +183,23 @@ def restore() -> None:
                 handler.close()
     if _early is not None:
         root.removeHandler(_early)
-    _display = _console = _log_path = _early = None
-    os.environ.pop("INPARS_RAY_QUIET", None)
+    _stream = _console = _log_path = _early = None
+    _live = False
+    for name, value in _saved_env.items():  # the environment as it was before configure()
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _saved_env.clear()
     if _saved_fd is None:
         return
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     os.dup2(_saved_fd, 2)
     os.close(_saved_fd)
-    terminal, sys.stderr = sys.stderr, _saved_stderr
+    tty, sys.stderr = sys.stderr, _saved_stderr
     with contextlib.suppress(Exception):
-        terminal.close()
+        tty.close()
     _saved_fd = _saved_stderr = None
 
 
@@ -188,19 +209,18 @@ def quiet() -> bool:
 
 
 def install() -> None:
-    """After ``ray.init``: route Ray's worker output and Ray Data's logs and progress to the log file and
-    the stage lines (a no-op unless quiet)."""
-    if not quiet():
-        return
+    """After ``ray.init``, on the driver: Ray Data's progress by its own settings (off with the switch; when
+    quiet, one bar per execution and no operator bars), and Ray's loggers routed to the log file when quiet.
+    Ray's worker output is kept off a quiet console by ``ray.init(log_to_driver=False)`` (runtime/raykit)."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True  # keep Ray Data's progress calls, drawn by our manager below
+    ctx.enable_progress_bars = enabled()
+    if not quiet():
+        return
     ctx.enable_operator_progress_bars = False
     _route_ray_logs()
     _route_ray_data_logs()
-    _hook_progress_manager()
-    _route_worker_output()
 
 
 def _quiet_filter(record: logging.LogRecord) -> bool:
@@ -229,110 +249,43 @@ def _route_ray_data_logs() -> None:
         if not isinstance(handler, logging.FileHandler):
             data_logger.removeHandler(handler)
     data_logger.propagate = True
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled" notes
-
-
-def _hook_progress_manager() -> None:
-    """Make Ray Data's streaming executor report row counts to the running stage's line."""
-    try:
-        from ray.data._internal.execution import streaming_executor as se
-        from ray.data._internal.progress.base_progress import NoopExecutionProgressManager
-    except ImportError:  # another Ray layout: stage lines then show elapsed time only
-        logger.debug("Ray Data progress hook unavailable", exc_info=True)
-        return
-    if getattr(se.get_progress_manager, "_inpars_ray", False):
-        return
-
-    class StageProgressManager(NoopExecutionProgressManager):
-        def update_total_progress(self, new_rows: int, total_rows: int | None) -> None:
-            if _lines:
-                _lines[-1].update(new_rows, total_rows)
-
-    def get_progress_manager(ctx: Any, dataset_id: str, topology: Any, verbose_progress: bool) -> Any:
-        return StageProgressManager(dataset_id, topology, False, verbose_progress)
-
-    get_progress_manager._inpars_ray = True  # type: ignore[attr-defined]
-    se.get_progress_manager = get_progress_manager
-
-
-def _route_worker_output() -> None:
-    """Ray prints the stdout/stderr of workers and actors (and raylet warnings) on the driver's console:
-    write them to the log file instead (held in memory until the command names its log file)."""
-    try:
-        from ray._private import worker as ray_worker
-    except ImportError:
-        return
-    dispatcher = getattr(ray_worker, "global_worker_stdstream_dispatcher", None)
-    if dispatcher is None:
-        return
-    lock = threading.Lock()
-
-    pending: list[str] = []
-
-    def to_file(data: dict) -> None:
-        prefix = f"({data.get('actor_name') or data.get('task_name') or 'worker'} pid={data.get('pid')}"
-        prefix += f", ip={data.get('ip')}) " if data.get("ip") else ") "
-        with lock:
-            pending.extend(prefix + line + "\n" for line in data.get("lines", []))
-            if _log_path is None:
-                del pending[:-1000]  # before the log file is known: keep the latest lines only
-                return
-            with contextlib.suppress(OSError), open(_log_path, "a", encoding="utf-8") as fh:
-                fh.writelines(pending)
-            pending.clear()
-
-    # raylet warnings (e.g. "N worker processes have been started") bypass the dispatcher
-    ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: to_file(data)
-    with contextlib.suppress(Exception):
-        dispatcher.remove_handler("ray_print_logs")
-    with contextlib.suppress(Exception):
-        dispatcher.remove_handler("inpars_ray_log_file")
-    dispatcher.add_handler("inpars_ray_log_file", to_file)
 
 
 @contextlib.contextmanager
-def stage(name: str) -> Iterator[StageLine]:
-    """Show ``name``'s progress line while the block runs; log (and print, when quiet) a summary after.
-
-    The block may set ``line.summary`` (e.g. counts) for the summary line.
-    """
-    line = StageLine(name)
-    line.summary = None  # type: ignore[attr-defined]
-    _lines.append(line)
-    if _display is not None and quiet():
-        _display.start(line)
+def stage(name: str) -> Iterator[StageBar]:
+    """Show ``name``'s bar while the block runs; log (and print, when the CLI configured a console) a
+    summary line after. The block may set ``bar.summary`` (e.g. counts) for the summary line."""
+    bar = StageBar(name, _stream or sys.stderr, live=_live and quiet())
+    _running.append(bar)
     ok = False
     try:
-        yield line
+        yield bar
         ok = True
     finally:
-        _lines.remove(line)
-        elapsed = fmt_seconds(time.monotonic() - line.started)
-        detail = line.summary  # type: ignore[attr-defined]
-        text = f"{'✓' if ok else '✗'} {name:<9} {elapsed:>5}" + (f"  {detail}" if detail else "")
+        _running.remove(bar)
+        elapsed = bar.elapsed()
+        text = bar.close(ok)
         logger.info("stage %s %s in %s%s", name, "done" if ok else "failed", elapsed,
-                    f": {detail}" if detail else "")
-        if _display is not None and quiet():
-            _display.stop(text)
+                    f": {bar.summary}" if bar.summary else "")
+        if _stream is not None and quiet():
+            terminal.write(text, _stream)
 
 
 def count(done: int, total: int | None, unit: str) -> None:
-    """Report the running stage's own progress, ``done`` of ``total`` ``unit`` (e.g. documents), in place of
-    the Ray Data rows its line shows by default; a no-op when no stage line is running."""
-    if _lines:
-        _lines[-1].set_count(done, total, unit)
+    """Report the running stage's own progress, ``done`` of ``total`` ``unit`` (e.g. documents), on its bar;
+    a no-op when no stage is running."""
+    if _running:
+        _running[-1].set_count(done, total, unit)
 
 
 def echo_error(text: str) -> None:
     """An error message for the user, on the terminal's stderr (also while native stderr is redirected)."""
-    if _display is not None:
-        _display.clear()
-    print(text, file=sys.stderr)
+    terminal.write(text, sys.stderr)
 
 
 def echo(text: str) -> None:
-    """Print a line of the CLI's output without breaking a live progress line."""
-    if _display is not None:
-        _display.print(text)
+    """Print a line of the CLI's output without breaking a running bar."""
+    if _stream is not None:
+        terminal.write(text, _stream)
     else:
         print(text)

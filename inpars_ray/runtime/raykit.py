@@ -27,36 +27,30 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from inpars_ray.runtime import progress
+    from inpars_ray.runtime.ray_private import recorded_cluster
+
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict = {"log_to_driver": True, "configure_logging": False}
+    # a quiet CLI keeps the workers' output in Ray's session logs (named in the log file below), off the console
+    kwargs: dict = {"log_to_driver": not progress.quiet(), "configure_logging": False}
     if address and address != "local":
         logger.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, **kwargs)
+        context = ray.init(address=address, **kwargs)
     else:
-        recorded = _recorded_cluster()
+        recorded = recorded_cluster()
         if recorded:
             logger.info("not joining the Ray cluster recorded at %s (it may be gone); starting a local Ray. "
                         "Pass --ray-address or set RAY_ADDRESS to join a cluster.", recorded)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    session = getattr(context, "address_info", {}).get("session_dir")
+    if session:
+        logger.info("Ray's own logs (the output of its workers and actors): %s/logs", session)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = os.environ.get("INPARS_RAY_PROGRESS", "1") != "0"
     # a UDF's own error, not Ray Data's UserCodeException wrapper: the wrapper's cause does not survive the
     # trip to the driver, so a typed error (e.g. StorageError on ENOSPC) would reach the CLI as a traceback
     ctx.raise_original_map_exception = True
-    from inpars_ray.runtime import progress
-
-    progress.install()  # quiet CLI: Ray's and Ray Data's output to the run's log file, rows to the stage lines
+    progress.install()  # Ray Data's progress by the one switch; quiet CLI: Ray's and Ray Data's logs to the log file
     logger.info("Ray ready: %s", ray.cluster_resources())
-
-
-def _recorded_cluster() -> str | None:
-    """The address ``ray start`` last recorded on this machine, if any (only for the log message)."""
-    try:
-        from ray._private.utils import read_ray_address
-
-        return read_ray_address()
-    except Exception:  # a private helper: its absence must never stop a run
-        return None
 
 
 def _cut(block: Any, rows: int) -> Iterator[Any]:

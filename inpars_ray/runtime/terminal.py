@@ -1,15 +1,20 @@
-"""The progress line of a running stage and the terminal it is drawn on (no logging, no Ray).
+"""A running stage on the terminal: a tqdm bar while it runs, one summary line when it ends (no logging, no Ray).
 
-:class:`StageLine` holds one stage's counts and renders them (rows or the stage's own unit done, rate, ETA
-when the total is known, elapsed time); :class:`Display` rewrites that line in place on a terminal and
-prints the summaries. :mod:`inpars_ray.runtime.progress` owns the running lines and feeds them.
+:class:`StageBar` is one stage: its elapsed time (until the stage counts something), then tqdm's own
+counter, rate and ETA of the units the stage reports (:meth:`StageBar.set_count`); :func:`write` prints a
+line above the bars. Ray Data draws its own bar for the rows of its executions.
+:mod:`inpars_ray.runtime.progress` owns the running stages and the switch that turns bars off.
 """
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from typing import TextIO
+
+from tqdm import tqdm
+
+#: before a stage reports a count: its name and elapsed time only (tqdm's default format once it counts)
+WAITING_FORMAT = "{desc}: {elapsed}"
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -19,115 +24,48 @@ def fmt_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def fmt_count(n: float) -> str:
-    for unit, size in (("M", 1e6), ("k", 1e3)):
-        if n >= size * 10:
-            return f"{n / size:.0f}{unit}"
-    return f"{n:.0f}"
+def write(text: str, stream: TextIO) -> None:
+    """``text`` on its own line of ``stream``, above any bar tqdm is drawing there."""
+    tqdm.write(text, file=stream)
 
 
-class StageLine:
-    """One stage's progress: rows done of the current Ray Data execution, rate, ETA, elapsed time.
+class StageBar:
+    """One running stage: its start, the summary its block may set, and its bar when ``live``.
 
-    A stage whose Ray Data rows are not its own unit (generate's output has one row per block of documents)
-    reports its own count instead (:func:`count`), and the line then ignores Ray Data's rows.
+    The bar is a plain ``tqdm`` on ``stream`` (``disable`` when not live: not a terminal, or progress off);
+    a small thread refreshes it twice a second so the elapsed time moves while nothing is counted.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, stream: TextIO, live: bool) -> None:
         self.name = name
         self.started = time.monotonic()
-        self.rows = 0  # rows done by the stage's Ray Data executions so far
-        self.exec_rows = 0  # ... by the current execution
-        self.exec_total: int | None = None
-        self.exec_started = self.started
-        self.unit = "rows"
-        self.own_count = False  # the stage counts its own units (count()); Ray Data's rows are then ignored
+        self.summary: str | None = None  #: set by the stage's block, shown after the stage's time
+        self.done, self.total, self.unit = 0, None, ""
+        self._bar = tqdm(desc=name, file=stream, disable=not live, leave=False, dynamic_ncols=True,
+                         bar_format=WAITING_FORMAT, mininterval=0.25)
+        self._stop = threading.Event()
+        if live:
+            threading.Thread(target=self._tick, name=f"inpars-ray-{name}", daemon=True).start()
 
     def set_count(self, done: int, total: int | None, unit: str) -> None:
-        """The stage's own count of ``unit`` done (of ``total``) since it started counting."""
-        if not self.own_count:
-            self.own_count, self.exec_started = True, time.monotonic()
-        self.unit = unit
-        self.rows = self.exec_rows = done
-        self.exec_total = total
+        """The stage's own count: ``done`` of ``total`` ``unit`` (e.g. documents) since it started counting."""
+        self._bar.unit, self._bar.total = unit, total
+        if not self.unit:  # the first count: tqdm's default format and rate from now on
+            self._bar.bar_format = None
+            self._bar.reset(total=total)
+        self.done, self.total, self.unit = done, total, unit
+        self._bar.update(done - self._bar.n)  # drawn at most every mininterval; the ticker draws the rest
 
-    def update(self, new_rows: int, total_rows: int | None) -> None:
-        if self.own_count:
-            return
-        if new_rows < self.exec_rows:  # a new execution began (Ray Data reports cumulative rows)
-            self.exec_started = time.monotonic()
-            self.exec_rows = 0
-        self.rows += new_rows - self.exec_rows
-        self.exec_rows, self.exec_total = new_rows, total_rows
+    def elapsed(self) -> str:
+        return fmt_seconds(time.monotonic() - self.started)
 
-    def render(self, width: int) -> str:
-        elapsed = time.monotonic() - self.started
-        parts = [f"[{self.name}]"]
-        if self.rows:
-            rate = self.exec_rows / max(time.monotonic() - self.exec_started, 1e-9)
-            done = fmt_count(self.exec_rows) + (f"/{fmt_count(self.exec_total)}" if self.exec_total else "")
-            unit = self.unit
-            parts.append(f"{done} {unit}  {rate:,.1f} {unit}/s" if rate >= 1 else f"{done} {unit}  {rate:.2g} {unit}/s")
-            if self.exec_total and rate > 0 and self.exec_rows < self.exec_total:
-                parts.append(f"ETA {fmt_seconds((self.exec_total - self.exec_rows) / rate)}")
-        parts.append(fmt_seconds(elapsed))
-        return "  ".join(parts)[: max(width - 1, 20)]
-
-
-class Display:
-    """Draws the running stage's line on a terminal (rewritten in place) and prints summaries."""
-
-    def __init__(self, stream: TextIO, live: bool) -> None:
-        self.stream = stream
-        self.live = live  # a terminal: redraw the line; otherwise print only the summaries
-        self.current: StageLine | None = None
-        self.lock = threading.RLock()
-        self._shown = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _width(self) -> int:
-        return shutil.get_terminal_size((80, 24)).columns
-
-    def clear(self) -> None:
-        """Erase the live line (before a log record or a summary is printed)."""
-        with self.lock:
-            if self._shown:
-                self.stream.write("\r\x1b[2K")
-                self.stream.flush()
-                self._shown = False
-
-    def draw(self) -> None:
-        with self.lock:
-            if self.live and self.current is not None:
-                self.stream.write("\r\x1b[2K" + self.current.render(self._width()))
-                self.stream.flush()
-                self._shown = True
-
-    def print(self, text: str) -> None:
-        with self.lock:
-            self.clear()
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self.draw()
-
-    def start(self, line: StageLine) -> None:
-        with self.lock:
-            self.current = line
-            self.draw()
-        if self.live and self._thread is None:
-            self._thread = threading.Thread(target=self._tick, name="inpars-ray-progress", daemon=True)
-            self._thread.start()
-
-    def stop(self, summary: str | None) -> None:
-        with self.lock:
-            self.current = None
-            self.clear()
-            if summary:
-                width = self._width() if self.live else 10_000
-                self.stream.write((summary if len(summary) < width else summary[: width - 2] + "…") + "\n")
-                self.stream.flush()
+    def close(self, ok: bool) -> str:
+        """Remove the bar; the summary line of the ended stage (``✓ name time  summary`` or ``✗ ...``)."""
+        self._stop.set()
+        self._bar.close()
+        elapsed = self.elapsed()
+        return f"{'✓' if ok else '✗'} {self.name:<9} {elapsed:>5}" + (f"  {self.summary}" if self.summary else "")
 
     def _tick(self) -> None:
-        while not self._stop.wait(0.5):  # the elapsed time moves even when no rows arrive
-            self.draw()
+        while not self._stop.wait(0.5):
+            self._bar.refresh()
