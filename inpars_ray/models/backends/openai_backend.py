@@ -5,16 +5,18 @@ code drives a self-hosted vLLM server, which is how the tests run it (a tiny mod
 
 What it does per prompt: one ``completions.create`` call with ``logprobs=1`` and ``stop=["\\n"]``
 (temperature 0 unless asked otherwise), from a bounded pool of threads inside the actor; request- and
-token-per-minute buckets keep the actor under the provider's limits; 429 / 5xx / timeouts are retried
-with exponential back-off and jitter, honouring ``Retry-After``; a prompt that still fails becomes
-``Generation(error=...)``. Token and cost totals are exposed by :meth:`OpenAIBackend.usage` for the
+token-per-minute buckets keep the actor under the provider's limits (every attempt takes its tokens);
+408 / 409 / 429 / 5xx answers, timeouts and dropped connections are retried by the openai client itself
+(``max_retries``; its exponential back-off, or the server's ``Retry-After`` up to two minutes: a longer one
+is not waited for); a prompt that still fails becomes ``Generation(error=...)``. Token and cost totals are exposed by :meth:`OpenAIBackend.usage` for the
 stage's manifest.
 
 Token counting (documents are truncated to a token budget before prompting) uses, by the ``tokenizer``
 option:
 
 * ``"server"`` (default) -- the endpoint's own tokenizer through vLLM's ``/tokenize`` and ``/detokenize``
-  routes (next to ``/v1``), exact for a vLLM server;
+  routes (next to ``/v1``), exact for a vLLM server; asked through the same openai client (its HTTP
+  connections, credentials, timeout and retries);
 * a local Hugging Face tokenizer (path or hub id, loaded offline) -- for endpoints that do not expose
   tokenization, e.g. OpenAI itself; give the tokenizer of the model the endpoint serves.
 
@@ -27,21 +29,16 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
-import random
-import socket
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from inpars_ray.errors import BackendError, ConfigError, redact
 from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
-from inpars_ray.models.backends.ratelimit import RetryPolicy, TokenBucket, backoff_delay, parse_retry_after
+from inpars_ray.models.backends.ratelimit import TokenBucket
 from inpars_ray.models.backends.vllm_backend import request_seed
 from inpars_ray.runtime.deps import require
 
@@ -64,10 +61,10 @@ class OpenAIConfig:
         tokens_per_minute: token budget of one actor (prompt tokens + ``max_new_tokens`` per request, the
             way providers count it); ``None`` = no client-side limit.
         request_timeout_s: a request that has not answered after this long is abandoned and retried.
+        max_retries: retries of a failed request (the openai client's, see the module docstring) before the
+            prompt is given up (its row gets ``error``).
         price_prompt_per_1k: currency units per 1,000 prompt tokens, for the cost estimate.
         price_completion_per_1k: currency units per 1,000 generated tokens, for the cost estimate.
-        retry: retry and back-off policy.
-        jitter_seed: seed of the back-off jitter, so a test run is reproducible.
     """
 
     base_url: str | None = None
@@ -77,34 +74,28 @@ class OpenAIConfig:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     request_timeout_s: float = 60.0
+    max_retries: int = 6
     price_prompt_per_1k: float = 0.0
     price_completion_per_1k: float = 0.0
-    retry: RetryPolicy = RetryPolicy()
-    jitter_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.request_timeout_s <= 0:
             raise ConfigError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.price_prompt_per_1k < 0 or self.price_completion_per_1k < 0:
             raise ConfigError("prices must be >= 0")
 
     @classmethod
     def from_options(cls, **options: Any) -> OpenAIConfig:
-        """Build from flat keyword options; :class:`RetryPolicy` fields may be given flat too."""
-        own = {f.name for f in dataclasses.fields(cls)}
-        retry_fields = {f.name for f in dataclasses.fields(RetryPolicy)}
-        unknown = sorted(set(options) - own - retry_fields)
+        """Build from keyword options, naming any the backend does not take."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
         if unknown:
-            raise ConfigError(f"unknown option(s) for the openai backend: {', '.join(unknown)}")
-        retry_opts = {k: options.pop(k) for k in list(options) if k in retry_fields}
-        if retry_opts:
-            if "retry" in options:
-                raise ConfigError("give either retry=RetryPolicy(...) or its fields, not both")
-            if "retry_statuses" in retry_opts:
-                retry_opts["retry_statuses"] = tuple(retry_opts["retry_statuses"])
-            options["retry"] = RetryPolicy(**retry_opts)
+            raise ConfigError(f"unknown option(s) for the openai backend: {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(known))})")
         return cls(**options)
 
 
@@ -129,15 +120,6 @@ class Usage:
     completion_tokens: int = 0
     rate_limit_wait_s: float = 0.0
     cost: float = 0.0
-
-
-class _Attempt(Exception):
-    """One failed attempt, classified: retry it or give up."""
-
-    def __init__(self, message: str, retryable: bool, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after = retry_after
 
 
 def first_line(text: str, tokens: list[str], logprobs: list[float | None]) -> tuple[str, list[float]]:
@@ -186,12 +168,14 @@ class OpenAIBackend(Backend):
         self.__secrets = [s for s in (key, parts.password, basic) if s and len(s) >= 4]
         openai = require("openai", "the openai generation backend")
         self._openai = openai
+        # every attempt the client makes (its retries included) passes the hook: rate limits and accounting
         self._client = openai.OpenAI(
-            api_key=key, base_url=cfg.base_url, max_retries=0, timeout=cfg.request_timeout_s
+            api_key=key, base_url=cfg.base_url, max_retries=cfg.max_retries, timeout=cfg.request_timeout_s,
+            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]}),
         )
         self._rpm = TokenBucket(cfg.requests_per_minute) if cfg.requests_per_minute else None
         self._tpm = TokenBucket(cfg.tokens_per_minute) if cfg.tokens_per_minute else None
-        self._rng = random.Random(cfg.jitter_seed)
+        self._attempts = threading.local()  # the completion a pool thread is sending: its token cost, tries
         self._lock = threading.Lock()
         self._usage = Usage()
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -202,11 +186,6 @@ class OpenAIBackend(Backend):
             transformers = require("transformers", "local token counting for the openai backend")
             self._hf_tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.tokenizer)
         self._server_root = _server_root(cfg.base_url) if cfg.tokenizer == SERVER_TOKENIZER else None
-        self._server_auth = f"Bearer {key}"
-        if self._server_root and basic is not None:  # urllib takes no credentials in a URL: send them as
-            self._server_auth = f"Basic {basic}"  # the HTTP client does for the completions (httpx)
-            bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-            self._server_root = _server_root(urllib.parse.urlunsplit(bare))
 
     def __repr__(self) -> str:
         return (
@@ -236,71 +215,41 @@ class OpenAIBackend(Backend):
                 + u.completion_tokens / 1000.0 * cfg.price_completion_per_1k
             )
 
-    # --- errors and retries ----------------------------------------------------------------------------
+    # --- errors, attempts, the tokenizer routes ----------------------------------------------------------
     def _redact(self, message: str) -> str:
         for secret in self.__secrets:
             message = message.replace(secret, "***")
         return redact(message)
 
-    def _classify(self, exc: BaseException) -> _Attempt:
-        oa = self._openai
-        statuses = self.config.retry.retry_statuses
-        if isinstance(exc, _Attempt):
-            return exc
-        if isinstance(exc, oa.APIStatusError):
-            headers = dict(exc.response.headers) if exc.response is not None else None
-            msg = f"HTTP {exc.status_code}: {exc.message}"
-            return _Attempt(msg, exc.status_code in statuses, parse_retry_after(headers))
-        if isinstance(exc, oa.APIConnectionError):  # includes APITimeoutError
-            return _Attempt(f"{type(exc).__name__}: {exc}", True)
-        if isinstance(exc, urllib.error.HTTPError):
-            return _Attempt(
-                f"HTTP {exc.code}: {_error_message(exc)}", exc.code in statuses, parse_retry_after(dict(exc.headers))
-            )
-        if isinstance(exc, (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError)):
-            return _Attempt(f"{type(exc).__name__}: {exc}", True)
-        return _Attempt(f"{type(exc).__name__}: {exc}", False)
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, self._openai.APIStatusError):
+            return f"HTTP {exc.status_code}: {exc.message}"
+        return f"{type(exc).__name__}: {exc}"
 
-    def _with_retries(self, what: str, call: Callable[[], Any], on_attempt: Callable[[int], None]) -> Any:
-        policy = self.config.retry
-        attempt = 0
-        while True:
-            on_attempt(attempt)
-            try:
-                return call()
-            except Exception as exc:  # classified below: retried, or turned into an error
-                failure = self._classify(exc)
-                if not failure.retryable or attempt >= policy.max_retries:
-                    raise BackendError(self._redact(f"{what}: {failure}")) from None
-                attempt += 1
-                with self._lock:
-                    delay = backoff_delay(attempt, policy, self._rng, failure.retry_after)
-                log.debug("%s failed (%s); retry %d in %.2fs", what, self._redact(str(failure)), attempt, delay)
-                threading.Event().wait(delay)  # back-off; an Event never set is a plain interruptible wait
+    def _on_request(self, request: Any) -> None:
+        """The HTTP client's hook, in the sending thread, before every attempt: a completion's attempt waits
+        for the rate limits and is counted (the tokenizer routes are neither)."""
+        cost = getattr(self._attempts, "cost", None)
+        if cost is None:
+            return
+        if self._rpm is not None:
+            self._rpm.acquire(1)
+        if self._tpm is not None:
+            self._tpm.acquire(cost)
+        self._add_usage(requests=1, retries=1 if self._attempts.sent else 0)
+        self._attempts.sent += 1
 
-    # --- tokenization ----------------------------------------------------------------------------------
     def _server_post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        req = urllib.request.Request(
-            self._server_root + route,
-            data=data,
-            headers={"Content-Type": "application/json", "Authorization": self._server_auth},
-        )
-
-        def call() -> dict[str, Any]:
-            with urllib.request.urlopen(req, timeout=self.config.request_timeout_s) as resp:
-                return json.loads(resp.read())
-
+        oa = self._openai
         try:
-            return self._with_retries(f"POST {route}", call, lambda _a: None)
-        except BackendError as exc:
-            if "HTTP 404" in str(exc):
-                raise ConfigError(
-                    f"{redact(_server_root(self.config.base_url))}{route} does not exist: the endpoint does not "
-                    "expose its tokenizer; "
-                    "pass tokenizer=<local Hugging Face tokenizer of the served model>"
-                ) from None
-            raise
+            return self._client.post(self._server_root + route, cast_to=dict, body=body)
+        except oa.NotFoundError:
+            raise ConfigError(
+                f"{redact(_server_root(self.config.base_url))}{route} does not exist: the endpoint does not "
+                "expose its tokenizer; pass tokenizer=<local Hugging Face tokenizer of the served model>"
+            ) from None
+        except oa.OpenAIError as exc:
+            raise BackendError(self._redact(f"POST {route}: {self._describe(exc)}")) from None
 
     def _token_ids(self, text: str) -> list[int]:
         if self._hf_tokenizer is not None:
@@ -341,13 +290,6 @@ class OpenAIBackend(Backend):
                 error=f"prompt has {n_prompt} tokens, more than max_prompt_tokens={params.max_prompt_tokens}",
             )
 
-        def before(attempt: int) -> None:
-            if self._rpm is not None:
-                self._rpm.acquire(1)
-            if self._tpm is not None:
-                self._tpm.acquire(n_prompt + params.max_new_tokens)
-            self._add_usage(requests=1, retries=1 if attempt else 0)
-
         request: dict[str, Any] = dict(
             model=self.model,
             prompt=prompt,
@@ -358,10 +300,14 @@ class OpenAIBackend(Backend):
         )
         if params.temperature > 0:
             request.update(top_p=params.top_p, seed=request_seed(params.seed, prompt))
+        self._attempts.cost, self._attempts.sent = n_prompt + params.max_new_tokens, 0
         try:
-            resp = self._with_retries(
-                "completion", lambda: self._client.completions.create(**request), before
-            )
+            try:
+                resp = self._client.completions.create(**request)
+            except self._openai.OpenAIError as exc:  # what the client's retries could not mend
+                raise BackendError(self._redact(f"completion: {self._describe(exc)}")) from None
+            finally:
+                self._attempts.cost = None
             choice = resp.choices[0]
             lp = choice.logprobs
             if lp is None or lp.tokens is None or lp.token_logprobs is None:
@@ -402,14 +348,3 @@ def _server_root(base_url: str | None) -> str:
         raise ConfigError("tokenizer='server' needs base_url (a vLLM server); else pass a local tokenizer")
     root = base_url.rstrip("/")
     return root[: -len("/v1")] if root.endswith("/v1") else root
-
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    """The server's own error message (OpenAI / vLLM JSON error body) or the HTTP reason."""
-    try:
-        body = json.loads(exc.read() or b"{}")
-        err = body.get("error", body)
-        message = err.get("message") if isinstance(err, dict) else err
-        return str(message or exc.reason)
-    except (ValueError, AttributeError, OSError):
-        return str(exc.reason)

@@ -120,7 +120,7 @@ def test_faults_are_survived_and_each_prompt_is_generated_once(server, tiny_lm, 
     seed = next(s for s in range(1000) if {fault_for(s, 0.3, FAULT_KINDS, p, 0) for p in prompts} >= set(FAULT_KINDS))
     with FaultProxy(server.url, fail_rate=0.3, seed=seed, hang_s=7.0) as proxy:
         backend = OpenAIBackend(str(tiny_lm), base_url=f"{proxy.url}/v1", api_key_env=None, max_concurrency=4,
-                                request_timeout_s=6.0, base_delay_s=0.05, max_delay_s=0.5, max_retries=8)
+                                request_timeout_s=6.0, max_retries=8)
         try:
             gens = backend.generate(prompts, GenerationParams(max_new_tokens=MAX_NEW))
         finally:
@@ -145,7 +145,7 @@ def test_generate_stage_on_ray_through_faults_generates_each_document_once(ray_s
     num_docs = 12
     with FaultProxy(server.url, fail_rate=0.3, seed=5, hang_s=7.0) as proxy:
         options = dict(api_key_env=None, base_url=f"{proxy.url}/v1", max_concurrency=4, request_timeout_s=6.0,
-                       base_delay_s=0.05, max_delay_s=0.5, max_retries=8)
+                       max_retries=8)
         config = GenerateConfig(backend="openai", model=str(tiny_lm), prompt=str(template), num_docs=num_docs,
                                 seed=3, doc_max_tokens=48, generation=GenerationParams(max_new_tokens=16, seed=3),
                                 backend_options=tuple(sorted(options.items())))

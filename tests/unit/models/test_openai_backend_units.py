@@ -4,13 +4,14 @@ handling, accounting."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
 from inpars_ray.errors import BackendError, ConfigError
 from inpars_ray.models.backends.base import GenerationParams
 from inpars_ray.models.backends.openai_backend import OpenAIBackend, OpenAIConfig, first_line
-from inpars_ray.models.backends.ratelimit import RetryPolicy
+from inpars_ray.models.backends.ratelimit import TokenBucket
 from tests.fakes.fault_proxy import EchoCompletionsServer, FaultProxy
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
@@ -45,13 +46,17 @@ def test_first_line_cuts_on_decoded_text_not_token_ids():
 
 
 def test_options_build_a_config_and_unknown_options_are_rejected():
-    cfg = OpenAIConfig.from_options(base_url="http://h/v1", max_retries=2, base_delay_s=0.1, max_concurrency=3)
-    assert cfg.retry == RetryPolicy(max_retries=2, base_delay_s=0.1)
-    assert cfg.max_concurrency == 3
+    cfg = OpenAIConfig.from_options(base_url="http://h/v1", max_retries=2, max_concurrency=3)
+    assert cfg.max_retries == 2 and cfg.max_concurrency == 3
     with pytest.raises(ConfigError, match="temprature"):
         OpenAIConfig.from_options(temprature=0.5)
+    # back-off is the openai client's: the knobs of the hand-made loop are refused, not silently ignored
+    with pytest.raises(ConfigError, match="base_delay_s"):
+        OpenAIConfig.from_options(base_delay_s=0.1)
     with pytest.raises(ConfigError):
         OpenAIConfig(max_concurrency=0)
+    with pytest.raises(ConfigError):
+        OpenAIConfig(max_retries=-1)
 
 
 def test_missing_key_names_the_variable(monkeypatch):
@@ -95,8 +100,7 @@ def test_max_new_tokens_limits_the_completion(echo):
 def test_survives_injected_faults_and_generates_each_prompt_exactly_once(echo):
     prompts = [f"Document: fault test {i}\nRelevant Query:" for i in range(30)]
     with FaultProxy(echo.url, fail_rate=0.3, seed=7, hang_s=2.0) as proxy:
-        backend = _backend(proxy.url, max_concurrency=6, request_timeout_s=0.5, base_delay_s=0.01,
-                           max_delay_s=0.2, max_retries=10)
+        backend = _backend(proxy.url, max_concurrency=6, request_timeout_s=0.5, max_retries=10)
         try:
             out = backend.generate(prompts, GenerationParams())
         finally:
@@ -114,7 +118,7 @@ def test_survives_injected_faults_and_generates_each_prompt_exactly_once(echo):
 def test_a_prompt_that_keeps_failing_gets_an_error_row_not_an_exception(echo):
     prompts = ["Document: doomed\nRelevant Query:", "Document: also doomed\nRelevant Query:"]
     with FaultProxy(echo.url, fail_rate=1.0, kinds=("500",)) as proxy:
-        backend = _backend(proxy.url, max_retries=2, base_delay_s=0.0, jitter=0.0)
+        backend = _backend(proxy.url, max_retries=2)
         try:
             out = backend.generate(prompts, GenerationParams())
         finally:
@@ -122,6 +126,56 @@ def test_a_prompt_that_keeps_failing_gets_an_error_row_not_an_exception(echo):
         assert all(g.text == "" and g.token_logprobs == [] and "HTTP 500" in g.error for g in out)
         assert dict(proxy.attempts) == {p: 3 for p in prompts}  # first try + 2 retries
         assert backend.usage()["failed_prompts"] == 2
+
+
+def test_retry_after_is_honoured_and_an_overlong_one_is_not_waited_for(echo):
+    """A 429's ``Retry-After`` sets the wait before the retry (the openai client's own back-off would be
+    0.5 s at most); one beyond two minutes ends the prompt at once, as an error row, instead of waiting."""
+    prompt = "Document: throttled\nRelevant Query:"
+    with FaultProxy(echo.url, fail_rate=1.0, kinds=("429",), retry_after_ms=1500) as proxy:
+        backend = _backend(proxy.url, max_retries=1)
+        try:
+            started = time.monotonic()
+            (gen,) = backend.generate([prompt], GenerationParams())
+            waited = time.monotonic() - started
+        finally:
+            backend.close()
+        assert "HTTP 429" in gen.error and proxy.attempts[prompt] == 2
+        assert 1.5 <= waited < 10, waited
+        assert backend.usage()["requests"] == 2 and backend.usage()["retries"] == 1
+    with FaultProxy(echo.url, fail_rate=1.0, kinds=("429",), retry_after_ms=600_000) as proxy:
+        backend = _backend(proxy.url, max_retries=3)
+        try:
+            started = time.monotonic()
+            (gen,) = backend.generate([prompt], GenerationParams())
+            waited = time.monotonic() - started
+        finally:
+            backend.close()
+        assert "HTTP 429" in gen.error and proxy.attempts[prompt] == 1 and waited < 10, waited
+
+
+def test_rate_limits_hold_every_attempt_retries_included(echo, monkeypatch):
+    """Every attempt, a retry too, takes a request token: 6 prompts x 2 attempts at 6 per minute (a bucket of
+    6) make the last 6 attempts wait 10 s each, on a simulated clock (the sleeps advance it at once)."""
+    from inpars_ray.models.backends import openai_backend
+
+    now = [0.0]
+
+    def bucket(per_minute):
+        return TokenBucket(per_minute, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+
+    monkeypatch.setattr(openai_backend, "TokenBucket", bucket)
+    prompts = [f"Document: limited {i}\nRelevant Query:" for i in range(6)]
+    with FaultProxy(echo.url, fail_rate=1.0, kinds=("500",)) as proxy:
+        backend = _backend(proxy.url, max_retries=1, requests_per_minute=6.0, max_concurrency=1)
+        try:
+            out = backend.generate(prompts, GenerationParams())
+        finally:
+            backend.close()
+        assert all("HTTP 500" in g.error for g in out) and dict(proxy.attempts) == {p: 2 for p in prompts}
+    usage = backend.usage()
+    assert usage["requests"] == 12 and usage["retries"] == 6
+    assert usage["rate_limit_wait_s"] == pytest.approx(60.0)
 
 
 def test_client_errors_are_not_retried_and_the_key_never_leaks(monkeypatch, caplog):

@@ -1,14 +1,12 @@
-"""Token buckets and back-off, on a simulated clock (nothing waits in real time)."""
+"""Token buckets, on a simulated clock (nothing waits in real time)."""
 from __future__ import annotations
 
-import email.utils
-import random
 import threading
 
 import pytest
 
 from inpars_ray.errors import ConfigError
-from inpars_ray.models.backends.ratelimit import RetryPolicy, TokenBucket, backoff_delay, parse_retry_after
+from inpars_ray.models.backends.ratelimit import TokenBucket
 
 
 class FakeClock:
@@ -97,45 +95,3 @@ def test_bucket_is_consistent_under_threads():
 def test_bucket_rejects_non_positive_rates(bad):
     with pytest.raises(ConfigError):
         TokenBucket(per_minute=bad)
-
-
-def test_retry_after_forms():
-    assert parse_retry_after({"Retry-After": "3"}) == 3.0
-    assert parse_retry_after({"retry-after": "0.25"}) == 0.25
-    assert parse_retry_after({"retry-after-ms": "150", "Retry-After": "9"}) == pytest.approx(0.15)
-    assert parse_retry_after({"Retry-After": "soon"}) is None
-    assert parse_retry_after({"Retry-After": "-2"}) is None
-    assert parse_retry_after({}) is None
-    assert parse_retry_after(None) is None
-    now = 1_700_000_000.0
-    date = email.utils.formatdate(now + 42, usegmt=True)
-    assert parse_retry_after({"Retry-After": date}, now=now) == pytest.approx(42.0)
-    past = email.utils.formatdate(now - 42, usegmt=True)
-    assert parse_retry_after({"Retry-After": past}, now=now) == 0.0
-
-
-def test_backoff_grows_exponentially_within_jitter_and_is_capped():
-    policy = RetryPolicy(base_delay_s=0.5, max_delay_s=4.0, jitter=0.5)
-    rng = random.Random(0)
-    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0), (9, 4.0)]:
-        draws = [backoff_delay(attempt, policy, rng) for _ in range(200)]
-        assert min(draws) >= ceiling * 0.5
-        assert max(draws) <= ceiling
-        assert max(draws) - min(draws) > 0.1 * ceiling  # jitter actually spreads retries
-
-
-def test_backoff_without_jitter_is_deterministic_and_retry_after_wins():
-    policy = RetryPolicy(base_delay_s=1.0, max_delay_s=10.0, jitter=0.0)
-    rng = random.Random(0)
-    assert [backoff_delay(a, policy, rng) for a in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 10.0]
-    assert backoff_delay(1, policy, rng, retry_after=0.2) == 0.2
-    assert backoff_delay(1, policy, rng, retry_after=600) == 10.0  # capped
-    with pytest.raises(ValueError):
-        backoff_delay(0, policy, rng)
-
-
-def test_retry_policy_validation():
-    with pytest.raises(ConfigError):
-        RetryPolicy(max_retries=-1)
-    with pytest.raises(ConfigError):
-        RetryPolicy(jitter=1.5)
