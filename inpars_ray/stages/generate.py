@@ -94,6 +94,9 @@ class GenerateConfig:
             raise ConfigError("generate: a model is required")
         if self.num_docs < 1 or self.doc_max_tokens < 1:
             raise ConfigError("generate: num_docs and doc_max_tokens must be positive")
+        from inpars_ray.models.backends import check_options
+
+        check_options(self.backend, dict(self.backend_options))  # a typo fails here, on the driver, before Ray
 
 
 @stage_config
