@@ -55,6 +55,10 @@ class InparsConfig:
                       "training; every stage's own seed is set from it (paper: 1)")
     generate: GenerateConfig = Field(GenerateConfig(model=TINY_LM, num_docs=64),
                                      description="what is generated (model, prompt, documents sampled)")
+    synthetic_data: str | None = Field(None, description="published synthetic queries in place of the generate "
+                                       "stage: a folder in the layout of the InPars team's inpars/generated-data (its "
+                                       "queries.jsonl), that file, or hf://datasets/<owner>/<name>/<folder>; rows naming "
+                                       "documents absent from the collection are listed and counted. None: generate")
     generate_resources: GenerateResources = Field(GenerateResources(),
                                                   description="generation actors, batch and GPUs per actor")
     filter: FilterConfig = Field(FilterConfig(keep_top_k=48), description="which generated queries are kept")

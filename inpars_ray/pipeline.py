@@ -227,7 +227,7 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     with _Stage(record, "rerank") as stage:
         stage.done(rerank_run(collection, bm25_run.uri, rerank_path.uri, stages["rerank"], config.load))
     # query ids shown to the generator as few-shot examples (promptagator) are left out of evaluation
-    excluded = sorted(set((out / "generate" / "fewshot.json").read_json()["fewshot_query_ids"]))
+    excluded = sorted(set((synthetic["generated_dir"] / "fewshot.json").read_json()["fewshot_query_ids"]))
     exclude_file = out / "rerank" / "excluded_queries.txt"
     exclude_file.write_text("".join(f"{q}\n" for q in excluded))
     if config.inpars is not None and config.inpars.zero_shot:
@@ -250,16 +250,22 @@ def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catal
                out: storage.Location, record: StageRecord) -> dict[str, Any]:
     """generate -> filter (-> consistency) -> mine (-> teacher): the manifests, the folder of the kept queries
     and the folder of the triples training reads (the teacher's scored ones when there is a teacher)."""
+    from inpars_ray.integrations.generated_data import IMPORT_FOLDER, import_generated
     from inpars_ray.stages.filter import run_filter
     from inpars_ray.stages.generate import run_generate
     from inpars_ray.stages.mine import run_mine
 
+    gen_dir, published = out / "generate", config.inpars.synthetic_data
     with _Stage(record, "generate") as stage:
-        gen = run_generate(collection, (out / "generate").uri, stages["generate"], stages["generate_resources"],
-                           config.load)
+        if published:  # the InPars team's published queries (or an export's) instead of generating (issue 25)
+            gen_dir = out / IMPORT_FOLDER
+            gen = import_generated(published, collection, gen_dir.uri, config.load)
+            record.extra["synthetic_data"] = {**gen["extra"]["source"], "counts": gen["counts"]}
+        else:
+            gen = run_generate(collection, gen_dir.uri, stages["generate"], stages["generate_resources"], config.load)
         stage.done(gen)
     with _Stage(record, "filter") as stage:
-        filt = run_filter((out / "generate").uri, collection, (out / "filter").uri, stages["filter"], config.load)
+        filt = run_filter(gen_dir.uri, collection, (out / "filter").uri, stages["filter"], config.load)
         stage.done(filt)
     queries_dir, consistent = out / "filter", {}
     if stages["filter"].strategy == "consistency":
@@ -277,7 +283,7 @@ def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catal
             stage.done(labelled)
         triples_dir = out / "teacher" / "triples"
     return {"generate": gen, "filter": filt, "consistency": consistent, "mine": mined, "teacher": labelled,
-            "queries_dir": queries_dir, "triples_dir": triples_dir}
+            "generated_dir": gen_dir, "queries_dir": queries_dir, "triples_dir": triples_dir}
 
 
 def run_tune(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
