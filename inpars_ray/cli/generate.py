@@ -26,14 +26,16 @@ def _option(text: str) -> tuple[str, Any]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from inpars_ray.stages.generate import GenerateConfig, GenerateResources
 
-    p = subparsers.add_parser("generate", help="generate one synthetic query per sampled document (resumable)")
+    p = subparsers.add_parser("generate", help="generate synthetic queries for sampled documents (resumable)")
     add_dataset(p)
     add_ray(p)
     p.add_argument("--out", required=True, help="output folder (rerun with the same options to resume)")
     p.add_argument("--backend-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="extra backend argument (repeatable), e.g. device=cuda or base_url=http://...")
     # the sampling seed is the generation's seed too: one --seed
-    add_config_options(p, GenerateConfig, skip={"backend_options", "generation.seed"}, required={"model"})
+    # the later queries' sampling settings are --sampling-top-p etc., beside the first query's --top-p
+    add_config_options(p, GenerateConfig, skip={"backend_options", "generation.seed"}, required={"model"},
+                       prefixed={"sampling"})
     add_config_options(p, GenerateResources, title="resources (GenerateResources; not part of the config hash)")
     p.set_defaults(run=run)
 

@@ -63,6 +63,16 @@ BACKEND_ERROR = "backend error: "
 
 
 @stage_config
+class SamplingParams:
+    """How the queries after a document's first are sampled (GPL, arXiv 2112.07577: top-k 25, top-p 0.95);
+    the other decoding settings (max_new_tokens, max_prompt_tokens) are the first query's."""
+
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
+    top_k: int = Field(25, ge=0, description="sample among the k most likely tokens only (0: no cut)")
+
+
+@stage_config
 class GenerateConfig:
     """What is generated. Every field enters the config hash: a rerun with another value needs a new folder."""
 
@@ -80,6 +90,10 @@ class GenerateConfig:
                              "(Promptagator: up to 8)")
     fewshot_split: str = Field("train", description="qrels split the promptagator examples come from")
     generation: GenerationParams = Field(GenerationParams(), description="decoding settings")
+    queries_per_doc: int = Field(1, ge=1, description="queries written per document: the first decoded with "
+                                 "`generation`, each further one sampled with `sampling` (its own seed)")
+    sampling: SamplingParams = Field(SamplingParams(), description="decoding of the queries after a document's "
+                                     "first (used when queries_per_doc > 1)")
     backend_options: tuple[tuple[str, Any], ...] = Field((), description="extra keyword arguments of the "
                                                          "backend (e.g. device: cuda), as sorted (name, value) pairs")
 
@@ -110,15 +124,30 @@ class GenerateResources:
 
 
 # --- generation over a batch -------------------------------------------------------------------------
-def generated_query_id(doc_id: str) -> str:
-    """The id of the query generated for ``doc_id`` (one query per document)."""
-    return f"gen-{doc_id}"
+def generated_query_id(doc_id: str, round_: int = 0) -> str:
+    """The id of query ``round_`` generated for ``doc_id`` (round 0: the first, decoded as configured)."""
+    return f"gen-{doc_id}" if round_ == 0 else f"gen-{doc_id}~s{round_}"
+
+
+def round_params(params: GenerationParams, sampling: SamplingParams | None, round_: int) -> GenerationParams:
+    """Decoding of query ``round_`` of a document: round 0 as configured; a later one sampled with
+    ``sampling`` and the seed ``params.seed + round_``, so each round draws other queries, the same on a rerun."""
+    if round_ == 0:
+        return params
+    s = sampling or SamplingParams()
+    return dataclasses.replace(params, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                               seed=params.seed + round_)
+
+
+def _answer_key(prompt: str, round_: int) -> str:
+    return answer_key(prompt if round_ == 0 else f"{prompt}\0sample {round_}")
 
 
 def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, params: GenerationParams,
                    prompt_name: str, model: str, fewshot_ids: list[str], journal: Journal | None = None,
-                   part: str = "") -> pa.Table:
-    """GENERATED rows for a batch of corpus documents: a query, or an error row with its reason.
+                   part: str = "", queries_per_doc: int = 1, sampling: SamplingParams | None = None) -> pa.Table:
+    """GENERATED rows for a batch of corpus documents: ``queries_per_doc`` per document (round 0 decoded with
+    ``params``, later rounds sampled, :func:`round_params`), each a query or an error row with its reason.
 
     A prompt longer than ``params.max_prompt_tokens`` (after cutting the document) is an error row and
     never reaches the backend; so is an empty first line. With a ``journal``, each answer is journaled
@@ -134,36 +163,40 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, pa
             errors[i] = f"prompt has {n_tokens} tokens, over max_prompt_tokens={params.max_prompt_tokens}"
     todo = [i for i, e in enumerate(errors) if e is None]
     saved = journal.read(part) if journal is not None else {}
-    results = {i: Generation(**saved[answer_key(prompts[i])]) for i in todo if answer_key(prompts[i]) in saved}
-    ask = [i for i in todo if i not in results]
-    if results:
-        logger.info("generate: %d answers of %s from the journal, %d asked", len(results), part, len(ask))
+    results: dict[tuple[int, int], Generation] = {}
+    for r in range(queries_per_doc):
+        got = {i: Generation(**saved[_answer_key(prompts[i], r)]) for i in todo if _answer_key(prompts[i], r) in saved}
+        ask = [i for i in todo if i not in got]
+        if got:
+            logger.info("generate: %d answers of %s (round %d) from the journal, %d asked", len(got), part, r, len(ask))
+        results.update({(i, r): g for i, g in got.items()})
 
-    def keep(j: int, answer: Generation) -> None:
-        results[ask[j]] = answer
-        if journal is not None and not answer.error:  # an error is asked again anyway
-            journal.append(part, answer_key(prompts[ask[j]]), dataclasses.asdict(answer))
+        def keep(j: int, answer: Generation, r: int = r, ask: list[int] = ask) -> None:
+            results[(ask[j], r)] = answer
+            if journal is not None and not answer.error:  # an error is asked again anyway
+                journal.append(part, _answer_key(prompts[ask[j]], r), dataclasses.asdict(answer))
 
-    if ask:
-        backend.generate_each([prompts[i] for i in ask], params, keep)
+        if ask:
+            backend.generate_each([prompts[i] for i in ask], round_params(params, sampling, r), keep)
     cols: dict[str, list[Any]] = {name: [] for name in S.GENERATED.names}
     for i, doc_id in enumerate(doc_ids):
-        res = results.get(i)
-        error = errors[i] or (BACKEND_ERROR + res.error if res is not None and res.error else None)
-        if error is None and res is not None and not res.text:
-            error = "the model generated an empty first line"
-        ok = error is None and res is not None
-        cols[S.DOC_ID].append(doc_id)
-        cols[S.QUERY_ID].append(generated_query_id(doc_id))
-        cols[S.QUERY].append(res.text if ok else None)
-        cols[S.TOKEN_LOGPROBS].append([float(x) for x in res.token_logprobs] if ok else None)
-        cols[S.MEAN_LOGPROB].append(float(np.mean(res.token_logprobs)) if ok and res.token_logprobs else None)
-        cols[S.NUM_TOKENS].append(len(res.token_logprobs) if ok else None)
-        cols[S.PROMPT_NAME].append(prompt_name)
-        cols[S.MODEL].append(model)
-        cols[S.BACKEND].append(backend.name)
-        cols[S.FEWSHOT_IDS].append(list(fewshot_ids))
-        cols[S.ERROR].append(error)
+        for r in range(queries_per_doc):
+            res = results.get((i, r))
+            error = errors[i] or (BACKEND_ERROR + res.error if res is not None and res.error else None)
+            if error is None and res is not None and not res.text:
+                error = "the model generated an empty first line"
+            ok = error is None and res is not None
+            cols[S.DOC_ID].append(doc_id)
+            cols[S.QUERY_ID].append(generated_query_id(doc_id, r))
+            cols[S.QUERY].append(res.text if ok else None)
+            cols[S.TOKEN_LOGPROBS].append([float(x) for x in res.token_logprobs] if ok else None)
+            cols[S.MEAN_LOGPROB].append(float(np.mean(res.token_logprobs)) if ok and res.token_logprobs else None)
+            cols[S.NUM_TOKENS].append(len(res.token_logprobs) if ok else None)
+            cols[S.PROMPT_NAME].append(prompt_name)
+            cols[S.MODEL].append(model)
+            cols[S.BACKEND].append(backend.name)
+            cols[S.FEWSHOT_IDS].append(list(fewshot_ids))
+            cols[S.ERROR].append(error)
     return pa.table(cols, schema=S.GENERATED)
 
 
@@ -234,11 +267,13 @@ class GenerateWorker:
         table = self._written(name)
         if table is None:  # each answer is journaled as it arrives: a killed attempt's answers are not paid again
             table = generate_batch(batch, self.builder, self.backend, self.config.generation, self.template.name,
-                                   self.config.model, list(self.template.fewshot_ids), self.journal, name)
+                                   self.config.model, list(self.template.fewshot_ids), self.journal, name,
+                                   self.config.queries_per_doc, self.config.sampling)
             name = write_part(table, self.parts_dir)
         self.journal.discard(name)  # the part holds its answers now
         errors = table.num_rows - table.column(S.ERROR).null_count
-        return pa.table({"part": [name], "docs": [table.num_rows], "errors": [errors],
+        docs = len(set(table.column(S.DOC_ID).to_pylist()))
+        return pa.table({"part": [name], "docs": [docs], "errors": [errors],
                          "usage": [self._usage_delta()], "worker": [self._worker]})
 
 
@@ -267,29 +302,34 @@ def _retry(table: pa.Table) -> pa.ChunkedArray:
     return pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
 
 
-def completed_doc_ids(out_dir: storage.PathLike) -> set[str]:
-    """Documents that have a final row (a query or a deterministic error) in a complete part file.
+def completed_doc_ids(out_dir: storage.PathLike, queries_per_doc: int = 1) -> set[str]:
+    """Documents that have a final row (a query or a deterministic error) for each of their
+    ``queries_per_doc`` queries in complete part files.
 
-    Documents whose only row is a backend error are not done: a rerun generates them again.
+    A document with a query whose only row is a backend error is not done: a rerun generates it again.
     """
-    done: set[str] = set()
+    final: dict[str, set[str]] = {}
     for t in _read_parts(storage.location(out_dir).join(PARTS)):
-        done.update(t.filter(pc.invert(_retry(t))).column(S.DOC_ID).to_pylist())
-    return done
+        t = t.filter(pc.invert(_retry(t)))
+        for doc, qid in zip(t.column(S.DOC_ID).to_pylist(), t.column(S.QUERY_ID).to_pylist()):
+            final.setdefault(doc, set()).add(qid)
+    return {doc for doc, qids in final.items() if len(qids) >= queries_per_doc}
 
 
 def read_generated(out_dir: storage.PathLike) -> pa.Table:
-    """All rows of a generate output (queries and error rows), one per document, sorted by doc id.
+    """All rows of a generate output (queries and error rows), one per generated query, sorted by doc id
+    and query id.
 
-    A document retried after a backend error has two rows; its later, final one is kept.
+    A query retried after a backend error has two rows; its later, final one is kept.
     """
     tables = _read_parts(storage.location(out_dir).join(PARTS))
     if not tables:
         return S.GENERATED.empty_table()
     table = pa.concat_tables(tables)
-    table = table.append_column("_retry", _retry(table)).sort_by([(S.DOC_ID, "ascending"), ("_retry", "ascending")])
+    table = table.append_column("_retry", _retry(table)).sort_by(
+        [(S.DOC_ID, "ascending"), (S.QUERY_ID, "ascending"), ("_retry", "ascending")])
     table = table.drop_columns(["_retry"])
-    ids = table.column(S.DOC_ID).to_numpy(zero_copy_only=False)
+    ids = table.column(S.QUERY_ID).to_numpy(zero_copy_only=False)
     first = np.ones(len(ids), dtype=bool)
     first[1:] = ids[1:] != ids[:-1]
     return table.filter(pa.array(first))
@@ -327,7 +367,7 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
             stale.unlink()
 
     record = StageRecord(STAGE, pinned)
-    done = completed_doc_ids(out)
+    done = completed_doc_ids(out, config.queries_per_doc)
     corpus = read_corpus(collection, load_config)
     with record.timed("sample"):
         cands = corpus.map_batches(block_candidates, fn_kwargs={"n": config.num_docs, "seed": config.seed},
@@ -384,9 +424,10 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     if usage:  # tokens and cost of this run's API calls (never the key)
         record.extra["usage_this_run"] = {k: round(v, 6) for k, v in usage.items()}
     files = artifacts.snapshot(out, PARTS, "fewshot.json")
-    if final.num_rows != sampled:
+    if final.num_rows != sampled * config.queries_per_doc:
         record.write(out, status="incomplete", files=files)
-        raise InparsError(f"generate: {final.num_rows} documents have rows in {out / PARTS}, expected {sampled}")
+        raise InparsError(f"generate: {out / PARTS} holds {final.num_rows} query rows, expected {sampled} documents "
+                          f"x {config.queries_per_doc}")
     if n_retry:  # not complete: a rerun must retry these documents instead of skipping the stage
         logger.warning("generate: %d documents failed in the backend; rerun the same command to retry them", n_retry)
         return record.write(out, status="incomplete", files=files)

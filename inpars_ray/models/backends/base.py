@@ -23,6 +23,8 @@ class GenerationParams:
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding; above 0, sampling at that "
                                "temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (used only when sampling)")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens only (used only when "
+                       "sampling; 0: no cut; GPL samples with top-k 25 and top-p 0.95)")
     seed: int = Field(1, ge=0, description="seed for sampling, so a rerun draws the same queries")
     max_prompt_tokens: int = Field(2048, ge=1, description="longest prompt (in the model's tokens) a backend "
                                    "accepts (InPars: 2048); longer prompts become error rows")

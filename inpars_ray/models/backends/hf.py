@@ -235,7 +235,7 @@ class HFBackend(Backend):
         kwargs: dict[str, Any] = {"do_sample": sample}
         if sample:
             torch.manual_seed(params.seed)
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.no_grad():

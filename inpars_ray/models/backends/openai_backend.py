@@ -300,6 +300,8 @@ class OpenAIBackend(Backend):
         )
         if params.temperature > 0:
             request.update(top_p=params.top_p, seed=request_seed(params.seed, prompt))
+            if params.top_k > 0:  # not in OpenAI's API; vLLM's and llama.cpp's servers read it from the body
+                request["extra_body"] = {"top_k": params.top_k}
         self._attempts.cost, self._attempts.sent = n_prompt + params.max_new_tokens, 0
         try:
             try:

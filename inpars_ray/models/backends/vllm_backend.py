@@ -167,6 +167,8 @@ class VLLMBackend(Backend):
         )
         if params.temperature > 0:
             kwargs.update(top_p=params.top_p, seed=request_seed(params.seed, prompt))
+            if params.top_k > 0:
+                kwargs["top_k"] = params.top_k
         return self._vllm.SamplingParams(**kwargs)
 
     def _to_generation(self, request_output: Any) -> Generation:
@@ -264,6 +266,8 @@ def vllm_processor(
     sampling = dict(max_tokens=params.max_new_tokens, temperature=params.temperature, logprobs=1, stop=["\n"])
     if params.temperature > 0:
         sampling["top_p"] = params.top_p
+        if params.top_k > 0:
+            sampling["top_k"] = params.top_k
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
         prompt = row[prompt_column]

@@ -146,3 +146,31 @@ def test_prefix_cache_gives_the_answers_and_logprobs_of_whole_prompts(backend):
 def test_unknown_backend_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown backend"):
         make_backend("nope", "m")
+
+
+def test_several_queries_per_document_greedy_first_then_sampled(backend):
+    """queries_per_doc: round 0 is the configured (greedy) decoding, later rounds sample with their own
+    seeds (top-k and top-p honoured), every round a row with its own id; the same call gives the same rows."""
+    from inpars_ray.stages.generate import SamplingParams, generated_query_id, round_params
+
+    texts = ["coral bleaching in warm water", "larval settlement on reefs", "volcanic ash plumes"]
+    batch = pa.table({S.DOC_ID: ["a", "b", "c"], S.TITLE: ["", "", ""], S.TEXT: texts})
+    builder = PromptBuilder(inpars_template(), lambda t: backend.truncate(t, 64))
+    params = GenerationParams(max_new_tokens=8, seed=3)
+    sampling = SamplingParams(temperature=1.0, top_p=0.95, top_k=25)
+    one = generate_batch(batch, builder, backend, params, "inpars", "tiny", [])
+    three = generate_batch(batch, builder, backend, params, "inpars", "tiny", [], queries_per_doc=3, sampling=sampling)
+    assert three.num_rows == 9
+    assert three.column(S.QUERY_ID).to_pylist() == [generated_query_id(d, r) for d in "abc" for r in range(3)]
+    rows = three.to_pylist()
+    assert [rows[3 * i][S.QUERY] for i in range(3)] == one.column(S.QUERY).to_pylist()
+    prompts = [builder.build("", t) for t in texts]
+    for r in (1, 2):
+        expected = backend.generate(prompts, round_params(params, sampling, r))
+        assert [rows[3 * i + r][S.QUERY] or "" for i in range(3)] == [g.text for g in expected]
+    assert len({row[S.QUERY] for row in rows}) > 3  # the sampled rounds wrote other queries
+    assert generate_batch(batch, builder, backend, params, "inpars", "tiny", [], queries_per_doc=3,
+                          sampling=sampling).equals(three)
+    # top_k reaches the model: sampling among the single most likely token is greedy decoding
+    greedy_by_sampling = backend.generate(prompts, round_params(params, SamplingParams(top_k=1), 1))
+    assert [g.text for g in greedy_by_sampling] == [g.text for g in backend.generate(prompts, params)]

@@ -74,3 +74,31 @@ def test_backend_errors_are_retried_and_superseded(tmp_path):
     final = read_generated(tmp_path)
     assert final.column(S.DOC_ID).to_pylist() == ["a", "b", "c"]
     assert final.column(S.ERROR).to_pylist() == [None, None, "prompt has 3000 tokens"]
+
+
+def test_a_document_is_done_only_when_every_one_of_its_queries_is(tmp_path):
+    from inpars_ray.stages.generate import BACKEND_ERROR, PARTS, completed_doc_ids, generated_query_id, read_generated
+    from inpars_ray.stages.generate import write_part
+
+    def rows(pairs):
+        n = len(pairs)
+        return pa.table({
+            S.DOC_ID: [d for d, _, _ in pairs], S.QUERY_ID: [generated_query_id(d, r) for d, r, _ in pairs],
+            S.QUERY: [None if e else f"q {d} {r}" for d, r, e in pairs],
+            S.TOKEN_LOGPROBS: [None if e else [-1.0] for _, _, e in pairs],
+            S.MEAN_LOGPROB: [None if e else -1.0 for _, _, e in pairs],
+            S.NUM_TOKENS: [None if e else 1 for _, _, e in pairs],
+            S.PROMPT_NAME: ["inpars"] * n, S.MODEL: ["m"] * n, S.BACKEND: ["hf"] * n, S.FEWSHOT_IDS: [[]] * n,
+            S.ERROR: [e for _, _, e in pairs],
+        }, schema=S.GENERATED)
+
+    parts = tmp_path / PARTS
+    parts.mkdir()
+    write_part(rows([("a", 0, None), ("a", 1, None), ("b", 0, None), ("b", 1, BACKEND_ERROR + "HTTP 500")]), parts)
+    assert completed_doc_ids(tmp_path, queries_per_doc=2) == {"a"}
+    assert completed_doc_ids(tmp_path, queries_per_doc=1) == {"a", "b"}
+    write_part(rows([("b", 0, None), ("b", 1, None)]), parts)
+    assert completed_doc_ids(tmp_path, queries_per_doc=2) == {"a", "b"}
+    final = read_generated(tmp_path)
+    assert final.column(S.QUERY_ID).to_pylist() == ["gen-a", "gen-a~s1", "gen-b", "gen-b~s1"]
+    assert final.column(S.ERROR).null_count == 4
