@@ -18,6 +18,10 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
 * ``teacher``: GPL, all-mpnet-base-v2 (``local:mpnet``) scores each query's positive and 4 BM25 negatives,
   the student learns the margins (``margin-mse``);
 * ``teacher+query-only``, ``teacher+query-only+wise``: that, with the query tower only, then WiSE-FT 0.5;
+* ``teacher+wise``: the teacher, both towers, WiSE-FT 0.5;
+* ``teacher+dense``: the teacher, with 2 dense negatives (the start model's top 30) beside BM25's 4;
+* ``teacher+sampled``: the teacher, 3 queries per document (greedy, then 2 sampled: top-k 25, top-p 0.95),
+  in a run folder of its own (its generation differs);
 * ``generator`` (``--with-gemma``): the best lever with a Gemma generator, if the engine has a local one.
 
 Reuse: the levers of one seed run one after another in the SAME run folder, so the stages whose config does
@@ -28,7 +32,7 @@ after each run its ``report.json``, ``manifest.json`` and evaluation files are c
 ``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
 exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Full benchmark: 3 seeds x 6 levers = 18 runs. Estimated (not yet run) at about 1.5-2 hours on a quiet 2-core
+Full benchmark: 3 seeds x 9 levers = 27 runs. Estimated (not yet run) at about 2.5-3 hours on a quiet 2-core
 machine, from the demo's stage times halved for 100 documents (generate ~3 min per seed, shared by its levers;
 zero-shot ~1.6 min per seed; each lever's train ~1.5-3 min and rerank ~1.7 min) plus the teacher (~2 min per
 seed) and ~1 min of start-up per run (Ray, Ray Train, the report; measured by ``--smoke``); 2-3x that on a
@@ -101,6 +105,10 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
                           "train": {"loss": "margin-mse", "query_only": False, "interpolate": 1.0}}}
     query_only = {"inpars": {"train": {"query_only": True}}}
     wise = {"inpars": {"train": {"interpolate": 0.5}}}
+    # the start model mines 2 dense negatives beside BM25's 4 (never the positive or a near-copy of it)
+    dense = {"inpars": {"mine": {"dense": {"model": "local:minilm", "negatives": 2, "depth": 30}}}}
+    # GPL's 3 queries per document: the greedy one, then 2 sampled (top-k 25, top-p 0.95)
+    sampled = {"inpars": {"generate": {"queries_per_doc": 3}}}
     return {
         "hard-labels": hard,
         "hard-labels+query-only": overlay(hard, query_only),
@@ -108,7 +116,14 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher": teacher,
         "teacher+query-only": overlay(teacher, query_only),
         "teacher+query-only+wise": overlay(teacher, query_only, wise),
+        "teacher+wise": overlay(teacher, wise),
+        "teacher+dense": overlay(teacher, dense),
+        "teacher+sampled": overlay(teacher, sampled),
     }
+
+
+#: levers whose generation differs from the others': their own run folder, so the rest stay reusable
+OWN_RUN_FOLDER = {"teacher+sampled": "run-sampled"}
 
 
 #: what each lever is, in the table's words
@@ -119,6 +134,9 @@ DESCRIPTIONS = {
     "teacher": "GPL: teacher scores the positive and 4 BM25 negatives, margin-mse",
     "teacher+query-only": "teacher, query tower only",
     "teacher+query-only+wise": "teacher, query tower only, WiSE-FT 0.5",
+    "teacher+wise": "teacher, both towers, WiSE-FT 0.5",
+    "teacher+dense": "teacher, 2 dense negatives (the start model's top 30) beside BM25's 4",
+    "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "generator": "the best lever with another generator",
 }
 GENERATOR = "generator"
@@ -398,8 +416,11 @@ def gemma_name() -> str | None:
     """A local Gemma generator the engine knows (``local_models``), else None."""
     from inpars_ray.models import local_models
 
-    names = [*getattr(local_models, "PACKAGED", {}), *getattr(local_models, "SPLIT", {})]
-    return next((n for n in names if "gemma" in n.lower()), None)
+    import importlib.util
+
+    if importlib.util.find_spec(local_models.GEMMA3_PACKAGE[0]) is None:
+        return None  # the optional extra inpars-ray[gemma] (Gemma terms of use) is not installed
+    return local_models.GEMMA3
 
 
 def smoke_setup(work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -478,7 +499,7 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="inpars.seed = 1..N (default 3)")
-    ap.add_argument("--levers", default=None, help="comma-separated subset, in run order (default: all six; "
+    ap.add_argument("--levers", default=None, help="comma-separated subset, in run order (default: all nine; "
                     "--smoke: hard-labels,teacher)")
     ap.add_argument("--with-gemma", action="store_true", help="also the best lever with a Gemma generator, "
                     "when the engine has a local one")
@@ -532,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     order = [(lever, seed) for seed in seeds for lever in chosen]
     done = 0
     for seed in seeds:
-        run_dir = work / f"seed-{seed}" / "run"
         for lever in chosen:
+            run_dir = work / f"seed-{seed}" / OWN_RUN_FOLDER.get(lever, "run")
             done += 1
             logger.info("=== (%d/%d) seed %d, lever %s", done, len(order), seed, lever)
             config = lever_config(base, overlays[lever], seed, str(run_dir))

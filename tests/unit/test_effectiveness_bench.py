@@ -47,6 +47,8 @@ def test_levers_pin_their_keys_and_validate_against_the_engine_config(eff):
         assert ic.seed == 2 and resolved.out_dir == "/tmp/x" and ic.zero_shot == "start"
         assert ic.train.query_only == ("query-only" in name)
         assert ic.train.interpolate == (0.5 if "wise" in name else 1.0)
+        assert (ic.mine.dense is not None) == ("dense" in name)
+        assert ic.generate.queries_per_doc == (3 if "sampled" in name else 1)
         if name.startswith("teacher"):
             assert ic.train.loss == "margin-mse" and ic.mine.negatives == 4
             assert ic.teacher.rankers[0].model == "local:mpnet" and ic.teacher.rankers[0].max_length == 192
