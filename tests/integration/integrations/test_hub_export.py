@@ -22,7 +22,7 @@ from inpars_ray.io.manifest import read_manifest
 from inpars_ray.models.prompts import document_text
 from inpars_ray.pipeline import PipelineConfig, run_pipeline
 from tests.conftest import BUNDLED
-from tests.support.fake_hub import fake_hub
+from tests.support.fake_hub import COMMIT, fake_hub
 
 
 def _config(out: Path, **inpars) -> PipelineConfig:
@@ -178,14 +178,14 @@ def test_cli_export_pushes_through_the_hub_client(tiny_run, tmp_path, monkeypatc
     assert b"name: tiny-inpars" in sent["README.md"]  # the card names the model after the repository
 
 
-def test_push_without_a_token_or_offline_is_a_typed_error(exported, tmp_path, monkeypatch, online, capsys):
+def test_push_fails_typed_without_a_token_or_offline_and_takes_the_stored_token(exported, tmp_path, monkeypatch, online, capsys):
     from huggingface_hub import constants
 
     from inpars_ray.cli import main
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
     with fake_hub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         with pytest.raises(HubError, match="no Hugging Face token; set HF_TOKEN"):
@@ -193,8 +193,13 @@ def test_push_without_a_token_or_offline_is_a_typed_error(exported, tmp_path, mo
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
         with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
             push(exported.path, "someone/model", token="hf_x")
-    assert not [r for r in hub.requests if r.path.startswith("/api/repos") or "/commit/" in r.path]
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        assert not [r for r in hub.requests if r.path.startswith("/api/repos") or "/commit/" in r.path]
+        # the token `hf auth login` stores is taken when HF_TOKEN is unset
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        (tmp_path / "token").write_text("hf_stored_token\n")
+        assert push(exported.path, "someone/model").endswith(f"/someone/model/commit/{COMMIT}")
+        assert {r.headers.get("authorization") for r in hub.find("POST", r"/api/models/someone/model/commit/main")} \
+            == {"Bearer hf_stored_token"}
     monkeypatch.delenv("HF_ENDPOINT")
     assert main(["export", str(exported.path.parent / "x"), "--to", str(tmp_path / "y")]) == 2
     assert "no complete run" in capsys.readouterr().err
