@@ -10,7 +10,8 @@ cannot be forgotten on the way to its stage. Model names go through :func:`resol
 place that turns a name into something a stage can load: ``local:tiny-lm`` and ``local:tiny-monot5``
 build tiny random models in ``out_dir/models`` (no download), which run the pipeline offline in minutes
 to show the mechanics (the reranker is untrained noise, not a result). Real runs name Hugging Face ids
-(e.g. EleutherAI/gpt-j-6B and castorini/monot5-3b-msmarco-10k, REFERENCE.md) in a YAML config.
+(e.g. EleutherAI/gpt-j-6B and castorini/monot5-3b-msmarco-10k, the InPars-v2 models, arXiv 2301.01820)
+in a YAML config.
 
 The run root is a local folder or an object-store URI (``gs://bucket/prefix``): every artifact goes
 through :mod:`inpars_ray.io.storage`, written from whichever node does the work. On a Ray cluster of several
@@ -257,7 +258,7 @@ def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catal
 
     gen_dir, published = out / "generate", config.inpars.synthetic_data
     with _Stage(record, "generate") as stage:
-        if published:  # the InPars team's published queries (or an export's) instead of generating (issue 25)
+        if published:  # the InPars team's published queries (or an export's) instead of generating
             gen_dir = out / IMPORT_FOLDER
             gen = import_generated(published, collection, gen_dir.uri, config.load)
             record.extra["synthetic_data"] = {**gen["extra"]["source"], "counts": gen["counts"]}
@@ -319,7 +320,7 @@ def run_synthetic(config: PipelineConfig, cache_dir: str | os.PathLike[str] | No
 
 
 #: header of the best settings file: what it is and how to use it
-_BEST_HEADER = """# The best trial of an inpars-ray tune sweep (issue 20): the run's settings with the tuned values set
+_BEST_HEADER = """# The best trial of an inpars-ray tune sweep: the run's settings with the tuned values set
 # and inpars.tune cleared. `inpars-ray run --config THIS_FILE` trains with this recipe on all triples.
 # Chosen on the synthetic dev set only (held-out source documents); the test qrels were never read.
 """

@@ -10,7 +10,7 @@ collection's pipeline is driven by a thread of this driver, and its stages run o
 and actors, so a small collection's stages fill the cluster while a big one indexes. A collection that
 fails is reported and the others go on; stages whose manifests match are skipped, so a resubmitted job
 resumes each collection where it stopped. ``summary.json`` and ``summary.md`` under the run root list each
-collection's status, BM25 and InPars nDCG@10 and the published figures (REFERENCE.md); they are rewritten
+collection's status, BM25 and InPars nDCG@10 and the published figures (InPars-v2, arXiv 2301.01820); they are rewritten
 whenever a collection finishes. The exit status is 1 when any collection did not complete.
 
 BEIR's conventions: ``beir/cqadupstack`` runs as its 12 forums (``beir/cqadupstack/<forum>``, one
@@ -38,7 +38,7 @@ from inpars_ray.runtime.raykit import ensure_ray
 
 logger = logging.getLogger("full_beir")
 
-#: published nDCG@10 per collection, only where a paper gives a per-collection figure (REFERENCE.md):
+#: published nDCG@10 per collection, only where a paper gives a per-collection figure:
 #: BM25 and InPars-v1/v2 on SciFact from the InPars-v2 paper (arXiv 2301.01820)
 PUBLISHED = {"scifact": {"bm25": 0.678, "inpars_v1": 0.774, "inpars_v2": 0.774}}
 #: the BEIR average of the InPars-v2 paper (arXiv 2301.01820), shown under the table
@@ -154,7 +154,7 @@ def run_one(outcome: Outcome, data: dict[str, Any]) -> Outcome:
     outcome.started, outcome.status = time.time(), "running"
     logger.info("[full_beir] %s: starting in %s", outcome.dataset, outcome.out_dir)
     try:
-        with run_lease(outcome.out_dir, purpose="jobs/full_beir.py"):  # one driver per run root (issue 19)
+        with run_lease(outcome.out_dir, purpose="jobs/full_beir.py"):  # one driver per run root
             summary = run_pipeline(PipelineConfig.from_dict(data))
         outcome.bm25_ndcg10 = round(summary["bm25"]["nDCG@10"], 4)
         if "inpars" in summary:
@@ -184,7 +184,7 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
     avg = PUBLISHED_BEIR_AVERAGE
     lines += ["", f"Published BEIR average (InPars-v2 paper, arXiv 2301.01820): BM25 {avg['bm25']}, "
               f"InPars-v1 {avg['inpars_v1']}, InPars-v2 {avg['inpars_v2']}. Per-collection published figures: "
-              "SciFact from the same paper; the others are not carried (REFERENCE.md)."]
+              "SciFact from the same paper; the others are not carried."]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed", ""] + [f"- {r['dataset']}: {r['error']}" for r in failed]

@@ -1,4 +1,4 @@
-"""PyTerrier transformers around what inpars-ray trains and builds (issue 25, item 2).
+"""PyTerrier transformers around what inpars-ray trains and builds.
 
 * :class:`InparsReranker` rescores a PyTerrier result frame (``qid, query, docno, text``) with any ranker the
   engine trains (monoT5, cross-encoder, bi-encoder, a query-tower-only bi-encoder with its

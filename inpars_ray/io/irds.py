@@ -1,4 +1,4 @@
-"""ir_datasets ids as collections (issue 25): ``irds:<id>``, e.g. ``irds:beir/scifact/test``.
+"""ir_datasets ids as collections: ``irds:<id>``, e.g. ``irds:beir/scifact/test``.
 
 The documents come from the id that provides them (``beir/scifact`` for ``beir/scifact/test``: ir_datasets'
 ``docs_parent_id``, or the nearest id above that has documents), the queries and judgements from the id

@@ -283,7 +283,7 @@ def _read_parts(parts_dir: storage.Location) -> list[pa.Table]:
 
     Every part a writer left is whole (written by one upload or one rename), so all of them count. A part
     damaged later (truncated, overwritten, a flipped bit) fails its footer or a page checksum: it is deleted,
-    and its documents are generated again (issue 19), rather than failing every rerun or being read as done.
+    and its documents are generated again, rather than failing every rerun or being read as done.
     """
     out = []
     for name in parts_dir.files(recursive=False, suffix=".parquet"):

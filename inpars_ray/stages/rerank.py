@@ -54,7 +54,7 @@ class RerankConfig:
     keep_tail: bool = Field(True, description="hits below depth follow the rescored ones, in first-stage "
                             "order, so that recall at cutoffs deeper than depth stays the first stage's; "
                             "False drops them")
-    max_length: int = Field(512, ge=16, description="ranker input length in tokens (REFERENCE: 512)")
+    max_length: int = Field(512, ge=16, description="ranker input length in tokens (InPars-v2's monoT5: 512)")
     batch_size: int = Field(16, ge=1, description="pairs per forward pass")
     rows_per_call: int = Field(256, ge=1, description="pairs handed to one actor call")
     num_actors: int = Field(1, ge=1, description="scoring actors")

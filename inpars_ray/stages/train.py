@@ -18,7 +18,7 @@ Data. The triples are read (and grouped) into small blocks in Ray's object store
 start, in an order fixed by their content (:func:`order_keys`), and each worker streams its own split of
 those blocks (``streaming_split`` without dropping rows), so no process holds the whole file. Reading them
 while the workers hold their CPUs could starve the read tasks of a CPU and leave every worker waiting on
-its split forever (issue 9.8).
+its split forever.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
                 group_triples, batch_format="pyarrow")
         # Small blocks so every worker gets some. Materialised (in the object store, not in this process)
         # before the workers start: a streaming input needs CPUs for its read tasks while the workers hold
-        # theirs, and with every CPU held the splits waited forever on a read that never ran (issue 9.8).
+        # theirs, and with every CPU held the splits waited forever on a read that never ran.
         ds = _in_content_order(ds, config.seed, config.grouped)
         ctx = ray.data.DataContext.get_current()
         kept, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
