@@ -2,9 +2,8 @@
 
 Quiet by default: everything logged (inpars-ray's INFO lines, Ray's and Ray Data's own logs) goes to a log
 file under the run folder; the terminal shows warnings, the running stage's tqdm bar (its elapsed time, then
-the units it counts: rate, ETA when the total is known), Ray Data's own bar for its executions, and one
-summary line per stage. ``verbose`` restores everything on the console (Ray Data's operator bars and the
-output of Ray workers included). In quiet mode Ray does not forward the workers' output to the driver
+the units it counts: rate, ETA when the total is known) and one summary line per stage. ``verbose`` restores
+everything on the console (Ray Data's own progress bars and the output of Ray workers included). In quiet mode Ray does not forward the workers' output to the driver
 (``ray.init(log_to_driver=False)``): it stays in Ray's session logs, whose folder the log file names.
 
 One switch turns every progress bar off (ours, Ray Data's, and tqdm's in transformers and the Hugging Face
@@ -209,16 +208,16 @@ def quiet() -> bool:
 
 
 def install() -> None:
-    """After ``ray.init``, on the driver: Ray Data's progress by its own settings (off with the switch; when
-    quiet, one bar per execution and no operator bars), and Ray's loggers routed to the log file when quiet.
-    Ray's worker output is kept off a quiet console by ``ray.init(log_to_driver=False)`` (runtime/raykit)."""
+    """After ``ray.init``, on the driver: Ray Data's own progress bars follow the switch (library use and
+    ``--verbose``: as Ray Data draws them); a quiet command shows the stage bars only (Ray Data's global bar,
+    drawn beside them, stayed at 0 rows and on screen after its execution) and routes Ray's loggers to the
+    log file. Ray's worker output is kept off a quiet console by ``ray.init(log_to_driver=False)``."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = enabled()
+    ctx.enable_progress_bars = enabled() and not quiet()
     if not quiet():
         return
-    ctx.enable_operator_progress_bars = False
     _route_ray_logs()
     _route_ray_data_logs()
 

@@ -116,14 +116,19 @@ def test_quiet_console_shows_summaries_and_warnings_only(tmp_path: Path):
 def test_ray_data_progress_follows_the_switch(monkeypatch):
     ray_data = pytest.importorskip("ray.data")
     ctx = ray_data.DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.enable_operator_progress_bars)
+    saved = ctx.enable_progress_bars
     try:
+        progress.install()  # library use: Ray Data's own bars
+        assert ctx.enable_progress_bars is True
         monkeypatch.setenv("INPARS_RAY_PROGRESS", "0")
-        progress.install()  # library use (not quiet): Ray Data's own bars, off by the switch
+        progress.install()  # ... off by the switch
         assert ctx.enable_progress_bars is False
         monkeypatch.setenv("INPARS_RAY_PROGRESS", "1")
+        progress.configure(verbose=True, stream=io.StringIO())
+        progress.install()  # verbose: Ray Data's bars as Ray draws them
+        assert ctx.enable_progress_bars is True
         progress.configure(verbose=False, stream=io.StringIO())
-        progress.install()  # quiet: one bar per execution, no operator bars
-        assert ctx.enable_progress_bars is True and ctx.enable_operator_progress_bars is False
+        progress.install()  # quiet: the stage bars only
+        assert ctx.enable_progress_bars is False
     finally:
-        ctx.enable_progress_bars, ctx.enable_operator_progress_bars = saved
+        ctx.enable_progress_bars = saved
