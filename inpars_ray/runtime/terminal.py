@@ -2,7 +2,7 @@
 
 :class:`StageBar` is one stage: its elapsed time (until the stage counts something), then tqdm's own
 counter, rate and ETA of the units the stage reports (:meth:`StageBar.set_count`); :func:`write` prints a
-line above the bars. Ray Data draws its own bar for the rows of its executions.
+line above the bars.
 :mod:`inpars_ray.runtime.progress` owns the running stages and the switch that turns bars off.
 """
 from __future__ import annotations
