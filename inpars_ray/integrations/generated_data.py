@@ -1,7 +1,7 @@
 """The InPars team's published synthetic data (``inpars/generated-data`` on the Hub): write it, read it back.
 
-The layout (REFERENCE.md, "Data"; the toolkit's ``generate.py``/``filter.py``/``generate_triples.py``): one
-folder per collection holding
+The layout (the InPars toolkit, github.com/zetaalphavector/InPars: its ``generate.py``, ``filter.py`` and
+``generate_triples.py``): one folder per collection holding
 
 * ``queries.jsonl``: one generated query per line, ``{"doc_id", "query", "log_probs", "prompt_text",
   "fewshot_examples"}`` (``log_probs``: the generated tokens' log-probabilities; ``fewshot_examples``: the
