@@ -7,13 +7,15 @@ every ``validate_every`` steps (and after the last one), and :class:`DevReport` 
 evaluations to Tune, so one Tune result is one evaluation. ASHA (``time_attr="step"``) stops weak trials;
 OptunaSearch proposes settings when optuna imports (else Tune's random search).
 
-Early stopping is cooperative. Tune stops a trial by killing its actor, and the Train run it started
-keeps its placement group (Train's PlacementGroupCleaner asks the state API, which needs the dashboard
-that inpars-ray does not start): the next trial then waits for CPUs forever (seen on 2 CPUs). So the
-scheduler (:class:`_CooperativeASHA`) writes a ``STOP`` file in the trial's folder instead, and the
-training loop ends the run (``train(stop_file=...)``): a normal end, resources freed. The scheduler also
-writes ``decided-<step>`` for every evaluation it judged, and the loop waits for it after an evaluation,
-so a stopped trial ends right after the evaluation that stopped it (the same steps on every run).
+Early stopping is cooperative. Tune stops a trial by killing its actor, and the train stage inside dies
+mid-step: no model and no train manifest (the trials table's record of a trial's steps and evaluations).
+So the scheduler (:class:`_CooperativeASHA`) writes a ``STOP`` file in the trial's folder instead, and the
+training loop ends the run (``train(stop_file=...)``): a normal end, model and manifest written. The
+scheduler also writes ``decided-<step>`` for every evaluation it judged, and the loop waits for it after an
+evaluation, so a stopped trial ends right after the evaluation that stopped it (the same steps on every
+run). (The protocol began because a killed Train run kept its placement group, Train's cleaner needing the
+dashboard's state API; on Ray 2.60 the placement group of a killed run is released without the dashboard:
+a 2-CPU sweep went on to its next trial, and no placement group was left 2 s after it ended.)
 
 Storage: the Tune experiment, each trial's Train checkpoints and model, and the outputs live under the
 run root (local or ``gs://``). A driver killed mid-sweep resumes with ``Tuner.restore``: finished trials
