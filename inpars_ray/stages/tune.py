@@ -252,19 +252,15 @@ def _make_scheduler(config: SweepConfig, max_t: int, trials_root: str):
 def _save_scheduler(scheduler, where: storage.Location) -> None:
     """``scheduler.save`` (Ray's public API, a local path) published to ``where`` (local or an object store)."""
     with tempfile.TemporaryDirectory(prefix="inpars-asha-") as tmp:
-        path = os.path.join(tmp, ASHA_STATE)
-        scheduler.save(path)
-        with open(path, "rb") as fh:
-            where.write_bytes(fh.read())
+        scheduler.save(os.path.join(tmp, ASHA_STATE))
+        where.write_bytes(storage.location(os.path.join(tmp, ASHA_STATE)).read_bytes())
 
 
 def _restore_scheduler(scheduler, where: storage.Location) -> None:
     """``scheduler.restore`` from the state :func:`_save_scheduler` published to ``where``."""
     with tempfile.TemporaryDirectory(prefix="inpars-asha-") as tmp:
-        path = os.path.join(tmp, ASHA_STATE)
-        with open(path, "wb") as fh:
-            fh.write(where.read_bytes())
-        scheduler.restore(path)
+        storage.location(os.path.join(tmp, ASHA_STATE)).write_bytes(where.read_bytes())
+        scheduler.restore(os.path.join(tmp, ASHA_STATE))
 
 
 @dataclasses.dataclass(frozen=True)
