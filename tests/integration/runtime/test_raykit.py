@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = """
 import logging, ray
 logging.basicConfig(level=logging.INFO)
-from ray._private.services import canonicalize_bootstrap_address
+from inpars_ray.runtime.ray_private import recorded_cluster
 from inpars_ray.runtime.raykit import ensure_ray
-# the record is in effect: a bare ray.init() would try to join this address
-print("RECORDED", canonicalize_bootstrap_address(None))
+# the record is in place: a bare ray.init() would try to join this address
+print("RECORDED", recorded_cluster())
 ensure_ray(num_cpus=1)
 print("CPUS", ray.cluster_resources()["CPU"])
 ray.shutdown()
@@ -37,7 +37,7 @@ def test_stale_cluster_record_is_not_joined():
         # the timeout only guards the suite; the old behaviour waited on the stale GCS far longer
         proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.split("RECORDED ")[1].split()[0].endswith(f":{port}")  # Ray maps 127.0.0.1 to the node ip
+        assert proc.stdout.split("RECORDED ")[1].split()[0] == stale
         assert "CPUS 1.0" in proc.stdout
         assert f"not joining the Ray cluster recorded at {stale}" in proc.stderr
     finally:
