@@ -44,12 +44,18 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from inpars_ray.io.catalog import resolve
+    import os
+
     from inpars_ray.io.load import LoadConfig
+    from inpars_ray.models.local_models import is_local, resolve_model
     from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages.generate import GenerateConfig, GenerateResources, run_generate
 
     config = config_from_args(GenerateConfig, args, backend_options=tuple(sorted(args.backend_option)))
     config = dataclasses.replace(config, generation=dataclasses.replace(config.generation, seed=config.seed))
+    if is_local(config.model):  # local:smollm2, local:gemma3, local:tiny-lm: a file or folder, as `run` resolves them
+        models_dir = None if "://" in args.out else os.path.join(args.out, "models")
+        config = dataclasses.replace(config, model=resolve_model(config.model, models_dir))
     resources = config_from_args(GenerateResources, args)
     collection = resolve(args.dataset, args.cache_dir)
     log_beside(args.out)

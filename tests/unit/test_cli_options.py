@@ -52,3 +52,18 @@ def test_help_shows_the_config_default(capsys):
         parse("filter", "--help")
     out = " ".join(capsys.readouterr().out.split())
     assert f"(default: {FilterConfig().keep_top_k})" in out and "--num-gpus-per-actor" in out
+
+
+def test_generate_sampling_options_and_local_model_names(tmp_path, capsys):
+    """The later queries' sampling has its own prefixed options; a ``local:`` model name is resolved by the
+    verb as by ``run`` (an unknown one fails with the known names, before Ray starts)."""
+    from inpars_ray.cli import main
+
+    args = parse("generate", *COMMON, "--model", "m", "--queries-per-doc", "3", "--sampling-top-k", "10",
+                 "--top-k", "0")
+    config = config_from_args(GenerateConfig, args)
+    assert (config.queries_per_doc, config.sampling.top_k, config.generation.top_k) == (3, 10, 0)
+    code = main(["generate", "--dataset", "bundled/tiny-science", "--out", str(tmp_path / "g"), "--model", "local:nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown local model 'local:nope'" in err and "local:smollm2" in err
+    assert not (tmp_path / "g" / "manifest.json").exists()
