@@ -330,7 +330,7 @@ def _sweep(config: PipelineConfig, stages: dict[str, Any], collection: catalog.C
            out: storage.Location, record: StageRecord, synthetic: dict[str, Any]) -> dict[str, Any]:
     """The dev set and the sweep under ``out/tune``; writes ``best.yaml`` there (and in the sweep folder)."""
     from inpars_ray.config import dump_yaml, merge
-    from inpars_ray.io.manifest import config_hash, manifest_hash
+    from inpars_ray.io.manifest import config_hash
     from inpars_ray.stages.devset import build_dev_set
     from inpars_ray.stages.tune import run_sweep, sweep_payload
 
@@ -341,7 +341,7 @@ def _sweep(config: PipelineConfig, stages: dict[str, Any], collection: catalog.C
                                teacher=stages.get("teacher"))
         stage.done(devset)
     weight = stages["rerank"].first_stage_weight
-    key = config_hash(sweep_payload(tc, tc.resolved_space(), manifest_hash(devset), config.inpars.train, weight))
+    key = config_hash(sweep_payload(tc, tc.resolved_space(), config_hash(devset), config.inpars.train, weight))
     sweep_dir = out / "tune" / f"sweep-{key}"
     with _Stage(record, "tune") as stage:
         manifest = run_sweep(devset, out / "tune" / "devset", sweep_dir, tc, stages["train"], weight,

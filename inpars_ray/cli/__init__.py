@@ -1,6 +1,8 @@
-"""The ``inpars-ray`` command line: a map from verb to a small module that parses and delegates.
+"""Turn a document collection into a reranker tuned to it: an LLM writes synthetic queries for its documents
+(InPars), the engine filters them, mines negatives, trains a reranker on Ray and reports it against the
+model it started from and BM25.
 
-Each module in :data:`COMMANDS` defines ``add_parser(subparsers)`` and ``run(args) -> int``; ``main``
+The command line is a map from verb to a small module that parses and delegates. Each module in :data:`COMMANDS` defines ``add_parser(subparsers)`` and ``run(args) -> int``; ``main``
 dispatches on the verb. Library code
 raises typed errors; only here are they turned into a message on stderr and an exit status.
 """
@@ -44,7 +46,9 @@ def _load_commands() -> dict[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inpars-ray", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="inpars-ray", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     epilog="Start with `inpars-ray run --config configs/demo.yaml` (the whole "
+                                     "pipeline); `inpars-ray COMMAND --help` lists a command's options.")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show every log record and Ray's own output on the console (default: a log file)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

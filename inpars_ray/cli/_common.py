@@ -65,8 +65,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Coll
     are named after themselves, or ``--<nested>-<field>`` when the nested field is in ``prefixed``.
     """
     aliases = aliases or {}
-    group = _group or parser.add_argument_group(title or f"settings ({cls.__name__}; unset options keep "
-                                                            "their default)")
+    group = _group or parser.add_argument_group(title or f"{_what(cls)} (unset options keep their default)")
     for name, info in _fields(cls).items():
         path = f"{_path}{name}"
         if path in skip:
@@ -80,6 +79,13 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Coll
             _add_flat(sub, path, skip, required, aliases, group, _default(info, _defaults, name))
             continue
         _add_option(group, path, path.replace(".", "-"), info, required, aliases, _default(info, _defaults, name))
+
+
+def _what(cls: type) -> str:
+    """An option group's title in a user's words: the first sentence of the config's docstring."""
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    first = doc.split(". ")[0].rstrip(".")
+    return first[:1].lower() + first[1:] if first else "settings"
 
 
 def _default(info: Any, defaults: Any, name: str) -> Any:

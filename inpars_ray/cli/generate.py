@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     # the later queries' sampling settings are --sampling-top-p etc., beside the first query's --top-p
     add_config_options(p, GenerateConfig, skip={"backend_options", "generation.seed"}, required={"model"},
                        prefixed={"sampling"})
-    add_config_options(p, GenerateResources, title="resources (GenerateResources; not part of the config hash)")
+    add_config_options(p, GenerateResources, title="how the work is spread (not part of the run's settings: a resumed run may use another shape)")
     p.set_defaults(run=run)
 
 

@@ -107,10 +107,6 @@ def is_complete(directory: storage.PathLike, stage: str, config: Any, name: str 
     return True
 
 
-#: the same function under the name some callers still use for a manifest's content key
-manifest_hash = config_hash
-
-
 def input_key(directory: storage.PathLike, name: str = MANIFEST_NAME, stage: str | None = None) -> str:
     """The key of an upstream stage's output, for a downstream stage config: its manifest's hash.
 

@@ -121,12 +121,12 @@ def run_key(run_path: str) -> str:
     """The content key of a run file: the hash of the manifest its stage wrote beside it
     (``<run>.manifest.json``), else the file's size and modification time (a run from elsewhere)."""
     from inpars_ray.io import storage
-    from inpars_ray.io.manifest import manifest_hash, read_manifest
+    from inpars_ray.io.manifest import config_hash, read_manifest
 
     loc = storage.location(run_path)
     manifest = read_manifest(loc.parent, f"{loc.name}.manifest.json")
     if manifest and manifest.get("status") == "complete":
-        return manifest_hash(manifest)
+        return config_hash(manifest)
     info = loc.fs.get_file_info(loc.path)
     return f"{info.size}:{info.mtime_ns}"
 

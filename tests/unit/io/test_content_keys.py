@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from inpars_ray.io.manifest import StageRecord, config_hash, input_key, manifest_hash, published
+from inpars_ray.io import manifest as manifest_module
+from inpars_ray.io.manifest import StageRecord, config_hash, input_key, published
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +25,7 @@ def test_the_hash_of_a_fixed_input_is_unchanged():
     assert config_hash(MANIFEST) == "b49ddf68c861bd57"
     assert config_hash(_Config()) == "b617ac800c21e1f9"
     assert config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1}) == "94a786c3662bc7be"
-    assert manifest_hash(MANIFEST) == config_hash(MANIFEST)
+    assert not hasattr(manifest_module, "manifest_hash")  # one content-key function, under one name
 
 
 def test_an_upstream_output_is_keyed_by_its_manifest_hash(tmp_path):
