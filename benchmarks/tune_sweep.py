@@ -98,7 +98,7 @@ def main() -> int:
                      "planned_steps": trial["planned_steps"], "stopped_early": trial["stopped_early"]})
     rho = spearmanr([r["dev_ndcg@10"] for r in rows], [r["test_ndcg@10"] for r in rows]) if len(rows) > 2 else None
     by_judge = {}
-    for name in judges:
+    for name in (n for n in judges if n != "pairs"):
         if len(rows) > 2:
             r = spearmanr([row[f"dev_ndcg@10_{name}"] for row in rows], [row["test_ndcg@10"] for row in rows])
             by_judge[name] = {"rho": float(r.statistic), "p": float(r.pvalue), "trials": len(rows)}
