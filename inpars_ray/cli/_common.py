@@ -41,13 +41,28 @@ def _fields(cls: type) -> Mapping[str, Any]:
 
 
 def _scalar(annotation: Any) -> type | None:
-    """int/float/str/bool for ``T`` or ``T | None``; None for anything else (tuples, nested configs)."""
+    """int/float/str/bool for ``T`` or ``T | None`` (a ``Literal`` of one of them counts as it); None for
+    anything else (tuples, nested configs)."""
     if annotation in (int, float, str, bool):
         return annotation
+    choices = _choices(annotation)
+    if choices:
+        return type(choices[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1 and args[0] in (int, float, str, bool):
             return args[0]
+    return None
+
+
+def _choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) field, for argparse's ``choices``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else None
+    if typing.get_origin(annotation) is typing.Literal:
+        values = typing.get_args(annotation)
+        return values if len({type(v) for v in values}) == 1 else None
     return None
 
 
@@ -118,7 +133,8 @@ def _add_option(group: Any, path: str, flag_name: str, info: Any, required: Coll
     if kind is bool:
         group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
     else:
-        group.add_argument(*flags, type=kind, required=must, metavar=path.split(".")[-1].upper(), **kwargs)
+        group.add_argument(*flags, type=kind, required=must, metavar=path.split(".")[-1].upper(),
+                           choices=_choices(info.annotation), **kwargs)
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from inpars_ray.errors import ConfigError
 from inpars_ray.runtime.deps import require
 
 MONOT5, CROSS_ENCODER, BI_ENCODER = "monot5", "cross-encoder", "bi-encoder"
-FAMILIES = (MONOT5, CROSS_ENCODER, BI_ENCODER)
-POOLINGS = ("mean", "cls")
+#: a ranker family, as a config field declares it (pydantic refuses any other value, naming the field)
+Family = Literal["monot5", "cross-encoder", "bi-encoder"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+#: a bi-encoder's pooling
+Pooling = Literal["mean", "cls"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 #: files sentence-transformers writes for a bi-encoder (SentenceTransformer.save)
 ST_MODULES = "modules.json"
 

@@ -9,15 +9,19 @@ ones (listwise, contrastive).
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, get_args
 
 from inpars_ray.errors import ConfigError
-from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER, FAMILIES, MONOT5, POOLINGS
+from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER, MONOT5, Family, Pooling
 from inpars_ray.stageconfig import Field, stage_config
 
 STAGE = "train"
 TRAINER_STATE = "trainer_state.pt"
 DATA_STATE = "data_state"
-ACCELERATORS = ("cpu", "gpu", "tpu")
+Accelerator = Literal["cpu", "gpu", "tpu"]
+ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
+#: every loss; which of them a family trains with is :data:`LOSSES`
+Loss = Literal["monot5", "listwise", "pointwise", "contrastive", "margin-mse", "kl"]
 LOSSES = {MONOT5: ("monot5", "margin-mse", "kl"), CROSS_ENCODER: ("listwise", "pointwise", "margin-mse", "kl"),
           BI_ENCODER: ("contrastive", "margin-mse", "kl")}
 GROUPED_LOSSES = ("listwise", "contrastive", "margin-mse", "kl")
@@ -39,12 +43,12 @@ class TrainConfig:
     """
 
     base_model: str = Field(description="Hugging Face id or local folder of the checkpoint to start from")
-    family: str | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from "
-                               "base_model (a bare encoder such as all-MiniLM-L6-v2 reads as a bi-encoder: say "
-                               "cross-encoder to train one)")
-    loss: str | None = Field(None, description="monot5 (monoT5), listwise or pointwise (cross-encoder), "
-                             "contrastive (bi-encoder); None picks the first of these for the family. margin-mse "
-                             "and kl (every family) distil the teacher stage's scores (GPL)")
+    family: Family | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from "
+                                  "base_model (a bare encoder such as all-MiniLM-L6-v2 reads as a bi-encoder: say "
+                                  "cross-encoder to train one)")
+    loss: Loss | None = Field(None, description="monot5 (monoT5), listwise or pointwise (cross-encoder), "
+                              "contrastive (bi-encoder); None picks the first of these for the family. margin-mse "
+                              "and kl (every family) distil the teacher stage's scores (GPL)")
     lr: float | None = Field(None, gt=0, description="AdamW learning rate, constant after the warm-up; None: "
                              "3e-4 for monoT5 (InPars-v1), 2e-5 for bi- and cross-encoders (GPL)")
     warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
@@ -57,38 +61,38 @@ class TrainConfig:
     interpolate: float = Field(1.0, gt=0, le=1, description="WiSE-FT (arXiv 2109.01903): the saved weights are "
                                "(1 - a) * start + a * trained; 1 keeps the trained weights")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    batch_size: int = Field(128, description="effective batch per optimizer step, all workers together: "
+    batch_size: int = Field(128, ge=1, description="effective batch per optimizer step, all workers together: "
                             "examples (a triple gives two) or lists (listwise, contrastive)")
-    micro_batch_size: int = Field(8, description="examples (or lists) per forward pass on one worker")
-    max_length: int = Field(512, description="input length in tokens; the document is truncated, never "
+    micro_batch_size: int = Field(8, ge=1, description="examples (or lists) per forward pass on one worker")
+    max_length: int = Field(512, ge=1, description="input length in tokens; the document is truncated, never "
                             "monoT5's suffix")
-    max_negatives: int | None = Field(None, description="listwise/contrastive: at most this many BM25 negatives "
+    max_negatives: int | None = Field(None, ge=1, description="listwise/contrastive: at most this many BM25 negatives "
                                       "per list (None: all mined)")
     temperature: float = Field(0.05, gt=0, description="contrastive: softmax temperature of the cosine "
                                "similarities (0.05 = scale 20)")
-    pooling: str = Field("mean", description="bi-encoder pooling: mean or cls")
-    epochs: int = Field(1, description="passes over the triples (when max_steps is None)")
-    max_steps: int | None = Field(None, description="train exactly this many optimizer steps, over as many "
+    pooling: Pooling = Field("mean", description="bi-encoder pooling: mean or cls")
+    epochs: int = Field(1, ge=1, description="passes over the triples (when max_steps is None)")
+    max_steps: int | None = Field(None, ge=1, description="train exactly this many optimizer steps, over as many "
                                   "epochs as that takes; None trains for `epochs` full epochs")
-    num_workers: int = Field(1, description="Ray Train workers (one per GPU, or one per TPU VM host)")
-    accelerator: str = Field("cpu", description="cpu (gloo), gpu (nccl) or tpu (torch-xla, see docs/tpu.md)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU, or one per TPU VM host)")
+    accelerator: Accelerator = Field("cpu", description="cpu (gloo), gpu (nccl) or tpu (torch-xla, see docs/tpu.md)")
     mixed_precision: bool = Field(True, description="on GPU, autocast to bfloat16 when the GPU supports it")
-    checkpoint_every: int = Field(50, description="save a Hugging Face checkpoint every this many steps (and "
+    checkpoint_every: int = Field(50, ge=1, description="save a Hugging Face checkpoint every this many steps (and "
                                   "after the last one)")
-    keep_checkpoints: int = Field(2, description="how many checkpoints Ray Train keeps in storage")
-    max_failures: int = Field(2, description="worker-group failures Ray Train recovers from (restoring the "
+    keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints Ray Train keeps in storage")
+    max_failures: int = Field(2, ge=0, description="worker-group failures Ray Train recovers from (restoring the "
                               "last checkpoint)")
     storage_path: str | None = Field(None, description="where Ray Train writes checkpoints (local path or "
                                      "gs://...); None means <out>/ray")
     cpus_per_worker: float | None = Field(None, gt=0, description="CPUs a worker reserves; None takes 1, or an "
                                           "equal share of a smaller cluster; more than the cluster holds is "
                                           "refused (Ray Train would wait for them forever)")
-    rows_per_block: int = Field(1024, description="training rows per Ray Data block; blocks much smaller than "
+    rows_per_block: int = Field(1024, ge=1, description="training rows per Ray Data block; blocks much smaller than "
                                 "the data let every worker get some")
     tpu_chips_per_worker: int = Field(4, ge=0, description="TPU chips a worker reserves (4 per v4 VM host; 0 "
                                       "runs the XLA path on torch-xla's CPU device)")
     seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout)")
-    validate_every: int | None = Field(None, description="rank 0 computes nDCG@10 on the dev set every this "
+    validate_every: int | None = Field(None, ge=1, description="rank 0 computes nDCG@10 on the dev set every this "
                                        "many steps; None disables it")
     record_dir: str | None = Field(None, description="when set, workers write their pid and the ids of the "
                                    "examples they train on here (tests and audits)")
@@ -101,33 +105,10 @@ class TrainConfig:
                                           "trials: inpars-ray tune <sweep>)")
 
     def __post_init__(self) -> None:
-        if self.accelerator not in ACCELERATORS:
-            raise ConfigError(f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
-        for name in ("batch_size", "micro_batch_size", "rows_per_block", "max_length", "epochs", "num_workers", "checkpoint_every",
-                     "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"TrainConfig.max_steps must be >= 1 or None, got {self.max_steps}")
-        if self.validate_every is not None and self.validate_every < 1:
-            raise ConfigError(f"TrainConfig.validate_every must be >= 1 or None, got {self.validate_every}")
-        if self.max_failures < 0:
-            raise ConfigError(f"TrainConfig.max_failures must be >= 0, got {self.max_failures}")
-        if self.family is not None and self.family not in FAMILIES:
-            raise ConfigError(f"TrainConfig.family must be one of {FAMILIES} or None, got {self.family!r}")
-        known = sorted({x for v in LOSSES.values() for x in v})
-        if self.loss is not None and self.loss not in known:
-            raise ConfigError(f"TrainConfig.loss must be one of {known} or None, got {self.loss!r}")
+        # ranges and choices are the fields' own (pydantic names the field and the value); what is left
+        # here depends on two settings at once
         if self.family is not None and self.loss is not None and self.loss not in LOSSES[self.family]:
             raise ConfigError(f"a {self.family} trains with loss {LOSSES[self.family]}, not {self.loss!r}")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"TrainConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.temperature <= 0 or self.warmup_steps < 0:
-            raise ConfigError("TrainConfig.temperature must be > 0 and warmup_steps >= 0")
-        if self.max_negatives is not None and self.max_negatives < 1:
-            raise ConfigError(f"TrainConfig.max_negatives must be >= 1 or None, got {self.max_negatives}")
-        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise ConfigError(f"TrainConfig.cpus_per_worker must be > 0 or None, got {self.cpus_per_worker}")
         if self.loss is None and self.family is None:  # the unit is known once the family is read
             plan_steps(self.batch_size, self.micro_batch_size, self.num_workers, grouped=True)
         else:

@@ -67,3 +67,16 @@ def test_generate_sampling_options_and_local_model_names(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "unknown local model 'local:nope'" in err and "local:smollm2" in err
     assert not (tmp_path / "g" / "manifest.json").exists()
+
+
+def test_a_setting_with_fixed_choices_offers_them_and_refuses_another(capsys):
+    from inpars_ray.stages.train_config import TrainConfig
+
+    args = parse("train", "--triples", "t", "--out", "o", "--base-model", "m", "--accelerator", "gpu",
+                 "--family", "cross-encoder", "--loss", "listwise", "--pooling", "cls")
+    config = config_from_args(TrainConfig, args)
+    assert (config.accelerator, config.family, config.loss, config.pooling) == ("gpu", "cross-encoder", "listwise",
+                                                                                "cls")
+    with pytest.raises(SystemExit):
+        parse("train", "--triples", "t", "--out", "o", "--base-model", "m", "--accelerator", "npu")
+    assert "invalid choice: 'npu' (choose from 'cpu', 'gpu', 'tpu')" in capsys.readouterr().err

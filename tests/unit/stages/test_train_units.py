@@ -33,6 +33,23 @@ def test_config_rejects_bad_values():
         TrainConfig(base_model="x", batch_size=100, micro_batch_size=8)
 
 
+@pytest.mark.parametrize("name, bad", [
+    ("batch_size", 0), ("micro_batch_size", 0), ("rows_per_block", 0), ("max_length", 0), ("epochs", 0),
+    ("num_workers", 0), ("checkpoint_every", 0), ("keep_checkpoints", 0), ("max_steps", 0), ("validate_every", 0),
+    ("max_failures", -1), ("max_negatives", 0), ("temperature", 0.0), ("warmup_steps", -1), ("cpus_per_worker", 0.0),
+    ("family", "bi_encoder"), ("loss", "hinge"), ("pooling", "max"), ("accelerator", "npu"),
+])
+def test_a_value_out_of_its_range_or_choices_is_refused_naming_the_setting_and_the_value(name, bad):
+    with pytest.raises(ConfigError, match=rf"TrainConfig: {name}: .*\(got {bad!r}\)"):
+        TrainConfig(base_model="x", **{name: bad})
+
+
+def test_a_loss_of_another_family_is_refused_naming_both():
+    with pytest.raises(ConfigError, match="a bi-encoder trains with loss .* not 'monot5'"):
+        TrainConfig(base_model="x", family="bi-encoder", loss="monot5")
+    assert TrainConfig(base_model="x", family="bi-encoder", loss="kl", batch_size=8).loss == "kl"
+
+
 def test_each_triple_gives_a_true_and_a_false_example():
     rows = [{S.QUERY_ID: "q1", S.QUERY: "coral", S.POS_DOC_ID: "d1", S.POS_TEXT: "pos text",
              S.NEG_DOC_ID: "d9", S.NEG_TEXT: "neg text"}]
