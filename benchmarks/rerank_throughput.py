@@ -49,7 +49,8 @@ def _pairs(work: Path, args: argparse.Namespace):
     in BEIR); without it, a generated one of ``--docs`` documents (30-120 words each, near the length cap).
     """
     from inpars_ray.io import catalog, trec
-    from inpars_ray.io.docstore import document_texts, ensure_store, open_store
+    from inpars_ray.io.docstore import ensure_store, open_store
+    from inpars_ray.io.text import document_texts
     from inpars_ray.io.load import LoadConfig, read_queries
     from inpars_ray.stages import index, retrieve
 

@@ -18,7 +18,7 @@ Building is an external sort that never holds more than one bucket: a first pass
 ``2**bits`` bucket files by the top bits of the id hash (so buckets are consecutive hash ranges), a second
 pass sorts each bucket and appends it to ``docs.arrow``. Duplicate ids are an error naming the id.
 
-Layers: :func:`id_hashes` and :func:`document_texts` are pure; :class:`DocStore` opens a store once per
+Layers: :func:`id_hashes` is pure; :class:`DocStore` opens a store once per
 process (:func:`open_store` caches it, so a Ray task or actor pays the open once); :func:`build_store` /
 :func:`ensure_store` write one (the latter from a collection, reused while the corpus is unchanged).
 """
@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from inpars_ray import schema as S
 from inpars_ray.errors import FormatError, InparsError
+from inpars_ray.io.text import document_texts
 
 logger = logging.getLogger(__name__)
 
@@ -63,21 +64,6 @@ def id_hashes(ids: pa.Array | pa.ChunkedArray | list[str] | np.ndarray) -> np.nd
     if isinstance(ids, (pa.Array, pa.ChunkedArray)):
         ids = ids.to_numpy(zero_copy_only=False)
     return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
-
-
-def document_texts(title: pa.Array | pa.ChunkedArray, text: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Title and body joined as BEIR "flat" indexes join them (``filter.document_text``), vectorised.
-
-    Both parts are stripped and the empty ones left out; a row whose title and text are both null stays
-    null (an unknown document), one with only empty parts is the empty string.
-    """
-    known = pc.or_(pc.is_valid(text), pc.is_valid(title))
-    title = pc.utf8_trim_whitespace(pc.fill_null(title, ""))
-    body = pc.utf8_trim_whitespace(pc.fill_null(text, ""))
-    joined = pc.binary_join_element_wise(title, body, " ")
-    out = pc.if_else(pc.equal(title, ""), body, pc.if_else(pc.equal(body, ""), title, joined))
-    out = pc.if_else(known, out, pa.scalar(None, pa.string()))
-    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
 
 def take_rows(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
@@ -176,7 +162,7 @@ class DocStore:
 
     def texts(self, ids: pa.Array | pa.ChunkedArray | list[str], missing: str = "null",
               what: str = "document") -> pa.Array:
-        """The scored/trained text of each document (title + body, :func:`document_texts`).
+        """The scored/trained text of each document (:func:`inpars_ray.io.text.document_texts`).
 
         ``missing="null"`` leaves unknown ids null (the caller counts them); ``"raise"`` raises
         :class:`DocStoreError` naming the first unknown id and ``what`` the ids are.

@@ -20,6 +20,7 @@ from pathlib import Path
 from inpars_ray import schema as S
 from inpars_ray.errors import CollectionError, ConfigError
 from inpars_ray.io.catalog import Collection
+from inpars_ray.io.text import document_text
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +90,6 @@ class PromptTemplate:
         """A hash of everything that shapes the prompts (part of the generate stage's config hash)."""
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def document_text(title: str | None, text: str | None) -> str:
-    """Title and text on one line: a newline inside the document would break the one-line answer format."""
-    return " ".join(f"{title or ''} {text or ''}".split())
 
 
 def _inpars_examples() -> list[dict[str, str]]:

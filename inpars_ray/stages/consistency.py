@@ -117,7 +117,7 @@ def consistency_split(candidates: pa.Table, ranks: pa.Table, k: int) -> tuple[pa
 # --- Ray wiring ------------------------------------------------------------------------------------------
 def _attach(hits: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
     """Hits of one hash partition with the query text, the hit's document text and the query's source doc."""
-    from inpars_ray.stages.filter import document_text
+    from inpars_ray.io.text import document_text
 
     doc_pos = pc.index_in(hits.column(S.DOC_ID), value_set=docs.column(S.DOC_ID))
     titles = docs.column(S.TITLE).take(doc_pos).to_pylist()

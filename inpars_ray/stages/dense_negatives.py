@@ -124,7 +124,7 @@ def add_dense_negatives(mined: pa.Table, corpus: Any, config: DenseNegativesConf
     (doc_id, title, text); documents are embedded as ``title + text`` (the text the mine stage trains on)."""
     import ray
 
-    from inpars_ray.stages.filter import document_text
+    from inpars_ray.io.text import document_text
     from inpars_ray.stages.mine import query_rng
 
     docs = corpus.map_batches(lambda b: pa.table({S.DOC_ID: b.column(S.DOC_ID), S.TEXT: pa.array(

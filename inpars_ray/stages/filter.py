@@ -37,6 +37,7 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.docstore import attach_documents, store_for
 from inpars_ray.io.load import LoadConfig
+from inpars_ray.io.text import document_text
 from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, collection_key, is_complete, published, read_manifest
 from inpars_ray.runtime.exchange import corpus_documents, hash_exchange, left_join_unique
 from inpars_ray.stageconfig import Field, stage_config
@@ -121,11 +122,6 @@ class FilterConfig:
 def normalise(text: str) -> str:
     """Case-folded text with runs of whitespace collapsed to one space (for copy and duplicate checks)."""
     return " ".join(text.casefold().split())
-
-
-def document_text(title: str | None, text: str | None) -> str:
-    """The text a document is scored and trained on: title and body, as BEIR "flat" indexes join them."""
-    return " ".join(part.strip() for part in (title or "", text or "") if part and part.strip())
 
 
 def aggregate_logprobs(logprobs: list[float] | None, mean_logprob: float | None, how: str) -> float:

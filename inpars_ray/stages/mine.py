@@ -31,6 +31,7 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.docstore import store_for
 from inpars_ray.io.load import LoadConfig
+from inpars_ray.io.text import document_text
 from inpars_ray.io.manifest import (
     MANIFEST_NAME,
     StageRecord,
@@ -43,7 +44,7 @@ from inpars_ray.io.manifest import (
 from inpars_ray.runtime.exchange import corpus_documents, hash_exchange, left_join_unique
 from inpars_ray.stageconfig import Field, stage_config
 from inpars_ray.stages.dense_negatives import DenseNegativesConfig
-from inpars_ray.stages.filter import KEPT_DIR, document_text
+from inpars_ray.stages.filter import KEPT_DIR
 from inpars_ray.stages.retrieve import BM25Config
 
 logger = logging.getLogger(__name__)

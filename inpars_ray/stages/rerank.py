@@ -76,7 +76,7 @@ def attach_texts(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
 
     A hit whose document or query is unknown keeps a null text (counted and left unscored by the caller).
     """
-    from inpars_ray.stages.filter import document_text
+    from inpars_ray.io.text import document_text
 
     S.require_columns(run.column_names, [S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE], "rerank (run)")
     doc_pos = pc.index_in(run.column(S.DOC_ID), value_set=docs.column(S.DOC_ID))

@@ -19,7 +19,7 @@ from inpars_ray.integrations.hub import card_data, export_run, metric_type, push
 from inpars_ray.io import artifacts, catalog
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import read_manifest
-from inpars_ray.models.prompts import document_text
+from inpars_ray.io.text import document_text
 from inpars_ray.pipeline import PipelineConfig, run_pipeline
 from tests.conftest import BUNDLED
 from tests.support.fake_hub import COMMIT, fake_hub

@@ -14,7 +14,7 @@ from inpars_ray.io.manifest import read_manifest
 from inpars_ray.models.rankers import Ranker, RankerConfig
 from inpars_ray.stages import index, retrieve
 from inpars_ray.stages.consistency import INCONSISTENT, ConsistencyConfig, run_consistency, source_ranks
-from inpars_ray.stages.filter import document_text
+from inpars_ray.io.text import document_text
 from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
 
 

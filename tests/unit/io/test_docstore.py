@@ -9,7 +9,7 @@ import pytest
 
 from inpars_ray.errors import FormatError
 from inpars_ray.io import docstore as D
-from inpars_ray.stages.filter import document_text
+from inpars_ray.io.text import document_text
 
 
 def _blocks(n: int, per_block: int = 700) -> list[pa.Table]:

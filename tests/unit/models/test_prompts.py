@@ -7,9 +7,9 @@ from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError
 from inpars_ray.io.catalog import resolve
 from inpars_ray.io.load import read_qrels, read_queries
+from inpars_ray.io.text import document_text
 from inpars_ray.models.prompts import (
     PromptBuilder,
-    document_text,
     inpars_template,
     promptagator_template,
     resolve_template,
