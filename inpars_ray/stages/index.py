@@ -55,14 +55,20 @@ class IndexConfig:
                                 "ahead of the indexer (Ray Data's limit for that read; without it the read runs "
                                 "ahead by a share of the whole object store, so memory grows with the corpus). "
                                 "Not part of the index key")
-    java_heap_mb: int | None = Field(None, ge=64, description="maximum heap (-Xmx) of the indexer's own JVM in MB; "
-                                     "null: memory_buffer_mb + 1024. Not part of the index key")
+    java_heap_mb: int | None = Field(None, ge=64, description="maximum heap (-Xmx) of the indexer's own JVM in MB "
+                                     "(the searchers' is bm25.searcher_heap_mb); null: memory_buffer_mb + 1024. "
+                                     "Not part of the index key")
     prebuilt: str | None = Field(None, description="use a pyserini prebuilt index instead of building one: "
                                  "'auto' (beir-v1.0.0-<name>.flat for beir/<name>, build otherwise), a prebuilt "
                                  "index name, or null (always build)")
     prebuilt_table: str | None = Field(None, description="JSON file (any URI) of pyserini table entries "
                                        "(urls, md5, ...) that override pyserini's own, e.g. to fetch prebuilt "
                                        "indexes from a mirror")
+
+    def __post_init__(self) -> None:
+        if self.java_heap_mb is not None and self.java_heap_mb <= self.memory_buffer_mb:
+            raise ConfigError(f"index java_heap_mb ({self.java_heap_mb}) must exceed memory_buffer_mb "
+                              f"({self.memory_buffer_mb}): Lucene's RAM buffer lives in that heap")
 
 
 def _index_config(collection: Collection, load: LoadConfig, cfg: IndexConfig) -> dict[str, Any]:
@@ -137,9 +143,6 @@ def build_index(collection: Collection, index_dir: storage.PathLike, load_config
     in this process otherwise. With a pyserini prebuilt index (``config.prebuilt``) nothing is built: the
     manifest names the prebuilt index and every node fetches it through pyserini's own download and cache.
     """
-    if config.java_heap_mb is not None and config.java_heap_mb <= config.memory_buffer_mb:
-        raise ConfigError(f"index java_heap_mb ({config.java_heap_mb}) must exceed memory_buffer_mb "
-                          f"({config.memory_buffer_mb}): Lucene's RAM buffer lives in that heap")
     loc = storage.location(index_dir)
     prebuilt = prebuilt_name(collection, config)
     stage_config = (prebuilt_config(collection, prebuilt, config) if prebuilt

@@ -42,6 +42,9 @@ class BM25Config:
     remove_query: bool = Field(True, description="drop a hit whose doc id equals the query id (Anserini's "
                                "BEIR regressions do)")
     num_actors: int = Field(1, ge=1, description="Ray actors searching in parallel")
+    searcher_heap_mb: int | None = Field(None, ge=64, description="maximum heap (-Xmx) of each searcher's JVM in "
+                                         "MB (the indexer's is index.java_heap_mb); null: the JVM's default, a "
+                                         "quarter of the machine's memory")
 
 
 # --- retrieval ----------------------------------------------------------------------------------------
@@ -70,10 +73,11 @@ class BM25Searcher:
     """
 
     def __init__(self, index_dir: storage.PathLike, k: int, config: BM25Config = BM25Config()) -> None:
-        from inpars_ray.runtime.java import autoclass
+        from inpars_ray.runtime.java import autoclass, start_jvm
 
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        start_jvm(config.searcher_heap_mb)
         self.lucene = local_index(index_dir)  # a remote index is copied to this node once
         self.k = k
         self.config = config

@@ -33,6 +33,9 @@ def test_given_options_reach_nested_configs_over_the_parents_defaults():
     retrieve = config_from_args(RetrieveConfig, parse("retrieve", "--index-dir", "i", *COMMON, "--k1", "1.2",
                                                       "--actors", "2", "--no-remove-query"))
     assert (retrieve.bm25.k1, retrieve.bm25.num_actors, retrieve.bm25.remove_query) == (1.2, 2, False)
+    heap = config_from_args(MineConfig, parse("mine", "--queries", "q", "--index-dir", "i", *COMMON,
+                                              "--bm25-searcher-heap-mb", "768"))
+    assert heap.bm25.searcher_heap_mb == 768
     filt = config_from_args(FilterConfig, parse("filter", "--queries", "q", *COMMON, "--strategy", "reranker",
                                                 "--model", "m", "--device", "cuda", "--num-gpus-per-actor", "1"))
     assert (filt.device, filt.num_gpus_per_actor) == ("cuda", 1.0)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -162,6 +164,31 @@ def test_indexer_runs_in_its_own_bounded_jvm_and_its_failure_names_the_input(tmp
     missing = tmp_path / "no-shards"
     with pytest.raises(errors.IndexError_, match="IndexCollection failed .*no-shards"):
         index_mod._run_indexer(missing, tmp_path / "out", index_mod.IndexConfig())
+
+
+_SEARCHER_HEAP = """
+import logging, sys
+from inpars_ray.runtime.java import max_heap_mb, start_jvm
+from inpars_ray.stages.retrieve import BM25Config, BM25Searcher
+logging.basicConfig(level=logging.WARNING)
+searcher = BM25Searcher(sys.argv[1], 10, BM25Config(searcher_heap_mb=int(sys.argv[2])))
+print("HEAP", max_heap_mb(), flush=True)
+start_jvm(int(sys.argv[2]) * 2)  # the JVM runs already: not applied, and said so
+"""
+
+
+@pytest.mark.parametrize("heap_mb", [160, 320])
+def test_searcher_heap_setting_bounds_the_searchers_jvm(tmp_path: Path, heap_mb: int):
+    index = tmp_path / "index"
+    index_mod.build_index(catalog.resolve(str(BUNDLED)), index, config=index_mod.IndexConfig(
+        memory_buffer_mb=16, read_buffer_mb=16))
+    # a process of its own, as a searcher actor is: this test process may have started its JVM already
+    done = subprocess.run([sys.executable, "-c", _SEARCHER_HEAP, str(index), str(heap_mb)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    reported = int(done.stdout.split("HEAP")[1].split()[0])
+    assert 0.8 * heap_mb <= reported <= heap_mb, (reported, heap_mb)  # maxMemory leaves out a survivor space
+    assert f"a heap of {2 * heap_mb} MB applies only to a JVM started after it" in done.stderr
 
 
 def test_duplicates_across_shards_are_dropped_keeping_the_first(bundled_copy: Path, tmp_path: Path):
