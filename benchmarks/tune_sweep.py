@@ -146,7 +146,7 @@ def _dev_judgements(out) -> dict:
     from inpars_ray.io import artifacts
     from inpars_ray.io.manifest import published
     from inpars_ray.stages.devset import PAIRS, QRELS
-    from inpars_ray.stages.filter import KEPT_DIR
+    from inpars_ray.schema import KEPT_DIR
 
     devset = out / "tune" / "devset"
     pairs = artifacts.read_parquet(devset / PAIRS)

@@ -114,6 +114,9 @@ def require_columns(columns: Iterable[str], needed: Iterable[str], stage: str) -
 DROP_REASON = "reason"
 #: the filter's kept queries: the generated row plus the score that selected it
 FILTERED = GENERATED.append(pa.field(FILTER_SCORE, pa.float64(), nullable=False))
+#: the folders of a filter's output (the filter's and the consistency filter's): kept rows (:data:`FILTERED`),
+#: and dropped ones (:data:`FILTER_DROPPED`)
+KEPT_DIR, DROPPED_DIR = "kept", "dropped"
 #: the filter's report of every row it left out, with the reason
 FILTER_DROPPED = pa.schema(
     [

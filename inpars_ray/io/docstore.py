@@ -331,7 +331,7 @@ def ensure_store(collection: Any, load_config: Any = None, path: str | os.PathLi
     return path
 
 
-# --- Ray-side helpers the stages call (one store open per process, see open_store) -------------------------
+# --- where the stages' document joins read (inpars_ray.stages.ranker_input) ----------------------------------
 def store_for(collection: Any, load_config: Any = None) -> Path | None:
     """An up-to-date store of ``collection`` when every Ray worker can read it, else None.
 
@@ -346,17 +346,3 @@ def store_for(collection: Any, load_config: Any = None) -> Path | None:
         logger.info("%d Ray nodes: document texts are joined by a hash exchange, not the local store", len(alive))
         return None
     return ensure_store(collection, load_config)
-
-
-def attach_documents(batch: pa.Table, store: str, key: str = S.DOC_ID) -> pa.Table:
-    """``batch`` with the ``title`` and ``text`` of the document named in ``key`` (null when unknown)."""
-    rows = open_store(store).fetch(batch.column(key), [S.TITLE, S.TEXT])
-    return batch.append_column(S.TITLE, rows.column(S.TITLE)).append_column(S.TEXT, rows.column(S.TEXT))
-
-
-def attach_text(batch: pa.Table, store: str, key: str, column: str, missing: str = "raise") -> pa.Table:
-    """``batch`` with ``column``: the text (title + body) of the document named in ``key``.
-
-    ``missing="raise"`` makes an unknown id a :class:`DocStoreError` naming it; ``"null"`` leaves it null.
-    """
-    return batch.append_column(column, open_store(store).texts(batch.column(key), missing=missing, what=key))

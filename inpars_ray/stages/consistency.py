@@ -14,8 +14,8 @@ The recipe, in the order a pipeline runs it:
 
 Layers: :func:`source_ranks` (pure, over one query-grouped Arrow table of scored hits),
 :func:`consistency_split` (pure: kept / dropped rows), and :func:`run_consistency` (Ray wiring: BM25 on Ray
-actors, the hit texts joined by the shared hash exchange, scoring with :func:`inpars_ray.models.rankers.score_dataset`).
-Every candidate row ends in ``kept/`` (:data:`schema.FILTERED`) or ``dropped/``
+actors, the hit texts joined by :func:`inpars_ray.stages.ranker_input.join_documents`, scoring with
+:func:`inpars_ray.models.rankers.score_dataset`). Every candidate row ends in ``kept/`` (:data:`schema.FILTERED`) or ``dropped/``
 (:data:`schema.FILTER_DROPPED`); the manifest counts both and the rank distribution.
 """
 from __future__ import annotations
@@ -34,13 +34,14 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.schema import DROPPED_DIR, KEPT_DIR
 from inpars_ray.stageconfig import Field, stage_config
+from inpars_ray.stages.ranker_input import join_documents, query_of, text_of
 
 logger = logging.getLogger(__name__)
 
 STAGE = "consistency"
 INCONSISTENT = "inconsistent"
-KEPT_DIR, DROPPED_DIR = "kept", "dropped"
 SOURCE_RANK = "source_rank"
 
 
@@ -116,24 +117,10 @@ def consistency_split(candidates: pa.Table, ranks: pa.Table, k: int) -> tuple[pa
 
 # --- Ray wiring ------------------------------------------------------------------------------------------
 def _attach(hits: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
-    """Hits of one hash partition with the query text, the hit's document text and the query's source doc."""
-    from inpars_ray.io.text import document_text
-
-    doc_pos = pc.index_in(hits.column(S.DOC_ID), value_set=docs.column(S.DOC_ID))
-    titles = docs.column(S.TITLE).take(doc_pos).to_pylist()
-    bodies = docs.column(S.TEXT).take(doc_pos).to_pylist()
-    q_pos = pc.index_in(hits.column(S.QUERY_ID), value_set=queries.column(S.QUERY_ID))
-    return pa.table({
-        S.QUERY_ID: hits.column(S.QUERY_ID), S.DOC_ID: hits.column(S.DOC_ID),
-        S.QUERY: queries.column(S.QUERY).take(q_pos), S.POS_DOC_ID: queries.column(S.DOC_ID).take(q_pos),
-        S.TEXT: pa.array([None if b is None else document_text(t, b) for t, b in zip(titles, bodies)], pa.string()),
-    })
-
-
-def _attach_from_store(hits: pa.Table, store: str, queries: pa.Table) -> pa.Table:
-    from inpars_ray.io.docstore import open_store
-
-    return _attach(hits, open_store(store).fetch(pc.unique(hits.column(S.DOC_ID))), queries)
+    """Hits of one part with the query text, the hit's document text and the query's source doc."""
+    return pa.table({S.QUERY_ID: hits.column(S.QUERY_ID), S.DOC_ID: hits.column(S.DOC_ID),
+                     S.QUERY: query_of(hits, queries), S.POS_DOC_ID: query_of(hits, queries, S.DOC_ID),
+                     S.TEXT: text_of(hits, docs)})
 
 
 def _ranks_of_partition(batch: pa.Table) -> pa.Table:
@@ -149,10 +136,9 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
     import pyarrow.parquet as pq
     import ray
 
-    from inpars_ray.io.docstore import store_for
     from inpars_ray.io.manifest import artifact_key, collection_key, input_key, published
     from inpars_ray.models.rankers import RankerConfig, score_dataset
-    from inpars_ray.runtime.exchange import corpus_documents, hash_exchange
+    from inpars_ray.runtime.exchange import hash_exchange
     from inpars_ray.stages import retrieve
 
     out = storage.location(out_dir)
@@ -177,14 +163,8 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
         hits = retrieve.retrieve_dataset(index_dir, ray.data.from_arrow(queries.select([S.QUERY_ID, S.QUERY])),
                                      config.depth).materialize()
     with record.timed("score"):
-        # the hits' texts by id from the corpus's document store (one-node clusters), else a hash exchange
-        store = store_for(collection, load_config)
-        if store is not None:
-            joined = hits.map_batches(_attach_from_store, fn_kwargs={"store": str(store), "queries": queries},
-                                      batch_format="pyarrow")
-        else:
-            joined = hash_exchange([hits, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
-                                   config.partitions, _attach, queries=queries)
+        joined = join_documents(hits, collection, load_config, _attach, partitions=config.partitions,
+                                queries=queries)
         pairs = joined.filter(lambda r: r[S.TEXT] is not None)
         ranker = RankerConfig(config.model, config.family, config.max_length, config.batch_size).resolved()
         scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call)

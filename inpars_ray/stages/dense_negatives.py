@@ -124,12 +124,11 @@ def add_dense_negatives(mined: pa.Table, corpus: Any, config: DenseNegativesConf
     (doc_id, title, text); documents are embedded as ``title + text`` (the text the mine stage trains on)."""
     import ray
 
-    from inpars_ray.io.text import document_text
+    from inpars_ray.io.text import document_texts
     from inpars_ray.stages.mine import query_rng
 
-    docs = corpus.map_batches(lambda b: pa.table({S.DOC_ID: b.column(S.DOC_ID), S.TEXT: pa.array(
-        [document_text(t, x) for t, x in zip(b.column(S.TITLE).to_pylist(), b.column(S.TEXT).to_pylist())],
-        pa.string())}), batch_format="pyarrow")
+    docs = corpus.map_batches(lambda b: pa.table({S.DOC_ID: b.column(S.DOC_ID), S.TEXT: document_texts(
+        b.column(S.TITLE), b.column(S.TEXT))}), batch_format="pyarrow")
     doc_ids, doc_vecs = _embed(docs, config, documents=True)
     queries = ray.data.from_arrow(pa.table({S.DOC_ID: mined.column(S.QUERY_ID), S.TEXT: mined.column(S.QUERY)}))
     query_ids, query_vecs = _embed(queries, config, documents=False)

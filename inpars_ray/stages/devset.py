@@ -188,7 +188,7 @@ def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, 
     import ray
 
     from inpars_ray.io.docstore import ensure_store, open_store
-    from inpars_ray.stages.filter import KEPT_DIR
+    from inpars_ray.schema import KEPT_DIR
     from inpars_ray.stages.retrieve import BM25Config, retrieve_dataset
 
     corpus = CorpusOnly.of(collection)

@@ -17,9 +17,10 @@ row ends up either in ``kept/`` or in ``dropped/`` with its reason, and the mani
 Layers: pure functions over Arrow batches (:func:`classify`, :func:`mark_duplicates`,
 :func:`local_top_k`, :func:`threshold_of`, :func:`apply_threshold`); the ranker actor comes from
 :mod:`inpars_ray.models.rankers`; :func:`run_filter` wires them into Ray Data. The document text is joined to the
-queries by :func:`inpars_ray.runtime.exchange.hash_exchange` (a hash-partitioned join on Ray tasks), so the corpus never sits in one process, and the
-top-k is distributed: each block keeps its own top-k, the driver merges those small candidate sets into a
-threshold, and a second pass over the blocks splits kept from dropped.
+queries by :func:`inpars_ray.stages.ranker_input.join_documents` (the document store, or a hash-partitioned join
+on Ray tasks), so the corpus never sits in one process, and the top-k is distributed: each block keeps its own
+top-k, the driver merges those small candidate sets into a threshold, and a second pass over the blocks splits
+kept from dropped.
 """
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
-from inpars_ray.io.docstore import attach_documents, store_for
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.text import document_text
 from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, collection_key, is_complete, published, read_manifest
-from inpars_ray.runtime.exchange import corpus_documents, hash_exchange, left_join_unique
+from inpars_ray.io.text import document_text
+from inpars_ray.runtime.exchange import hash_exchange, left_join_unique
+from inpars_ray.schema import DROPPED_DIR, KEPT_DIR
 from inpars_ray.stageconfig import Field, stage_config
+from inpars_ray.stages.ranker_input import join_documents
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ STRATEGIES = ("scores", "reranker", "consistency")
 #: strategies whose score is the generator's log-probs (consistency cuts later, in its own stage)
 LOGPROB_STRATEGIES = ("scores", "consistency")
 AGGREGATES = ("mean", "sum", "min")
-KEPT_DIR, DROPPED_DIR = "kept", "dropped"
 # drop reasons, in the order the checks apply (the first that applies is recorded)
 GENERATION_ERROR = "generation_error"
 EMPTY_QUERY = "empty_query"
@@ -291,6 +292,10 @@ def dropped_table(batch: pa.Table) -> pa.Table:
 
 
 # --- Ray wiring -------------------------------------------------------------------------------------------
+def _with_document(rows: pa.Table, documents: pa.Table) -> pa.Table:
+    return left_join_unique(rows, documents, S.DOC_ID)
+
+
 def _distinct_fewshot_ids(batch: pa.Table) -> pa.Table:
     ids = pc.unique(pc.list_flatten(batch.column(S.FEWSHOT_IDS)).drop_null())
     return pa.table({"id": ids.cast(pa.string())})
@@ -376,12 +381,8 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
         # read once: the few-shot check and the checks below both pass over these rows, and reading the
         # Parquet parts was most of this stage's time (measured by benchmarks/filter_throughput.py)
         generated = generated.materialize()
-        store = store_for(collection, load_config)
-        if store is not None:  # the document of each generated row, fetched by id from the corpus's store
-            joined = generated.map_batches(attach_documents, fn_kwargs={"store": str(store)}, batch_format="pyarrow")
-        else:  # joined by id over hash partitions of both sides
-            joined = hash_exchange([generated, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
-                                   parts, left_join_unique, key=S.DOC_ID)
+        # the title and text of each generated row's document (null when the corpus lacks it)
+        joined = join_documents(generated, collection, load_config, _with_document, partitions=parts)
         fewshot = fewshot_queries(generated, collection, load_config)
         checked = joined.map_batches(classify, fn_kwargs={"config": config, "fewshot": fewshot},
                                      batch_format="pyarrow").materialize()

@@ -12,8 +12,8 @@ Layers: :func:`sample_negatives` / :func:`mine_batch` / :func:`explode` are pure
 is the Ray actor, which opens the index once (it holds a :class:`inpars_ray.stages.retrieve.BM25Searcher`, the
 searcher :func:`inpars_ray.stages.retrieve.retrieve_dataset` uses) and samples right after searching, while every
 hit of a query and its positive are in the same call — so the depth-1000 run (1000 rows per query) never
-has to be shuffled. :func:`run_mine` wires it into Ray Data and joins the texts from the corpus by id over
-hash partitions (:func:`inpars_ray.runtime.exchange.hash_exchange`).
+has to be shuffled. :func:`run_mine` wires it into Ray Data and joins the texts from the corpus by id
+(:func:`inpars_ray.stages.ranker_input.join_documents`).
 """
 from __future__ import annotations
 
@@ -29,9 +29,7 @@ from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
-from inpars_ray.io.docstore import store_for
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.text import document_text
 from inpars_ray.io.manifest import (
     MANIFEST_NAME,
     StageRecord,
@@ -41,10 +39,12 @@ from inpars_ray.io.manifest import (
     published,
     read_manifest,
 )
-from inpars_ray.runtime.exchange import corpus_documents, hash_exchange, left_join_unique
+from inpars_ray.io.text import document_texts
+from inpars_ray.runtime.exchange import corpus_documents, left_join_unique
+from inpars_ray.schema import KEPT_DIR
 from inpars_ray.stageconfig import Field, stage_config
 from inpars_ray.stages.dense_negatives import DenseNegativesConfig
-from inpars_ray.stages.filter import KEPT_DIR
+from inpars_ray.stages.ranker_input import join_documents
 from inpars_ray.stages.retrieve import BM25Config
 
 logger = logging.getLogger(__name__)
@@ -147,8 +147,7 @@ def explode(mined: pa.Table) -> pa.Table:
 
 def attach_text(rows: pa.Table, docs: pa.Table, key: str, column: str) -> pa.Table:
     """Add ``column``: the text of the document whose id is in ``key``; a missing document is an error."""
-    texts = pa.array([document_text(t, x) for t, x in zip(docs.column(S.TITLE).to_pylist(),
-                                                           docs.column(S.TEXT).to_pylist())], pa.string())
+    texts = document_texts(docs.column(S.TITLE), docs.column(S.TEXT))
     out = left_join_unique(rows, pa.table({S.DOC_ID: docs.column(S.DOC_ID), column: texts}), key, S.DOC_ID)
     missing = out.filter(pc.is_null(out.column(column)))
     if missing.num_rows:
@@ -252,29 +251,16 @@ def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLi
         mined.map_batches(short_report, fn_kwargs={"n": config.negatives},
                           batch_format="pyarrow").write_parquet((out / SHORT_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
     with record.timed("attach_texts"):
-        corpus, parts = corpus_documents(collection, load_config), config.shuffle_partitions
-        skeleton = mined.map_batches(explode, batch_format="pyarrow")
-        store = store_for(collection, load_config)
-        if store is not None:  # both texts fetched by id from the corpus's store: no corpus pass, no shuffle
-            triples = skeleton.map_batches(_texts_from_store, fn_kwargs={"store": str(store)}, batch_format="pyarrow")
-        else:
-            with_pos = hash_exchange([skeleton, corpus], [S.POS_DOC_ID, S.DOC_ID], parts, attach_text,
-                                     key=S.POS_DOC_ID, column=S.POS_TEXT)
-            triples = hash_exchange([with_pos, corpus], [S.NEG_DOC_ID, S.DOC_ID], parts, attach_text,
-                                    key=S.NEG_DOC_ID, column=S.NEG_TEXT)
+        triples = mined.map_batches(explode, batch_format="pyarrow")
+        for key, column in ((S.POS_DOC_ID, S.POS_TEXT), (S.NEG_DOC_ID, S.NEG_TEXT)):
+            triples = join_documents(triples, collection, load_config, attach_text, on=key,
+                                     partitions=config.shuffle_partitions, key=key, column=column)
         triples.map_batches(lambda b: b.select(S.TRIPLES.names).cast(S.TRIPLES),
                             batch_format="pyarrow").write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
     counts = _mined_counts(mined, config.negatives)
     counts["triples"] += dense_counts.get("dense_negatives", 0)
     record.counts.update(queries=queries.count(), **counts, **dense_counts)
     return record.counts
-
-
-def _texts_from_store(rows: pa.Table, store: str) -> pa.Table:
-    from inpars_ray.io.docstore import attach_text as text_by_id
-
-    rows = text_by_id(rows, store, S.POS_DOC_ID, S.POS_TEXT)
-    return text_by_id(rows, store, S.NEG_DOC_ID, S.NEG_TEXT)
 
 
 def _mined_counts(mined: Any, n: int) -> dict[str, int]:

@@ -8,9 +8,9 @@ Layers:
   score, ties broken by doc id) and :func:`blend_first_stage`;
 * the scoring actor is :class:`inpars_ray.models.rankers.RankerUDF` (monoT5, cross-encoder or bi-encoder, read
   from the checkpoint), the same scorer the InPars-v2 filter uses;
-* :func:`rerank_run` wires them into Ray: the run is streamed from its file, joined with the corpus by a
-  hash exchange on the document id (no process holds the corpus or all pairs), scored by a pool of
-  actors, regrouped by query id for ranking, and streamed into a TREC run file.
+* :func:`rerank_run` wires them into Ray: the run is streamed from its file, its documents' texts joined by
+  :func:`inpars_ray.stages.ranker_input.join_documents` (no process holds the corpus or all pairs), scored
+  by a pool of actors, regrouped by query id for ranking, and streamed into a TREC run file.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from inpars_ray.models.ranking import (  # noqa: F401
 )
 from inpars_ray.runtime.exchange import hash_exchange
 from inpars_ray.stageconfig import Field, stage_config
+from inpars_ray.stages.ranker_input import join_documents, query_of, text_of
 
 logger = logging.getLogger(__name__)
 RESCORED = "rescored"  #: column of :func:`rank_with_tail`: True for a hit the ranker scored
@@ -76,18 +77,11 @@ def attach_texts(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
 
     A hit whose document or query is unknown keeps a null text (counted and left unscored by the caller).
     """
-    from inpars_ray.io.text import document_text
-
     S.require_columns(run.column_names, [S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE], "rerank (run)")
-    doc_pos = pc.index_in(run.column(S.DOC_ID), value_set=docs.column(S.DOC_ID))
-    titles = docs.column(S.TITLE).take(doc_pos).to_pylist()
-    bodies = docs.column(S.TEXT).take(doc_pos).to_pylist()
-    texts = [None if b is None else document_text(t, b) for t, b in zip(titles, bodies)]
-    q_pos = pc.index_in(run.column(S.QUERY_ID), value_set=queries.column(S.QUERY_ID))
     return (run.select([S.QUERY_ID, S.DOC_ID, S.RANK, S.SCORE])
             .rename_columns([S.QUERY_ID, S.DOC_ID, "first_stage_rank", FIRST_STAGE_SCORE])
-            .append_column(S.QUERY, queries.column(S.QUERY).take(q_pos))
-            .append_column(S.TEXT, pa.array(texts, pa.string())))
+            .append_column(S.QUERY, query_of(run, queries))
+            .append_column(S.TEXT, text_of(run, docs)))
 
 
 def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float = 0.0) -> pa.Table:
@@ -112,16 +106,6 @@ def rank_with_tail(scored: pa.Table, tail: pa.Table, first_stage_weight: float =
     both = pa.concat_tables([head, deep]).append_column(
         RESCORED, pa.array([True] * head.num_rows + [False] * deep.num_rows, pa.bool_()))
     return both.take(pc.sort_indices(both, [(S.QUERY_ID, "ascending"), (S.RANK, "ascending")]))
-
-
-def _join_part(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
-    return attach_texts(run, docs, queries)
-
-
-def _join_from_store(run: pa.Table, store: str, queries: pa.Table) -> pa.Table:
-    from inpars_ray.io.docstore import open_store
-
-    return attach_texts(run, open_store(store).fetch(pc.unique(run.column(S.DOC_ID))), queries)
 
 
 def _read_run_dataset(run: storage.Location, depth: int, deeper: bool = False) -> Any:
@@ -160,22 +144,14 @@ def pairs_with_texts(collection: Collection, run: Any, config: RerankConfig,
                      load_config: LoadConfig) -> tuple[Any, int]:
     """(Run rows with query and document text, hits whose query or document is unknown).
 
-    The one step that fetches texts: by id from the corpus's document store (:mod:`inpars_ray.io.docstore`)
-    on a one-node cluster, else a hash exchange of the run with the corpus on the document id (no process
-    holds the corpus or all pairs).
+    The one step that fetches texts (:func:`inpars_ray.stages.ranker_input.join_documents`: the corpus's
+    document store on a one-node cluster, else a hash exchange of the run with the corpus on the document id).
     """
-    from inpars_ray.io.docstore import store_for
     from inpars_ray.io.load import read_queries
-    from inpars_ray.runtime.exchange import corpus_documents, hash_exchange
 
     queries, _ = read_queries(collection, load_config)
-    store = store_for(collection, load_config)
-    if store is not None:  # the hits' documents fetched by id from the corpus's store: no corpus pass
-        joined = run.map_batches(_join_from_store, fn_kwargs={"store": str(store), "queries": queries},
-                                 batch_format="pyarrow")
-    else:
-        joined = hash_exchange([run, corpus_documents(collection, load_config)], [S.DOC_ID, S.DOC_ID],
-                               config.partitions, _join_part, queries=queries)
+    joined = join_documents(run, collection, load_config, attach_texts, partitions=config.partitions,
+                            queries=queries)
     joined = joined.materialize()  # fetched once, then counted and filtered (not fetched again per use)
     known = joined.map_batches(_with_texts, batch_format="pyarrow")
     return known, joined.count() - known.count()

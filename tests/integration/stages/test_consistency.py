@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 from inpars_ray import schema as S
 from inpars_ray.io.catalog import BUNDLED_ROOT, resolve
 from inpars_ray.io.manifest import read_manifest
+from inpars_ray.io.text import document_text
 from inpars_ray.models.rankers import Ranker, RankerConfig
 from inpars_ray.stages import index, retrieve
 from inpars_ray.stages.consistency import INCONSISTENT, ConsistencyConfig, run_consistency, source_ranks
-from inpars_ray.io.text import document_text
 from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
 
 

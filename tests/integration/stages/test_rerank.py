@@ -9,8 +9,8 @@ import numpy as np
 from inpars_ray import schema as S
 from inpars_ray.io import catalog, trec
 from inpars_ray.io.load import read_queries
-from inpars_ray.stages import index, retrieve
 from inpars_ray.io.text import document_text
+from inpars_ray.stages import index, retrieve
 from inpars_ray.stages.rerank import RerankConfig, rank_by_score, rerank_run
 from tests.conftest import BUNDLED
 

@@ -96,16 +96,6 @@ def test_incomplete_or_damaged_stores_are_refused(tmp_path):
         D.DocStore(tmp_path / "s")
 
 
-def test_batch_helpers_append_columns_by_id(store):
-    batch = pa.table({"neg": ["doc-5", "doc-9"], "doc_id": ["doc-1", "nope"]})
-    with_docs = D.attach_documents(batch, str(store.path))
-    assert with_docs.column("text").to_pylist() == [" body 1 ", None]
-    with_text = D.attach_text(batch, str(store.path), key="neg", column="neg_text")
-    assert with_text.column("neg_text").to_pylist() == ["T5 body 5", "body 9"]
-    with pytest.raises(D.DocStoreError, match="'nope' \\(doc_id\\)"):
-        D.attach_text(batch, str(store.path), key="doc_id", column="x")
-
-
 def test_take_rows_takes_from_each_chunk_without_joining_the_column():
     """A column past 2 GiB of text (32-bit offsets) in chunks: ``ChunkedArray.take`` would join them and fail;
     a lookup takes from each chunk only the rows it needs, in the order asked, nulls for negatives."""
