@@ -8,7 +8,7 @@ naming the field; nested inside the pipeline config, pydantic reports the full d
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
@@ -32,18 +32,23 @@ def describe_errors(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
+# dataclass_transform (PEP 681) tells type checkers that a decorated class is a frozen dataclass, so calls to
+# its __init__ and dataclasses.replace are checked. Field is deliberately not declared a field specifier: type
+# checkers read only a specifier's keyword ``default=``, and our fields pass it positionally, so every
+# ``= Field(...)`` counts as a default there (a missing required field is still caught when the class is built)
+@dataclass_transform(frozen_default=True)
 def stage_config(cls: type[T]) -> type[T]:
     """``pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))``, with a
     ``ConfigError`` instead of pydantic's ValidationError when the class is built directly."""
-    cls = dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
-    init = cls.__init__
+    built = dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+    init = built.__init__
 
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
         try:
             init(self, *args, **kwargs)
         except ValidationError as exc:
-            raise ConfigError(f"{cls.__name__}: {describe_errors(exc)}") from None
+            raise ConfigError(f"{built.__name__}: {describe_errors(exc)}") from None
 
-    cls.__init__ = __init__  # type: ignore[method-assign]
-    return cls
+    built.__init__ = __init__  # type: ignore[method-assign]
+    return built  # type: ignore[return-value]  # the same class, now a pydantic dataclass
