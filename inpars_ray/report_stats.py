@@ -41,7 +41,10 @@ def compare(baseline: Mapping[str, float], system: Mapping[str, float]) -> dict[
         p = float(stats.ttest_rel(b, a).pvalue)
     elif n >= 2 and abs(diffs[0]) <= TIE:
         p = 1.0  # identical on every query
-    mean = (lambda xs: math.fsum(xs) / n if n else None)
+
+    def mean(xs: list[float]) -> float | None:
+        return math.fsum(xs) / n if n else None
+
     return {"queries": n, "baseline": mean(a), "system": mean(b), "difference": mean(diffs), "p_value": p,
             "better": sum(d > TIE for d in diffs), "worse": sum(d < -TIE for d in diffs),
             "tied": sum(abs(d) <= TIE for d in diffs), "per_query_difference": dict(zip(queries, diffs))}

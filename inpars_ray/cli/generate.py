@@ -42,10 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-
-    from inpars_ray.io.catalog import resolve
     import os
 
+    from inpars_ray.io.catalog import resolve
     from inpars_ray.io.load import LoadConfig
     from inpars_ray.models.local_models import is_local, resolve_model
     from inpars_ray.runtime.raykit import ensure_ray

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, Union
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -268,7 +268,7 @@ class Location:
                     raise StorageError(f"could not delete {self.uri}: {exc}") from exc
 
 
-PathLike = Union[str, os.PathLike, Location]
+PathLike = str | os.PathLike | Location
 
 
 def location(where: PathLike) -> Location:

@@ -43,8 +43,8 @@ from inpars_ray.models.families import (
     POOLINGS,
     bi_encoder_pooling,
     detect_family,
-    load_document_encoder,
     input_length,
+    load_document_encoder,
     load_model,
     local_model,
 )

@@ -37,7 +37,7 @@ def _set_pjrt_device(device: str) -> str:
 class _XlaBackend(_TorchBackend):
     """Ray Train's torch backend (gloo process group) + the PJRT device variable on every worker."""
 
-    def on_start(self, worker_group, backend_config: "XlaTorchConfig") -> None:
+    def on_start(self, worker_group, backend_config: XlaTorchConfig) -> None:
         worker_group.execute(_set_pjrt_device, backend_config.pjrt_device)
         super().on_start(worker_group, backend_config)
 

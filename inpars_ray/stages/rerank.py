@@ -28,6 +28,7 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord
+
 # the pure ranking lives with the models (the PyTerrier reranker ranks through it too); named here for callers
 from inpars_ray.models.ranking import (  # noqa: F401
     FIRST_STAGE_SCORE,
@@ -171,9 +172,8 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     """
     from inpars_ray.io.manifest import artifact_key, collection_key
     from inpars_ray.io.trec import completed_run, run_manifest_name, write_trec_stream
-    from inpars_ray.models.rankers import RankerConfig, score_dataset
-
     from inpars_ray.models import local_models
+    from inpars_ray.models.rankers import RankerConfig, score_dataset
 
     run, out = storage.location(run_path), storage.location(out_path)
     if not run.is_file():

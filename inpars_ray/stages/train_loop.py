@@ -24,6 +24,8 @@ from typing import Any
 import pyarrow as pa
 
 from inpars_ray import schema as S
+from inpars_ray.models.distill import NEG_SCORES, POS_SCORE
+from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER
 from inpars_ray.models.losses import (
     NEG_DOC_IDS,
     NEG_TEXTS,
@@ -35,8 +37,6 @@ from inpars_ray.models.losses import (
     pointwise_loss_sum,
     unit_id,
 )
-from inpars_ray.models.distill import NEG_SCORES, POS_SCORE
-from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER
 from inpars_ray.runtime.deps import require
 from inpars_ray.stages.train_config import DATA_STATE, TRAINER_STATE, TrainConfig, plan_steps
 from inpars_ray.stages.train_tracking import MlflowLog

@@ -79,5 +79,5 @@ class Backend(abc.ABC):
             on_result(i, generation)
         return out
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: a backend with nothing to release keeps it
         """Release the model (optional)."""
