@@ -8,9 +8,9 @@ newline, ``logprobs=1``. Contenders, all with 2 CPU threads:
 1. ``standalone LLM.generate``: every prompt built first (not timed), then one ``LLM.generate`` call over
    all of them: the engine batches continuously over the whole set. The reference.
 2. ``generate stage``: ``run_generate`` with the ``vllm`` backend on a warm Ray, one actor (the stage hands
-   the engine at least ``vllm_backend.MIN_SUBMISSION`` documents per call). Its generation time runs from
-   the moment the actor's engine is up (the backend notes it in ``$INPARS_RAY_BENCH_EVENTS``) to the last
-   part file written, so engine start-up, which under load varies by minutes, is left out as it is for (1).
+   the engine at least ``vllm_backend.MIN_SUBMISSION`` documents per call). Its generation time is the
+   manifest's ``generate`` timing less its ``backend_start`` (until the actor's engine was up), so engine
+   start-up, which under load varies by minutes, is left out as it is for (1).
 3. ``ray.data.llm processor``: ``vllm_processor`` over a Dataset of the same prompts, timed end to end
    (it has no such hook): compared end to end with (1) and (2): is Ray's own processor the better feeder?
 
@@ -95,7 +95,6 @@ def main() -> None:
     results: dict[str, dict] = {}
 
     # 1. standalone
-    os.environ.pop("INPARS_RAY_BENCH_EVENTS", None)
     t = time.perf_counter()
     backend = VLLMBackend(model, **dict(OPTIONS))
     load_s = time.perf_counter() - t
@@ -113,27 +112,22 @@ def main() -> None:
     del backend
 
     # 2. the stage
-    events = Path(tempfile.mkdtemp(prefix="vllm-bench-")) / "events.jsonl"
-    os.environ["INPARS_RAY_BENCH_EVENTS"] = str(events)  # read by the actor's backend (Ray passes env on)
     config = GenerateConfig(model=model, backend="vllm", prompt="inpars", num_docs=args.num_docs, seed=1,
                             generation=params, backend_options=OPTIONS)
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         with tempfile.TemporaryDirectory(prefix="vllm-stage-") as out:
-            events.unlink(missing_ok=True)
             t = time.perf_counter()
-            t_wall = time.time()
             # one CPU reserved: an actor holding both would starve the tasks that feed it (the engine
             # binds its own core either way)
             manifest = run_generate(collection, out, config, GenerateResources(batch_size=bs, num_actors=1,
                                                                                cpus_per_actor=1))
             s = time.perf_counter() - t
-            ready = max(json.loads(line)["time"] for line in events.read_text().splitlines())
-            last_part = max(p.stat().st_mtime for p in Path(out).rglob("part-*.parquet"))
+            timings = manifest["timings"]
             queries = int(manifest["counts"]["queries"])
         results[f"generate stage (vllm backend, batch {bs})"] = {
-            "docs": manifest["counts"]["rows"], "queries": queries, "seconds": last_part - ready,
-            "seconds_end_to_end": round(s, 3), "engine_start_seconds": round(ready - t_wall, 2), "batch_size": bs,
-            "stage_timings": manifest.get("timings")}
+            "docs": manifest["counts"]["rows"], "queries": queries,
+            "seconds": timings["generate"] - timings["backend_start"], "seconds_end_to_end": round(s, 3),
+            "engine_start_seconds": timings["backend_start"], "batch_size": bs, "stage_timings": timings}
 
     # 3. ray.data.llm
     if not args.skip_ray_data_llm:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -234,6 +235,7 @@ class GenerateWorker:
         self.journal = answer_journal(self.parts_dir, config, template)
         self._usage: dict[str, float] = {}
         self._worker = f"{socket.gethostname()}:{os.getpid()}"  # counted by the stage: did every actor work?
+        self._ready_at = time.time()  # the backend is up: the stage reports how long starting it took
 
     def _usage_delta(self) -> str:
         """What this batch cost (tokens, requests, money) for backends that count it (openai), as JSON."""
@@ -272,7 +274,7 @@ class GenerateWorker:
         errors = table.num_rows - table.column(S.ERROR).null_count
         docs = len(set(table.column(S.DOC_ID).to_pylist()))
         return pa.table({"part": [name], "docs": [docs], "errors": [errors],
-                         "usage": [self._usage_delta()], "worker": [self._worker]})
+                         "usage": [self._usage_delta()], "worker": [self._worker], "ready_at": [self._ready_at]})
 
 
 # --- reading back ------------------------------------------------------------------------------------
@@ -401,9 +403,10 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     new_docs = new_errors = 0
     usage: dict[str, float] = {}
     with record.timed("generate"):
-        workers = set()
+        workers, started, ready = set(), time.time(), None
         for row in results.iter_rows():
             workers.add(row["worker"])
+            ready = max(ready or row["ready_at"], row["ready_at"])
             new_docs += row["docs"]
             new_errors += row["errors"]
             for key, value in json.loads(row["usage"]).items():
@@ -411,6 +414,10 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
             logger.info("generate: %d/%d documents done (%d errors this run)", resumed + new_docs, sampled, new_errors)
             # the stage's line counts documents: Ray Data's rows here are blocks (one summary row per call)
             progress.count(new_docs, sampled - resumed, "documents")
+    if ready is not None:
+        # the part of `generate` spent starting the backends, until the last actor's was up (a vLLM engine
+        # takes minutes): `generate` minus this is the generation itself
+        record.timings["backend_start"] = round(max(0.0, ready - started), 3)
     final = read_generated(out)
     n_errors = final.num_rows - final.column(S.ERROR).null_count
     n_retry = pc.sum(pc.fill_null(pc.starts_with(final.column(S.ERROR), BACKEND_ERROR), False)).as_py() or 0

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
-import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -126,10 +123,6 @@ class VLLMBackend(Backend):
         self._tok = self._llm.get_tokenizer()
         self._max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
         log.info("vLLM engine for %s ready (max_model_len=%d)", model, self._max_model_len)
-        events = os.environ.get("INPARS_RAY_BENCH_EVENTS")
-        if events:  # benchmarks/generate_vllm.py times the stage's generation from the moment the engine is up
-            with open(events, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"event": "vllm_ready", "time": time.time(), "pid": os.getpid()}) + "\n")
 
     def __repr__(self) -> str:
         return f"VLLMBackend(model={self.model!r}, config={self.config!r})"
