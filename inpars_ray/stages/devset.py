@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import io
 import logging
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,8 @@ STAGE = "devset"
 TRAIN_DIR = "train_triples"  #: the training part of the triples (a folder train() reads)
 PAIRS, QRELS = "dev_pairs.parquet", "dev_qrels.parquet"
 FIRST_STAGE_SCORE = "first_stage_score"  #: BM25 score of a dev pair (for the first-stage blend)
-JUDGES = ("source", "fused")
+Judge = Literal["source", "fused"]
+JUDGES: tuple[str, ...] = get_args(Judge)
 
 
 @stage_config
@@ -53,7 +54,7 @@ class DevSetConfig:
     max_queries: int = Field(200, ge=1, description="at most this many dev queries (a seeded choice): each "
                              "evaluation scores max_queries x depth pairs")
     seed: int = Field(0, ge=0, description="seed of the document split")
-    judge: str = Field("source", description="what a dev query's relevant documents are: source (its source "
+    judge: Judge = Field("source", description="what a dev query's relevant documents are: source (its source "
                        "document only) or fused (the source document plus the top pseudo_relevant documents of "
                        "the teacher's scores fused with BM25's, a pseudo-reference after LARMOR, arXiv "
                        "2402.04853; needs inpars.teacher)")
@@ -61,10 +62,6 @@ class DevSetConfig:
                                  "(besides the source document) judged relevant")
     bm25_weight: float = Field(1.0, ge=0.0, description="with judge: fused, BM25's weight in the fusion against "
                                "the teacher's (its rankers' weights sum to 1)")
-
-    def __post_init__(self) -> None:
-        if self.judge not in JUDGES:
-            raise ConfigError(f"tune.dev.judge must be one of {JUDGES}, got {self.judge!r}")
 
 
 @dataclasses.dataclass(frozen=True)

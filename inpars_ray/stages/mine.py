@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inpars_ray import schema as S
-from inpars_ray.errors import ConfigError, InparsError
+from inpars_ray.errors import InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
@@ -77,14 +78,6 @@ class MineConfig:
     num_actors: int = Field(1, ge=1, description="searcher actors (each starts its own JVM and opens the index once)")
     shuffle_partitions: int = Field(8, ge=1, description="partitions of the hash joins that attach document texts")
 
-    def __post_init__(self) -> None:
-        if self.depth < 1 or self.negatives < 1:
-            raise ConfigError(f"depth and negatives must be >= 1, got {self.depth}, {self.negatives}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if min(self.queries_per_call, self.num_actors, self.shuffle_partitions) < 1:
-            raise ConfigError("queries_per_call, num_actors and shuffle_partitions must be >= 1")
-
 
 # --- pure functions -------------------------------------------------------------------------------------
 def query_rng(seed: int, query_id: str) -> np.random.Generator:
@@ -104,7 +97,7 @@ def sample_negatives(query_id: str, pos_doc_id: str, hit_ids: np.ndarray, hit_ra
     pos_rank = int(hit_ranks[is_pos][0]) if is_pos.any() else None
     ids, ranks = hit_ids[~is_pos], hit_ranks[~is_pos]
     take = min(n, len(ids))
-    chosen = np.sort(query_rng(seed, query_id).choice(len(ids), size=take, replace=False)) if take else []
+    chosen: Sequence[int] = np.sort(query_rng(seed, query_id).choice(len(ids), size=take, replace=False)) if take else []
     return [str(ids[i]) for i in chosen], [int(ranks[i]) for i in chosen], int(len(ids)), pos_rank
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 STAGE = "teacher"
 TRIPLES_DIR = "triples"
 POS_SCORE, NEG_SCORE = "pos_score", "neg_score"
-FUSIONS = ("zscore",)
+Fusion = Literal["zscore"]
+FUSIONS: tuple[str, ...] = get_args(Fusion)
 #: the triples with the teacher's scores: what distillation trains on
 SCORED_TRIPLES = pa.schema(list(S.TRIPLES) + [pa.field(POS_SCORE, pa.float64(), nullable=False),
                                                pa.field(NEG_SCORE, pa.float64(), nullable=False)])
@@ -54,7 +55,7 @@ class TeacherConfig:
     rankers: tuple[RankerConfig, ...] = Field(description="the teacher: one ranker (the rerank stage's ranker "
                                               "settings), or several whose scores are fused", min_length=1)
     weights: tuple[float, ...] | None = Field(None, description="fusion weights, one per ranker (None: equal)")
-    fusion: str = Field("zscore", description="how several rankers' scores are mixed: zscore (each ranker's "
+    fusion: Fusion = Field("zscore", description="how several rankers' scores are mixed: zscore (each ranker's "
                         "scores standardised over all scored pairs, then the weighted sum)")
     max_negatives: int | None = Field(None, ge=1, description="score at most this many negatives per query (the "
                                       "best-ranked by BM25; GPL scores one): a large teacher on CPUs is slow")
@@ -66,8 +67,6 @@ class TeacherConfig:
                               "and report it as the 'teacher' system (slow for a large teacher)")
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"teacher.fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.weights is not None and len(self.weights) != len(self.rankers):
             raise ConfigError(f"teacher.weights has {len(self.weights)} values for {len(self.rankers)} rankers")
         if self.weights is not None and (min(self.weights) < 0 or sum(self.weights) <= 0):
@@ -131,7 +130,8 @@ def fuse(scores: list[np.ndarray], stats: list[tuple[float, float]], weights: li
     if len(scores) == 1:
         return scores[0]
     total = sum(weights)
-    return sum(w / total * (s - mean) / (std if std > 0 else 1.0) for s, (mean, std), w in zip(scores, stats, weights))
+    parts = [w / total * (s - mean) / (std if std > 0 else 1.0) for s, (mean, std), w in zip(scores, stats, weights)]
+    return np.sum(parts, axis=0)
 
 
 # --- Ray wiring ------------------------------------------------------------------------------------------
