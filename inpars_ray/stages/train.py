@@ -52,7 +52,7 @@ def _hash_payload(triples_key: str, config: TrainConfig) -> dict[str, Any]:
     from inpars_ray.io.manifest import artifact_key
 
     return {"triples": triples_key, "base_model": artifact_key(config.base_model), "config": dataclasses.replace(
-        config, storage_path=None, record_dir=None, max_failures=0, rows_per_block=1, cpus_per_worker=None,
+        config, storage_path=None, max_failures=0, rows_per_block=1, cpus_per_worker=None,
         mlflow=False, mlflow_tracking_uri=None, mlflow_experiment=None)}
 
 
@@ -92,7 +92,8 @@ def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
 
 def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
           ray_address: str | None = None, num_cpus: int | None = None, callbacks: list | None = None,
-          stop_file: str | None = None, mlflow: dict[str, Any] | None = None) -> dict[str, Any]:
+          stop_file: str | None = None, mlflow: dict[str, Any] | None = None,
+          record_dir: str | None = None) -> dict[str, Any]:
     """Train a ranker on the triples Parquet under ``triples_dir``; the model lands in ``<out>/model``.
 
     ``dev`` (optional) names Parquet files for validation: ``{"pairs": ..., "qrels": ...}`` where pairs
@@ -104,6 +105,11 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     (:mod:`inpars_ray.stages.train_tracking`; ``mlflow``: a tune trial's experiment, run name or store).
     The per-step history is written beside the model as ``<out>/history.json``. Returns the manifest. A
     rerun with the same triples and config returns the existing manifest.
+
+    ``record_dir`` (a local folder every worker reaches; audits and the fault tests) gets each worker's pid
+    (``rank<N>.pid``), a line per worker start with the step it resumed from (``events.log``) and the ids of
+    the examples each rank trained on, repeats included (``seen_rank<N>.txt``): Ray Train reports none of
+    these, and a checkpoint keeps the consumed ids only as a set. Not a setting: it changes no model.
     """
     ray = require("ray", "training on Ray")
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -172,7 +178,8 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
         torch_config = XlaTorchConfig()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "dev": dev, "stop_file": stop_file, "mlflow": tracking},
+        train_loop_config={"config": config, "dev": dev, "stop_file": stop_file, "mlflow": tracking,
+                           "record_dir": record_dir},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=_worker_resources(config)),
         run_config=RunConfig(

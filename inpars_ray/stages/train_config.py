@@ -94,8 +94,6 @@ class TrainConfig:
     seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout)")
     validate_every: int | None = Field(None, ge=1, description="rank 0 computes nDCG@10 on the dev set every this "
                                        "many steps; None disables it")
-    record_dir: str | None = Field(None, description="when set, workers write their pid and the ids of the "
-                                   "examples they train on here (tests and audits)")
     mlflow: bool = Field(False, description="log each step's loss, learning rate and dev nDCG@10 (where scored) "
                          "to MLflow through Ray's setup_mlflow, for train and every tune trial (the mlflow extra)")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI (a server, sqlite:///..., "

@@ -219,7 +219,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     plan = plan_steps(config.batch_size, config.micro_batch_size, world, config.grouped)
     torch.manual_seed(config.seed + rank)
-    _record(config.record_dir, f"rank{rank}.pid", str(os.getpid()), mode="w")
+    record_dir = loop_config.get("record_dir")  # train()'s audit trail: pids, starts, examples seen
+    _record(record_dir, f"rank{rank}.pid", str(os.getpid()), mode="w")
 
     if config.accelerator == "tpu":
         from inpars_ray.runtime.tpu import xla_device, xla_sync
@@ -248,7 +249,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             for part in sorted((d / DATA_STATE).glob("rank*.json")):
                 consumed.update(json.loads(part.read_text()))
         logger.info("rank %d restored step %d (epoch %d, %d rows consumed)", rank, step, epoch, len(consumed))
-    _record(config.record_dir, "events.log", f"start rank={rank} pid={os.getpid()} step={step}\n")
+    _record(record_dir, "events.log", f"start rank={rank} pid={os.getpid()} step={step}\n")
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -292,7 +293,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             new = {unit_id(r, config.grouped) for r in take}
             consumed |= new
             mine |= new
-            _record(config.record_dir, f"seen_rank{rank}.txt", "".join(f"{epoch}\t{x}\n" for x in seen))
+            _record(record_dir, f"seen_rank{rank}.txt", "".join(f"{epoch}\t{x}\n" for x in seen))
             seconds = time.perf_counter() - t0
             metrics = {"step": step, "epoch": epoch, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
                        "examples": n_global, "examples_per_s": n_global / seconds}

@@ -340,7 +340,7 @@ def _train_task(triples: str, out: str, cfg, dev: dict[str, Any], callback, stop
 
 def sweep_payload(config: SweepConfig, flat: dict[str, Any], devset_key: str, train, rerank_weight: float) -> dict:
     """What a sweep's results depend on (where it runs and how many trials run at once do not)."""
-    base = dataclasses.replace(train, storage_path=None, record_dir=None, cpus_per_worker=None, max_failures=0,
+    base = dataclasses.replace(train, storage_path=None, cpus_per_worker=None, max_failures=0,
                                mlflow=False, mlflow_tracking_uri=None, mlflow_experiment=None)
     return {"space": flat, "devset": devset_key, "train": base, "first_stage_weight": rerank_weight,
             "tune": dataclasses.replace(config, space={}, space_file=None, max_concurrent_trials=1,

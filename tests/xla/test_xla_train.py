@@ -63,8 +63,8 @@ def test_ray_train_tpu_path_on_the_xla_cpu_device(tmp_path, tiny_model, ray_sess
     triples = build_tiny_triples(tmp_path / "triples", files=2)
     cfg = TrainConfig(base_model=str(tiny_model), accelerator="tpu", tpu_chips_per_worker=0, num_workers=2,
                       batch_size=16, micro_batch_size=8, max_length=64, lr=3e-3, max_steps=4, checkpoint_every=2,
-                      cpus_per_worker=0.5, rows_per_block=64, record_dir=str(tmp_path / "rec"))
-    manifest = train(triples, tmp_path / "run", cfg)
+                      cpus_per_worker=0.5, rows_per_block=64)
+    manifest = train(triples, tmp_path / "run", cfg, record_dir=str(tmp_path / "rec"))
     assert manifest["counts"]["steps"] == 4
     hist = manifest["extra"]["history"]
     assert hist[-1]["loss"] < hist[0]["loss"]

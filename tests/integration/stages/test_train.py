@@ -43,9 +43,9 @@ def test_two_workers_learn_see_each_example_once_and_rerun_is_a_no_op(tmp_path, 
     table = pq.read_table(triples)
     n = table.num_rows
     cfg = TrainConfig(base_model=str(tiny_model), batch_size=32, micro_batch_size=8, num_workers=2, max_length=96,
-                      lr=3e-3, checkpoint_every=10, cpus_per_worker=0.5, rows_per_block=64, record_dir=str(tmp_path / "rec"))
+                      lr=3e-3, checkpoint_every=10, cpus_per_worker=0.5, rows_per_block=64)
     out = tmp_path / "run"
-    manifest = train(triples, out, cfg)
+    manifest = train(triples, out, cfg, record_dir=str(tmp_path / "rec"))
 
     # gradient accumulation (2 micro-steps) x 2 workers: every example exactly once in the epoch
     seen = Counter()
@@ -76,7 +76,7 @@ def test_two_workers_learn_see_each_example_once_and_rerun_is_a_no_op(tmp_path, 
     assert ((scores > 0) & (scores < 1)).all()
 
     # a rerun of the finished config does nothing
-    again = train(triples, out, cfg)
+    again = train(triples, out, cfg, record_dir=str(tmp_path / "rec"))
     assert again["finished_at"] == manifest["finished_at"] and again["stage"] == STAGE
     assert len([x for x in (tmp_path / "rec" / "events.log").read_text().splitlines() if x.startswith("start")]) == 2
 
@@ -99,16 +99,16 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tm
     if family == "monot5":
         n = 2 * table.num_rows  # examples: two per triple
         cfg = TrainConfig(base_model=str(tiny_model), batch_size=16, micro_batch_size=8, num_workers=2, max_length=96,
-                          lr=3e-3, checkpoint_every=3, max_failures=2, cpus_per_worker=0.5, rows_per_block=64,
-                          record_dir=str(rec))
+                          lr=3e-3, checkpoint_every=3, max_failures=2, cpus_per_worker=0.5, rows_per_block=64)
     else:  # listwise: one list per (query, positive), with all its negatives
         n = len(set(zip(table[S.QUERY_ID].to_pylist(), table[S.POS_DOC_ID].to_pylist())))
         cfg = TrainConfig(base_model=str(build_tiny_cross_encoder(tmp_path / "ce")), batch_size=4, micro_batch_size=2,
                           num_workers=2, max_length=96, lr=1e-3, checkpoint_every=3, max_failures=2,
-                          cpus_per_worker=0.5, rows_per_block=8, record_dir=str(rec))
+                          cpus_per_worker=0.5, rows_per_block=8)
     out = tmp_path / "run"
     box: dict = {}
-    runner = threading.Thread(target=lambda: box.update(manifest=train(triples, out, cfg)), daemon=True)
+    runner = threading.Thread(target=lambda: box.update(manifest=train(triples, out, cfg, record_dir=str(rec))),
+                              daemon=True)
     runner.start()
 
     def two_checkpoints():
