@@ -86,7 +86,7 @@ def summarise(systems: Sequence[dict[str, Any]], order: Sequence[str] = (),
     measures = [m for m in order if m in base["values"]] + [m for m in base["values"] if m not in order]
     start = next((s for s in systems if start_model and s["name"] == start_model.get("system")), None)
     out: dict[str, Any] = {"baseline": base["name"], "measures": measures, "test": TEST_NAME,
-                           "start_model": dict(start_model) if start is not None else None, "systems": []}
+                           "start_model": dict(start_model) if start_model and start is not None else None, "systems": []}
     for system in systems:
         values = system["values"]
         role = ("baseline" if system is base else "start model" if system is start
@@ -142,9 +142,9 @@ def headline_detail(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
                                                                    f"({test})" if n else ""))
         elif not n:
             verdict, text = "no comparison", f"{name} and {start_model_label(start)} share no query with {head}"
-        elif diff > TIE and p is not None and p < ALPHA:
+        elif diff is not None and diff > TIE and p is not None and p < ALPHA:
             verdict, text = "beats", f"{name} beats {start_model_label(start)} by {numbers} ({test})"
-        elif diff < -TIE:
+        elif diff is not None and diff < -TIE:
             verdict, text = "below", f"{name} is below {start_model_label(start)} by {numbers} ({test}" + (
                 ")" if p is not None and p < ALPHA else f", not significant at {ALPHA:g})")
         else:

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+from types import ModuleType
 
 from inpars_ray.errors import find_typed_error
 
@@ -33,9 +34,9 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _load_commands() -> dict[str, object]:
+def _load_commands() -> dict[str, ModuleType]:
     """verb -> its CLI module, for every verb whose module exists."""
-    loaded = {}
+    loaded: dict[str, ModuleType] = {}
     for verb, module in COMMANDS.items():
         try:
             loaded[verb] = importlib.import_module(f"inpars_ray.cli.{module}")

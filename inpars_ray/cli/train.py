@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from inpars_ray.stages.train import train
     from inpars_ray.stages.train_config import TrainConfig
 
-    values, fields = given(args), TrainConfig.__pydantic_fields__
+    # pydantic.dataclasses adds __pydantic_fields__ (each field's FieldInfo) when it decorates the class
+    values, fields = given(args), TrainConfig.__pydantic_fields__  # type: ignore[attr-defined]
     micro = micro_batch(values.get("batch_size", fields["batch_size"].default),
                         values.get("num_workers", fields["num_workers"].default),
                         values.get("micro_batch_size"), args.grad_accum)

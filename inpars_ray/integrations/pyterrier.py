@@ -54,7 +54,7 @@ def _with_columns(inp: pd.DataFrame, **columns) -> pd.DataFrame:
     return out.assign(**columns)
 
 
-class InparsReranker(pt.Transformer):
+class InparsReranker(pt.Transformer):  # type: ignore[name-defined]  # a class of a module imported at run time (require)
     """A PyTerrier reranker scoring with an inpars-ray ranker exactly as the rerank stage does.
 
     Input: a result frame with ``qid, query, docno`` and ``text_field`` (and ``score``, the first stage's,
@@ -165,7 +165,7 @@ class InparsReranker(pt.Transformer):
                 f"first_stage_weight={self.first_stage_weight!r})")
 
 
-class DocumentTexts(pt.Transformer):
+class DocumentTexts(pt.Transformer):  # type: ignore[name-defined]  # a class of a module imported at run time (require)
     """Attaches each hit's text from an inpars-ray document store: the text the engine scores and trains on.
 
     ``store``: a store folder (:func:`inpars_ray.io.docstore.ensure_store` builds one for a collection, and

@@ -95,6 +95,8 @@ class BeirWriter:
             if exc_type is None:
                 if not self._finished:
                     raise CollectionError(f"the build of {self.out} ended without its manifest: nothing was kept")
+                if staging is None:
+                    raise CollectionError(f"the build of {self.out} was never started (use it in a with block)")
                 self._commit(staging)
         finally:
             if staging is not None:

@@ -161,8 +161,7 @@ def resolve(spec: str, cache_dir: str | os.PathLike[str] | None = None) -> Colle
     """Resolve a dataset spec (folder, ``beir/<name>``, ``beir/cqadupstack/<forum>``, ``irds:<id>``,
     ``bundled/tiny-science``, ``builtin/python-docstrings``, ``builtin/man-pages`` or ``gs://...``)."""
     if spec.startswith("gs://"):
-        root = spec[len("gs://"):].rstrip("/")
-        return Collection(spec=spec, root=root, filesystem=gcs_filesystem())
+        return Collection(spec=spec, root=spec[len("gs://"):].rstrip("/"), filesystem=gcs_filesystem())
     if spec == BUNDLED_SPEC:
         return Collection(spec=spec, root=str(BUNDLED_ROOT), filesystem=pafs.LocalFileSystem())
     if spec == "builtin/python-docstrings":  # built at first use from this Python's standard library

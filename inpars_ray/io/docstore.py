@@ -285,7 +285,8 @@ def store_source(collection: Any, load_config: Any) -> dict[str, Any]:
     import dataclasses
 
     info = collection.filesystem.get_file_info(collection.corpus_path())
-    load = dataclasses.asdict(load_config) if dataclasses.is_dataclass(load_config) else repr(load_config)
+    is_instance = dataclasses.is_dataclass(load_config) and not isinstance(load_config, type)
+    load = dataclasses.asdict(load_config) if is_instance else repr(load_config)
     return {"corpus": collection.display("corpus.jsonl"), "size": info.size, "mtime_ns": info.mtime_ns,
             "load": json.loads(json.dumps(load, default=str))}
 

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,7 +79,7 @@ class BadRows:
             raise FormatError(path, line, reason + more)
 
     def to_table(self) -> pa.Table:
-        cols = list(zip(*self.rows)) if self.rows else [[], [], []]
+        cols: list[Sequence[Any]] = list(zip(*self.rows)) if self.rows else [[], [], []]
         return pa.table(dict(zip(BAD_ROWS.names, cols)), schema=BAD_ROWS)
 
 
@@ -280,7 +280,7 @@ def id_hashes(ids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
 def iter_lines(collection: Collection, path: str) -> Iterator[bytes]:
     """Stream the lines of a file of the collection (local or remote) as bytes."""
     with collection.filesystem.open_input_stream(path) as raw:
-        yield from io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[arg-type]
+        yield from io.BufferedReader(raw, buffer_size=1 << 20)
 
 
 def read_queries(collection: Collection, config: LoadConfig = LoadConfig()) -> tuple[pa.Table, BadRows]:
@@ -343,7 +343,7 @@ def _datasource_class() -> type:
 
         def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
             shown = f"{self._display_prefix}{path}"
-            reader = io.BufferedReader(f, buffer_size=1 << 20)  # type: ignore[arg-type]
+            reader = io.BufferedReader(f, buffer_size=1 << 20)
             first = 1
             while True:
                 chunk = [line for _, line in zip(range(self._config.lines_per_block), reader)]

@@ -127,7 +127,8 @@ def _mdoc(name: str, args: list[str], page: str) -> str:
     """One mdoc(7) line as text: macro names dropped, ``Fl x`` as ``-x``, ``Xr ls 1`` as ``ls(1)``."""
     if name in _MDOC_DROPPED or name == "Nd":
         return "" if name != "Nd" else "- " + " ".join(args)
-    tokens, words, glue, dash, i = [name, *args], [], False, False, 0
+    words: list[str] = []
+    tokens, glue, dash, i = [name, *args], False, False, 0
     while i < len(tokens):
         t, word = tokens[i], None
         nxt = tokens[i + 1] if i + 1 < len(tokens) else None
@@ -309,7 +310,8 @@ def collect(root: Path, section_names: tuple[str, ...]) -> tuple[list[Row], list
     docs: list[Row] = []
     candidates: list[tuple[str, str]] = []  # (description, doc id)
     seen_pages: set[Path] = set()
-    seen_bodies, used_ids, digest = set(), {}, hashlib.sha256()  # bodies, ids given (a name in two folders)
+    used_ids: dict[str, int] = {}
+    seen_bodies, digest = set(), hashlib.sha256()  # bodies, ids given (a name in two folders)
     for section in section_names:
         folder = root / f"man{section}"
         for filename in sorted(f for f in os.listdir(folder) if page_name(f)) if folder.is_dir() else []:
@@ -370,7 +372,7 @@ def build(out_dir: str | os.PathLike[str], root: str | os.PathLike[str] | None =
                                    "slim container images leave them out)")
     if not any((src / f"man{s}").is_dir() for s in COMMAND_SECTIONS + OTHER_SECTIONS):
         raise ManPagesMissingError(f"man-pages: the manual folder {src} holds no man1 .. man8 folder")
-    used = COMMAND_SECTIONS
+    used: tuple[str, ...] = COMMAND_SECTIONS
     docs, queries, counts = collect(src, used)
     if counts["documents"] < MIN_COMMAND_DOCS:
         used = COMMAND_SECTIONS + OTHER_SECTIONS

@@ -101,6 +101,7 @@ class TokenLists:
                 raise ValueError(f"token column {name!r} has other lengths than input_ids")
             lengths = n
             self.values[name] = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        assert lengths is not None  # input_ids is among the columns (checked above)
         self.lengths = lengths.astype(np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
 

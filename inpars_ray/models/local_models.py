@@ -38,8 +38,9 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from inpars_ray.errors import ConfigError, MissingDependencyError
 
@@ -148,7 +149,7 @@ def split_pieces(name: str) -> list[Path]:
     missing, paths = [], []
     for dist, piece in zip(spec.dists, spec.pieces):
         try:
-            paths.append(Path(importlib.metadata.distribution(dist).locate_file(piece)))
+            paths.append(Path(str(importlib.metadata.distribution(dist).locate_file(piece))))
         except importlib.metadata.PackageNotFoundError:
             missing.append(dist)
     if missing:
@@ -317,6 +318,7 @@ def resolve_model(name: str, models_dir: str | os.PathLike[str] | None = None) -
     if name in TINY:
         if models_dir is None:
             raise ConfigError(f"model {name!r} is built on first use and needs a models folder")
+        build: Callable[[Path], Any]
         if name == TINY_LM:
             from inpars_ray.testing.tiny_lm import build_tiny_lm as build
         else:

@@ -103,7 +103,8 @@ class Ranker:
     def __init__(self, config: RankerConfig, model=None, tokenizer=None, document_model=None) -> None:
         torch = require("torch", "ranker scoring")
         self.config = config = config.resolved()
-        self.family = config.family
+        assert config.family is not None  # resolved() reads it from the checkpoint when it is not given
+        self.family: str = config.family
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         # embeddings are cached only for a checkpoint loaded here: a model handed in may still be training
@@ -182,19 +183,20 @@ class Ranker:
         """Normalised embeddings (float32, one row per text) of a bi-encoder; ``documents`` embeds with the
         document tower (the same model unless it was trained query-tower-only)."""
         torch = require("torch", "bi-encoder scoring")
-        if self.family != BI_ENCODER:
+        if self.family != BI_ENCODER or self.pooling is None:
             raise ConfigError(f"embed() needs a bi-encoder, this ranker is a {self.family}")
+        pooling = self.pooling
         enc = encode_texts(self.tokenizer, as_text_list(texts), self.max_length)
         lengths = enc["attention_mask"].sum(1)
         out = None
         with torch.inference_mode():
             for rows in length_buckets(lengths, self.config.batch_size, self.config.sort_by_length):
                 tower = self.document_model if documents and self.document_model is not None else self.model
-                e = embed(tower, trim_padding(enc, rows, torch, self.device, self._left), self.pooling).cpu().numpy()
+                e = embed(tower, trim_padding(enc, rows, torch, self.device, self._left), pooling).cpu().numpy()
                 if out is None:
                     out = np.empty((len(lengths), e.shape[1]), dtype=np.float32)
                 out[rows] = e
-        return out
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)  # no text: no rows
 
     def _embed_distinct(self, texts, documents: bool = False) -> np.ndarray:
         """One embedding row per input text; each distinct text is embedded once (and, with the cache, once

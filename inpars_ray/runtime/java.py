@@ -28,9 +28,10 @@ _started_heap_mb: int | None = None  #: the heap bound this process's JVM was st
 def anserini_jar() -> str:
     """Path of the Anserini fat jar that pyserini ships."""
     pyserini = require("pyserini", "BM25 (Lucene)")
-    jars = sorted(glob.glob(str(Path(pyserini.__file__).parent / "resources" / "jars" / "anserini-*-fatjar.jar")))
+    root = Path(pyserini.__path__[0])  # the package's folder
+    jars = sorted(glob.glob(str(root / "resources" / "jars" / "anserini-*-fatjar.jar")))
     if not jars:
-        raise FileNotFoundError(f"no Anserini fat jar inside {Path(pyserini.__file__).parent}")
+        raise FileNotFoundError(f"no Anserini fat jar inside {root}")
     return jars[-1]
 
 

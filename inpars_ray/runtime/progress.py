@@ -57,7 +57,7 @@ def log_file(out: Any) -> Path:
     return cache / "logs" / loc.scheme / loc.path / LOG_NAME
 
 
-_console: logging.Handler | None = None
+_console: _ConsoleHandler | None = None
 _saved_env: dict[str, str | None] = {}  # what configure() changed in os.environ, for restore()
 _early: logging.handlers.MemoryHandler | None = None
 _log_path: Path | None = None

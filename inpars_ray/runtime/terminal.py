@@ -40,7 +40,8 @@ class StageBar:
         self.name = name
         self.started = time.monotonic()
         self.summary: str | None = None  #: set by the stage's block, shown after the stage's time
-        self.done, self.total, self.unit = 0, None, ""
+        self.done, self.unit = 0, ""
+        self.total: int | None = None
         self._bar = tqdm(desc=name, file=stream, disable=not live, leave=False, dynamic_ncols=True,
                          bar_format=WAITING_FORMAT, mininterval=0.25)
         self._stop = threading.Event()

@@ -79,7 +79,7 @@ def draw_dense(rng: np.random.Generator, candidates: list[str], pos_doc_id: str,
         else:
             eligible.append((doc, rank))
     take = min(n, len(eligible))
-    chosen = np.sort(rng.choice(len(eligible), size=take, replace=False)) if take else []
+    chosen = np.sort(rng.choice(len(eligible), size=take, replace=False)) if take else np.zeros(0, int)
     return [eligible[i][0] for i in chosen], [eligible[i][1] for i in chosen], excluded
 
 

@@ -397,6 +397,7 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
         if config.strategy == "reranker":
             from inpars_ray.models.rankers import RankerConfig, score_dataset
 
+            assert config.model  # FilterConfig requires it for the reranker strategy
             ranker = RankerConfig(model=config.model, family=config.family, max_length=config.max_length,
                                   batch_size=config.batch_size, device=config.device)
             survivors = score_dataset(survivors, ranker, num_actors=config.num_actors,

@@ -184,13 +184,13 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, pa
             error = errors[i] or (BACKEND_ERROR + res.error if res is not None and res.error else None)
             if error is None and res is not None and not res.text:
                 error = "the model generated an empty first line"
-            ok = error is None and res is not None
+            ok = res if error is None else None  # the generation, when it is kept
             cols[S.DOC_ID].append(doc_id)
             cols[S.QUERY_ID].append(generated_query_id(doc_id, r))
-            cols[S.QUERY].append(res.text if ok else None)
-            cols[S.TOKEN_LOGPROBS].append([float(x) for x in res.token_logprobs] if ok else None)
-            cols[S.MEAN_LOGPROB].append(float(np.mean(res.token_logprobs)) if ok and res.token_logprobs else None)
-            cols[S.NUM_TOKENS].append(len(res.token_logprobs) if ok else None)
+            cols[S.QUERY].append(ok.text if ok is not None else None)
+            cols[S.TOKEN_LOGPROBS].append([float(x) for x in ok.token_logprobs] if ok is not None else None)
+            cols[S.MEAN_LOGPROB].append(float(np.mean(ok.token_logprobs)) if ok is not None and ok.token_logprobs else None)
+            cols[S.NUM_TOKENS].append(len(ok.token_logprobs) if ok is not None else None)
             cols[S.PROMPT_NAME].append(prompt_name)
             cols[S.MODEL].append(model)
             cols[S.BACKEND].append(backend.name)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -97,7 +96,7 @@ def sample_negatives(query_id: str, pos_doc_id: str, hit_ids: np.ndarray, hit_ra
     pos_rank = int(hit_ranks[is_pos][0]) if is_pos.any() else None
     ids, ranks = hit_ids[~is_pos], hit_ranks[~is_pos]
     take = min(n, len(ids))
-    chosen: Sequence[int] = np.sort(query_rng(seed, query_id).choice(len(ids), size=take, replace=False)) if take else []
+    chosen = np.sort(query_rng(seed, query_id).choice(len(ids), size=take, replace=False)) if take else np.zeros(0, int)
     return [str(ids[i]) for i in chosen], [int(ranks[i]) for i in chosen], int(len(ids)), pos_rank
 
 

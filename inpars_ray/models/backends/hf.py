@@ -145,7 +145,7 @@ class HFBackend(Backend):
         torch = self._torch
         decode = self._decode
 
-        class NewlineStop(transformers.StoppingCriteria):
+        class NewlineStop(transformers.StoppingCriteria):  # type: ignore[name-defined]  # a class of a module imported at run time (require)
             """Marks a row done once its decoded answer holds a newline."""
 
             def __init__(self, prompt_len: int) -> None:

@@ -227,6 +227,8 @@ class OpenAIBackend(Backend):
 
     def _server_post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         oa = self._openai
+        if self._server_root is None:  # set exactly when the server's own tokenizer is configured
+            raise RuntimeError(f"{route} is a tokenizer route, but this backend does not use the server's tokenizer")
         try:
             return self._client.post(self._server_root + route, cast_to=dict, body=body)
         except oa.NotFoundError:
