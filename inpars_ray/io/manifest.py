@@ -91,6 +91,14 @@ def read_manifest(directory: storage.PathLike, name: str = MANIFEST_NAME) -> dic
     return loc.read_json()
 
 
+def read_complete_manifest(directory: storage.PathLike, name: str = MANIFEST_NAME) -> dict[str, Any]:
+    """The manifest that :func:`is_complete` has just accepted (a stage's result when it reuses its output)."""
+    manifest = read_manifest(directory, name)
+    if manifest is None:
+        raise FileNotFoundError(f"{storage.location(directory).join(name).uri} is gone")
+    return manifest
+
+
 def is_complete(directory: storage.PathLike, stage: str, config: Any, name: str = MANIFEST_NAME) -> bool:
     """True when ``directory`` holds a complete manifest of ``stage`` made from this very config, and every
     file it lists is there with its listed size (a deleted or truncated artifact is not complete)."""

@@ -31,7 +31,13 @@ from inpars_ray import schema as S
 from inpars_ray.errors import CollectionError, ConfigError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
-from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, published, read_manifest
+from inpars_ray.io.manifest import (
+    MANIFEST_NAME,
+    StageRecord,
+    is_complete,
+    published,
+    read_complete_manifest,
+)
 from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
@@ -203,7 +209,7 @@ def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, 
 
         payload.update(teacher=teacher, teacher_models=[artifact_key(r.model) for r in teacher.rankers])
     if is_complete(out, STAGE, payload):
-        return read_manifest(out)
+        return read_complete_manifest(out)
     out.join(MANIFEST_NAME).delete()
     record = StageRecord(STAGE, payload)
 

@@ -35,7 +35,13 @@ import pyarrow as pa
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError
 from inpars_ray.io import artifacts, storage
-from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, config_hash, is_complete, read_manifest
+from inpars_ray.io.manifest import (
+    MANIFEST_NAME,
+    StageRecord,
+    config_hash,
+    is_complete,
+    read_complete_manifest,
+)
 from inpars_ray.models.distill import POS_SCORE
 from inpars_ray.models.losses import group_triples, unit_id
 from inpars_ray.runtime.deps import require
@@ -81,8 +87,11 @@ def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
         (local / "history.json").unlink(missing_ok=True)
         extra: dict[str, Any] = {}
         if config is not None and config.interpolate < 1.0:
+            fam = family or config.family
+            if fam is None:
+                raise ConfigError("interpolating the weights needs the model's family")
             extra["interpolation"] = {"alpha": config.interpolate, **interpolate_weights(
-                config.family, local, config.base_model, config.interpolate, config.pooling, config.max_length)}
+                fam, local, config.base_model, config.interpolate, config.pooling, config.max_length)}
         if config is not None and config.query_only:
             save_document_encoder(config.base_model, local, config.pooling, config.max_length)
             extra["towers"] = {"query": "trained", "document": "start model (frozen)"}
@@ -90,7 +99,7 @@ def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
                                                  "trained_from": trained_from, **extra})
 
 
-def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: dict[str, str] | None = None,
+def train(triples_dir: str | Path, out: storage.PathLike, config: TrainConfig, dev: dict[str, str] | None = None,
           ray_address: str | None = None, num_cpus: int | None = None, callbacks: list | None = None,
           stop_file: str | None = None, mlflow: dict[str, Any] | None = None,
           record_dir: str | None = None) -> dict[str, Any]:
@@ -127,7 +136,7 @@ def train(triples_dir: str | Path, out: str | Path, config: TrainConfig, dev: di
     payload = _hash_payload(triples_key, config)
     if is_complete(out, STAGE, payload):
         logger.info("[train] %s already holds a model trained with this config; nothing to do", out)
-        return read_manifest(out)
+        return read_complete_manifest(out)
     if config.validate_every is not None and not dev:
         raise ConfigError("validate_every is set but no dev pairs/qrels were given")
     tracking = mlflow_settings(config, out, **(mlflow or {}))  # a bad store fails here, before Ray starts
@@ -266,6 +275,8 @@ def _cpus_per_worker(config: TrainConfig, cluster: dict[str, float]) -> float:
 
 
 def _worker_resources(config: TrainConfig) -> dict[str, float]:
+    if config.cpus_per_worker is None:  # train() sets it from the cluster before building the trainer
+        raise ConfigError("cpus_per_worker is not resolved")
     res: dict[str, float] = {"CPU": config.cpus_per_worker}
     if config.accelerator == "gpu":
         res["GPU"] = 1

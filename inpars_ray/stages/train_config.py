@@ -9,7 +9,7 @@ ones (listwise, contrastive).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from inpars_ray.errors import ConfigError
 from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER, MONOT5, Family, Pooling
@@ -107,10 +107,10 @@ class TrainConfig:
         # here depends on two settings at once
         if self.family is not None and self.loss is not None and self.loss not in LOSSES[self.family]:
             raise ConfigError(f"a {self.family} trains with loss {LOSSES[self.family]}, not {self.loss!r}")
-        if self.loss is None and self.family is None:  # the unit is known once the family is read
+        loss = self.loss if self.loss is not None or self.family is None else LOSSES[self.family][0]
+        if loss is None:  # the unit is known once the family is read
             plan_steps(self.batch_size, self.micro_batch_size, self.num_workers, grouped=True)
         else:
-            loss = self.loss or LOSSES[self.family][0]
             plan_steps(self.batch_size, self.micro_batch_size, self.num_workers, loss in GROUPED_LOSSES)
 
     def resolved(self) -> TrainConfig:
@@ -123,7 +123,9 @@ class TrainConfig:
             raise ConfigError(f"a {family} trains with loss {LOSSES[family]}, not {loss!r}")
         if self.query_only and family != BI_ENCODER:
             raise ConfigError(f"query_only trains a bi-encoder's query tower; this model is a {family}")
-        return dataclasses.replace(self, family=family, loss=loss, lr=self.lr or DEFAULT_LR[family])
+        # detect_family returns one of FAMILIES and LOSSES holds Loss names: the Literal types hold
+        return dataclasses.replace(self, family=cast(Family, family), loss=cast(Loss, loss),
+                                   lr=self.lr or DEFAULT_LR[family])
 
     @property
     def distills(self) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from inpars_ray import schema as S
+from inpars_ray.errors import ConfigError
 from inpars_ray.models.distill import NEG_SCORES, POS_SCORE
 from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER
 from inpars_ray.models.losses import (
@@ -38,7 +39,7 @@ from inpars_ray.models.losses import (
     unit_id,
 )
 from inpars_ray.runtime.deps import require
-from inpars_ray.stages.train_config import DATA_STATE, TRAINER_STATE, TrainConfig, plan_steps
+from inpars_ray.stages.train_config import DATA_STATE, DEFAULT_LR, TRAINER_STATE, TrainConfig, plan_steps
 from inpars_ray.stages.train_tracking import MlflowLog
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]]
             from inpars_ray.models import distill
 
             ids = [unit_id(r, True) for r in rows]
-            common = dict(loss=config.loss, temperature=config.temperature,
+            common: dict[str, Any] = dict(loss=config.loss, temperature=config.temperature,
                           teacher_temperature=config.teacher_temperature or config.temperature,
                           max_negatives=config.max_negatives)
             if config.family == BI_ENCODER:
@@ -170,11 +171,18 @@ def _save_checkpoint(ctx_rank: int, config: TrainConfig, model, tokenizer, optim
     if ctx_rank == 0:
         # safetensors reads host memory: XLA (and CUDA) tensors are copied to the CPU first
         cpu_state = None if next(model.parameters()).device.type == "cpu" else _to_cpu(model.state_dict())
-        save_ranker(config.family, model, tokenizer, directory, config.pooling, config.max_length, cpu_state)
+        save_ranker(_family(config), model, tokenizer, directory, config.pooling, config.max_length, cpu_state)
         torch.save({"optimizer": _to_cpu(optimizer.state_dict()), **state}, directory / TRAINER_STATE)
         (directory / "history.json").write_text(json.dumps(history))
     (directory / DATA_STATE).mkdir(parents=True, exist_ok=True)
     (directory / DATA_STATE / f"rank{ctx_rank}.json").write_text(json.dumps(sorted(consumed)))
+
+
+def _family(config: TrainConfig) -> str:
+    """The family of a resolved config (train() resolves it before the workers start)."""
+    if config.family is None:
+        raise ConfigError("the training config reached the workers unresolved (no family)")
+    return config.family
 
 
 def _to_cpu(obj):
@@ -233,16 +241,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     step, epoch, consumed, history, opt_state = 0, 0, set(), [], None
-    document_encoder, doc_cache = None, {}
+    document_encoder = None
+    doc_cache: dict[str, Any] = {}
+    family = _family(config)
     if config.query_only:  # the start model, frozen, embeds the documents (each distinct text once)
-        document_encoder, _ = load_model(config.family, config.base_model)
+        document_encoder, _ = load_model(family, config.base_model)
         document_encoder.to(device).requires_grad_(False)
     if checkpoint is None:
-        model, tokenizer = load_model(config.family, config.base_model, training=True)
+        model, tokenizer = load_model(family, config.base_model, training=True)
     else:
         with checkpoint.as_directory() as d:
             d = Path(d)
-            model, tokenizer = load_model(config.family, d, training=True)
+            model, tokenizer = load_model(family, d, training=True)
             saved = torch.load(d / TRAINER_STATE, map_location="cpu", weights_only=False)
             step, epoch, history, opt_state = saved["step"], saved["epoch"], json.loads(
                 (d / "history.json").read_text()), saved["optimizer"]
@@ -252,14 +262,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _record(record_dir, "events.log", f"start rank={rank} pid={os.getpid()} step={step}\n")
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    lr = config.lr or DEFAULT_LR[family]  # resolved() sets it; the default of the family otherwise
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     mine = set(consumed) if rank == 0 else set()  # rank 0 carries the restored ids into the next checkpoint
 
     shard = ray.train.get_dataset_shard("train")
     last_saved = step
-    dev = _DevSet(loop_config.get("dev"), config, document_encoder) if rank == 0 and config.validate_every else None
+    dev = _DevSet(loop_config["dev"], config, document_encoder) if rank == 0 and config.validate_every else None
     tracking = MlflowLog(loop_config.get("mlflow"), config)  # Ray's setup_mlflow: rank 0 logs, the others no-op
     stop_file = loop_config.get("stop_file")  # a tune sweep's early stop (stages/tune.py): end the run here
     while _more_steps(config, step, epoch):
@@ -274,7 +285,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 break
             for group in optimizer.param_groups:  # linear warm-up (train() turns a ratio into steps), then constant
                 warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-                group["lr"] = config.lr * warm
+                group["lr"] = lr * warm
             optimizer.zero_grad(set_to_none=True)
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             seen: list[str] = []
@@ -297,7 +308,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seconds = time.perf_counter() - t0
             metrics = {"step": step, "epoch": epoch, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
                        "examples": n_global, "examples_per_s": n_global / seconds}
-            if dev is not None and (step % config.validate_every == 0 or step == config.max_steps):
+            if dev is not None and config.validate_every and (step % config.validate_every == 0
+                                                              or step == config.max_steps):
                 metrics["dev_ndcg@10"] = dev.ndcg10(model, tokenizer)
                 model.train()
             history.append(metrics)
@@ -391,7 +403,7 @@ class _DevSet:
         from inpars_ray.models.rankers import Ranker
 
         model.eval()
-        ranker = Ranker.from_model(model, tokenizer, self.config.family, self.config.max_length, 32,
+        ranker = Ranker.from_model(model, tokenizer, _family(self.config), self.config.max_length, 32,
                                    self.config.pooling, document_model=self.document_encoder)
         scores = ranker.score(self.pairs[S.QUERY], self.pairs[S.TEXT])
         scored = self.pairs.append_column(S.SCORE, pa.array(scores, pa.float64()))

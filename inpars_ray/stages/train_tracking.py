@@ -77,7 +77,8 @@ class MlflowLog:
             # MLflow 3 refuses its file store unless a process opts in; it is the one local store that needs
             # no database packages (mlflow-skinny declares none), so the default store opts in for this worker
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        values = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
+        is_instance = dataclasses.is_dataclass(params) and not isinstance(params, type)
+        values = dataclasses.asdict(params) if is_instance else dict(params)
         self._mlflow = setup_mlflow(config={k: v for k, v in values.items() if v is not None},
                                     tracking_uri=settings["tracking_uri"],
                                     experiment_name=settings["experiment_name"], run_name=settings["run_name"],

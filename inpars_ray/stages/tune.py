@@ -33,7 +33,7 @@ from typing import Any, Literal, get_args
 
 from inpars_ray.errors import ConfigError
 from inpars_ray.io import storage
-from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, read_complete_manifest, read_manifest
 from inpars_ray.stageconfig import Field, stage_config
 from inpars_ray.stages.devset import DevSetConfig
 from inpars_ray.stages.train_tracking import trial_mlflow
@@ -329,7 +329,6 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
 def _train_task(triples: str, out: str, cfg, dev: dict[str, Any], callback, stop_file: str, mlflow=None):
     """(the train stage's manifest, whether it trained now) of one trial's training run. A run found
     complete (the driver was killed after it ended) reported nothing to this Tune session."""
-    from inpars_ray.io.manifest import read_manifest
     from inpars_ray.stages.train import train
 
     before = read_manifest(out)
@@ -370,7 +369,7 @@ def run_sweep(devset: dict[str, Any], devset_dir: storage.PathLike, out: storage
     payload = sweep_payload(config, flat, config_hash(devset), train, rerank_weight)
     if is_complete(out, STAGE, payload):
         logger.info("[tune] %s holds this sweep already; nothing to do", out.uri)
-        return read_manifest(out)
+        return read_complete_manifest(out)
     out.join(MANIFEST_NAME).delete()
     record = StageRecord(STAGE, payload)
     paths = dev_paths(devset_dir)
