@@ -27,12 +27,11 @@ import dataclasses
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from inpars_ray.config import START_MODEL, TINY_LM, TINY_MONOT5, TRAINED, InparsConfig, PipelineConfig
-from inpars_ray.errors import ArtifactDamagedError, ConfigError, find_typed_error
+from inpars_ray.errors import ArtifactDamagedError, find_typed_error
 from inpars_ray.io import artifacts, catalog, storage
 from inpars_ray.io.manifest import StageRecord
 from inpars_ray.runtime import progress
@@ -58,7 +57,7 @@ def resolve_model(name: str, out: storage.PathLike) -> str:
     """
     from inpars_ray.models import local_models
 
-    build: Callable[[Path], Any]
+    build: Any  # one of the two builders below: (folder) -> the folder built
     if name == TINY_LM:
         from inpars_ray.testing.tiny_lm import build_tiny_lm as build
         folder = "tiny-lm"
@@ -238,7 +237,7 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     if "teacher" in stages and stages["teacher"].rerank_test:
         _teacher_row(config, stages, collection, out, bm25_run, record, exclude_file)
     measures = _evaluate("InPars", collection, config, out, rerank_path, record, exclude_file)
-    if _inpars(config).tune is not None:
+    if config.inpars is not None and config.inpars.tune is not None:
         sweep = _sweep(config, stages, collection, out, record, synthetic)
         record.extra["tuned"] = _tuned(config, stages, collection, out, bm25_run, record, exclude_file, sweep)
     for name, manifest in (("generate", gen), ("filter", filt), ("consistency", consistent), ("mine", mined),
@@ -247,13 +246,6 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
             record.counts[f"{name}_{key}"] = value
     record.extra["rerank"] = measures
     return measures
-
-
-def _inpars(config: PipelineConfig) -> InparsConfig:
-    """The synthetic-data stages' config, which the functions below need."""
-    if config.inpars is None:
-        raise ConfigError("this step needs the synthetic-data stages: `inpars` is null in this config")
-    return config.inpars
 
 
 def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
@@ -265,7 +257,7 @@ def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catal
     from inpars_ray.stages.generate import run_generate
     from inpars_ray.stages.mine import run_mine
 
-    gen_dir, published = out / "generate", _inpars(config).synthetic_data
+    gen_dir, published = out / "generate", config.inpars.synthetic_data if config.inpars else None
     with _Stage(record, "generate") as stage:
         if published:  # the InPars team's published queries (or an export's) instead of generating
             gen_dir = out / IMPORT_FOLDER
@@ -277,8 +269,7 @@ def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catal
     with _Stage(record, "filter") as stage:
         filt = run_filter(gen_dir.uri, collection, (out / "filter").uri, stages["filter"], config.load)
         stage.done(filt)
-    queries_dir = out / "filter"
-    consistent: dict[str, Any] = {}
+    queries_dir, consistent = out / "filter", dict[str, Any]()
     if stages["filter"].strategy == "consistency":
         queries_dir, consistent = _consistency(config, stages, collection, out, record)
     with _Stage(record, "mine") as stage:
@@ -344,17 +335,15 @@ def _sweep(config: PipelineConfig, stages: dict[str, Any], collection: catalog.C
     from inpars_ray.stages.devset import build_dev_set
     from inpars_ray.stages.tune import run_sweep, sweep_payload
 
-    inpars = _inpars(config)
-    tc = inpars.tune
-    if tc is None:
-        raise ConfigError("a sweep needs inpars.tune")
+    tc = config.inpars.tune if config.inpars else None
+    assert tc is not None and config.inpars is not None  # called only when the config has a sweep
     with _Stage(record, "devset") as stage:
         devset = build_dev_set(synthetic["queries_dir"].uri, synthetic["triples_dir"].uri, (out / "index").uri,
                                collection, (out / "tune" / "devset").uri, tc.dev, config.bm25, config.load,
                                teacher=stages.get("teacher"))
         stage.done(devset)
     weight = stages["rerank"].first_stage_weight
-    key = config_hash(sweep_payload(tc, tc.resolved_space(), config_hash(devset), inpars.train, weight))
+    key = config_hash(sweep_payload(tc, tc.resolved_space(), config_hash(devset), config.inpars.train, weight))
     sweep_dir = out / "tune" / f"sweep-{key}"
     with _Stage(record, "tune") as stage:
         manifest = run_sweep(devset, out / "tune" / "devset", sweep_dir, tc, stages["train"], weight,
