@@ -120,6 +120,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+query-only+wise": overlay(teacher, query_only, wise),
         "teacher+wise": overlay(teacher, wise),
         "teacher+dense": overlay(teacher, dense),
+        "teacher+dense+wise": overlay(teacher, dense, wise),
         "teacher+sampled": overlay(teacher, sampled),
     }
 
@@ -138,6 +139,7 @@ DESCRIPTIONS = {
     "teacher+query-only+wise": "teacher, query tower only, WiSE-FT 0.5",
     "teacher+wise": "teacher, both towers, WiSE-FT 0.5",
     "teacher+dense": "teacher, 2 dense negatives (the start model's top 30) beside BM25's 4",
+    "teacher+dense+wise": "teacher, 2 dense negatives beside BM25's 4, WiSE-FT 0.5",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "generator": "the best lever with another generator",
 }
@@ -501,7 +503,7 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="inpars.seed = 1..N (default 3)")
-    ap.add_argument("--levers", default=None, help="comma-separated subset, in run order (default: all nine; "
+    ap.add_argument("--levers", default=None, help="comma-separated subset, in run order (default: all ten; "
                     "--smoke: hard-labels,teacher)")
     ap.add_argument("--with-gemma", action="store_true", help="also the best lever with a Gemma generator, "
                     "when the engine has a local one")
