@@ -441,7 +441,7 @@ def smoke_setup(work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                    "generate_resources": {"batch_size": 8},
                    "filter": {"min_tokens": 1},
                    "train": {"base_model": str(model), "family": "bi-encoder", "batch_size": 8, "max_length": 64},
-                   "rerank": {"depth": 20, "max_length": 64}}})
+                   "rerank": {"depth": 20, "ranker": {"max_length": 64}}}})
     teacher = {"model": str(model), "family": "bi-encoder", "max_length": 64, "batch_size": 32}
     return base, teacher
 

@@ -144,6 +144,7 @@ def main() -> None:
 def _rerank_contender(args, generated, collection, work, results) -> None:
     import ray
 
+    from inpars_ray.models.rankers import RankerConfig
     from inpars_ray.stages.filter import FilterConfig, filter_dataset
     from inpars_ray.testing.tiny_t5 import build_tiny_monot5
 
@@ -152,8 +153,9 @@ def _rerank_contender(args, generated, collection, work, results) -> None:
     pq.write_table(generated.slice(0, args.rerank_rows), work / "gen-small" / "part-0.parquet")
     t = time.perf_counter()
     counts = filter_dataset(ray.data.read_parquet(str(work / "gen-small")), collection, work / "reranker",
-                            FilterConfig(strategy="reranker", model=str(model), keep_top_k=args.keep_top_k // 10,
-                                         num_actors=1, shuffle_partitions=args.cpus, batch_size=32))
+                            FilterConfig(strategy="reranker", ranker=RankerConfig(str(model), batch_size=32),
+                                         keep_top_k=args.keep_top_k // 10, num_actors=1,
+                                         shuffle_partitions=args.cpus))
     results["reranker stage (Ray, tiny random monoT5, 1 actor)"] = {
         "rows": args.rerank_rows, "seconds": time.perf_counter() - t, "kept": counts["kept"]}
 

@@ -50,8 +50,8 @@ def _pairs(work: Path, args: argparse.Namespace):
     """
     from inpars_ray.io import catalog, trec
     from inpars_ray.io.docstore import ensure_store, open_store
-    from inpars_ray.io.text import document_texts
     from inpars_ray.io.load import LoadConfig, read_queries
+    from inpars_ray.io.text import document_texts
     from inpars_ray.stages import index, retrieve
 
     if args.dataset:
@@ -122,12 +122,18 @@ def plain_loop(model_dir: str, queries: list[str], docs: list[str], batch: int, 
 
 
 def stage(collection, run_file: Path, out: Path, model_dir: str, batch: int, max_length: int, threads: int) -> dict:
+    from inpars_ray.models.rankers import RankerConfig
     from inpars_ray.stages import rerank
 
+    # the ranker block and the stage's own settings; names neither has (threads) are recorded, not passed
     wanted = dict(model=model_dir, depth=10_000, max_length=max_length, batch_size=batch, num_actors=1,
-                  partitions=2, rows_per_call=4096, threads=threads, cpus_per_actor=threads, family="cross-encoder")
-    fields = {f.name for f in dataclasses.fields(rerank.RerankConfig)}
-    config = rerank.RerankConfig(**{k: v for k, v in wanted.items() if k in fields})
+                  partitions=2, rows_per_call=4096, threads=threads, cpus_per_actor=threads, family="cross-encoder",
+                  torch_threads=threads)
+    ranker_fields = {f.name for f in dataclasses.fields(RankerConfig)}
+    stage_fields = {f.name for f in dataclasses.fields(rerank.RerankConfig)} - {"ranker"}
+    fields = ranker_fields | stage_fields
+    config = rerank.RerankConfig(ranker=RankerConfig(**{k: v for k, v in wanted.items() if k in ranker_fields}),
+                                 **{k: v for k, v in wanted.items() if k in stage_fields})
     t = time.perf_counter()
     manifest = rerank.rerank_run(collection, run_file, out, config)
     s = time.perf_counter() - t

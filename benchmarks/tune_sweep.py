@@ -55,6 +55,7 @@ def main() -> int:
 
     from inpars_ray.config import load_config
     from inpars_ray.io import catalog, storage
+    from inpars_ray.models.rankers import replace_ranker
     from inpars_ray.pipeline import run_pipeline, stage_configs
     from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages.evaluate import evaluate_files
@@ -88,7 +89,8 @@ def main() -> int:
         weight = trial["settings"].get("rerank.first_stage_weight", stages["rerank"].first_stage_weight)
         run_path = out / "tune" / "test-check" / trial["trial_id"] / f"run.{config.split}.trec"
         rerank_run(collection, bm25_run.uri, run_path.uri,
-                   dataclasses.replace(stages["rerank"], model=str(model), family=None, first_stage_weight=weight),
+                   replace_ranker(dataclasses.replace(stages["rerank"], first_stage_weight=weight), model=str(model),
+                                  family=None),
                    config.load)
         result, _ = evaluate_files(collection, run_path.uri, config.split, ["nDCG@10"], exclude_file=exclude.uri)
         dev_by_judge = _dev_ndcg(model, weight, stages["train"], judges)
@@ -145,8 +147,8 @@ def _dev_judgements(out) -> dict:
     from inpars_ray import schema as S
     from inpars_ray.io import artifacts
     from inpars_ray.io.manifest import published
-    from inpars_ray.stages.devset import PAIRS, QRELS
     from inpars_ray.schema import KEPT_DIR
+    from inpars_ray.stages.devset import PAIRS, QRELS
 
     devset = out / "tune" / "devset"
     pairs = artifacts.read_parquet(devset / PAIRS)

@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from inpars_ray.errors import ConfigError
 from inpars_ray.io import catalog
 from inpars_ray.io.load import LoadConfig
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stageconfig import Field, describe_errors, stage_config
 from inpars_ray.stages.evaluate import DEFAULT_MEASURES
 from inpars_ray.stages.filter import FilterConfig
@@ -65,8 +66,8 @@ class InparsConfig:
     mine: MineConfig = Field(MineConfig(), description="BM25 negatives of the kept queries")
     train: TrainConfig = Field(TrainConfig(base_model=TINY_MONOT5, batch_size=16, micro_batch_size=8),
                                description="fine-tuning the reranker on the triples")
-    rerank: RerankConfig = Field(RerankConfig(model=TRAINED, depth=100),
-                                 description=f"reranking the BM25 run; model '{TRAINED}' is the trained model")
+    rerank: RerankConfig = Field(RerankConfig(ranker=RankerConfig(model=TRAINED), depth=100),
+                                 description=f"reranking the BM25 run; ranker.model '{TRAINED}' is the trained model")
     teacher: TeacherConfig | None = Field(None, description="a stronger ranker (or a fusion of several) that "
                                           "scores every training triple (GPL's pseudo-labels); the train stage's "
                                           "margin-mse and kl losses learn those scores. None: hard labels only")
@@ -155,11 +156,31 @@ def _check_seeds(data: Mapping[str, Any], base: PipelineConfig, source: str) -> 
                 raise ConfigError(f"{source}: {where} is set from inpars.seed ({seed}); set inpars.seed instead")
 
 
+#: stage sections whose ranker settings are one nested ``ranker:`` block (:class:`RankerConfig`)
+_RANKER_SECTIONS = ("filter", "rerank")
+_RANKER_KEYS = frozenset(RankerConfig.__pydantic_fields__)  # type: ignore[attr-defined]
+
+
+def _check_ranker_keys(data: Mapping[str, Any], source: str) -> None:
+    """A ranker setting written flat in its stage's section (``inpars.rerank.max_length``) gets an error that
+    names where it lives now (``inpars.rerank.ranker.max_length``), not only "unknown key"."""
+    inpars = data.get("inpars")
+    if not isinstance(inpars, Mapping):
+        return
+    for section in _RANKER_SECTIONS:
+        part = inpars.get(section)
+        flat = sorted(_RANKER_KEYS.intersection(part)) if isinstance(part, Mapping) else []
+        if flat:
+            moved = ", ".join(f"inpars.{section}.{key} is now inpars.{section}.ranker.{key}" for key in flat)
+            raise ConfigError(f"{source}: {moved} (one ranker block, shared by filter, rerank and the teacher)")
+
+
 def merge(base: PipelineConfig, data: Mapping[str, Any], source: str) -> PipelineConfig:
     """``base`` with ``data`` merged over it, validated; errors name the key and ``source``."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
     _check_seeds(data, base, source)
+    _check_ranker_keys(data, source)
     merged = _deep_merge(to_dict(base), data, to_dict(PipelineConfig()))
     try:
         return _ADAPTER.validate_python(merged)

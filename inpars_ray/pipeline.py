@@ -34,6 +34,7 @@ from inpars_ray.config import START_MODEL, TINY_LM, TINY_MONOT5, TRAINED, Inpars
 from inpars_ray.errors import ArtifactDamagedError, find_typed_error
 from inpars_ray.io import artifacts, catalog, storage
 from inpars_ray.io.manifest import StageRecord
+from inpars_ray.models.rankers import replace_ranker
 from inpars_ray.runtime import progress
 from inpars_ray.stages import index, retrieve
 from inpars_ray.stages.evaluate import evaluate_files
@@ -90,16 +91,16 @@ def stage_configs(config: PipelineConfig, out: storage.PathLike, resolve=resolve
     if ic is None:
         return stages
     filt = ic.filter
-    rerank_model = storage.join(out, "train", "model") if ic.rerank.model == TRAINED else \
-        resolve(ic.rerank.model, out)
+    rerank_model = storage.join(out, "train", "model") if ic.rerank.ranker.model == TRAINED else \
+        resolve(ic.rerank.ranker.model, out)
     stages.update(
         generate=dataclasses.replace(ic.generate, model=resolve(ic.generate.model, out)),
         generate_resources=ic.generate_resources,
-        filter=dataclasses.replace(filt, model=resolve(filt.model, out)) if filt.model else filt,
+        filter=replace_ranker(filt, model=resolve(filt.ranker.model, out)) if filt.ranker else filt,
         mine=dataclasses.replace(ic.mine, dense=dataclasses.replace(
             ic.mine.dense, model=resolve(ic.mine.dense.model, out))) if ic.mine.dense else ic.mine,
         train=dataclasses.replace(ic.train, base_model=resolve(ic.train.base_model, out)),
-        rerank=dataclasses.replace(ic.rerank, model=rerank_model),
+        rerank=replace_ranker(ic.rerank, model=rerank_model),
     )
     if ic.teacher is not None:
         stages["teacher"] = dataclasses.replace(ic.teacher, rankers=tuple(
@@ -368,8 +369,8 @@ def _tuned(config: PipelineConfig, stages: dict[str, Any], collection: catalog.C
 
     extra = sweep["extra"]
     weight = extra["best_settings"].get("rerank", {}).get("first_stage_weight", stages["rerank"].first_stage_weight)
-    rerank_config = dataclasses.replace(stages["rerank"], model=extra["best_model"], family=None,
-                                        first_stage_weight=weight)
+    rerank_config = replace_ranker(dataclasses.replace(stages["rerank"], first_stage_weight=weight),
+                                   model=extra["best_model"], family=None)
     run_path = out / "tuned" / f"run.{config.split}.trec"
     with _Stage(record, "rerank_tuned") as stage:
         stage.done(rerank_run(collection, bm25_run.uri, run_path.uri, rerank_config, config.load))
@@ -378,7 +379,7 @@ def _tuned(config: PipelineConfig, stages: dict[str, Any], collection: catalog.C
 
 def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
                  out: storage.Location, record: StageRecord) -> tuple[storage.Location, dict[str, Any]]:
-    """InPars-light's consistency filter over the filter's candidates: a ranker (``filter.model``, or one
+    """InPars-light's consistency filter over the filter's candidates: a ranker (``filter.ranker``, or one
     trained here on every candidate, as in the paper) must put a query's source document in the top
     ``consistency_k`` of its BM25 hits. Returns the folder the final mine reads, and the stage's manifest."""
     from inpars_ray.stages.consistency import ConsistencyConfig, run_consistency
@@ -386,17 +387,16 @@ def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: cat
     from inpars_ray.stages.train import train
 
     filt, rr = stages["filter"], stages["rerank"]
-    model = filt.model
-    if model is None:
+    ranker = filt.ranker
+    if ranker is None:
         first = out / "candidates-ranker"
         with _Stage(record, "mine_candidates") as stage:
             stage.done(run_mine((out / "filter").uri, collection, (out / "index").uri, (first / "mine").uri,
                                 stages["mine"], config.load))
         with _Stage(record, "train_candidates") as stage:
             stage.done(train((first / "mine" / "triples").uri, (first / "train").uri, stages["train"]))
-        model = (first / "train" / "model").uri
-    check = ConsistencyConfig(model=model, family=filt.family if filt.model else None, k=filt.consistency_k,
-                              depth=filt.consistency_depth, max_length=rr.max_length, batch_size=rr.batch_size,
+        ranker = dataclasses.replace(rr.ranker, model=(first / "train" / "model").uri, family=None)  # rerank's settings
+    check = ConsistencyConfig(ranker=ranker, k=filt.consistency_k, depth=filt.consistency_depth,
                               num_actors=rr.num_actors, rows_per_call=rr.rows_per_call, partitions=rr.partitions)
     with _Stage(record, "consistency") as stage:
         manifest = run_consistency((out / "filter").uri, collection, (out / "index").uri,
@@ -426,7 +426,7 @@ def _zero_shot(config: PipelineConfig, stages: dict[str, Any], collection: catal
         shown = config.inpars.train.base_model
     else:
         model, family, shown = resolve_model(name, out), None, name
-    rerank_config = dataclasses.replace(stages["rerank"], model=model, family=family)
+    rerank_config = replace_ranker(stages["rerank"], model=model, family=family)
     record.extra["start_model"] = {"system": "zero-shot", "model": shown,
                                    "family": family or detect_family(model)}
     run_path = out / "zero-shot" / f"run.{config.split}.trec"
@@ -442,8 +442,8 @@ def _teacher_row(config: PipelineConfig, stages: dict[str, Any], collection: cat
     model the pseudo-labels come from."""
     from inpars_ray.stages.rerank import rerank_run
 
-    ranker = stages["teacher"].rankers[0]
-    rerank_config = dataclasses.replace(stages["rerank"], model=ranker.model, family=ranker.family)
+    # the teacher's own ranker settings (model, family, length, batch, device), the rerank stage's depth and blend
+    rerank_config = dataclasses.replace(stages["rerank"], ranker=stages["teacher"].rankers[0])
     run_path = out / "teacher-test" / f"run.{config.split}.trec"
     with _Stage(record, "rerank_teacher") as stage:
         stage.done(rerank_run(collection, bm25_run.uri, run_path.uri, rerank_config, config.load))

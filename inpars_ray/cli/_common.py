@@ -67,6 +67,10 @@ def _choices(annotation: Any) -> tuple[Any, ...] | None:
 
 
 def _nested(annotation: Any) -> type | None:
+    """The config class of a nested config field (``C`` or ``C | None``), else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else None
     return annotation if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__") else None
 
 
@@ -91,7 +95,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Coll
                                _path=f"{path}.", _group=group, _defaults=_default(info, _defaults, name))
             continue
         if sub is not None:
-            _add_flat(sub, path, skip, required, aliases, group, _default(info, _defaults, name))
+            # a required field of an optional nested config (filter's ranker.model) is not a required option
+            _add_flat(sub, path, skip, required, aliases, group, _default(info, _defaults, name),
+                      needed=info.is_required())
             continue
         _add_option(group, path, path.replace(".", "-"), info, required, aliases, _default(info, _defaults, name))
 
@@ -110,25 +116,27 @@ def _default(info: Any, defaults: Any, name: str) -> Any:
 
 
 def _add_flat(sub: type, path: str, skip: Collection[str], required: Collection[str],
-              aliases: Mapping[str, Sequence[str]], group: Any, defaults: Any) -> None:
+              aliases: Mapping[str, Sequence[str]], group: Any, defaults: Any, needed: bool = True) -> None:
     # a nested config whose fields are offered under their own names (e.g. generation.max_new_tokens
-    # as --max-new-tokens); the dest keeps the full path
+    # as --max-new-tokens); the dest keeps the full path. Without a default instance (a required or an
+    # optional nested config) each field shows its own default
     for name, info in _fields(sub).items():
         full = f"{path}.{name}"
         if full in skip or _nested(info.annotation) is not None:
             continue
-        _add_option(group, full, name, info, required, aliases, getattr(defaults, name))
+        default = getattr(defaults, name) if isinstance(defaults, sub) else info.get_default()
+        _add_option(group, full, name, info, required, aliases, default, needed=needed)
 
 
 def _add_option(group: Any, path: str, flag_name: str, info: Any, required: Collection[str],
-                aliases: Mapping[str, Sequence[str]], default_value: Any) -> None:
+                aliases: Mapping[str, Sequence[str]], default_value: Any, needed: bool = True) -> None:
     kind = _scalar(info.annotation)
     if kind is None:
         return  # tuples and mappings are set through a verb's own option (or a YAML config)
     flags = [f"--{flag_name.replace('_', '-').replace('.', '-')}", *aliases.get(path, ())]
     description = (info.description or "").replace("%", "%%")
-    must = path in required or info.is_required()
-    default = "" if must else f" (default: {default_value})"
+    must = path in required or (needed and info.is_required())
+    default = "" if must or info.is_required() else f" (default: {default_value})"
     kwargs: dict[str, Any] = {"dest": _DEST + path, "default": None, "help": f"{description}{default}"}
     if kind is bool:
         group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
@@ -155,6 +163,7 @@ def _build(cls: type, values: Mapping[str, Any], path: str, base: Any, fixed: Ma
         sub = _nested(info.annotation)
         if sub is not None and any(k.startswith(f"{full}.") for k in values):
             inner_base = getattr(base, name) if base is not None else info.get_default()
+            inner_base = inner_base if isinstance(inner_base, sub) else None  # required or None: no base
             kwargs[name] = _build(sub, values, f"{full}.", inner_base, {})
         elif full in values:
             kwargs[name] = values[full]

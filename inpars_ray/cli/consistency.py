@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", required=True, help="a filter output folder (its kept/ queries are checked)")
     p.add_argument("--index", required=True, help="the collection's Lucene index (from 'inpars-ray index')")
     p.add_argument("--out", required=True, help="output folder: kept/, dropped/ and the manifest")
-    add_config_options(p, ConsistencyConfig, required={"model"})
+    add_config_options(p, ConsistencyConfig)
     p.set_defaults(run=run)
 
 

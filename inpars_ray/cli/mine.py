@@ -17,8 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index-dir", required=True, help="BM25 index of the collection (from 'inpars-ray index')")
     p.add_argument("--out", required=True, help="output folder: triples/, short_queries/, triples.tsv, manifest")
     p.add_argument("--no-tsv", action="store_true", help="do not write triples.tsv (query, positive, negative)")
-    # the miner's own num_actors and queries_per_call apply; BM25's copies of them are unused here
-    add_config_options(p, MineConfig, prefixed={"bm25"}, skip={"bm25.num_actors", "bm25.queries_per_task"},
+    # the miner's own num_actors and queries_per_call apply; BM25's copies of them are unused here. Dense
+    # negatives (a nested model block) are set in a run's YAML config
+    add_config_options(p, MineConfig, prefixed={"bm25"}, skip={"bm25.num_actors", "bm25.queries_per_task", "dense"},
                        aliases={"bm25.threads": ["--threads"], "shuffle_partitions": ["--partitions"]})
     p.set_defaults(run=run)
 

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_ray(p)
     p.add_argument("--run", required=True, help="first-stage TREC run to rerank (e.g. from 'inpars-ray retrieve')")
     p.add_argument("--out", required=True, help="TREC run file to write (its manifest goes beside it)")
-    add_config_options(p, RerankConfig, required={"model"})
+    add_config_options(p, RerankConfig)
     p.set_defaults(run=run)
 
 

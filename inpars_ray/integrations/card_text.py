@@ -97,7 +97,7 @@ def _recipe(info: Any) -> list[str]:
                      f"{counts.get('queries', '?')} queries, {counts.get('errors', 0)} failures")
     filt = manifests["filter"]["config"]["filter"]
     lines.append(f"- **Filter**: strategy `{filt['strategy']}`, keep the top {filt['keep_top_k']}, "
-                 f"{filt['min_tokens']}-{filt['max_tokens']} tokens" + (f", scored by `{filt['model']}`" if filt.get("model") else "")
+                 f"{filt['min_tokens']}-{filt['max_tokens']} tokens" + (f", scored by `{filt['ranker']['model']}`" if filt.get("ranker") else "")
                  + f"; {manifests['kept'].get('counts', {}).get('kept', '?')} queries kept"
                  + (" (then InPars-light's consistency check)" if manifests["kept"].get("stage") == "consistency" else ""))
     mine = ic["mine"]

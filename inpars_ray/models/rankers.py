@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -81,16 +82,15 @@ class RankerConfig:
             raise ConfigError(f"ranker family must be one of {FAMILIES} or None, got {self.family!r}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.max_length < 16:
-            raise ConfigError(f"RankerConfig.max_length={self.max_length} is too small (>= 16)")
-        if self.batch_size < 1:
-            raise ConfigError(f"RankerConfig.batch_size must be >= 1, got {self.batch_size}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ConfigError(f"RankerConfig.torch_threads must be >= 1 or None, got {self.torch_threads}")
 
     def resolved(self) -> RankerConfig:
         """This config with ``family`` read from the checkpoint when it was None."""
         return self if self.family else dataclasses.replace(self, family=detect_family(self.model))
+
+
+def replace_ranker(config: Any, **changes: Any) -> Any:
+    """A stage config (anything with a ``ranker: RankerConfig`` field) with ``changes`` made to its ranker."""
+    return dataclasses.replace(config, ranker=dataclasses.replace(config.ranker, **changes))
 
 
 # --- the scorer -------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.schema import DROPPED_DIR, KEPT_DIR
 from inpars_ray.stageconfig import Field, stage_config
 from inpars_ray.stages.ranker_input import join_documents, query_of, text_of
@@ -49,25 +50,19 @@ SOURCE_RANK = "source_rank"
 class ConsistencyConfig:
     """The consistency filter (InPars-light)."""
 
-    model: str = Field(description="the ranker checkpoint (folder or Hugging Face id); InPars-light trains it "
-                       "on all candidates")
-    family: str | None = Field(None, description="monot5, cross-encoder or bi-encoder; None reads it from the "
-                               "checkpoint")
+    ranker: RankerConfig = Field(description="the ranker (model: a folder or Hugging Face id; InPars-light trains "
+                                 "it on all candidates) and how it is fed")
     k: int = Field(3, ge=1, description="a query is kept when its source document ranks within the top k "
                    "(InPars-light: 3)")
     depth: int = Field(100, ge=1, description="BM25 hits per candidate query that the ranker reorders")
-    max_length: int = Field(256, ge=16, description="ranker input length in tokens")
-    batch_size: int = Field(32, ge=1, description="pairs per forward pass")
     num_actors: int = Field(1, ge=1, description="ranker actors")
     rows_per_call: int = Field(512, ge=1, description="pairs handed to an actor per call")
     partitions: int = Field(4, ge=1, description="hash partitions of the join with the corpus and of the "
                             "regrouping by query")
 
     def __post_init__(self) -> None:
-        if not self.model:
+        if not self.ranker.model:
             raise ConfigError("consistency: a ranker model is required")
-        if min(self.k, self.depth, self.batch_size, self.num_actors, self.rows_per_call, self.partitions) < 1:
-            raise ConfigError("consistency: k, depth, batch_size, num_actors, rows_per_call, partitions must be >= 1")
         if self.k > self.depth:
             raise ConfigError(f"consistency: k={self.k} is deeper than the BM25 depth={self.depth}")
 
@@ -137,7 +132,7 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
     import ray
 
     from inpars_ray.io.manifest import artifact_key, collection_key, input_key, published
-    from inpars_ray.models.rankers import RankerConfig, score_dataset
+    from inpars_ray.models.rankers import score_dataset
     from inpars_ray.runtime.exchange import hash_exchange
     from inpars_ray.stages import retrieve
 
@@ -146,7 +141,7 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
     # keyed by content (the filter's manifest, the collection, the index, the model), never by paths
     files, candidates_key = published(candidates_dir, "filter", KEPT_DIR)
     stage_config = {"candidates": candidates_key, "dataset": collection_key(collection),
-                    "index": input_key(index_dir, stage="index"), "model": artifact_key(config.model),
+                    "index": input_key(index_dir, stage="index"), "model": artifact_key(config.ranker.model),
                     "consistency": config, "load": load_config}
     if is_complete(out, STAGE, stage_config):
         logger.info("consistency output in %s is complete for this config; nothing to do", out)
@@ -166,7 +161,7 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
         joined = join_documents(hits, collection, load_config, _attach, partitions=config.partitions,
                                 queries=queries)
         pairs = joined.filter(lambda r: r[S.TEXT] is not None)
-        ranker = RankerConfig(config.model, config.family, config.max_length, config.batch_size).resolved()
+        ranker = config.ranker.resolved()
         scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call)
         ranks = hash_exchange([scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE, S.POS_DOC_ID])],
                               [S.QUERY_ID], config.partitions, _ranks_of_partition)

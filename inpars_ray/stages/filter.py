@@ -39,6 +39,7 @@ from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, collection_key, is_complete, published, read_manifest
 from inpars_ray.io.text import document_text
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.runtime.exchange import hash_exchange, left_join_unique
 from inpars_ray.schema import DROPPED_DIR, KEPT_DIR
 from inpars_ray.stageconfig import Field, stage_config
@@ -82,21 +83,15 @@ class FilterConfig:
                            "(InPars), sum or min")
     min_tokens: int = Field(3, ge=0, description="queries with fewer generated tokens are dropped (InPars: 3)")
     max_tokens: int = Field(1000, ge=0, description="queries with more generated tokens are dropped (InPars: 1000)")
-    model: str | None = Field(None, description="for reranker, the ranker checkpoint (Hugging Face id or "
-                              "folder); for consistency, the same or None: a ranker trained on all candidates "
-                              "(InPars-light)")
+    ranker: RankerConfig | None = Field(None, description="for reranker, the ranker and how it is fed (model, "
+                                        "family, max_length, batch_size, device...); for consistency, the same or "
+                                        "None: a ranker trained on all candidates (InPars-light)")
     consistency_k: int = Field(3, ge=1, description="for consistency, the rank within which the source document "
                                "must be (InPars-light: 3)")
     consistency_depth: int = Field(100, ge=1, description="for consistency, BM25 hits per candidate query that "
                                    "the ranker reorders")
-    family: str | None = Field(None, description="for reranker, the ranker family (monot5, cross-encoder, "
-                               "bi-encoder); None reads it from the checkpoint")
-    max_length: int = Field(512, ge=16, description="for reranker, ranker input length in tokens (the document "
-                            "is truncated)")
-    batch_size: int = Field(16, ge=1, description="for reranker, pairs per forward pass")
     num_actors: int = Field(1, ge=1, description="for reranker, ranker actors scoring in parallel")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="for reranker, GPUs each actor reserves (0 on CPU)")
-    device: str = Field("cpu", description="for reranker, torch device of each actor (cpu, cuda)")
     rows_per_call: int = Field(256, ge=1, description="for reranker, rows handed to an actor per call")
     shuffle_partitions: int = Field(8, ge=1, description="partitions of the hash join with the corpus and of "
                                     "the duplicate check")
@@ -106,17 +101,13 @@ class FilterConfig:
             raise ConfigError(f"filter strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.aggregate not in AGGREGATES:
             raise ConfigError(f"filter aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
-        if self.keep_top_k < 1:
-            raise ConfigError(f"keep_top_k must be at least 1, got {self.keep_top_k}")
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise ConfigError(f"need 0 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
-        if self.strategy == "reranker" and not self.model:
-            raise ConfigError("the reranker strategy needs a ranker model (--model)")
+        if self.strategy == "reranker" and self.ranker is None:
+            raise ConfigError("the reranker strategy needs a ranker (ranker.model; --model on the command line)")
         if self.consistency_k > self.consistency_depth:
             raise ConfigError(f"consistency_k={self.consistency_k} is deeper than consistency_depth="
                               f"{self.consistency_depth}")
-        if min(self.num_actors, self.rows_per_call, self.shuffle_partitions, self.batch_size) < 1:
-            raise ConfigError("num_actors, rows_per_call, shuffle_partitions and batch_size must be >= 1")
 
 
 # --- pure functions over batches ------------------------------------------------------------------------
@@ -395,12 +386,10 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
         survivors = deduped.map_batches(rows_with, fn_kwargs={"dropped": False}, batch_format="pyarrow")
     with record.timed("score"):
         if config.strategy == "reranker":
-            from inpars_ray.models.rankers import RankerConfig, score_dataset
+            from inpars_ray.models.rankers import score_dataset
 
-            assert config.model  # FilterConfig requires it for the reranker strategy
-            ranker = RankerConfig(model=config.model, family=config.family, max_length=config.max_length,
-                                  batch_size=config.batch_size, device=config.device)
-            survivors = score_dataset(survivors, ranker, num_actors=config.num_actors,
+            assert config.ranker is not None  # FilterConfig requires it for the reranker strategy
+            survivors = score_dataset(survivors, config.ranker, num_actors=config.num_actors,
                                       num_gpus_per_actor=config.num_gpus_per_actor,
                                       batch_rows=config.rows_per_call, query_column=S.QUERY,
                                       text_column=_DOC, score_column=S.FILTER_SCORE)

@@ -14,7 +14,6 @@ Layers:
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -28,6 +27,7 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord
+from inpars_ray.models.rankers import RankerConfig, replace_ranker
 
 # the pure ranking lives with the models (the PyTerrier reranker ranks through it too); named here for callers
 from inpars_ray.models.ranking import (  # noqa: F401
@@ -48,29 +48,20 @@ RESCORED = "rescored"  #: column of :func:`rank_with_tail`: True for a hit the r
 class RerankConfig:
     """Reranking settings."""
 
-    model: str = Field(description="ranker checkpoint (Hugging Face id or local folder), e.g. a folder "
-                       "written by train")
-    family: str | None = Field(None, description="ranker family (monot5, cross-encoder, bi-encoder); None reads "
-                               "it from the checkpoint")
+    ranker: RankerConfig = Field(description="the ranker and how it is fed (model, family, max_length, "
+                                 "batch_size, device...): the settings filter, consistency and the teacher share")
     depth: int = Field(1000, ge=1, description="hits per query that are rescored (InPars: the BM25 top 1000)")
     keep_tail: bool = Field(True, description="hits below depth follow the rescored ones, in first-stage "
                             "order, so that recall at cutoffs deeper than depth stays the first stage's; "
                             "False drops them")
-    max_length: int = Field(512, ge=16, description="ranker input length in tokens (InPars-v2's monoT5: 512)")
-    batch_size: int = Field(16, ge=1, description="pairs per forward pass")
     rows_per_call: int = Field(256, ge=1, description="pairs handed to one actor call")
     num_actors: int = Field(1, ge=1, description="scoring actors")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor reserves (0 on CPU)")
-    device: str = Field("cpu", description="torch device of each actor (cpu, cuda)")
     partitions: int = Field(4, ge=1, description="hash partitions of the run/corpus join and of the "
                             "regrouping by query")
     first_stage_weight: float = Field(0.0, ge=0.0, le=1.0, description="weight of the first-stage score in "
                                       "the final one: per query, both scores are min-max scaled to [0, 1] and "
                                       "mixed as (1-w)*ranker + w*first stage (0: the ranker alone)")
-
-    def __post_init__(self) -> None:
-        if min(self.depth, self.batch_size, self.rows_per_call, self.num_actors, self.partitions) < 1:
-            raise ConfigError("depth, batch_size, rows_per_call, num_actors and partitions must be >= 1")
 
 
 def attach_texts(run: pa.Table, docs: pa.Table, queries: pa.Table) -> pa.Table:
@@ -173,20 +164,21 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     from inpars_ray.io.manifest import artifact_key, collection_key
     from inpars_ray.io.trec import completed_run, run_manifest_name, write_trec_stream
     from inpars_ray.models import local_models
-    from inpars_ray.models.rankers import RankerConfig, score_dataset
+    from inpars_ray.models.rankers import score_dataset
 
     run, out = storage.location(run_path), storage.location(out_path)
     if not run.is_file():
         raise ConfigError(f"rerank: no first-stage run at {run.uri}")
-    if config.model in local_models.PACKAGED or config.model in local_models.SPLIT:  # local:minilm, local:mpnet
-        config = dataclasses.replace(config, model=local_models.resolve_model(config.model))
-    stage_config = {"dataset": collection_key(collection), "run": run_key(run), "model": artifact_key(config.model),
-                    "rerank": config}
+    model = config.ranker.model
+    if model in local_models.PACKAGED or model in local_models.SPLIT:  # local:minilm, local:mpnet
+        config = replace_ranker(config, model=local_models.resolve_model(model))
+    stage_config = {"dataset": collection_key(collection), "run": run_key(run),
+                    "model": artifact_key(config.ranker.model), "rerank": config}
     done = completed_run(out, "rerank", stage_config)
     if done is not None:
         return done
     record = StageRecord("rerank", stage_config)
-    ranker = RankerConfig(config.model, config.family, config.max_length, config.batch_size, config.device).resolved()
+    ranker = config.ranker.resolved()
     pairs, missing = pairs_with_texts(collection, _read_run_dataset(run, config.depth), config, load_config)
     if missing:
         logger.warning("%d hits name a document or query the collection lacks; they are not reranked", missing)

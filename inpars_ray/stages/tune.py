@@ -144,13 +144,14 @@ def apply(train, rerank_weight: float, values: dict[str, Any], models: dict[str,
 def check_space(flat: dict[str, Any], train, rerank_weight: float) -> None:
     """Fail before the sweep on a value the training stage would refuse (e.g. a batch size that does not
     split into micro-batches): every range end and choice, one at a time, over the base settings."""
+    from inpars_ray.models.rankers import RankerConfig
     from inpars_ray.stages.rerank import RerankConfig
 
     for key, spec in flat.items():
         for value in candidates(spec):
             try:
                 _, weight = apply(train, rerank_weight, {key: value})
-                RerankConfig(model="x", first_stage_weight=weight)
+                RerankConfig(ranker=RankerConfig(model="x"), first_stage_weight=weight)
             except ConfigError as exc:
                 raise ConfigError(f"tune space {key}={value!r}: {exc}") from None
 

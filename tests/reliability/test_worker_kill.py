@@ -22,7 +22,7 @@ import pytest
 
 from inpars_ray import schema as S
 from inpars_ray.io import catalog, storage
-
+from inpars_ray.models.rankers import RankerConfig
 from tests.conftest import BUNDLED
 from tests.reliability.conftest import GatedEcho, wait_for
 
@@ -115,7 +115,7 @@ def test_rerank_survives_a_killed_ranker_actor(setup):
     from inpars_ray.stages.rerank import RerankConfig, rerank_run
 
     collection, root, model = setup
-    config = RerankConfig(model=model, depth=30, rows_per_call=4, batch_size=4, partitions=2)
+    config = RerankConfig(ranker=RankerConfig(model=model, batch_size=4), depth=30, rows_per_call=4, partitions=2)
     want = rerank_run(collection, root / "bm25.trec", root / "rerank-ref.trec", config)
     got, pid = run_with_kill(lambda: rerank_run(collection, root / "bm25.trec", root / "rerank-kill.trec", config),
                              "RankerUDF")
@@ -127,8 +127,8 @@ def test_filter_reranker_survives_a_killed_ranker_actor(setup):
     from inpars_ray.stages.filter import FilterConfig, run_filter
 
     collection, root, model = setup
-    config = FilterConfig(strategy="reranker", model=model, keep_top_k=60, rows_per_call=2, batch_size=2,
-                          shuffle_partitions=2)
+    config = FilterConfig(strategy="reranker", ranker=RankerConfig(model=model, batch_size=2), keep_top_k=60,
+                          rows_per_call=2, shuffle_partitions=2)
     want = run_filter(root / "generated", collection, root / "filter-ref", config)
     got, pid = run_with_kill(lambda: run_filter(root / "generated", collection, root / "filter-kill", config),
                              "RankerUDF")
@@ -166,7 +166,8 @@ def test_consistency_survives_a_killed_ranker_actor(setup, tmp_path):
     (tmp_path / "filter" / "kept").mkdir(parents=True)
     pq.write_table(filtered, tmp_path / "filter" / "kept" / "part-0.parquet")
     model = str(build_tiny_cross_encoder(tmp_path / "ce"))
-    config = ConsistencyConfig(model=model, k=3, depth=10, max_length=64, rows_per_call=8, partitions=2)
+    config = ConsistencyConfig(ranker=RankerConfig(model=model, max_length=64), k=3, depth=10, rows_per_call=8,
+                               partitions=2)
     want = run_consistency(tmp_path / "filter", collection, root / "index", tmp_path / "ref", config)
     got, pid = run_with_kill(lambda: run_consistency(tmp_path / "filter", collection, root / "index",
                                                      tmp_path / "kill", config), "RankerUDF")
@@ -181,7 +182,6 @@ def test_teacher_survives_a_killed_ranker_actor(setup, tmp_path):
     mid-stage; the scored triples equal the unfaulted run's row for row, scores within 1e-6, counts equal."""
     import numpy as np
 
-    from inpars_ray.models.rankers import RankerConfig
     from inpars_ray.stages.teacher import NEG_SCORE, POS_SCORE, TeacherConfig, run_teacher
     from inpars_ray.testing.tiny_t5 import build_tiny_triples
 
@@ -212,8 +212,8 @@ def _generate_config(url: str, num_docs: int, **options):
 
 def test_a_retried_generate_batch_whose_part_was_written_is_not_paid_again(ray_session, tmp_path):
     """Ray Data's at-least-once retry of a batch whose part was already written costs no request."""
-    from inpars_ray.stages.generate import GenerateWorker, read_generated
     from inpars_ray.models.prompts import resolve_template
+    from inpars_ray.stages.generate import GenerateWorker, read_generated
 
     collection = catalog.resolve(str(BUNDLED))
     docs = [json.loads(line) for line in (BUNDLED / "corpus.jsonl").read_text().splitlines()[:3]]

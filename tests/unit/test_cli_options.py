@@ -6,6 +6,7 @@ import pytest
 
 from inpars_ray.cli import build_parser
 from inpars_ray.cli._common import config_from_args
+from inpars_ray.errors import ConfigError
 from inpars_ray.stages.filter import FilterConfig
 from inpars_ray.stages.generate import GenerateConfig, GenerateResources
 from inpars_ray.stages.mine import MineConfig
@@ -38,7 +39,12 @@ def test_given_options_reach_nested_configs_over_the_parents_defaults():
     assert heap.bm25.searcher_heap_mb == 768
     filt = config_from_args(FilterConfig, parse("filter", "--queries", "q", *COMMON, "--strategy", "reranker",
                                                 "--model", "m", "--device", "cuda", "--num-gpus-per-actor", "1"))
-    assert (filt.device, filt.num_gpus_per_actor) == ("cuda", 1.0)
+    assert filt.ranker is not None and (filt.ranker.model, filt.ranker.device) == ("m", "cuda")
+    assert filt.num_gpus_per_actor == 1.0
+    # without --model the filter has no ranker block; the reranker strategy then fails naming it
+    assert config_from_args(FilterConfig, parse("filter", "--queries", "q", *COMMON)).ranker is None
+    with pytest.raises(ConfigError, match="needs a ranker"):
+        config_from_args(FilterConfig, parse("filter", "--queries", "q", *COMMON, "--strategy", "reranker"))
 
 
 def test_generate_options_and_resources():

@@ -27,10 +27,10 @@ def test_inpars_v2_config_parses_with_the_papers_settings():
 def test_inpars_v2_puts_every_model_stage_on_its_accelerator(tmp_path: Path):
     stages = stage_configs(load_config(V2), tmp_path)
     assert stages["generate"].backend == "vllm" and stages["generate_resources"].gpus_per_actor == 1
-    assert (stages["filter"].device, stages["filter"].num_gpus_per_actor) == ("cuda", 1)
-    assert (stages["rerank"].device, stages["rerank"].num_gpus_per_actor) == ("cuda", 1)
+    assert (stages["filter"].ranker.device, stages["filter"].num_gpus_per_actor) == ("cuda", 1)
+    assert (stages["rerank"].ranker.device, stages["rerank"].num_gpus_per_actor) == ("cuda", 1)
     assert stages["train"].accelerator == "tpu"
-    assert stages["rerank"].model == str(tmp_path / "train" / "model")  # "trained": the model train writes
+    assert stages["rerank"].ranker.model == str(tmp_path / "train" / "model")  # "trained": the model train writes
 
 
 def test_misspelt_key_fails_naming_key_and_file(tmp_path: Path, capsys):
@@ -48,7 +48,8 @@ def test_misspelt_key_fails_naming_key_and_file(tmp_path: Path, capsys):
 def test_bad_value_and_override_paths():
     with pytest.raises(ConfigError, match=r"--set inpars.train.lr=-1: inpars.train.lr: Input should be greater"):
         load_config(overrides=["inpars.train.lr=-1"])
-    config = load_config(overrides=["inpars.train.lr=1e-3", "inpars.seed=7", "inpars.filter.device=cuda"])
+    config = load_config(overrides=["inpars.train.lr=1e-3", "inpars.seed=7", "inpars.rerank.ranker.device=cuda"])
+    assert config.inpars.rerank.ranker.device == "cuda" and config.inpars.rerank.ranker.model == "trained"
     assert config.inpars.train.lr == 1e-3 and config.inpars.train.batch_size == 16  # the rest keeps its default
     assert {config.inpars.generate.seed, config.inpars.generate.generation.seed, config.inpars.mine.seed,
             config.inpars.train.seed} == {7}

@@ -85,8 +85,8 @@ def store(data, tmp_path_factory):
 
 def _stage_ranking(run: pa.Table, data, model: str, weight: float = 0.0) -> pd.DataFrame:
     """The rerank stage's ranking of ``run`` (all hits within its depth): its own pure functions and actor."""
-    config = RerankConfig(model=str(model), first_stage_weight=weight)
-    ranker = RankerConfig(config.model, config.family, config.max_length, config.batch_size, config.device).resolved()
+    config = RerankConfig(ranker=RankerConfig(str(model)), first_stage_weight=weight)
+    ranker = config.ranker.resolved()
     pairs = in_query_order(attach_texts(run, data["corpus"], data["queries"]))
     scored = RankerUDF(ranker)(pairs.slice(0, config.rows_per_call))
     assert pairs.num_rows <= config.rows_per_call  # one actor call, as the stage makes for so few pairs
@@ -224,7 +224,8 @@ def test_equal_to_the_rerank_stage_run_on_ray(family, ray_session, models, data,
 
     trec.write_trec_run(data["run"], tmp_path / "first.trec")
     rerank_run(catalog.resolve(str(BUNDLED)), tmp_path / "first.trec", tmp_path / "rerank.trec",
-               RerankConfig(model=str(models[family]), depth=N_HITS, partitions=2, rows_per_call=32))
+               RerankConfig(ranker=RankerConfig(str(models[family])), depth=N_HITS, partitions=2,
+                            rows_per_call=32))
     stage = trec.read_trec_run(tmp_path / "rerank.trec").to_pandas().sort_values([S.QUERY_ID, S.RANK])
     out = InparsReranker(models[family], batch_size=5, rows_per_call=17)(_frame(data["run"], data, store))
     assert _compare(out, stage) <= 1e-6

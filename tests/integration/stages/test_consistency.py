@@ -36,7 +36,8 @@ def test_consistency_keeps_exactly_the_queries_whose_source_is_in_the_top_k(ray_
     index.build_index(collection, tmp_path / "index")
     cands = _candidates(tmp_path / "filter")
     model = build_tiny_cross_encoder(tmp_path / "ce")
-    config = ConsistencyConfig(model=str(model), k=3, depth=10, max_length=64, rows_per_call=37, partitions=3)
+    config = ConsistencyConfig(ranker=RankerConfig(str(model), max_length=64), k=3, depth=10, rows_per_call=37,
+                               partitions=3)
     manifest = run_consistency(tmp_path / "filter", collection, tmp_path / "index", tmp_path / "out", config)
 
     # the same decision in one process: Lucene hits, tiny cross-encoder scores, source rank <= k

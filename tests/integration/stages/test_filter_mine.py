@@ -13,6 +13,7 @@ import pytest
 from inpars_ray import schema as S
 from inpars_ray.io.catalog import resolve
 from inpars_ray.io.manifest import read_manifest
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stages.filter import FilterConfig, filter_dataset, run_filter
 
 BUNDLED = Path(__file__).resolve().parents[3] / "inpars_ray" / "data" / "collections" / "tiny-science"
@@ -116,7 +117,7 @@ def test_reranker_filter_uses_monot5_scores(ray_session, tmp_path):
     gen.mkdir()
     table = make_generated(50, seed=9)
     pq.write_table(table, gen / "part-0.parquet")
-    config = FilterConfig(strategy="reranker", model=str(model_dir), keep_top_k=10, num_actors=2,
+    config = FilterConfig(strategy="reranker", ranker=RankerConfig(str(model_dir)), keep_top_k=10, num_actors=2,
                           rows_per_call=8, shuffle_partitions=2)
     counts = filter_dataset(ray_session.data.read_parquet(str(gen)).repartition(3), resolve("bundled/tiny-science"),
                             tmp_path / "out", config)
@@ -215,7 +216,7 @@ def test_dense_negatives_match_a_one_process_recomputation(ray_session, index_di
     embeddings computed here without Ray, never the positive or a near-copy of it; counts add up."""
     import numpy as np
 
-    from inpars_ray.models.rankers import Ranker, RankerConfig
+    from inpars_ray.models.rankers import Ranker
     from inpars_ray.stages.dense_negatives import DenseNegativesConfig, dense_candidates, draw_dense
     from inpars_ray.stages.mine import MineConfig, query_rng, run_mine
     from inpars_ray.stages.retrieve import BM25Config

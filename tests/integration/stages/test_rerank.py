@@ -10,6 +10,7 @@ from inpars_ray import schema as S
 from inpars_ray.io import catalog, trec
 from inpars_ray.io.load import read_queries
 from inpars_ray.io.text import document_text
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stages import index, retrieve
 from inpars_ray.stages.rerank import RerankConfig, rank_by_score, rerank_run
 from tests.conftest import BUNDLED
@@ -39,7 +40,7 @@ def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
     trec.write_trec_run(first, tmp_path / "bm25.trec")
 
     manifest = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "rerank.trec",
-                          RerankConfig(model=str(model_dir), depth=10, partitions=3, rows_per_call=16))
+                          RerankConfig(ranker=RankerConfig(str(model_dir)), depth=10, partitions=3, rows_per_call=16))
     out = trec.read_trec_run(tmp_path / "rerank.trec")
     assert manifest["counts"]["pairs_scored"] + manifest["counts"]["tail_rows"] == out.num_rows == first.num_rows
     assert manifest["counts"]["pairs_scored"] == first.filter(
@@ -69,7 +70,7 @@ def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
 
     # all weight on the first stage: the rescored hits come back in BM25's order (a new stage key)
     blended = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "blend.trec",
-                         RerankConfig(model=str(model_dir), depth=10, partitions=3, rows_per_call=16,
+                         RerankConfig(ranker=RankerConfig(str(model_dir)), depth=10, partitions=3, rows_per_call=16,
                                       first_stage_weight=1.0))
     assert blended["counts"]["pairs_scored"] == manifest["counts"]["pairs_scored"]
     bm25_score = {(q, d): sc for q, d, sc in zip(*(first.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID,
@@ -97,8 +98,8 @@ def test_rerank_with_a_cross_encoder_keeps_every_pair_and_matches_a_direct_forwa
     trec.write_trec_run(first, tmp_path / "bm25.trec")
 
     manifest = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "rerank.trec",
-                          RerankConfig(model=str(model_dir), depth=12, partitions=2, rows_per_call=7, batch_size=3,
-                                       max_length=128))
+                          RerankConfig(ranker=RankerConfig(str(model_dir), batch_size=3, max_length=128), depth=12,
+                                       partitions=2, rows_per_call=7))
     out = trec.read_trec_run(tmp_path / "rerank.trec")
     # every pair of the first-stage run comes back, once
     pairs = set(zip(first.column(S.QUERY_ID).to_pylist(), first.column(S.DOC_ID).to_pylist()))
@@ -121,7 +122,7 @@ def test_actors_running_two_calls_at_once_score_as_one_at_a_time(ray_session, tm
     import pyarrow as pa
     import ray
 
-    from inpars_ray.models.rankers import RankerConfig, score_dataset
+    from inpars_ray.models.rankers import score_dataset
     from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
 
     config = RankerConfig(str(build_tiny_cross_encoder(tmp_path / "ce")), batch_size=3, max_length=64)
@@ -151,8 +152,8 @@ def test_hits_naming_an_unknown_document_or_query_are_counted_not_scored(ray_ses
     lines += [f"{qid} Q0 no-such-doc 4 5.0 bm25", f"no-such-query Q0 {doc_ids[0]} 1 9.0 bm25"]
     (tmp_path / "first.trec").write_text("\n".join(lines) + "\n")
     manifest = rerank_run(collection, tmp_path / "first.trec", tmp_path / "out.trec",
-                          RerankConfig(model=str(build_tiny_cross_encoder(tmp_path / "ce")), depth=10,
-                                       max_length=64, partitions=2))
+                          RerankConfig(ranker=RankerConfig(str(build_tiny_cross_encoder(tmp_path / "ce")), max_length=64),
+                                       depth=10, partitions=2))
     assert manifest["counts"]["pairs_scored"] == 3 and manifest["counts"]["pairs_unknown"] == 2
     out = trec.read_trec_run(tmp_path / "out.trec")
     assert sorted(out.column(S.DOC_ID).to_pylist()) == sorted(doc_ids[:3])

@@ -6,6 +6,7 @@ import pytest
 
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stages.consistency import INCONSISTENT, SOURCE_RANK, ConsistencyConfig, consistency_split, source_ranks
 
 
@@ -47,6 +48,8 @@ def test_split_keeps_top_k_and_accounts_for_every_candidate():
 
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="deeper"):
-        ConsistencyConfig(model="m", k=5, depth=3)
+        ConsistencyConfig(ranker=RankerConfig(model="m"), k=5, depth=3)
     with pytest.raises(ConfigError, match="model"):
-        ConsistencyConfig(model="")
+        ConsistencyConfig(ranker=RankerConfig(model=""))
+    with pytest.raises(ConfigError, match="ranker"):  # the ranker block is required
+        ConsistencyConfig()  # type: ignore[call-arg]

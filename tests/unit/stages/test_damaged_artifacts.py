@@ -15,6 +15,7 @@ from inpars_ray.errors import ArtifactDamagedError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import resolve
 from inpars_ray.io.manifest import StageRecord, read_manifest
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stages import filter as F
 from inpars_ray.stages import mine as M
 from inpars_ray.stages.consistency import ConsistencyConfig, run_consistency
@@ -56,7 +57,7 @@ def test_consistency_stops_on_a_damaged_candidate_part_and_marks_the_filter_for_
     flip_a_data_byte(part)
     with pytest.raises(ArtifactDamagedError, match="kept/part-0.parquet"):
         run_consistency(tmp_path / "filter", resolve("bundled/tiny-science"), tmp_path / "index",
-                        tmp_path / "out", ConsistencyConfig(model="some/ranker"))
+                        tmp_path / "out", ConsistencyConfig(ranker=RankerConfig(model="some/ranker")))
     manifest = read_manifest(tmp_path / "filter")
     assert manifest["status"] == "damaged" and manifest["damaged"] == ["kept/part-0.parquet"]
 

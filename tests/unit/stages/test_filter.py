@@ -9,6 +9,7 @@ import pytest
 
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError, FormatError
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.runtime import exchange
 from inpars_ray.stages import filter as F
 
@@ -61,7 +62,7 @@ def test_classify_token_range_and_aggregates():
 
 def test_reranker_classify_carries_document_text_not_score():
     t = joined_rows([{"q": "why do cells divide", "lp": [-1.0] * 4, "title": "T", "text": " body "}])
-    out = F.classify(t, F.FilterConfig(strategy="reranker", model="m"))
+    out = F.classify(t, F.FilterConfig(strategy="reranker", ranker=RankerConfig(model="m")))
     assert out.column(F._DOC).to_pylist() == ["T body"]
     assert S.FILTER_SCORE not in out.column_names
 
@@ -130,7 +131,7 @@ def test_hash_split_is_a_partition():
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="needs a ranker"):
         F.FilterConfig(strategy="reranker")
     with pytest.raises(ConfigError):
         F.FilterConfig(aggregate="median")

@@ -77,8 +77,14 @@ def test_backend_errors_are_retried_and_superseded(tmp_path):
 
 
 def test_a_document_is_done_only_when_every_one_of_its_queries_is(tmp_path):
-    from inpars_ray.stages.generate import BACKEND_ERROR, PARTS, completed_doc_ids, generated_query_id, read_generated
-    from inpars_ray.stages.generate import write_part
+    from inpars_ray.stages.generate import (
+        BACKEND_ERROR,
+        PARTS,
+        completed_doc_ids,
+        generated_query_id,
+        read_generated,
+        write_part,
+    )
 
     def rows(pairs):
         n = len(pairs)

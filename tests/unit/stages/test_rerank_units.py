@@ -6,6 +6,7 @@ import pytest
 
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError
+from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stages.rerank import FIRST_STAGE_SCORE, RerankConfig, blend_first_stage, rank_by_score, rank_with_tail
 
 
@@ -54,7 +55,7 @@ def test_blend_needs_the_first_stage_score_and_a_weight_in_range():
     with pytest.raises(Exception, match=FIRST_STAGE_SCORE):
         blend_first_stage(_scored(ROWS).drop_columns([FIRST_STAGE_SCORE]), 0.3)
     with pytest.raises(ConfigError, match="first_stage_weight"):
-        RerankConfig(model="m", first_stage_weight=1.5)
+        RerankConfig(ranker=RankerConfig(model="m"), first_stage_weight=1.5)
 
 
 def test_tail_ranks_follow_each_querys_rescored_hits_and_a_query_without_any_starts_at_one():
