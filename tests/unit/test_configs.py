@@ -55,6 +55,11 @@ def test_bad_value_and_override_paths():
             config.inpars.train.seed} == {7}
     with pytest.raises(ConfigError, match="set inpars.seed instead"):
         load_config(overrides=["inpars.mine.seed=3"])
+    # a ranker setting written flat in its stage's section names the one ranker block it now lives in
+    with pytest.raises(ConfigError, match=r"inpars\.rerank\.max_length is now inpars\.rerank\.ranker\.max_length"):
+        load_config(overrides=["inpars.rerank.max_length=64"])
+    with pytest.raises(ConfigError, match=r"inpars\.filter\.model is now inpars\.filter\.ranker\.model"):
+        load_config(overrides=["inpars.filter.model=some/ranker"])
 
 
 def test_print_config_round_trips(tmp_path: Path, capsys):
