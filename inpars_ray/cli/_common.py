@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 #: argparse dest prefix of config options (dotted field paths follow it)
@@ -182,3 +182,19 @@ def log_beside(out: str) -> None:
     from inpars_ray.runtime import progress
 
     progress.attach_log(progress.log_file(storage.location(out).parent))
+
+
+def run_stage(args: argparse.Namespace, stage: str, out: str, call: Callable[[Any, Any], dict]) -> dict[str, Any]:
+    """What every stage verb does around its stage: resolve ``--dataset``, send the log beside ``out``, start
+    or join Ray, then run ``call(collection, load_config)`` under the stage's progress line. Returns the
+    stage's manifest (its ``counts`` are what the verb prints)."""
+    from inpars_ray.io import catalog
+    from inpars_ray.io.load import LoadConfig
+    from inpars_ray.runtime import progress
+    from inpars_ray.runtime.raykit import ensure_ray
+
+    collection = catalog.resolve(args.dataset, args.cache_dir)
+    log_beside(out)
+    ensure_ray(args.ray_address, args.num_cpus)
+    with progress.stage(stage):
+        return call(collection, LoadConfig(skip_bad_rows=args.skip_bad_rows))

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
-from inpars_ray.runtime import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, run_stage
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,18 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray.io import catalog
-    from inpars_ray.io.load import LoadConfig
-    from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages.consistency import ConsistencyConfig, run_consistency
 
     config = config_from_args(ConsistencyConfig, args)
-    collection = catalog.resolve(args.dataset, args.cache_dir)
-    log_beside(args.out)
-    ensure_ray(args.ray_address, args.num_cpus)
-    with progress.stage("consistency"):
-        counts = run_consistency(args.candidates, collection, args.index, args.out, config,
-                                 LoadConfig(skip_bad_rows=args.skip_bad_rows)).get("counts", {})
+    counts = run_stage(args, "consistency", args.out, lambda collection, load: run_consistency(
+        args.candidates, collection, args.index, args.out, config, load)).get("counts", {})
     print(f"kept {counts.get('kept')} of {counts.get('candidates')} candidate queries in {args.out}"
           f" ({counts.get('source_not_retrieved', 0)} whose source BM25 did not retrieve)")
     return 0

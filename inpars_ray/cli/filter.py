@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
-from inpars_ray.runtime import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, run_stage
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,18 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray.io import catalog
-    from inpars_ray.io.load import LoadConfig
-    from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages.filter import FilterConfig, run_filter
 
     config = config_from_args(FilterConfig, args)
-    collection = catalog.resolve(args.dataset, args.cache_dir)
-    log_beside(args.out)
-    ensure_ray(args.ray_address, args.num_cpus)
-    with progress.stage("filter"):
-        counts = run_filter(args.queries, collection, args.out, config,
-                            LoadConfig(skip_bad_rows=args.skip_bad_rows)).get("counts", {})
+    counts = run_stage(args, "filter", args.out, lambda collection, load: run_filter(
+        args.queries, collection, args.out, config, load)).get("counts", {})
     dropped = {k.removeprefix("dropped_"): v for k, v in counts.items() if k.startswith("dropped_") and v}
     print(f"kept {counts.get('kept')} of {counts.get('input_rows')} queries in {args.out}/kept; dropped: {dropped}")
     return 0

@@ -6,8 +6,7 @@ import json
 import logging
 from typing import Any
 
-from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
-from inpars_ray.runtime import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from inpars_ray.io.catalog import resolve
-    from inpars_ray.io.load import LoadConfig
     from inpars_ray.models.local_models import is_local, resolve_model
-    from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages.generate import GenerateConfig, GenerateResources, run_generate
 
     config = config_from_args(GenerateConfig, args, backend_options=tuple(sorted(args.backend_option)))
@@ -56,11 +52,7 @@ def run(args: argparse.Namespace) -> int:
         models_dir = None if "://" in args.out else os.path.join(args.out, "models")
         config = dataclasses.replace(config, model=resolve_model(config.model, models_dir))
     resources = config_from_args(GenerateResources, args)
-    collection = resolve(args.dataset, args.cache_dir)
-    log_beside(args.out)
-    ensure_ray(args.ray_address, args.num_cpus)
-    with progress.stage("generate"):
-        manifest = run_generate(collection, args.out, config, resources,
-                                LoadConfig(skip_bad_rows=args.skip_bad_rows))
+    manifest = run_stage(args, "generate", args.out,
+                         lambda collection, load: run_generate(collection, args.out, config, resources, load))
     logger.info("generate: %s", ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items()))
     return 0

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
-from inpars_ray.runtime import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, run_stage
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,19 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray.io import catalog
-    from inpars_ray.io.load import LoadConfig
-    from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages import index
 
     config = config_from_args(index.IndexConfig, args)
-    collection = catalog.resolve(args.dataset, args.cache_dir)
-    log_beside(args.index_dir)
-    ensure_ray(args.ray_address, args.num_cpus)
-    with progress.stage("index"):
-        manifest = index.build_index(collection, args.index_dir, LoadConfig(skip_bad_rows=args.skip_bad_rows),
-                                    config)
-    counts = manifest.get("counts", {})
+    counts = run_stage(args, "index", args.index_dir, lambda collection, load: index.build_index(
+        collection, args.index_dir, load, config)).get("counts", {})
     print(f"indexed {counts.get('documents')} documents into {args.index_dir} "
           f"({counts.get('bad_rows', 0)} bad rows left out)")
     return 0

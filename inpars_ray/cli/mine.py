@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
-from inpars_ray.runtime import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, run_stage
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,18 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray.io import catalog
-    from inpars_ray.io.load import LoadConfig
-    from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages.mine import MineConfig, export_tsv, run_mine
 
     config = config_from_args(MineConfig, args)
-    collection = catalog.resolve(args.dataset, args.cache_dir)
-    log_beside(args.out)
-    ensure_ray(args.ray_address, args.num_cpus)
-    with progress.stage("mine"):
-        counts = run_mine(args.queries, collection, args.index_dir, args.out, config,
-                          LoadConfig(skip_bad_rows=args.skip_bad_rows)).get("counts", {})
+    counts = run_stage(args, "mine", args.out, lambda collection, load: run_mine(
+        args.queries, collection, args.index_dir, args.out, config, load)).get("counts", {})
     tsv = None if args.no_tsv else export_tsv(args.out)
     print(f"{counts.get('triples')} triples for {counts.get('queries')} queries in {args.out}/triples"
           f"{f' and {tsv}' if tsv else ''}; {counts.get('short_queries')} queries got fewer than "

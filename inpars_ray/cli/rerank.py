@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
-from inpars_ray.runtime import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, run_stage
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,18 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inpars_ray.io import catalog
-    from inpars_ray.io.load import LoadConfig
-    from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages.rerank import RerankConfig, rerank_run
 
     config = config_from_args(RerankConfig, args)
-    collection = catalog.resolve(args.dataset, args.cache_dir)
-    log_beside(args.out)
-    ensure_ray(args.ray_address, args.num_cpus)
-    with progress.stage("rerank"):
-        counts = rerank_run(collection, args.run, args.out, config,
-                            LoadConfig(skip_bad_rows=args.skip_bad_rows)).get("counts", {})
+    counts = run_stage(args, "rerank", args.out, lambda collection, load: rerank_run(
+        collection, args.run, args.out, config, load)).get("counts", {})
     print(f"reranked {counts.get('pairs_scored')} pairs of {counts.get('queries')} queries into {args.out}"
           f" ({counts.get('pairs_unknown', 0)} hits naming unknown documents or queries left out)")
     return 0

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, log_beside
-from inpars_ray.runtime import progress
+from inpars_ray.cli._common import add_config_options, add_dataset, add_ray, config_from_args, run_stage
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from inpars_ray.io import catalog
-    from inpars_ray.io.load import LoadConfig
-    from inpars_ray.runtime.raykit import ensure_ray
     from inpars_ray.stages import retrieve
 
     config = config_from_args(retrieve.RetrieveConfig, args)
@@ -34,12 +30,7 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, split=None)
     if args.keep_query_docid:
         config = dataclasses.replace(config, bm25=dataclasses.replace(config.bm25, remove_query=False))
-    collection = catalog.resolve(args.dataset, args.cache_dir)
-    log_beside(args.out)
-    ensure_ray(args.ray_address, args.num_cpus)
-    with progress.stage("retrieve"):
-        manifest = retrieve.retrieve_to_file(collection, args.index_dir, args.out, config,
-                                         LoadConfig(skip_bad_rows=args.skip_bad_rows))
-    counts = manifest.get("counts", {})
+    counts = run_stage(args, "retrieve", args.out, lambda collection, load: retrieve.retrieve_to_file(
+        collection, args.index_dir, args.out, config, load)).get("counts", {})
     print(f"wrote {counts.get('hits')} hits for {counts.get('queries')} queries to {args.out}")
     return 0
