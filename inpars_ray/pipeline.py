@@ -186,11 +186,14 @@ def run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | Non
         return _run_pipeline(config, cache_dir)
 
 
-def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def _begin(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None, name: str) -> tuple:
+    """How every entry point begins: the run root (made; a local one on many nodes fails here, before any
+    work), its record ``name``, the collection, the stage configs and the index. Returns
+    (run root, record, collection, stage configs, index manifest)."""
     out = storage.location(config.out_dir)  # absolute: Ray workers run in other folders
-    storage.check_reachable(out)  # a local run root on many nodes fails here, before any work
+    storage.check_reachable(out)
     out.mkdir()
-    record = StageRecord("pipeline", config)
+    record = StageRecord(name, config)
     collection = catalog.resolve(config.dataset, cache_dir)
     if collection.source:  # a built collection (irds:): the resolved ids and versions it came from
         record.extra["collection"] = collection.source
@@ -198,6 +201,11 @@ def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | No
     with _Stage(record, "index") as stage:
         index_manifest = index.build_index(collection, (out / "index").uri, config.load, config.index)
         stage.done(index_manifest)
+    return out, record, collection, stages, index_manifest
+
+
+def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    out, record, collection, stages, index_manifest = _begin(config, cache_dir, "pipeline")
     run_path = out / "bm25" / f"run.{config.split}.trec"
     with _Stage(record, "retrieve") as stage:
         retrieve_manifest = retrieve.retrieve_to_file(collection, (out / "index").uri, run_path.uri,
@@ -308,16 +316,7 @@ def run_tune(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = 
 def run_synthetic(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> tuple:
     """index -> generate -> filter (-> consistency) -> mine, each resumed through its manifest (what a tune
     sweep starts from). Returns (run root, stage configs, collection, record, the stages' manifests)."""
-    out = storage.location(config.out_dir)
-    storage.check_reachable(out)
-    out.mkdir()
-    record = StageRecord("tune_run", config)
-    collection = catalog.resolve(config.dataset, cache_dir)
-    if collection.source:  # a built collection (irds:): the resolved ids and versions it came from
-        record.extra["collection"] = collection.source
-    stages = stage_configs(config, out)
-    with _Stage(record, "index") as stage:
-        stage.done(index.build_index(collection, (out / "index").uri, config.load, config.index))
+    out, record, collection, stages, _ = _begin(config, cache_dir, "tune_run")
     return out, stages, collection, record, _synthetic(config, stages, collection, out, record)
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -119,3 +119,25 @@ class BeirWriter:
 def _after(first: str, rest: Iterable[str]) -> Iterable[str]:
     yield first
     yield from rest
+
+
+#: the splits of a collection built here, each query in exactly one
+SPLITS = ("train", "dev", "test")
+
+
+def split_counts(splits: Mapping[str, str]) -> dict[str, int]:
+    """Queries per split, from query id -> split."""
+    return {split: sum(s == split for s in splits.values()) for split in SPLITS}
+
+
+def write_single_judged(out_dir: str | os.PathLike[str], docs: Iterable[Mapping[str, Any]],
+                        queries: Sequence[Mapping[str, Any]], splits: Mapping[str, str], manifest: Mapping[str, Any],
+                        provenance: str) -> None:
+    """A built collection whose every query (``_id``, ``text``) has one relevant document, its ``doc``, judged
+    in the split ``splits`` gives it (the built-in collections, whose queries come from their own documents)."""
+    with BeirWriter(out_dir) as writer:
+        writer.corpus(docs)
+        writer.queries({"_id": q["_id"], "text": q["text"]} for q in queries)
+        for split in SPLITS:
+            writer.qrels(split, ((q["_id"], q["doc"], 1) for q in queries if splits[q["_id"]] == split))
+        writer.finish(manifest, provenance)

@@ -159,11 +159,8 @@ def parse_corpus_lines(lines: Iterable[bytes], path: str, first_line: int,
         doc_id = _string_field(obj, "_id", path, line, bad, required=True)
         if doc_id is None:
             continue
-        if not doc_id.strip():
-            bad.add(path, line, "empty '_id'")
-            continue
-        if any(c.isspace() for c in doc_id):
-            bad.add(path, line, f"'_id' {doc_id!r} contains whitespace, which TREC run files cannot carry")
+        if (problem := _id_problem(doc_id)) is not None:
+            bad.add(path, line, problem)
             continue
         text = _string_field(obj, "text", path, line, bad, required=True)
         title = _string_field(obj, "title", path, line, bad, required=False)
@@ -187,6 +184,15 @@ def parse_corpus_lines(lines: Iterable[bytes], path: str, first_line: int,
     return table, bad
 
 
+def _id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a document or query id (empty, or whitespace a TREC run cannot carry), or None."""
+    if not value.strip():
+        return "empty '_id'"
+    if any(c.isspace() for c in value):
+        return f"'_id' {value!r} contains whitespace, which TREC run files cannot carry"
+    return None
+
+
 def parse_queries_lines(lines: Iterable[bytes], path: str, first_line: int = 1) -> tuple[pa.Table, BadRows]:
     """Parse ``queries.jsonl`` lines into a :data:`schema.QUERIES` table plus bad rows."""
     ids, texts = [], []
@@ -197,11 +203,8 @@ def parse_queries_lines(lines: Iterable[bytes], path: str, first_line: int = 1) 
         text = _string_field(obj, "text", path, line, bad, required=True) if qid is not None else None
         if qid is None or text is None:
             continue
-        if not qid.strip():
-            bad.add(path, line, "empty '_id'")
-            continue
-        if any(c.isspace() for c in qid):
-            bad.add(path, line, f"'_id' {qid!r} contains whitespace, which TREC run files cannot carry")
+        if (problem := _id_problem(qid)) is not None:
+            bad.add(path, line, problem)
             continue
         if not text.strip():
             bad.add(path, line, f"query {qid!r} has empty text")

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from inpars_ray.errors import CollectionError, ConfigError
-from inpars_ray.io.beir_writer import BeirWriter
+from inpars_ray.io.beir_writer import split_counts, write_single_judged
 
 logger = logging.getLogger(__name__)
 
@@ -381,21 +381,16 @@ def build(out_dir: str | os.PathLike[str], root: str | os.PathLike[str] | None =
         raise CollectionError(f"man-pages: only {len(queries)} usable queries under {src} (sections "
                               f"{', '.join(used)}), fewer than the {test_queries} test + {dev_queries} dev asked for")
     splits = assign_splits(queries, test_queries, dev_queries)
-    split_counts = {split: sum(splits[q["_id"]] == split for q in queries) for split in ("train", "dev", "test")}
+    counted = split_counts(splits)
     manifest = {
         "spec": SPEC, "builder_version": BUILDER_VERSION, "man_folder": str(src), "sections": list(used),
-        "source_sha256": counts.pop("source_sha256"), "licence": LICENCE, "counts": counts, "qrels": split_counts,
+        "source_sha256": counts.pop("source_sha256"), "licence": LICENCE, "counts": counts, "qrels": counted,
         "rules": {"min_doc_words": MIN_DOC_WORDS, "max_doc_words": MAX_DOC_WORDS, "min_query_words":
                   MIN_QUERY_WORDS, "max_query_words": MAX_QUERY_WORDS, "min_command_docs": MIN_COMMAND_DOCS,
                   "skip_prefixes": list(SKIP_PREFIXES)},
     }
-    with BeirWriter(out_dir) as writer:
-        writer.corpus(docs)
-        writer.queries({"_id": q["_id"], "text": q["text"]} for q in queries)
-        for split in ("train", "dev", "test"):
-            writer.qrels(split, ((q["_id"], q["doc"], 1) for q in queries if splits[q["_id"]] == split))
-        writer.finish(manifest, _provenance(manifest))
-    logger.info("man-pages: %d documents, %d queries (%s) in %s", counts["documents"], len(queries), split_counts, out_dir)
+    write_single_judged(out_dir, docs, queries, splits, manifest, _provenance(manifest))
+    logger.info("man-pages: %d documents, %d queries (%s) in %s", counts["documents"], len(queries), counted, out_dir)
     return manifest
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from inpars_ray.errors import CollectionError
-from inpars_ray.io.beir_writer import BeirWriter
+from inpars_ray.io.beir_writer import split_counts, write_single_judged
 
 logger = logging.getLogger(__name__)
 
@@ -191,23 +191,18 @@ def build(out_dir: str | os.PathLike[str], root: str | os.PathLike[str] | None =
         raise CollectionError(f"python-docstrings: only {len(queries)} usable queries under {src}, "
                               f"fewer than the {test_queries} test + {dev_queries} dev asked for")
     splits = assign_splits(queries, test_queries, dev_queries)
-    split_counts = {split: sum(splits[q["_id"]] == split for q in queries) for split in ("train", "dev", "test")}
+    counted = split_counts(splits)
     manifest = {
         "spec": SPEC, "builder_version": BUILDER_VERSION, "python_version": platform.python_version(),
         "python_implementation": platform.python_implementation(), "stdlib_folder": str(src),
         "licence": "PSF-2.0 (Python Software Foundation License), the licence of the Python standard library",
-        "counts": counts, "qrels": split_counts,
+        "counts": counts, "qrels": counted,
         "rules": {"min_doc_words": MIN_DOC_WORDS, "min_query_words": MIN_QUERY_WORDS,
                   "max_query_words": MAX_QUERY_WORDS, "skip_dirs": sorted(SKIP_DIRS), "skip_files": sorted(SKIP_FILES)},
     }
-    with BeirWriter(out_dir) as writer:
-        writer.corpus(docs)
-        writer.queries({"_id": q["_id"], "text": q["text"]} for q in queries)
-        for split in ("train", "dev", "test"):
-            writer.qrels(split, ((q["_id"], q["doc"], 1) for q in queries if splits[q["_id"]] == split))
-        writer.finish(manifest, _provenance(manifest))
+    write_single_judged(out_dir, docs, queries, splits, manifest, _provenance(manifest))
     logger.info("python-docstrings: %d documents, %d queries (%s) in %s", counts["documents"], counts["queries"],
-                split_counts, out_dir)
+                counted, out_dir)
     return manifest
 
 
