@@ -56,15 +56,7 @@ def bundled_copy(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def gcs_url():
     """A GCS emulator for the session with a bucket ``inpars-runs``; ``STORAGE_EMULATOR_HOST`` points at it."""
-    from tests.support.gcs import gcs_emulator
+    from tests.support.gcs import emulator_host, gcs_emulator
 
-    old = os.environ.get("STORAGE_EMULATOR_HOST")
-    with gcs_emulator(("inpars-runs",)) as url:
-        os.environ["STORAGE_EMULATOR_HOST"] = url
-        try:
-            yield url
-        finally:
-            if old is None:
-                os.environ.pop("STORAGE_EMULATOR_HOST", None)
-            else:
-                os.environ["STORAGE_EMULATOR_HOST"] = old
+    with gcs_emulator(("inpars-runs",)) as url, emulator_host(url):
+        yield url

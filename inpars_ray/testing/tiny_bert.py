@@ -12,8 +12,9 @@ tokens and ``[CLS] A [SEP] B [SEP]`` pair template, so pairs get ``token_type_id
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from inpars_ray.runtime.deps import require
 from inpars_ray.testing.tiny_t5 import BUNDLED, _bundled_texts
@@ -56,32 +57,30 @@ def _bert_config(tokenizer, hidden: int, layers: int, heads: int, **extra):
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=tokenizer.pad_token_id, **extra)
 
 
-def build_tiny_cross_encoder(path: str | Path, *, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0,
-                             collection: Path = BUNDLED) -> Path:
-    """Write a random tiny ``BertForSequenceClassification`` (one label) + tokenizer to ``path``."""
+def _write(path: str | Path, seed: int, collection: Path, what: str, make: Callable[[Any, Any], Any]) -> Path:
+    """Seed torch, build ``make(transformers, tokenizer)`` and save it with the collection's tokenizer to ``path``."""
     torch = require("torch", "building the tiny BERT")
     transformers = require("transformers", "building the tiny BERT")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_wordpiece_tokenizer(collection)
     torch.manual_seed(seed)
-    model = transformers.BertForSequenceClassification(_bert_config(tokenizer, hidden, layers, heads, num_labels=1))
+    model = make(transformers, tokenizer)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    logger.info("tiny cross-encoder (%d parameters) written to %s", sum(p.numel() for p in model.parameters()), path)
+    logger.info("tiny %s (%d parameters) written to %s", what, sum(p.numel() for p in model.parameters()), path)
     return path
+
+
+def build_tiny_cross_encoder(path: str | Path, *, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0,
+                             collection: Path = BUNDLED) -> Path:
+    """Write a random tiny ``BertForSequenceClassification`` (one label) + tokenizer to ``path``."""
+    return _write(path, seed, collection, "cross-encoder", lambda tf, tok: tf.BertForSequenceClassification(
+        _bert_config(tok, hidden, layers, heads, num_labels=1)))
 
 
 def build_tiny_bi_encoder(path: str | Path, *, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0,
                           collection: Path = BUNDLED) -> Path:
     """Write a random tiny bare ``BertModel`` + tokenizer to ``path`` (a bi-encoder, or a cross-encoder's base)."""
-    torch = require("torch", "building the tiny BERT")
-    transformers = require("transformers", "building the tiny BERT")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_wordpiece_tokenizer(collection)
-    torch.manual_seed(seed)
-    model = transformers.BertModel(_bert_config(tokenizer, hidden, layers, heads), add_pooling_layer=False)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _write(path, seed, collection, "bi-encoder", lambda tf, tok: tf.BertModel(
+        _bert_config(tok, hidden, layers, heads), add_pooling_layer=False))

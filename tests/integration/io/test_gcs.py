@@ -1,7 +1,6 @@
 """gs:// collections, read in place through pyarrow, against a GCS emulator on loopback."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,29 +9,22 @@ from inpars_ray.io import catalog
 from inpars_ray.io.load import read_qrels, read_queries
 from inpars_ray.stages import index, retrieve
 from tests.conftest import BUNDLED
+from tests.support.gcs import emulator_host
 from tests.support.gcs import gcs_emulator as emulator
 
 
 @pytest.fixture(scope="module")
 def gcs_emulator():
     """The shared loopback emulator (tests/support/gcs.py) holding a copy of the bundled collection."""
-    with emulator(buckets=("inpars-test",)) as url:
-        old = os.environ.get("STORAGE_EMULATOR_HOST")
-        os.environ["STORAGE_EMULATOR_HOST"] = url
-        try:
-            from google.auth.credentials import AnonymousCredentials
-            from google.cloud import storage
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
 
-            bucket = storage.Client(project="test", credentials=AnonymousCredentials()).bucket("inpars-test")
-            for path in sorted(BUNDLED.rglob("*")):
-                if path.is_file():
-                    bucket.blob(f"tiny/{path.relative_to(BUNDLED)}").upload_from_filename(str(path))
-            yield url
-        finally:
-            if old is None:
-                os.environ.pop("STORAGE_EMULATOR_HOST", None)
-            else:
-                os.environ["STORAGE_EMULATOR_HOST"] = old
+    with emulator(buckets=("inpars-test",)) as url, emulator_host(url):
+        bucket = storage.Client(project="test", credentials=AnonymousCredentials()).bucket("inpars-test")
+        for path in sorted(BUNDLED.rglob("*")):
+            if path.is_file():
+                bucket.blob(f"tiny/{path.relative_to(BUNDLED)}").upload_from_filename(str(path))
+        yield url
 
 
 def test_gs_collection_reads_and_indexes_in_place(gcs_emulator, ray_session, tmp_path: Path):

@@ -26,6 +26,16 @@ def test_rank_by_score_orders_within_each_query_and_breaks_ties_by_doc_id():
         ("a", "d3", 1), ("a", "d1", 2), ("a", "d2", 3), ("b", "y", 1), ("b", "x", 2)]
 
 
+def _bm25_run(tmp_path: Path, n_queries: int, k: int):
+    """(the bundled collection, its queries, BM25's top ``k`` of its first ``n_queries``, written to bm25.trec)."""
+    collection = catalog.resolve(str(BUNDLED))
+    index.build_index(collection, tmp_path / "index")
+    queries, _ = read_queries(collection)
+    first = retrieve.retrieve(tmp_path / "index", queries.slice(0, n_queries), k=k)
+    trec.write_trec_run(first, tmp_path / "bm25.trec")
+    return collection, queries, first
+
+
 def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
     import transformers
 
@@ -33,11 +43,7 @@ def test_rerank_matches_direct_monot5_scores(ray_session, tmp_path: Path):
     from inpars_ray.testing.tiny_t5 import build_tiny_monot5
 
     model_dir = build_tiny_monot5(tmp_path / "monot5")
-    collection = catalog.resolve(str(BUNDLED))
-    index.build_index(collection, tmp_path / "index")
-    queries, _ = read_queries(collection)
-    first = retrieve.retrieve(tmp_path / "index", queries.slice(0, 6), k=20)
-    trec.write_trec_run(first, tmp_path / "bm25.trec")
+    collection, queries, first = _bm25_run(tmp_path, n_queries=6, k=20)
 
     manifest = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "rerank.trec",
                           RerankConfig(ranker=RankerConfig(str(model_dir)), depth=10, partitions=3, rows_per_call=16))
@@ -91,11 +97,7 @@ def test_rerank_with_a_cross_encoder_keeps_every_pair_and_matches_a_direct_forwa
     from inpars_ray.testing.tiny_bert import build_tiny_cross_encoder
 
     model_dir = build_tiny_cross_encoder(tmp_path / "ce")
-    collection = catalog.resolve(str(BUNDLED))
-    index.build_index(collection, tmp_path / "index")
-    queries, _ = read_queries(collection)
-    first = retrieve.retrieve(tmp_path / "index", queries.slice(0, 5), k=12)
-    trec.write_trec_run(first, tmp_path / "bm25.trec")
+    collection, queries, first = _bm25_run(tmp_path, n_queries=5, k=12)
 
     manifest = rerank_run(collection, tmp_path / "bm25.trec", tmp_path / "rerank.trec",
                           RerankConfig(ranker=RankerConfig(str(model_dir), batch_size=3, max_length=128), depth=12,
@@ -151,9 +153,9 @@ def test_hits_naming_an_unknown_document_or_query_are_counted_not_scored(ray_ses
     lines = [f"{qid} Q0 {d} {r} {10.0 - r} bm25" for r, d in enumerate(doc_ids[:3], 1)]
     lines += [f"{qid} Q0 no-such-doc 4 5.0 bm25", f"no-such-query Q0 {doc_ids[0]} 1 9.0 bm25"]
     (tmp_path / "first.trec").write_text("\n".join(lines) + "\n")
+    ranker = RankerConfig(str(build_tiny_cross_encoder(tmp_path / "ce")), max_length=64)
     manifest = rerank_run(collection, tmp_path / "first.trec", tmp_path / "out.trec",
-                          RerankConfig(ranker=RankerConfig(str(build_tiny_cross_encoder(tmp_path / "ce")), max_length=64),
-                                       depth=10, partitions=2))
+                          RerankConfig(ranker=ranker, depth=10, partitions=2))
     assert manifest["counts"]["pairs_scored"] == 3 and manifest["counts"]["pairs_unknown"] == 2
     out = trec.read_trec_run(tmp_path / "out.trec")
     assert sorted(out.column(S.DOC_ID).to_pylist()) == sorted(doc_ids[:3])

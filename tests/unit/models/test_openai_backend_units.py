@@ -128,29 +128,28 @@ def test_a_prompt_that_keeps_failing_gets_an_error_row_not_an_exception(echo):
         assert backend.usage()["failed_prompts"] == 2
 
 
+def _generate_timed(backend, prompt: str):
+    """(the generation of ``prompt``, seconds it took); the backend is closed after."""
+    try:
+        started = time.monotonic()
+        (gen,) = backend.generate([prompt], GenerationParams())
+        return gen, time.monotonic() - started
+    finally:
+        backend.close()
+
+
 def test_retry_after_is_honoured_and_an_overlong_one_is_not_waited_for(echo):
     """A 429's ``Retry-After`` sets the wait before the retry (the openai client's own back-off would be
     0.5 s at most); one beyond two minutes ends the prompt at once, as an error row, instead of waiting."""
     prompt = "Document: throttled\nRelevant Query:"
     with FaultProxy(echo.url, fail_rate=1.0, kinds=("429",), retry_after_ms=1500) as proxy:
         backend = _backend(proxy.url, max_retries=1)
-        try:
-            started = time.monotonic()
-            (gen,) = backend.generate([prompt], GenerationParams())
-            waited = time.monotonic() - started
-        finally:
-            backend.close()
+        gen, waited = _generate_timed(backend, prompt)
         assert "HTTP 429" in gen.error and proxy.attempts[prompt] == 2
         assert 1.5 <= waited < 10, waited
         assert backend.usage()["requests"] == 2 and backend.usage()["retries"] == 1
     with FaultProxy(echo.url, fail_rate=1.0, kinds=("429",), retry_after_ms=600_000) as proxy:
-        backend = _backend(proxy.url, max_retries=3)
-        try:
-            started = time.monotonic()
-            (gen,) = backend.generate([prompt], GenerationParams())
-            waited = time.monotonic() - started
-        finally:
-            backend.close()
+        gen, waited = _generate_timed(_backend(proxy.url, max_retries=3), prompt)
         assert "HTTP 429" in gen.error and proxy.attempts[prompt] == 1 and waited < 10, waited
 
 
