@@ -90,27 +90,35 @@ def jsonl_files(draw, kind: str) -> tuple[bytes, list[tuple[int, str, str, str]]
         st.tuples(st.just("blank"), blanks),
     ), max_size=12))
     bom = draw(st.booleans())
-    out, good, bad, seen = [], [], set(), set()
+    good: list[tuple[int, str, str, str]] = []
+    seen: set[str] = set()
+
+    def good_row(n: int, item: tuple) -> tuple[bytes, bool]:
+        _, doc_id, text, title, ascii_only = item
+        raw = _dump({"_id": doc_id, "text": text, **({"title": title} if kind == "corpus" else {})}, ascii_only)
+        if kind == "corpus" and len(text) + len(title) > MAX_DOC_CHARS:
+            return raw, False
+        if kind == "queries" and doc_id in seen:
+            return raw, False  # a duplicate query id
+        seen.add(doc_id)
+        good.append((n, doc_id, title, text))
+        return raw, True
+
+    data, bad = _file_bytes(draw, items, bom, good_row)
+    return data, good, bad
+
+
+def _file_bytes(draw, items: list[tuple], bom: bool, good_row) -> tuple[bytes, set[int]]:
+    """The file ``items`` make (a line each, with a drawn line end; a BOM first when ``bom``) and the numbers of
+    its lines that are bad rows: every "bad" item, and each "good" one that ``good_row(n, item)`` refuses."""
+    out, bad = [], set()
     for n, item in enumerate(items, start=1):
-        if item[0] == "good":
-            _, doc_id, text, title, ascii_only = item
-            obj = {"_id": doc_id, "text": text, **({"title": title} if kind == "corpus" else {})}
-            raw = _dump(obj, ascii_only)
-            if kind == "corpus" and len(text) + len(title) > MAX_DOC_CHARS:
-                bad.add(n)
-            elif kind == "queries" and doc_id in seen:
-                bad.add(n)  # a duplicate query id
-            else:
-                seen.add(doc_id)
-                good.append((n, doc_id, title, text))
-        elif item[0] == "bad":
-            raw = item[1]
+        raw, ok = good_row(n, item) if item[0] == "good" else (item[1], item[0] != "bad")
+        if not ok:
             bad.add(n)
-        else:
-            raw = item[1]
         out.append(raw + draw(line_ends))
     data = b"".join(out)
-    return (b"\xef\xbb\xbf" + data if bom else data), good, bad
+    return (b"\xef\xbb\xbf" + data if bom else data), bad
 
 
 @st.composite
@@ -133,24 +141,19 @@ def qrels_files(draw) -> tuple[bytes, set[str], list[tuple[int, str, str, int]],
     first = [("header", b"query-id\tcorpus-id\tscore")] if header else [draw(good_row)]
     items = first + draw(st.lists(st.one_of(good_row, bad_row, st.tuples(st.just("blank"), blanks)), max_size=12))
     bom = draw(st.booleans())
-    out, good, bad, seen = [], [], set(), set()
-    for n, item in enumerate(items, start=1):
-        if item[0] == "good":
-            _, q, d, rel = item
-            raw = f"{q}\t{d}\t{rel}".encode()
-            if (q, d) in seen:
-                bad.add(n)  # a duplicate judgement
-            else:
-                seen.add((q, d))
-                good.append((n, q, d, rel))
-        elif item[0] == "bad":
-            raw = item[1]
-            bad.add(n)
-        else:
-            raw = item[1]
-        out.append(raw + draw(line_ends))
-    data = b"".join(out)
-    return (b"\xef\xbb\xbf" + data if bom else data), known, good, bad
+    good: list[tuple[int, str, str, int]] = []
+    seen: set[tuple[str, str]] = set()
+
+    def good_row(n: int, item: tuple) -> tuple[bytes, bool]:
+        _, q, d, rel = item
+        if (q, d) in seen:
+            return f"{q}\t{d}\t{rel}".encode(), False  # a duplicate judgement
+        seen.add((q, d))
+        good.append((n, q, d, rel))
+        return f"{q}\t{d}\t{rel}".encode(), True
+
+    data, bad = _file_bytes(draw, items, bom, good_row)
+    return data, known, good, bad
 
 
 # --- the collection folder a file is read from -----------------------------------------------------------
