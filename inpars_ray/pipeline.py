@@ -38,6 +38,7 @@ from inpars_ray.models.rankers import replace_ranker
 from inpars_ray.runtime import progress
 from inpars_ray.stages import index, retrieve
 from inpars_ray.stages.evaluate import evaluate_files
+from inpars_ray.stages.train_config import model_location
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def stage_configs(config: PipelineConfig, out: storage.PathLike, resolve=resolve
     if ic is None:
         return stages
     filt = ic.filter
-    rerank_model = storage.join(out, "train", "model") if ic.rerank.ranker.model == TRAINED else \
+    rerank_model = model_location(storage.join(out, "train")).uri if ic.rerank.ranker.model == TRAINED else \
         resolve(ic.rerank.ranker.model, out)
     stages.update(
         generate=dataclasses.replace(ic.generate, model=resolve(ic.generate.model, out)),
@@ -187,9 +188,8 @@ def run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | Non
 
 
 def _begin(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None, name: str) -> tuple:
-    """How every entry point begins: the run root (made; a local one on many nodes fails here, before any
-    work), its record ``name``, the collection, the stage configs and the index. Returns
-    (run root, record, collection, stage configs, index manifest)."""
+    """How every entry point begins (a local run root on many nodes fails here, before any work). Returns
+    (run root, its record ``name``, collection, stage configs, index manifest), the index built or resumed."""
     out = storage.location(config.out_dir)  # absolute: Ray workers run in other folders
     storage.check_reachable(out)
     out.mkdir()
@@ -225,12 +225,12 @@ def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | No
 def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: catalog.Collection,
                 out: storage.Location, bm25_run: storage.Location, record: StageRecord) -> dict[str, Any]:
     """generate -> filter -> mine -> train -> rerank -> evaluate; returns the reranked run's measures."""
+    from inpars_ray.stages.generate import fewshot_query_ids
     from inpars_ray.stages.rerank import rerank_run
     from inpars_ray.stages.train import train
 
     synthetic = _synthetic(config, stages, collection, out, record)
-    gen, filt, consistent, mined, labelled = (synthetic[k] for k in ("generate", "filter", "consistency", "mine",
-                                                                      "teacher"))
+    gen, filt, consistent, mined, labelled = (synthetic[k] for k in ("generate", "filter", "consistency", "mine", "teacher"))
     with _Stage(record, "train") as stage:
         trained = train(synthetic["triples_dir"].uri, (out / "train").uri, stages["train"])
         stage.done(trained)
@@ -238,7 +238,7 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     with _Stage(record, "rerank") as stage:
         stage.done(rerank_run(collection, bm25_run.uri, rerank_path.uri, stages["rerank"], config.load))
     # query ids shown to the generator as few-shot examples (promptagator) are left out of evaluation
-    excluded = sorted(set((synthetic["generated_dir"] / "fewshot.json").read_json()["fewshot_query_ids"]))
+    excluded = sorted(set(fewshot_query_ids(synthetic["generated_dir"])))
     exclude_file = out / "rerank" / "excluded_queries.txt"
     exclude_file.write_text("".join(f"{q}\n" for q in excluded))
     if config.inpars is not None and config.inpars.zero_shot:
@@ -264,7 +264,7 @@ def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catal
     from inpars_ray.integrations.generated_data import IMPORT_FOLDER, import_generated
     from inpars_ray.stages.filter import run_filter
     from inpars_ray.stages.generate import run_generate
-    from inpars_ray.stages.mine import run_mine
+    from inpars_ray.stages.mine import TRIPLES_DIR, run_mine
 
     gen_dir, published = out / "generate", config.inpars.synthetic_data if config.inpars else None
     with _Stage(record, "generate") as stage:
@@ -285,14 +285,14 @@ def _synthetic(config: PipelineConfig, stages: dict[str, Any], collection: catal
         mined = run_mine(queries_dir.uri, collection, (out / "index").uri, (out / "mine").uri, stages["mine"],
                          config.load)
         stage.done(mined)
-    triples_dir, labelled = out / "mine" / "triples", {}
+    triples_dir, labelled = out / "mine" / TRIPLES_DIR, {}
     if "teacher" in stages:
-        from inpars_ray.stages.teacher import run_teacher
+        from inpars_ray.stages import teacher
 
         with _Stage(record, "teacher") as stage:
-            labelled = run_teacher(triples_dir.uri, (out / "teacher").uri, stages["teacher"])
+            labelled = teacher.run_teacher(triples_dir.uri, (out / "teacher").uri, stages["teacher"])
             stage.done(labelled)
-        triples_dir = out / "teacher" / "triples"
+        triples_dir = out / "teacher" / teacher.TRIPLES_DIR
     return {"generate": gen, "filter": filt, "consistency": consistent, "mine": mined, "teacher": labelled,
             "generated_dir": gen_dir, "queries_dir": queries_dir, "triples_dir": triples_dir}
 
@@ -382,7 +382,7 @@ def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: cat
     trained here on every candidate, as in the paper) must put a query's source document in the top
     ``consistency_k`` of its BM25 hits. Returns the folder the final mine reads, and the stage's manifest."""
     from inpars_ray.stages.consistency import ConsistencyConfig, run_consistency
-    from inpars_ray.stages.mine import run_mine
+    from inpars_ray.stages.mine import TRIPLES_DIR, run_mine
     from inpars_ray.stages.train import train
 
     filt, rr = stages["filter"], stages["rerank"]
@@ -393,8 +393,9 @@ def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: cat
             stage.done(run_mine((out / "filter").uri, collection, (out / "index").uri, (first / "mine").uri,
                                 stages["mine"], config.load))
         with _Stage(record, "train_candidates") as stage:
-            stage.done(train((first / "mine" / "triples").uri, (first / "train").uri, stages["train"]))
-        ranker = dataclasses.replace(rr.ranker, model=(first / "train" / "model").uri, family=None)  # rerank's settings
+            stage.done(train((first / "mine" / TRIPLES_DIR).uri, (first / "train").uri, stages["train"]))
+        # the rerank stage's ranker settings, the model trained here
+        ranker = dataclasses.replace(rr.ranker, model=model_location(first / "train").uri, family=None)
     check = ConsistencyConfig(ranker=ranker, k=filt.consistency_k, depth=filt.consistency_depth,
                               num_actors=rr.num_actors, rows_per_call=rr.rows_per_call, partitions=rr.partitions)
     with _Stage(record, "consistency") as stage:

@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 STAGE = "generate"
 PARTS = "parts"
+#: the prompt's name and its few-shot examples' query ids (those queries are left out of evaluation)
+FEWSHOT_FILE = "fewshot.json"
 #: prefix of error rows the backend reported (API refused, quota, out of memory...): unlike the stage's own
 #: deterministic errors (prompt too long, empty answer), these documents are generated again on a rerun
 BACKEND_ERROR = "backend error: "
@@ -361,7 +363,7 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
                           "use a new output folder or delete that one")
     (out / PARTS).mkdir()
     write_json_atomic(run_file, {"config_hash": config_hash(pinned), **pinned})
-    write_json_atomic(out / "fewshot.json", {"prompt": template.name, "fewshot_query_ids": list(template.fewshot_ids)})
+    write_json_atomic(out / FEWSHOT_FILE, {"prompt": template.name, "fewshot_query_ids": list(template.fewshot_ids)})
     if out.is_local:  # half-written parts of a killed run (an object store never shows an unfinished upload)
         for stale in (out / PARTS).local_path().glob(".*.tmp"):
             stale.unlink()
@@ -428,7 +430,7 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
                         actors_used=len(workers))
     if usage:  # tokens and cost of this run's API calls (never the key)
         record.extra["usage_this_run"] = {k: round(v, 6) for k, v in usage.items()}
-    files = artifacts.snapshot(out, PARTS, "fewshot.json")
+    files = artifacts.snapshot(out, PARTS, FEWSHOT_FILE)
     if final.num_rows != sampled * config.queries_per_doc:
         record.write(out, status="incomplete", files=files)
         raise InparsError(f"generate: {out / PARTS} holds {final.num_rows} query rows, expected {sampled} documents "
@@ -438,3 +440,8 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         return record.write(out, status="incomplete", files=files)
     answer_journal(out / PARTS, config, template).clear()  # every answer is in a part now (on this node)
     return record.write(out, files=files)
+
+
+def fewshot_query_ids(generate_dir: storage.PathLike) -> list[str]:
+    """The query ids of the few-shot examples a generate output (or published data read in its place) used."""
+    return list((storage.location(generate_dir) / FEWSHOT_FILE).read_json()["fewshot_query_ids"])

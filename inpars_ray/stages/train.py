@@ -45,7 +45,14 @@ from inpars_ray.io.manifest import (
 from inpars_ray.models.distill import POS_SCORE
 from inpars_ray.models.losses import group_triples, unit_id
 from inpars_ray.runtime.deps import require
-from inpars_ray.stages.train_config import DATA_STATE, GROUP_ROWS_PER_PARTITION, STAGE, TRAINER_STATE, TrainConfig
+from inpars_ray.stages.train_config import (
+    DATA_STATE,
+    GROUP_ROWS_PER_PARTITION,
+    STAGE,
+    TRAINER_STATE,
+    TrainConfig,
+    model_location,
+)
 from inpars_ray.stages.train_loop import train_loop_per_worker
 from inpars_ray.stages.train_tracking import mlflow_settings, write_history
 
@@ -208,12 +215,12 @@ def train(triples_dir: str | Path, out: storage.PathLike, config: TrainConfig, d
     if result.checkpoint is None:
         raise ConfigError(f"training produced no checkpoint: are there triples under {triples_dir}?")
     with record.timed("copy_model"):
-        model_manifest = copy_model(result.checkpoint, out.join("model"), config.family, config_hash(payload), config)
+        model_manifest = copy_model(result.checkpoint, model_location(out), config.family, config_hash(payload), config)
     history = _read_history(result.checkpoint)
     history_file = write_history(out, history)  # beside the model, for the report's training curves
     record.counts.update(steps=history[-1]["step"] if history else 0,
                          examples=sum(h["examples"] for h in history), workers=config.num_workers)
-    record.extra.update(model=out.join("model").uri, family=config.family, loss=config.loss,
+    record.extra.update(model=model_location(out).uri, family=config.family, loss=config.loss,
                         checkpoint=result.checkpoint.path, history=history, history_file=history_file,
                         **({"mlflow": {k: tracking[k] for k in ("tracking_uri", "experiment_name", "run_name")}}
                            if tracking else {}),

@@ -12,10 +12,13 @@ import dataclasses
 from typing import Literal, cast, get_args
 
 from inpars_ray.errors import ConfigError
+from inpars_ray.io import storage
 from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER, MONOT5, Family, Pooling
 from inpars_ray.stageconfig import Field, stage_config
 
 STAGE = "train"
+#: the trained model's folder inside a train output folder
+MODEL_DIR = "model"
 TRAINER_STATE = "trainer_state.pt"
 DATA_STATE = "data_state"
 Accelerator = Literal["cpu", "gpu", "tpu"]
@@ -161,3 +164,8 @@ def plan_steps(batch_size: int, micro_batch_size: int, num_workers: int, grouped
                           f"{micro_batch_size} x {num_workers}")
     accum = batch_size // per_step
     return StepPlan(micro_batch_size // per_row, accum, accum * micro_batch_size // per_row)
+
+
+def model_location(train_dir: storage.PathLike) -> storage.Location:
+    """Where the train stage writes the trained model under its output folder ``train_dir``."""
+    return storage.location(train_dir).join(MODEL_DIR)

@@ -360,6 +360,7 @@ def run_sweep(devset: dict[str, Any], devset_dir: storage.PathLike, out: storage
     from inpars_ray.io.manifest import config_hash
     from inpars_ray.stages import tune_report
     from inpars_ray.stages.devset import dev_paths
+    from inpars_ray.stages.train_config import model_location
 
     flat = config.resolved_space()
     check_space(flat, train, rerank_weight)
@@ -416,7 +417,7 @@ def run_sweep(devset: dict[str, Any], devset_dir: storage.PathLike, out: storage
                          trial_steps_planned=sum(t["planned_steps"] for t in trials),
                          errored=sum(1 for t in trials if t["error"]))
     record.extra.update(trials=trials, best=best, outputs=outputs, metric=METRIC,
-                        best_model=storage.location(ctx.trials_root).join(best["trial_id"], "model").uri,
+                        best_model=model_location(storage.location(ctx.trials_root).join(best["trial_id"])).uri,
                         best_settings=best_settings(best, flat), ray=ray.__version__)
     return record.write(out)
 
