@@ -127,8 +127,7 @@ def stage(collection, run_file: Path, out: Path, model_dir: str, batch: int, max
 
     # the ranker block and the stage's own settings; names neither has (threads) are recorded, not passed
     wanted = dict(model=model_dir, depth=10_000, max_length=max_length, batch_size=batch, num_actors=1,
-                  partitions=2, rows_per_call=4096, threads=threads, cpus_per_actor=threads, family="cross-encoder",
-                  torch_threads=threads)
+                  partitions=2, rows_per_call=4096, threads=threads, cpus_per_actor=threads, family="cross-encoder")
     ranker_fields = {f.name for f in dataclasses.fields(RankerConfig)}
     stage_fields = {f.name for f in dataclasses.fields(rerank.RerankConfig)} - {"ranker"}
     fields = ranker_fields | stage_fields

@@ -8,10 +8,8 @@ The settings are one typed :class:`~inpars_ray.config.PipelineConfig` that nests
 themselves; :func:`stage_configs` only fills in what the pipeline decides (model folders), so a setting
 cannot be forgotten on the way to its stage. Model names go through :func:`resolve_model`, the one
 place that turns a name into something a stage can load: ``local:tiny-lm`` and ``local:tiny-monot5``
-build tiny random models in ``out_dir/models`` (no download), which run the pipeline offline in minutes
-to show the mechanics (the reranker is untrained noise, not a result). Real runs name Hugging Face ids
-(e.g. EleutherAI/gpt-j-6B and castorini/monot5-3b-msmarco-10k, the InPars-v2 models, arXiv 2301.01820)
-in a YAML config.
+build tiny random models in ``out_dir/models`` (no download) that show the mechanics offline in minutes;
+real runs name Hugging Face ids (InPars-v2, arXiv 2301.01820: EleutherAI/gpt-j-6B, castorini/monot5-3b-msmarco-10k).
 
 The run root is a local folder or an object-store URI (``gs://bucket/prefix``): every artifact goes
 through :mod:`inpars_ray.io.storage`, written from whichever node does the work. On a Ray cluster of several
@@ -230,7 +228,8 @@ def _run_inpars(config: PipelineConfig, stages: dict[str, Any], collection: cata
     from inpars_ray.stages.train import train
 
     synthetic = _synthetic(config, stages, collection, out, record)
-    gen, filt, consistent, mined, labelled = (synthetic[k] for k in ("generate", "filter", "consistency", "mine", "teacher"))
+    gen, filt, consistent, mined, labelled = (synthetic[k] for k in ("generate", "filter", "consistency", "mine",
+                                                                      "teacher"))
     with _Stage(record, "train") as stage:
         trained = train(synthetic["triples_dir"].uri, (out / "train").uri, stages["train"])
         stage.done(trained)
@@ -394,10 +393,10 @@ def _consistency(config: PipelineConfig, stages: dict[str, Any], collection: cat
                                 stages["mine"], config.load))
         with _Stage(record, "train_candidates") as stage:
             stage.done(train((first / "mine" / TRIPLES_DIR).uri, (first / "train").uri, stages["train"]))
-        # the rerank stage's ranker settings, the model trained here
         ranker = dataclasses.replace(rr.ranker, model=model_location(first / "train").uri, family=None)
     check = ConsistencyConfig(ranker=ranker, k=filt.consistency_k, depth=filt.consistency_depth,
-                              num_actors=rr.num_actors, rows_per_call=rr.rows_per_call, partitions=rr.partitions)
+                              num_actors=rr.num_actors, num_gpus_per_actor=rr.num_gpus_per_actor,
+                              rows_per_call=rr.rows_per_call, partitions=rr.partitions)
     with _Stage(record, "consistency") as stage:
         manifest = run_consistency((out / "filter").uri, collection, (out / "index").uri,
                                    (out / "consistency").uri, check, config.load)
@@ -442,8 +441,9 @@ def _teacher_row(config: PipelineConfig, stages: dict[str, Any], collection: cat
     model the pseudo-labels come from."""
     from inpars_ray.stages.rerank import rerank_run
 
-    # the teacher's own ranker settings (model, family, length, batch, device), the rerank stage's depth and blend
-    rerank_config = dataclasses.replace(stages["rerank"], ranker=stages["teacher"].rankers[0])
+    tc = stages["teacher"]  # its ranker block and actors (a device goes with its GPUs); rerank's depth and blend
+    rerank_config = dataclasses.replace(stages["rerank"], ranker=tc.rankers[0], num_actors=tc.num_actors,
+                                        num_gpus_per_actor=tc.num_gpus_per_actor)
     run_path = out / "teacher-test" / f"run.{config.split}.trec"
     with _Stage(record, "rerank_teacher") as stage:
         stage.done(rerank_run(collection, bm25_run.uri, run_path.uri, rerank_config, config.load))

@@ -96,8 +96,9 @@ def _recipe(info: Any) -> list[str]:
                      f"{gen['doc_max_tokens']} tokens, decoding {json.dumps(gen['generation'])}; "
                      f"{counts.get('queries', '?')} queries, {counts.get('errors', 0)} failures")
     filt = manifests["filter"]["config"]["filter"]
+    scorer = (filt.get("ranker") or {}).get("model") or filt.get("model")  # a ranker block, or a flat key (older runs)
     lines.append(f"- **Filter**: strategy `{filt['strategy']}`, keep the top {filt['keep_top_k']}, "
-                 f"{filt['min_tokens']}-{filt['max_tokens']} tokens" + (f", scored by `{filt['ranker']['model']}`" if filt.get("ranker") else "")
+                 f"{filt['min_tokens']}-{filt['max_tokens']} tokens" + (f", scored by `{scorer}`" if scorer else "")
                  + f"; {manifests['kept'].get('counts', {}).get('kept', '?')} queries kept"
                  + (" (then InPars-light's consistency check)" if manifests["kept"].get("stage") == "consistency" else ""))
     mine = ic["mine"]

@@ -73,7 +73,7 @@ class InparsReranker(pt.Transformer):  # type: ignore[name-defined]  # a class o
             batch_size: pairs per forward pass (bi-encoder: texts per forward pass).
             text_field: the input column holding the document text.
             device: torch device (``cpu``, ``cuda``, ``cuda:1``).
-            max_length: tokens per input, as the rerank stage's ``max_length``.
+            max_length: tokens per input, as the rerank stage's ``ranker.max_length``.
             first_stage_weight: weight of the incoming ``score`` in the final one: per query both scores are
                 min-max scaled to [0, 1] and mixed as ``(1-w)*ranker + w*first stage`` (0: the ranker alone).
             family: ``monot5``, ``cross-encoder`` or ``bi-encoder``; None reads it from the checkpoint.

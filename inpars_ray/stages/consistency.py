@@ -56,6 +56,8 @@ class ConsistencyConfig:
                    "(InPars-light: 3)")
     depth: int = Field(100, ge=1, description="BM25 hits per candidate query that the ranker reorders")
     num_actors: int = Field(1, ge=1, description="ranker actors")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor reserves (0 on CPU; set it with "
+                                      "ranker.device cuda)")
     rows_per_call: int = Field(512, ge=1, description="pairs handed to an actor per call")
     partitions: int = Field(4, ge=1, description="hash partitions of the join with the corpus and of the "
                             "regrouping by query")
@@ -162,7 +164,8 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
                                 queries=queries)
         pairs = joined.filter(lambda r: r[S.TEXT] is not None)
         ranker = config.ranker.resolved()
-        scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call)
+        scored = score_dataset(pairs, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call,
+                               num_gpus_per_actor=config.num_gpus_per_actor)
         ranks = hash_exchange([scored.select_columns([S.QUERY_ID, S.DOC_ID, S.SCORE, S.POS_DOC_ID])],
                               [S.QUERY_ID], config.partitions, _ranks_of_partition)
         parts = list(ranks.iter_batches(batch_format="pyarrow", batch_size=None))

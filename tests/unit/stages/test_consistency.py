@@ -53,3 +53,5 @@ def test_config_is_checked():
         ConsistencyConfig(ranker=RankerConfig(model=""))
     with pytest.raises(ConfigError, match="ranker"):  # the ranker block is required
         ConsistencyConfig()  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="num_gpus_per_actor"):  # a GPU reservation goes with ranker.device
+        ConsistencyConfig(ranker=RankerConfig(model="m", device="cuda"), num_gpus_per_actor=-1)
