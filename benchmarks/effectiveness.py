@@ -101,9 +101,9 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     """Each lever as a YAML overlay over the base config, in run order (levers that share the mine stage's
     settings are adjacent). Every overlay pins all the lever keys, so a lever means the same thing whatever
     the base config sets (``hard-labels`` stays InPars as before if the demo's recipe changes)."""
-    hard = {"inpars": {"teacher": None, "mine": {"negatives": 1},
+    hard = {"inpars": {"teacher": None, "mine": {"negatives": 1, "dense": None},
                        "train": {"loss": "contrastive", "query_only": False, "interpolate": 1.0}}}
-    teacher = {"inpars": {"teacher": {"rankers": [dict(teacher_ranker)]}, "mine": {"negatives": 4},
+    teacher = {"inpars": {"teacher": {"rankers": [dict(teacher_ranker)]}, "mine": {"negatives": 4, "dense": None},
                           "train": {"loss": "margin-mse", "query_only": False, "interpolate": 1.0}}}
     query_only = {"inpars": {"train": {"query_only": True}}}
     wise = {"inpars": {"train": {"interpolate": 0.5}}}
