@@ -43,23 +43,24 @@ def _fields(cls: type) -> Mapping[str, Any]:
 def _scalar(annotation: Any) -> type | None:
     """int/float/str/bool for ``T`` or ``T | None`` (a ``Literal`` of one of them counts as it); None for
     anything else (tuples, nested configs)."""
-    if annotation in (int, float, str, bool):
-        return annotation
     choices = _choices(annotation)
     if choices:
         return type(choices[0])
+    inner = _unless_none(annotation)
+    return inner if inner in (int, float, str, bool) else None
+
+
+def _unless_none(annotation: Any) -> Any:
+    """``T`` for ``T | None``; an annotation that is not such a union as it is; None for other unions."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and args[0] in (int, float, str, bool):
-            return args[0]
-    return None
+        return args[0] if len(args) == 1 else None
+    return annotation
 
 
 def _choices(annotation: Any) -> tuple[Any, ...] | None:
     """The values of a ``Literal[...]`` (or ``Literal[...] | None``) field, for argparse's ``choices``."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else None
+    annotation = _unless_none(annotation)
     if typing.get_origin(annotation) is typing.Literal:
         values = typing.get_args(annotation)
         return values if len({type(v) for v in values}) == 1 else None
@@ -68,9 +69,7 @@ def _choices(annotation: Any) -> tuple[Any, ...] | None:
 
 def _nested(annotation: Any) -> type | None:
     """The config class of a nested config field (``C`` or ``C | None``), else None."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else None
+    annotation = _unless_none(annotation)
     return annotation if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__") else None
 
 
