@@ -86,14 +86,14 @@ def main() -> int:
         model = Path(sweep["extra"]["best_model"]).parent.parent / trial["trial_id"] / "model"
         if trial["dev_ndcg@10"] is None or not (model / "manifest.json").is_file():
             continue
-        weight = trial["settings"].get("rerank.first_stage_weight", stages["rerank"].first_stage_weight)
+        weight = trial["settings"].get("rerank.first_stage_weight", stages.rerank.first_stage_weight)
         run_path = out / "tune" / "test-check" / trial["trial_id"] / f"run.{config.split}.trec"
         rerank_run(collection, bm25_run.uri, run_path.uri,
-                   replace_ranker(dataclasses.replace(stages["rerank"], first_stage_weight=weight), model=str(model),
+                   replace_ranker(dataclasses.replace(stages.rerank, first_stage_weight=weight), model=str(model),
                                   family=None),
                    config.load)
         result, _ = evaluate_files(collection, run_path.uri, config.split, ["nDCG@10"], exclude_file=exclude.uri)
-        dev_by_judge = _dev_ndcg(model, weight, stages["train"], judges)
+        dev_by_judge = _dev_ndcg(model, weight, stages.train, judges)
         rows.append({"trial_id": trial["trial_id"], "settings": trial["settings"], "dev_ndcg@10": trial["dev_ndcg@10"],
                      **{f"dev_ndcg@10_{name}": value for name, value in dev_by_judge.items()},
                      "test_ndcg@10": result.aggregate["nDCG@10"], "steps": trial["steps"],

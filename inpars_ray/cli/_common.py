@@ -13,6 +13,9 @@ import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+if typing.TYPE_CHECKING:
+    from inpars_ray.io.stage import StageResult
+
 #: argparse dest prefix of config options (dotted field paths follow it)
 _DEST = "cfg:"
 
@@ -183,10 +186,10 @@ def log_beside(out: str) -> None:
     progress.attach_log(progress.log_file(storage.location(out).parent))
 
 
-def run_stage(args: argparse.Namespace, stage: str, out: str, call: Callable[[Any, Any], dict]) -> dict[str, Any]:
+def run_stage(args: argparse.Namespace, stage: str, out: str, call: Callable[[Any, Any], StageResult]) -> StageResult:
     """What every stage verb does around its stage: resolve ``--dataset``, send the log beside ``out``, start
     or join Ray, then run ``call(collection, load_config)`` under the stage's progress line. Returns the
-    stage's manifest (its ``counts`` are what the verb prints)."""
+    stage's result (its ``counts`` are what the verb prints)."""
     from inpars_ray.io import catalog
     from inpars_ray.io.load import LoadConfig
     from inpars_ray.runtime import progress

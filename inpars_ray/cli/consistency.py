@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(ConsistencyConfig, args)
     counts = run_stage(args, "consistency", args.out, lambda collection, load: run_consistency(
-        args.candidates, collection, args.index, args.out, config, load)).get("counts", {})
+        args.candidates, collection, args.index, args.out, config, load)).counts
     print(f"kept {counts.get('kept')} of {counts.get('candidates')} candidate queries in {args.out}"
           f" ({counts.get('source_not_retrieved', 0)} whose source BM25 did not retrieve)")
     return 0

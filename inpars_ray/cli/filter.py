@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(FilterConfig, args)
     counts = run_stage(args, "filter", args.out, lambda collection, load: run_filter(
-        args.queries, collection, args.out, config, load)).get("counts", {})
+        args.queries, collection, args.out, config, load)).counts
     dropped = {k.removeprefix("dropped_"): v for k, v in counts.items() if k.startswith("dropped_") and v}
     print(f"kept {counts.get('kept')} of {counts.get('input_rows')} queries in {args.out}/kept; dropped: {dropped}")
     return 0

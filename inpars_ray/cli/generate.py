@@ -54,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
     resources = config_from_args(GenerateResources, args)
     manifest = run_stage(args, "generate", args.out,
                          lambda collection, load: run_generate(collection, args.out, config, resources, load))
-    logger.info("generate: %s", ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items()))
+    logger.info("generate: %s", ", ".join(f"{k}={v}" for k, v in manifest.counts.items()))
     return 0

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(index.IndexConfig, args)
     counts = run_stage(args, "index", args.index_dir, lambda collection, load: index.build_index(
-        collection, args.index_dir, load, config)).get("counts", {})
+        collection, args.index_dir, load, config)).counts
     print(f"indexed {counts.get('documents')} documents into {args.index_dir} "
           f"({counts.get('bad_rows', 0)} bad rows left out)")
     return 0

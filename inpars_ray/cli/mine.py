@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(MineConfig, args)
     counts = run_stage(args, "mine", args.out, lambda collection, load: run_mine(
-        args.queries, collection, args.index_dir, args.out, config, load)).get("counts", {})
+        args.queries, collection, args.index_dir, args.out, config, load)).counts
     tsv = None if args.no_tsv else export_tsv(args.out)
     print(f"{counts.get('triples')} triples for {counts.get('queries')} queries in {args.out}/triples"
           f"{f' and {tsv}' if tsv else ''}; {counts.get('short_queries')} queries got fewer than "

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(RerankConfig, args)
     counts = run_stage(args, "rerank", args.out, lambda collection, load: rerank_run(
-        collection, args.run, args.out, config, load)).get("counts", {})
+        collection, args.run, args.out, config, load)).counts
     print(f"reranked {counts.get('pairs_scored')} pairs of {counts.get('queries')} queries into {args.out}"
           f" ({counts.get('pairs_unknown', 0)} hits naming unknown documents or queries left out)")
     return 0

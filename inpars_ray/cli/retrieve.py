@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_query_docid:
         config = dataclasses.replace(config, bm25=dataclasses.replace(config.bm25, remove_query=False))
     counts = run_stage(args, "retrieve", args.out, lambda collection, load: retrieve.retrieve_to_file(
-        collection, args.index_dir, args.out, config, load)).get("counts", {})
+        collection, args.index_dir, args.out, config, load)).counts
     print(f"wrote {counts.get('hits')} hits for {counts.get('queries')} queries to {args.out}")
     return 0

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     with progress.stage("train"):
         manifest = train(args.triples, args.out, config, dev=dev, ray_address=args.ray_address,
                          num_cpus=args.num_cpus)
-    extra = manifest.get("extra", {})
-    logger.info("model: %s (steps=%s, loss %s -> %s)", extra.get("model"), manifest["counts"].get("steps"),
+    extra = manifest.extra
+    logger.info("model: %s (steps=%s, loss %s -> %s)", extra.get("model"), manifest.counts.get("steps"),
                 extra.get("first_loss"), extra.get("final_loss"))
     return 0

@@ -60,8 +60,8 @@ def _tune(config, args: argparse.Namespace) -> int:
     with run_lease(config.out_dir, purpose="inpars-ray tune"):
         log = progress.attach_log(progress.log_file(config.out_dir))
         progress.echo(f"log: {log}")
-        manifest = run_tune(config, args.cache_dir)
-        outputs = manifest["extra"]["outputs"]
+        swept = run_tune(config, args.cache_dir)
+        outputs = swept.extra["outputs"]
         print(storage.location(outputs["markdown"]).read_text(), end="")
-        print(f"\ntrials: {outputs['json']}\nplot:   {outputs['plot']}\nbest:   {manifest['extra']['best_yaml']}")
+        print(f"\ntrials: {outputs['json']}\nplot:   {outputs['plot']}\nbest:   {swept.extra['best_yaml']}")
         return 0

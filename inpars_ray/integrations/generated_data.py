@@ -36,7 +36,8 @@ from inpars_ray.errors import ConfigError, DownloadError, FormatError, InparsErr
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig, id_hashes, iter_lines, parse_corpus_lines
-from inpars_ray.io.manifest import StageRecord, collection_key, is_complete, read_manifest
+from inpars_ray.io.manifest import StageRecord, collection_key
+from inpars_ray.io.stage import StageResult, StageSpec, run_once
 
 logger = logging.getLogger(__name__)
 
@@ -272,10 +273,10 @@ def generated_row(obj: dict[str, Any], query_id: str, source: str) -> dict[str, 
 
 
 def import_generated(source: str, collection: Collection, out_dir: storage.PathLike,
-                     load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
+                     load_config: LoadConfig = LoadConfig()) -> StageResult:
     """Published synthetic queries as a generate-stage output in ``out_dir`` (``parts/``, ``fewshot.json``,
     ``rejected.parquet``, then the manifest, stage ``generate``), which the filter reads as it reads generated
-    queries. Returns the manifest; a rerun with the same file and collection does nothing.
+    queries. A rerun with the same file and collection does nothing.
 
     Every line is accounted for: ``rows`` = ``imported`` + ``unknown_document`` (+ ``bad_rows`` with
     ``skip_bad_rows``); each rejected row is listed (line, doc_id, query, reason) in ``rejected.parquet``.
@@ -287,61 +288,59 @@ def import_generated(source: str, collection: Collection, out_dir: storage.PathL
     info = path.stat()
     pinned = {"source": source, "file": {"name": path.name, "size": info.st_size, "mtime_ns": info.st_mtime_ns},
               "collection": collection_key(collection), "load": load_config}
-    if is_complete(out, "generate", pinned):
-        logger.info("synthetic data: %s is complete for %s; nothing to do", out, source)
-        return read_manifest(out) or {}
-    out.delete()
-    (out / PARTS).mkdir()
-    record = StageRecord("generate", pinned)
-    with record.timed("corpus_ids"):
-        known = corpus_id_hashes(collection, load_config)
-    counts = {"rows": 0, "imported": 0, UNKNOWN_DOCUMENT: 0, "bad_rows": 0}
-    rejected: list[dict[str, Any]] = []
-    fewshot: set[str] = set()
-    seen: dict[str, int] = {}
-    batch: list[dict[str, Any]] = []
-    part = 0
 
-    def flush() -> None:
-        nonlocal part, batch
-        if batch:
-            with (out / PARTS / f"part-{part:05d}.parquet").open_output() as fh:
-                pq.write_table(pa.Table.from_pylist(batch, schema=S.GENERATED), fh, **artifacts.PARQUET_WRITE)
-            part, batch = part + 1, []
+    def body(record: StageRecord) -> None:
+        with record.timed("corpus_ids"):
+            known = corpus_id_hashes(collection, load_config)
+        counts = {"rows": 0, "imported": 0, UNKNOWN_DOCUMENT: 0, "bad_rows": 0}
+        rejected: list[dict[str, Any]] = []
+        fewshot: set[str] = set()
+        seen: dict[str, int] = {}
+        batch: list[dict[str, Any]] = []
+        part = 0
 
-    with record.timed("import"):
-        for number, obj, why in _published_lines(path, load_config):
-            counts["rows"] += 1
-            if obj is None:
-                counts["bad_rows"] += 1
-                rejected.append({"line": number, S.DOC_ID: None, S.QUERY: None, "reason": why})
-                continue
-            doc_id = str(obj["doc_id"])
-            if not _holds(known, doc_id):
-                counts[UNKNOWN_DOCUMENT] += 1
-                query = obj.get("query", obj.get("question"))
-                rejected.append({"line": number, S.DOC_ID: doc_id, S.QUERY: query if isinstance(query, str) else None,
-                                 "reason": UNKNOWN_DOCUMENT})
-                continue
-            seen[doc_id] = seen.get(doc_id, 0) + 1
-            query_id = QUERY_ID_PREFIX + doc_id + (f"-{seen[doc_id]}" if seen[doc_id] > 1 else "")
-            row = generated_row(obj, query_id, source)
-            fewshot.update(row[S.FEWSHOT_IDS])
-            batch.append(row)
-            counts["imported"] += 1
-            if len(batch) == ROWS_PER_PART:
-                flush()
-        flush()
-    if counts["imported"] == 0:
-        raise InparsError(f"synthetic data {source}: none of its {counts['rows']} rows names a document of "
-                          f"{collection.spec} (is it the data of another collection?)")
-    if counts[UNKNOWN_DOCUMENT]:
-        logger.warning("synthetic data: %d of %d rows name documents absent from %s; listed in %s",
-                       counts[UNKNOWN_DOCUMENT], counts["rows"], collection.spec, (out / REJECTED).uri)
-    with (out / REJECTED).open_output() as fh:
-        pq.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), fh, **artifacts.PARQUET_WRITE)
-    (out / "fewshot.json").write_json({"prompt": PUBLISHED, "fewshot_query_ids": sorted(fewshot)})
-    record.counts.update(counts)
-    record.extra.update(source={"data": source, "file": str(path)}, prompt=PUBLISHED,
-                        fewshot_query_ids=sorted(fewshot), parts=PARTS)
-    return record.write(out, files=artifacts.snapshot(out, PARTS, "fewshot.json", REJECTED))
+        def flush() -> None:
+            nonlocal part, batch
+            if batch:
+                with (out / PARTS / f"part-{part:05d}.parquet").open_output() as fh:
+                    pq.write_table(pa.Table.from_pylist(batch, schema=S.GENERATED), fh, **artifacts.PARQUET_WRITE)
+                part, batch = part + 1, []
+
+        with record.timed("import"):
+            for number, obj, why in _published_lines(path, load_config):
+                counts["rows"] += 1
+                if obj is None:
+                    counts["bad_rows"] += 1
+                    rejected.append({"line": number, S.DOC_ID: None, S.QUERY: None, "reason": why})
+                    continue
+                doc_id = str(obj["doc_id"])
+                if not _holds(known, doc_id):
+                    counts[UNKNOWN_DOCUMENT] += 1
+                    query = obj.get("query", obj.get("question"))
+                    rejected.append({"line": number, S.DOC_ID: doc_id, S.QUERY: query if isinstance(query, str) else None,
+                                     "reason": UNKNOWN_DOCUMENT})
+                    continue
+                seen[doc_id] = seen.get(doc_id, 0) + 1
+                query_id = QUERY_ID_PREFIX + doc_id + (f"-{seen[doc_id]}" if seen[doc_id] > 1 else "")
+                row = generated_row(obj, query_id, source)
+                fewshot.update(row[S.FEWSHOT_IDS])
+                batch.append(row)
+                counts["imported"] += 1
+                if len(batch) == ROWS_PER_PART:
+                    flush()
+            flush()
+        if counts["imported"] == 0:
+            raise InparsError(f"synthetic data {source}: none of its {counts['rows']} rows names a document of "
+                              f"{collection.spec} (is it the data of another collection?)")
+        if counts[UNKNOWN_DOCUMENT]:
+            logger.warning("synthetic data: %d of %d rows name documents absent from %s; listed in %s",
+                           counts[UNKNOWN_DOCUMENT], counts["rows"], collection.spec, (out / REJECTED).uri)
+        with (out / REJECTED).open_output() as fh:
+            pq.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), fh, **artifacts.PARQUET_WRITE)
+        (out / "fewshot.json").write_json({"prompt": PUBLISHED, "fewshot_query_ids": sorted(fewshot)})
+        record.counts.update(counts)
+        record.extra.update(source={"data": source, "file": str(path)}, prompt=PUBLISHED,
+                            fewshot_query_ids=sorted(fewshot), parts=PARTS)
+
+    return run_once(StageSpec("generate", out, pinned, outputs=(PARTS, "fewshot.json", REJECTED)), body)
+

@@ -46,10 +46,10 @@ _VERSIONED = (
 
 def to_jsonable(obj: Any) -> Any:
     """Turn dataclasses, paths and containers into plain JSON values; URL passwords become ``***``."""
+    if isinstance(obj, Mapping):  # first: a stage's result is a dataclass that reads as its manifest
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, (Path, storage.Location)):

@@ -1,8 +1,8 @@
 """TREC run files (``qid Q0 docid rank score tag``), local or ``gs://``, and the manifest beside a run.
 
 One reader and one writer for every stage that reads or writes a run (retrieve, rerank, evaluate). A run
-file's manifest is ``<run>.manifest.json`` beside it (:func:`run_manifest_name`); :func:`completed_run`
-says whether a stage already completed that run from the very same config.
+file's manifest is ``<run>.manifest.json`` beside it (:func:`run_manifest_name`); :func:`run_spec`
+declares such a stage for :func:`inpars_ray.io.stage.run_once`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 
 from inpars_ray import schema as S
 from inpars_ray.io import storage
-from inpars_ray.io.manifest import is_complete, read_manifest
+from inpars_ray.io.stage import StageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,7 @@ def run_manifest_name(run_path: Path | storage.Location) -> str:
     return f"{run_path.name}.manifest.json"
 
 
-def completed_run(run_path: Path | storage.Location, stage: str, stage_config: Any) -> dict | None:
-    """The manifest of a run file that ``stage`` already completed from this very config, else None."""
-    if run_path.exists() and is_complete(run_path.parent, stage, stage_config, run_manifest_name(run_path)):
-        logger.info("%s run %s is complete for this config; nothing to do", stage, run_path)
-        return read_manifest(run_path.parent, run_manifest_name(run_path)) or {}
-    return None
+def run_spec(stage: str, run_path: storage.Location, key: Any) -> StageSpec:
+    """The declaration of a stage whose output is one run file: its manifest is ``<run>.manifest.json`` beside
+    it, so that several runs share a folder (a run's evaluation files live there too)."""
+    return StageSpec(stage, run_path.parent, key, outputs=(run_path.name,), manifest_name=run_manifest_name(run_path))

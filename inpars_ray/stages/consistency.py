@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +32,8 @@ from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, read_manifest
+from inpars_ray.io.manifest import StageRecord
+from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.schema import DROPPED_DIR, KEPT_DIR
 from inpars_ray.stageconfig import Field, stage_config
@@ -126,17 +126,11 @@ def _ranks_of_partition(batch: pa.Table) -> pa.Table:
 
 def run_consistency(candidates_dir: storage.PathLike, collection: Collection, index_dir: storage.PathLike,
                     out_dir: storage.PathLike, config: ConsistencyConfig,
-                    load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
+                    load_config: LoadConfig = LoadConfig()) -> StageResult:
     """Keep the candidates (a filter output folder or its ``kept/``) whose source document the ranker puts in
     its top ``k``; writes ``kept/``, ``dropped/`` and, last, the manifest listing them to ``out_dir`` (a local
-    folder or ``gs://...``) and returns the manifest. A rerun with the same inputs and config does nothing."""
-    import pyarrow.parquet as pq
-    import ray
-
+    folder or ``gs://...``). A rerun with the same inputs and config does nothing."""
     from inpars_ray.io.manifest import artifact_key, collection_key, input_key, published
-    from inpars_ray.models.rankers import score_dataset
-    from inpars_ray.runtime.exchange import hash_exchange
-    from inpars_ray.stages import retrieve
 
     out = storage.location(out_dir)
     storage.check_reachable(out, candidates_dir, index_dir)
@@ -145,12 +139,20 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
     stage_config = {"candidates": candidates_key, "dataset": collection_key(collection),
                     "index": input_key(index_dir, stage="index"), "model": artifact_key(config.ranker.model),
                     "consistency": config, "load": load_config}
-    if is_complete(out, STAGE, stage_config):
-        logger.info("consistency output in %s is complete for this config; nothing to do", out)
-        return read_manifest(out) or {}
-    for stale in (out / MANIFEST_NAME, out / KEPT_DIR, out / DROPPED_DIR):  # the manifest goes first
-        stale.delete()
-    record = StageRecord(STAGE, stage_config)
+    return run_once(StageSpec(STAGE, out, stage_config, outputs=(KEPT_DIR, DROPPED_DIR)),
+                    lambda record: _check(record, files, candidates_dir, collection, index_dir, out, config, load_config))
+
+
+def _check(record: StageRecord, files: list[storage.Location], candidates_dir: storage.PathLike,
+           collection: Collection, index_dir: storage.PathLike, out: storage.Location, config: ConsistencyConfig,
+           load_config: LoadConfig) -> None:
+    import pyarrow.parquet as pq
+    import ray
+
+    from inpars_ray.models.rankers import score_dataset
+    from inpars_ray.runtime.exchange import hash_exchange
+    from inpars_ray.stages import retrieve
+
     if not files:
         raise InparsError(f"consistency: no candidate queries (Parquet files) in {storage.location(candidates_dir)}")
     candidates = artifacts.read_parquet_table(files).select(S.FILTERED.names).cast(S.FILTERED)
@@ -181,4 +183,3 @@ def run_consistency(candidates_dir: storage.PathLike, collection: Collection, in
     record.counts.update(candidates=n_in, kept=kept.num_rows, **{f"dropped_{INCONSISTENT}": dropped.num_rows},
                          source_not_retrieved=n_in - len(r), source_rank_1=sum(x == 1 for x in r))
     record.extra["ranker"] = dataclasses.asdict(ranker)
-    return record.write(out, files=artifacts.snapshot(out, KEPT_DIR, DROPPED_DIR))

@@ -31,13 +31,8 @@ from inpars_ray import schema as S
 from inpars_ray.errors import CollectionError, ConfigError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
-from inpars_ray.io.manifest import (
-    MANIFEST_NAME,
-    StageRecord,
-    is_complete,
-    published,
-    read_complete_manifest,
-)
+from inpars_ray.io.manifest import StageRecord, published
+from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.stageconfig import Field, stage_config
 
 logger = logging.getLogger(__name__)
@@ -179,11 +174,10 @@ def _write_parquet(table: pa.Table, where: storage.Location) -> None:
 
 def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, index_dir: storage.PathLike,
                   collection: Any, out: storage.PathLike, config: DevSetConfig, bm25: Any = None,
-                  load_config: Any = None, teacher: Any = None) -> dict[str, Any]:
+                  load_config: Any = None, teacher: Any = None) -> StageResult:
     """Split the filtered queries (``queries_dir``: the filter's or consistency's output) and the mined triples
     (``triples_dir``) by source document; write the training triples, the dev pairs (BM25 top ``depth`` with
-    texts and BM25 scores) and dev qrels under ``out``; return the manifest (a rerun with the same inputs
-    returns it unchanged).
+    texts and BM25 scores) and dev qrels under ``out`` (a rerun with the same inputs returns the earlier result).
 
     ``collection`` is only read for document texts, through :class:`CorpusOnly`. ``teacher`` (a
     :class:`~inpars_ray.stages.teacher.TeacherConfig`) judges the dev pairs when ``config.judge`` is fused.
@@ -208,60 +202,55 @@ def build_dev_set(queries_dir: storage.PathLike, triples_dir: storage.PathLike, 
         from inpars_ray.io.manifest import artifact_key
 
         payload.update(teacher=teacher, teacher_models=[artifact_key(r.model) for r in teacher.rankers])
-    if is_complete(out, STAGE, payload):
-        return read_complete_manifest(out)
-    out.join(MANIFEST_NAME).delete()
-    record = StageRecord(STAGE, payload)
+    def body(record: StageRecord) -> None:
+        kept = _read(query_files, [S.QUERY_ID, S.QUERY, S.DOC_ID])
+        triples = _read(triple_files)
+        S.require_columns(triples.column_names, S.TRIPLES.names[:6], f"devset ({triples_dir})")
+        held = dev_documents(kept.column(S.DOC_ID).to_pylist(), config.fraction, config.seed)
+        dev_queries = kept.filter(pc.is_in(kept.column(S.DOC_ID), value_set=pa.array(sorted(held), pa.string())))
+        if dev_queries.num_rows > config.max_queries:
+            order = sorted(range(dev_queries.num_rows),
+                           key=lambda i: _rank_key(dev_queries.column(S.QUERY_ID)[i].as_py(), config.seed))
+            dev_queries = dev_queries.take(pa.array(sorted(order[:config.max_queries])))
+        train_part = split_triples(triples, held)
+        if train_part.num_rows == 0:
+            raise ConfigError("every triple's source document went to the dev set: lower tune.dev.fraction")
 
-    kept = _read(query_files, [S.QUERY_ID, S.QUERY, S.DOC_ID])
-    triples = _read(triple_files)
-    S.require_columns(triples.column_names, S.TRIPLES.names[:6], f"devset ({triples_dir})")
-    held = dev_documents(kept.column(S.DOC_ID).to_pylist(), config.fraction, config.seed)
-    dev_queries = kept.filter(pc.is_in(kept.column(S.DOC_ID), value_set=pa.array(sorted(held), pa.string())))
-    if dev_queries.num_rows > config.max_queries:
-        order = sorted(range(dev_queries.num_rows),
-                       key=lambda i: _rank_key(dev_queries.column(S.QUERY_ID)[i].as_py(), config.seed))
-        dev_queries = dev_queries.take(pa.array(sorted(order[:config.max_queries])))
-    train_part = split_triples(triples, held)
-    if train_part.num_rows == 0:
-        raise ConfigError("every triple's source document went to the dev set: lower tune.dev.fraction")
+        with record.timed("bm25"):
+            ds = retrieve_dataset(index_dir, ray.data.from_arrow(dev_queries.select([S.QUERY_ID, S.QUERY])),
+                                  config.depth, bm25)
+            hits = pa.concat_tables([pa.Table.from_batches([], S.RUN), *ray.get(ds.to_arrow_refs())],
+                                    promote_options="default")
+        with record.timed("texts"):
+            store = open_store(ensure_store(corpus, load_config))
+            texts = store.texts(hits.column(S.DOC_ID), missing="null", what="dev hit")
+            q_pos = pc.index_in(hits.column(S.QUERY_ID), value_set=dev_queries.column(S.QUERY_ID))
+            pairs = pa.table({S.QUERY_ID: hits.column(S.QUERY_ID), S.QUERY: dev_queries.column(S.QUERY).take(q_pos),
+                              S.DOC_ID: hits.column(S.DOC_ID), S.TEXT: texts,
+                              FIRST_STAGE_SCORE: hits.column(S.SCORE).cast(pa.float64())})
+            pairs = pairs.filter(pc.is_valid(pairs.column(S.TEXT)))
+        qrels = pa.table({S.QUERY_ID: dev_queries.column(S.QUERY_ID), S.DOC_ID: dev_queries.column(S.DOC_ID),
+                          S.RELEVANCE: pa.array([1] * dev_queries.num_rows, pa.int64())}, schema=S.QRELS)
+        sources = qrels
+        if config.judge == "fused" and pairs.num_rows:
+            with record.timed("judge"):
+                qrels = pseudo_qrels(pairs, _fused_scores(pairs, teacher, config.bm25_weight), sources,
+                                     config.pseudo_relevant)
+        found = pc.is_in(pc.binary_join_element_wise(sources.column(S.QUERY_ID), sources.column(S.DOC_ID), "\t"),
+                         value_set=pc.binary_join_element_wise(pairs.column(S.QUERY_ID), pairs.column(S.DOC_ID), "\t"))
 
-    with record.timed("bm25"):
-        ds = retrieve_dataset(index_dir, ray.data.from_arrow(dev_queries.select([S.QUERY_ID, S.QUERY])),
-                              config.depth, bm25)
-        hits = pa.concat_tables([pa.Table.from_batches([], S.RUN), *ray.get(ds.to_arrow_refs())],
-                                promote_options="default")
-    with record.timed("texts"):
-        store = open_store(ensure_store(corpus, load_config))
-        texts = store.texts(hits.column(S.DOC_ID), missing="null", what="dev hit")
-        q_pos = pc.index_in(hits.column(S.QUERY_ID), value_set=dev_queries.column(S.QUERY_ID))
-        pairs = pa.table({S.QUERY_ID: hits.column(S.QUERY_ID), S.QUERY: dev_queries.column(S.QUERY).take(q_pos),
-                          S.DOC_ID: hits.column(S.DOC_ID), S.TEXT: texts,
-                          FIRST_STAGE_SCORE: hits.column(S.SCORE).cast(pa.float64())})
-        pairs = pairs.filter(pc.is_valid(pairs.column(S.TEXT)))
-    qrels = pa.table({S.QUERY_ID: dev_queries.column(S.QUERY_ID), S.DOC_ID: dev_queries.column(S.DOC_ID),
-                      S.RELEVANCE: pa.array([1] * dev_queries.num_rows, pa.int64())}, schema=S.QRELS)
-    sources = qrels
-    if config.judge == "fused" and pairs.num_rows:
-        with record.timed("judge"):
-            qrels = pseudo_qrels(pairs, _fused_scores(pairs, teacher, config.bm25_weight), sources,
-                                 config.pseudo_relevant)
-    found = pc.is_in(pc.binary_join_element_wise(sources.column(S.QUERY_ID), sources.column(S.DOC_ID), "\t"),
-                     value_set=pc.binary_join_element_wise(pairs.column(S.QUERY_ID), pairs.column(S.DOC_ID), "\t"))
+        _write_parquet(train_part, out / TRAIN_DIR / "part-00000.parquet")
+        _write_parquet(pairs, out / PAIRS)
+        _write_parquet(qrels, out / QRELS)
+        grouped = train_part.group_by([S.QUERY_ID, S.POS_DOC_ID]).aggregate([]).num_rows
+        record.counts.update(documents_held_out=len(held), dev_queries=dev_queries.num_rows, dev_pairs=pairs.num_rows,
+                             dev_judged=qrels.num_rows,
+                             dev_source_in_hits=int(pc.sum(found).as_py() or 0), train_triples=train_part.num_rows,
+                             train_lists=grouped, triples_held_out=triples.num_rows - train_part.num_rows)
+        logger.info("[devset] %d dev queries from %d held-out documents; %d of %d triples left for training",
+                    dev_queries.num_rows, len(held), train_part.num_rows, triples.num_rows)
 
-    for stale in (out / TRAIN_DIR, out / PAIRS, out / QRELS):
-        stale.delete()
-    _write_parquet(train_part, out / TRAIN_DIR / "part-00000.parquet")
-    _write_parquet(pairs, out / PAIRS)
-    _write_parquet(qrels, out / QRELS)
-    grouped = train_part.group_by([S.QUERY_ID, S.POS_DOC_ID]).aggregate([]).num_rows
-    record.counts.update(documents_held_out=len(held), dev_queries=dev_queries.num_rows, dev_pairs=pairs.num_rows,
-                         dev_judged=qrels.num_rows,
-                         dev_source_in_hits=int(pc.sum(found).as_py() or 0), train_triples=train_part.num_rows,
-                         train_lists=grouped, triples_held_out=triples.num_rows - train_part.num_rows)
-    logger.info("[devset] %d dev queries from %d held-out documents; %d of %d triples left for training",
-                dev_queries.num_rows, len(held), train_part.num_rows, triples.num_rows)
-    return record.write(out, files=artifacts.snapshot(out, TRAIN_DIR, PAIRS, QRELS))
+    return run_once(StageSpec(STAGE, out, payload, outputs=(TRAIN_DIR, PAIRS, QRELS)), body)
 
 
 def _index_key(index_dir: storage.PathLike) -> str:

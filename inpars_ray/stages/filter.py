@@ -37,7 +37,8 @@ from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, collection_key, is_complete, published, read_manifest
+from inpars_ray.io.manifest import StageRecord, collection_key, published
+from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.io.text import document_text
 from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.runtime.exchange import hash_exchange, left_join_unique
@@ -331,30 +332,26 @@ def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
 
 
 def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: storage.PathLike,
-               config: FilterConfig = FilterConfig(), load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
+               config: FilterConfig = FilterConfig(), load_config: LoadConfig = LoadConfig()) -> StageResult:
     """Filter the generated queries into ``out_dir`` (a local folder or ``gs://...``).
 
     ``queries_dir`` is a generate output (its folder or its ``parts/``: the part files its manifest lists
     are read) or any folder of Parquet files (:data:`schema.GENERATED`). Writes ``kept/``
     (:data:`schema.FILTERED`), ``dropped/`` (:data:`schema.FILTER_DROPPED`) and, last, the manifest listing
-    them; returns the manifest. A rerun with the same inputs (by content) and config does nothing.
+    them. A rerun with the same inputs (by content) and config does nothing.
     """
     out = storage.location(out_dir)
     storage.check_reachable(out, queries_dir)
     files, queries_key = published(queries_dir, "generate", "parts")
-    stage_config = {"queries": queries_key, "dataset": collection_key(collection), "filter": config,
-                    "load": load_config}
-    if is_complete(out, "filter", stage_config):
-        logger.info("filter output in %s is complete for this config; nothing to do", out)
-        return read_manifest(out) or {}
-    for stale in (out / MANIFEST_NAME, out / KEPT_DIR, out / DROPPED_DIR):  # the manifest goes first
-        stale.delete()
-    if not files:
-        raise InparsError(f"filter: no generated queries (Parquet files) in {storage.location(queries_dir)}")
-    record = StageRecord("filter", stage_config)
-    generated = artifacts.read_parquet_dataset(files)
-    filter_dataset(generated, collection, out, config, load_config, record)
-    return record.write(out, files=artifacts.snapshot(out, KEPT_DIR, DROPPED_DIR))
+    spec = StageSpec("filter", out, {"queries": queries_key, "dataset": collection_key(collection),
+                                     "filter": config, "load": load_config}, outputs=(KEPT_DIR, DROPPED_DIR))
+
+    def body(record: StageRecord) -> None:
+        if not files:
+            raise InparsError(f"filter: no generated queries (Parquet files) in {storage.location(queries_dir)}")
+        filter_dataset(artifacts.read_parquet_dataset(files), collection, out, config, load_config, record)
+
+    return run_once(spec, body)
 
 
 def filter_dataset(generated: Any, collection: Collection, out_dir: storage.PathLike, config: FilterConfig,

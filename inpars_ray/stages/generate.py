@@ -39,14 +39,8 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.journal import Journal, answer_key, run_key
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.manifest import (
-    StageRecord,
-    collection_key,
-    config_hash,
-    is_complete,
-    read_manifest,
-    write_json_atomic,
-)
+from inpars_ray.io.manifest import StageRecord, collection_key, config_hash, write_json_atomic
+from inpars_ray.io.stage import StageResult, StageSpec, reused
 from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
 from inpars_ray.models.prompts import PromptBuilder, PromptTemplate, resolve_template
 from inpars_ray.runtime import progress
@@ -340,8 +334,8 @@ def read_generated(out_dir: storage.PathLike) -> pa.Table:
 # --- the stage -------------------------------------------------------------------------------------
 def run_generate(collection: Collection, out_dir: storage.PathLike, config: GenerateConfig,
                  resources: GenerateResources = GenerateResources(),
-                 load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
-    """Generate queries for a seeded sample of ``collection`` into ``out_dir``; return the manifest.
+                 load_config: LoadConfig = LoadConfig()) -> StageResult:
+    """Generate queries for a seeded sample of ``collection`` into ``out_dir``.
 
     Resumes a previous run of the same config in ``out_dir``; skips entirely when it completed.
     """
@@ -354,9 +348,11 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     template = resolve_template(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split)
     # the collection enters by content (its files' fingerprint), never by path
     pinned = {"config": config, "collection": collection_key(collection), "template": template.fingerprint()}
-    if is_complete(out, STAGE, pinned):
-        logger.info("generate: %s is complete for this config; nothing to do", out)
-        return read_manifest(out) or {}
+    # only the reuse check of the shared skeleton: generate resumes inside its folder (its journal, its
+    # finished parts) instead of deleting them, and marks its manifest incomplete while documents remain
+    earlier = reused(StageSpec(STAGE, out, pinned, outputs=(PARTS, FEWSHOT_FILE)))
+    if earlier is not None:
+        return earlier
     run_file = out / "run.json"
     if run_file.is_file() and run_file.read_json().get("config_hash") != config_hash(pinned):
         raise ConfigError(f"{out} holds a generate run with another config (see {run_file}); "
@@ -437,9 +433,9 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
                           f"x {config.queries_per_doc}")
     if n_retry:  # not complete: a rerun must retry these documents instead of skipping the stage
         logger.warning("generate: %d documents failed in the backend; rerun the same command to retry them", n_retry)
-        return record.write(out, status="incomplete", files=files)
+        return StageResult(STAGE, out, record.write(out, status="incomplete", files=files))
     answer_journal(out / PARTS, config, template).clear()  # every answer is in a part now (on this node)
-    return record.write(out, files=files)
+    return StageResult(STAGE, out, record.write(out, files=files))
 
 
 def fewshot_query_ids(generate_dir: storage.PathLike) -> list[str]:

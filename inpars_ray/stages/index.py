@@ -30,7 +30,8 @@ from inpars_ray.errors import ConfigError, FormatError, IndexError_, find_typed_
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import BadRows, LoadConfig, id_hashes, iter_lines, read_corpus, split_bad_rows
-from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, collection_key, is_complete, read_manifest
+from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, collection_key, read_manifest
+from inpars_ray.io.stage import StageResult, StageSpec, reused
 from inpars_ray.runtime.java import num_docs
 from inpars_ray.stageconfig import Field, stage_config
 from inpars_ray.stages.lucene import BAD_ROWS_FILE, LUCENE_DIR, seed_cache, sha256_file
@@ -134,8 +135,8 @@ def _check_qrels(collection: Collection, known: np.ndarray, bad: BadRows, strict
 
 
 def build_index(collection: Collection, index_dir: storage.PathLike, load_config: LoadConfig = LoadConfig(),
-                config: IndexConfig = IndexConfig()) -> dict[str, Any]:
-    """Build (or reuse) the BM25 index of ``collection`` under ``index_dir`` (a folder or URI); return its manifest.
+                config: IndexConfig = IndexConfig()) -> StageResult:
+    """Build (or reuse) the BM25 index of ``collection`` under ``index_dir`` (a folder or URI).
 
     Layout: ``lucene/`` (the Lucene index), ``bad_rows.parquet`` (file, line, reason of every row left out)
     and ``manifest.json``, written last, which lists every file with its size and sha256. The build runs on
@@ -147,9 +148,11 @@ def build_index(collection: Collection, index_dir: storage.PathLike, load_config
     prebuilt = prebuilt_name(collection, config)
     stage_config = (prebuilt_config(collection, prebuilt, config) if prebuilt
                     else _index_config(collection, load_config, config))
-    if is_complete(loc, "index", stage_config):
-        logger.info("index in %s is complete for this corpus and config; reusing it", loc.uri)
-        return read_manifest(loc) or {}
+    # only the reuse check of the shared skeleton: the index is built in scratch space and published whole
+    # (one rename, or its files then the manifest), so there is nothing half-written under loc to delete first
+    done = reused(StageSpec("index", loc, stage_config, outputs=(LUCENE_DIR, BAD_ROWS_FILE)))
+    if done is not None:
+        return done
     storage.check_reachable(loc)
     # unpublish first (the manifest, then what it listed), so no reader takes a half-replaced index as whole
     loc.join(MANIFEST_NAME).delete()
@@ -165,13 +168,14 @@ def build_index(collection: Collection, index_dir: storage.PathLike, load_config
         # (collections indexing concurrently); a whole CPU per builder could starve them all.
         task = ray.remote(_build_and_publish).options(num_cpus=0.01, max_retries=0)
         try:
-            return ray.get(task.remote(collection, loc, load_config, config, stage_config, prebuilt))
+            return StageResult("index", loc, ray.get(task.remote(collection, loc, load_config, config, stage_config,
+                                                                 prebuilt)))
         except Exception as exc:
             typed = find_typed_error(exc)
             if typed is None or typed is exc:
                 raise
             raise typed from None
-    return _build_and_publish(collection, loc, load_config, config, stage_config, prebuilt)
+    return StageResult("index", loc, _build_and_publish(collection, loc, load_config, config, stage_config, prebuilt))
 
 
 def _in_ray_worker() -> bool:

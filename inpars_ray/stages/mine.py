@@ -30,15 +30,8 @@ from inpars_ray.errors import InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.manifest import (
-    MANIFEST_NAME,
-    StageRecord,
-    collection_key,
-    input_key,
-    is_complete,
-    published,
-    read_manifest,
-)
+from inpars_ray.io.manifest import StageRecord, collection_key, input_key, published
+from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.io.text import document_texts
 from inpars_ray.runtime.exchange import corpus_documents, left_join_unique
 from inpars_ray.schema import KEPT_DIR
@@ -174,9 +167,9 @@ class NegativeMiner:
 # --- Ray wiring -------------------------------------------------------------------------------------------
 def run_mine(queries_dir: storage.PathLike, collection: Collection, index_dir: storage.PathLike,
              out_dir: storage.PathLike, config: MineConfig = MineConfig(),
-             load_config: LoadConfig = LoadConfig()) -> dict[str, Any]:
+             load_config: LoadConfig = LoadConfig()) -> StageResult:
     """Mine negatives for the queries in ``queries_dir`` and write ``triples/``, ``short_queries/`` and, last,
-    the manifest listing them to ``out_dir`` (local or ``gs://``); returns the manifest.
+    the manifest listing them to ``out_dir`` (local or ``gs://``).
 
     ``queries_dir`` is a filter output (the ``kept/`` files its manifest lists are read) or any folder of
     Parquet queries. A rerun with the same inputs (by content: the filter's and the index's manifests) and
@@ -194,17 +187,14 @@ def run_mine(queries_dir: storage.PathLike, collection: Collection, index_dir: s
         from inpars_ray.io.manifest import artifact_key
 
         stage_config["dense_model"] = artifact_key(config.dense.model)
-    if is_complete(out, "mine", stage_config):
-        logger.info("mine output in %s is complete for this config; nothing to do", out)
-        return read_manifest(out) or {}
-    for stale in (out / MANIFEST_NAME, out / TRIPLES_DIR, out / SHORT_DIR, out / TSV_NAME):  # manifest first
-        stale.delete()
-    if not files:
-        raise InparsError(f"mine: no queries (Parquet files) in {storage.location(queries_dir)}")
-    record = StageRecord("mine", stage_config)
-    queries = artifacts.read_parquet_dataset(files)
-    mine_dataset(queries, collection, index_dir, out, config, load_config, record)
-    return record.write(out, files=artifacts.snapshot(out, TRIPLES_DIR, SHORT_DIR))
+    spec = StageSpec("mine", out, stage_config, outputs=(TRIPLES_DIR, SHORT_DIR), stale=(TSV_NAME,))
+
+    def body(record: StageRecord) -> None:
+        if not files:
+            raise InparsError(f"mine: no queries (Parquet files) in {storage.location(queries_dir)}")
+        mine_dataset(artifacts.read_parquet_dataset(files), collection, index_dir, out, config, load_config, record)
+
+    return run_once(spec, body)
 
 
 def mine_dataset(queries: Any, collection: Collection, index_dir: storage.PathLike,

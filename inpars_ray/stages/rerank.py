@@ -23,10 +23,11 @@ import pyarrow.compute as pc
 
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError
-from inpars_ray.io import artifacts, storage
+from inpars_ray.io import storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord
+from inpars_ray.io.stage import StageResult
 from inpars_ray.models.rankers import RankerConfig, replace_ranker
 
 # the pure ranking lives with the models (the PyTerrier reranker ranks through it too); named here for callers
@@ -154,7 +155,7 @@ def _with_texts(pairs: pa.Table) -> pa.Table:
 
 
 def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: storage.PathLike,
-               config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> dict:
+               config: RerankConfig, load_config: LoadConfig = LoadConfig()) -> StageResult:
     """Rescore ``run_path`` with a ranker and write the reranked TREC run to ``out_path`` (+ its manifest).
 
     Paths may be local or ``gs://``; the model may be a Hugging Face id, a folder or a model published
@@ -162,9 +163,9 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     the first-stage run's manifest, the model's manifest (a retrained model reranks again), the collection.
     """
     from inpars_ray.io.manifest import artifact_key, collection_key
-    from inpars_ray.io.trec import completed_run, run_manifest_name, write_trec_stream
+    from inpars_ray.io.stage import run_once
+    from inpars_ray.io.trec import run_spec
     from inpars_ray.models import local_models
-    from inpars_ray.models.rankers import score_dataset
 
     run, out = storage.location(run_path), storage.location(out_path)
     if not run.is_file():
@@ -174,10 +175,15 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
         config = replace_ranker(config, model=local_models.resolve_model(model))
     stage_config = {"dataset": collection_key(collection), "run": run_key(run),
                     "model": artifact_key(config.ranker.model), "rerank": config}
-    done = completed_run(out, "rerank", stage_config)
-    if done is not None:
-        return done
-    record = StageRecord("rerank", stage_config)
+    return run_once(run_spec("rerank", out, stage_config),
+                    lambda record: _rescore(record, collection, run, out, config, load_config))
+
+
+def _rescore(record: StageRecord, collection: Collection, run: storage.Location, out: storage.Location,
+             config: RerankConfig, load_config: LoadConfig) -> None:
+    from inpars_ray.io.trec import write_trec_stream
+    from inpars_ray.models.rankers import score_dataset
+
     ranker = config.ranker.resolved()
     pairs, missing = pairs_with_texts(collection, _read_run_dataset(run, config.depth), config, load_config)
     if missing:
@@ -215,4 +221,3 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     record.extra["family"] = ranker.family
     if record.timings.get("rerank"):
         record.extra["pairs_per_second"] = round(pairs_scored / record.timings["rerank"], 2)
-    return record.write(out.parent, name=run_manifest_name(out), files=artifacts.snapshot(out.parent, out.name))

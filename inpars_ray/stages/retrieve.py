@@ -22,11 +22,12 @@ import pyarrow as pa
 
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError
-from inpars_ray.io import artifacts, storage
+from inpars_ray.io import storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord, collection_key, input_key
-from inpars_ray.io.trec import completed_run, read_trec_run, run_manifest_name, write_trec_stream
+from inpars_ray.io.stage import StageResult, run_once
+from inpars_ray.io.trec import read_trec_run, run_spec, write_trec_stream
 from inpars_ray.stageconfig import Field, stage_config
 from inpars_ray.stages.lucene import local_index, lucene_path
 
@@ -147,15 +148,13 @@ class RetrieveConfig:
 
 
 def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], out: str | os.PathLike[str],
-                     config: RetrieveConfig = RetrieveConfig(), load_config: LoadConfig = LoadConfig()) -> dict:
+                     config: RetrieveConfig = RetrieveConfig(), load_config: LoadConfig = LoadConfig()) -> StageResult:
     """Search the collection's queries (of ``config.split``) and write a TREC run to ``out``.
 
     Hits stream from the Ray actors into the file, so the driver never holds the whole run. A manifest
     ``<out>.manifest.json`` is written last; a rerun with the same index and config does nothing.
     """
-    import ray
 
-    from inpars_ray.io.load import read_qrels, read_queries
 
     out = storage.location(out)
     storage.check_reachable(out)
@@ -163,10 +162,16 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
     # inputs by content: the index's manifest, the collection's files (its queries and qrels)
     stage_config = {"index": input_key(index_dir, stage="index"), "collection": collection_key(collection),
                     "retrieve": config}
-    done = completed_run(out, "retrieve", stage_config)
-    if done is not None:
-        return done
-    record = StageRecord("retrieve", stage_config)
+    return run_once(run_spec("retrieve", out, stage_config),
+                    lambda record: _search(record, collection, index_dir, out, config, load_config))
+
+
+def _search(record: StageRecord, collection: Collection, index_dir: storage.PathLike, out: storage.Location,
+            config: RetrieveConfig, load_config: LoadConfig) -> None:
+    import ray
+
+    from inpars_ray.io.load import read_qrels, read_queries
+
     queries, bad = read_queries(collection, load_config)
     if config.split is not None:
         qrels, bad_qrels = read_qrels(collection, config.split, queries, load_config)
@@ -181,4 +186,3 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
                          hits=hits, bad_rows=len(bad))
     if record.timings.get("search"):
         record.extra["queries_per_second"] = round(queries.num_rows / record.timings["search"], 2)
-    return record.write(out.parent, name=run_manifest_name(out), files=artifacts.snapshot(out.parent, out.name))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +32,8 @@ import pyarrow.compute as pc
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
-from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, artifact_key, is_complete, published, read_manifest
+from inpars_ray.io.manifest import StageRecord, artifact_key, published
+from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stageconfig import Field, stage_config
 
@@ -145,31 +146,32 @@ def _fused(batch: pa.Table, stats: list[tuple[float, float]], weights: list[floa
                      S.SCORE: pa.array(fuse(cols, stats, weights), pa.float64())})
 
 
-def run_teacher(triples_dir: storage.PathLike, out_dir: storage.PathLike, config: TeacherConfig) -> dict[str, Any]:
+def run_teacher(triples_dir: storage.PathLike, out_dir: storage.PathLike, config: TeacherConfig) -> StageResult:
     """Score the mine stage's triples (``triples_dir``: its folder or ``triples/``) with the teacher and write
     ``triples/`` (:data:`SCORED_TRIPLES`) and, last, the manifest to ``out_dir`` (local or ``gs://``).
 
     Keyed by content: the triples' manifest and each teacher model's (a retrained teacher scores again). A
     rerun with the same inputs does nothing; a killed run leaves no manifest and is redone.
     """
-    from inpars_ray.models.rankers import score_dataset
-    from inpars_ray.runtime.exchange import hash_exchange
-    from inpars_ray.runtime.raykit import ensure_ray
-
     out = storage.location(out_dir)
     storage.check_reachable(out, triples_dir)
     files, triples_key = published(triples_dir, "mine", TRIPLES_DIR)
     stage_config = {"triples": triples_key, "models": [artifact_key(r.model) for r in config.rankers],
                     "teacher": config}
-    if is_complete(out, STAGE, stage_config):
-        logger.info("teacher output in %s is complete for this config; nothing to do", out)
-        return read_manifest(out) or {}
-    for stale in (out / MANIFEST_NAME, out / TRIPLES_DIR):  # the manifest goes first
-        stale.delete()
+    return run_once(StageSpec(STAGE, out, stage_config, outputs=(TRIPLES_DIR,)),
+                    lambda record: _label(record, files, triples_dir, out, config))
+
+
+def _label(record: StageRecord, files: list[storage.Location], triples_dir: storage.PathLike,
+           out: storage.Location, config: TeacherConfig) -> dict[str, int]:
+    """The teacher's scoring and fusion, written to ``out/triples``; returns the files the manifest lists."""
+    from inpars_ray.models.rankers import score_dataset
+    from inpars_ray.runtime.exchange import hash_exchange
+    from inpars_ray.runtime.raykit import ensure_ray
+
     if not files:
         raise InparsError(f"teacher: no triples (Parquet files) in {storage.location(triples_dir)}")
     ensure_ray()
-    record = StageRecord(STAGE, stage_config)
     rankers = [r.resolved() for r in config.rankers]
     weights = list(config.weights or [1.0] * len(rankers))
     triples = artifacts.read_parquet_dataset(files)
@@ -207,7 +209,7 @@ def run_teacher(triples_dir: storage.PathLike, out_dir: storage.PathLike, config
                         stats=[{"mean": m, "std": s} for m, s in stats], **margins)
     logger.info("[teacher] %d triples scored (%d pairs); positive above negative for %.1f%%", n_out,
                 record.counts["pairs_scored"], 100 * margins["pos_above_neg"])
-    return record.write(out, files=written)
+    return written
 
 
 def _margins(files: list[storage.Location]) -> dict[str, float]:

@@ -35,13 +35,8 @@ import pyarrow as pa
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError
 from inpars_ray.io import artifacts, storage
-from inpars_ray.io.manifest import (
-    MANIFEST_NAME,
-    StageRecord,
-    config_hash,
-    is_complete,
-    read_complete_manifest,
-)
+from inpars_ray.io.manifest import StageRecord, config_hash
+from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.models.distill import POS_SCORE
 from inpars_ray.models.losses import group_triples, unit_id
 from inpars_ray.runtime.deps import require
@@ -109,7 +104,7 @@ def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
 def train(triples_dir: str | Path, out: storage.PathLike, config: TrainConfig, dev: dict[str, str] | None = None,
           ray_address: str | None = None, num_cpus: int | None = None, callbacks: list | None = None,
           stop_file: str | None = None, mlflow: dict[str, Any] | None = None,
-          record_dir: str | None = None) -> dict[str, Any]:
+          record_dir: str | None = None) -> StageResult:
     """Train a ranker on the triples Parquet under ``triples_dir``; the model lands in ``<out>/model``.
 
     ``dev`` (optional) names Parquet files for validation: ``{"pairs": ..., "qrels": ...}`` where pairs
@@ -127,12 +122,7 @@ def train(triples_dir: str | Path, out: storage.PathLike, config: TrainConfig, d
     the examples each rank trained on, repeats included (``seen_rank<N>.txt``): Ray Train reports none of
     these, and a checkpoint keeps the consumed ids only as a set. Not a setting: it changes no model.
     """
-    ray = require("ray", "training on Ray")
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from inpars_ray.io.manifest import published
-    from inpars_ray.runtime.raykit import ensure_ray
 
     out = storage.location(out)
     if out.is_local:
@@ -141,16 +131,29 @@ def train(triples_dir: str | Path, out: storage.PathLike, config: TrainConfig, d
     config = config.resolved()
     files, triples_key = published(triples_dir, ("mine", "teacher"), "triples")
     payload = _hash_payload(triples_key, config)
-    if is_complete(out, STAGE, payload):
-        logger.info("[train] %s already holds a model trained with this config; nothing to do", out)
-        return read_complete_manifest(out)
+    # no file list: the model folder has its own manifest, and the checkpoints under out/ray stay across
+    # attempts so that a killed run resumes from them
+    return run_once(StageSpec(STAGE, out, payload), lambda record: _fit(
+        record, out, files, payload, config, triples_dir, dev, ray_address, num_cpus, callbacks, stop_file, mlflow,
+        record_dir))
+
+
+def _fit(record: StageRecord, out: storage.Location, files: list[storage.Location], payload: dict[str, Any],
+         config: TrainConfig, triples_dir: str | Path, dev: dict[str, str] | None, ray_address: str | None,
+         num_cpus: int | None, callbacks: list | None, stop_file: str | None, mlflow: dict[str, Any] | None,
+         record_dir: str | None) -> None:
+    """train()'s work once its output is known to be missing or stale."""
+    ray = require("ray", "training on Ray")
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from inpars_ray.runtime.raykit import ensure_ray
+
     if config.validate_every is not None and not dev:
         raise ConfigError("validate_every is set but no dev pairs/qrels were given")
     tracking = mlflow_settings(config, out, **(mlflow or {}))  # a bad store fails here, before Ray starts
     if not files:
         raise ConfigError(f"train: no triples (Parquet files) in {storage.location(triples_dir)}")
-    out.join(MANIFEST_NAME).delete()  # a half-finished earlier attempt must not look complete
-    record = StageRecord(STAGE, payload)
     ensure_ray(ray_address, num_cpus)
 
     config = dataclasses.replace(config, cpus_per_worker=_cpus_per_worker(config, ray.cluster_resources()))
@@ -227,7 +230,6 @@ def train(triples_dir: str | Path, out: storage.PathLike, config: TrainConfig, d
                         first_loss=history[0]["loss"] if history else None,
                         final_loss=history[-1]["loss"] if history else None,
                         **{k: model_manifest[k] for k in ("interpolation", "towers") if k in model_manifest})
-    return record.write(out)
 
 
 def _identity(batch: pa.Table) -> pa.Table:

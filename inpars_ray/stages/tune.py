@@ -29,11 +29,13 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from inpars_ray.errors import ConfigError
 from inpars_ray.io import storage
-from inpars_ray.io.manifest import MANIFEST_NAME, StageRecord, is_complete, read_complete_manifest, read_manifest
+from inpars_ray.io.manifest import StageRecord, read_manifest
+from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.stageconfig import Field, stage_config
 from inpars_ray.stages.devset import DevSetConfig
 from inpars_ray.stages.train_tracking import trial_mlflow
@@ -347,11 +349,11 @@ def sweep_payload(config: SweepConfig, flat: dict[str, Any], devset_key: str, tr
                                         cpus_per_trial=0.0)}
 
 
-def run_sweep(devset: dict[str, Any], devset_dir: storage.PathLike, out: storage.PathLike, config: SweepConfig,
-              train, rerank_weight: float, resolve=lambda name: name) -> dict[str, Any]:
-    """Run (or resume) the sweep under ``out``; returns its manifest (trials, best trial, outputs).
+def run_sweep(devset: Mapping[str, Any], devset_dir: storage.PathLike, out: storage.PathLike, config: SweepConfig,
+              train, rerank_weight: float, resolve=lambda name: name) -> StageResult:
+    """Run (or resume) the sweep under ``out``; returns its result (trials, best trial, outputs).
 
-    ``devset`` is the dev set's manifest (:func:`inpars_ray.stages.devset.build_dev_set`) under
+    ``devset`` is the dev set's result or manifest (:func:`inpars_ray.stages.devset.build_dev_set`) under
     ``devset_dir``; ``train`` the base TrainConfig and ``rerank_weight`` the base first-stage blend.
     """
     import ray
@@ -369,57 +371,55 @@ def run_sweep(devset: dict[str, Any], devset_dir: storage.PathLike, out: storage
         out = storage.location(str(out.local_path().resolve()))
     trial_mlflow(train, out, "check")  # train.mlflow without a usable store fails here, before the sweep
     payload = sweep_payload(config, flat, config_hash(devset), train, rerank_weight)
-    if is_complete(out, STAGE, payload):
-        logger.info("[tune] %s holds this sweep already; nothing to do", out.uri)
-        return read_complete_manifest(out)
-    out.join(MANIFEST_NAME).delete()
-    record = StageRecord(STAGE, payload)
-    paths = dev_paths(devset_dir)
-    counts = devset.get("counts", {})
-    ctx = TrialContext(train=train, rerank_weight=rerank_weight, triples=paths["triples"],
-                       dev_pairs=paths["pairs"], dev_qrels=paths["qrels"],
-                       units={"triples": counts.get("train_triples", 0), "lists": counts.get("train_lists", 0)},
-                       trials_root=out.join("trials").uri, validate_every=config.validate_every,
-                       models={v: resolve(v) for v in (candidates(flat["train.base_model"]) if "train.base_model" in flat
-                                                       else [])})
-    space = to_tune(flat)
-    max_t = _max_steps(flat, train, ctx.units, ctx.models)
-    resources = {"CPU": config.cpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
-    experiment = out.join(EXPERIMENT)
-    # Tune saves the experiment (trials, ASHA's rungs) every ~10 s by default: a driver killed in between
-    # restores a sweep that lost its last results, and ASHA then judges the next trials against other rungs.
-    # Saving after every result (cheap next to a training step) makes the restored sweep the same sweep.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    with record.timed("sweep"):
-        if tune.Tuner.can_restore(experiment.path, storage_filesystem=experiment.fs):
-            logger.info("[tune] resuming the sweep in %s", experiment.uri)
-            tuner = tune.Tuner.restore(experiment.path, trainable, resume_unfinished=True, resume_errored=True,
-                                       storage_filesystem=experiment.fs)
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=space,
-                tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=config.num_samples,
-                                            max_concurrent_trials=config.max_concurrent_trials,
-                                            search_alg=search_algorithm(config, flat),
-                                            scheduler=_make_scheduler(config, max_t, ctx.trials_root)),
-                run_config=tune.RunConfig(name=EXPERIMENT, storage_path=out.path, storage_filesystem=out.fs,
-                                          verbose=0, failure_config=tune.FailureConfig(max_failures=1)))
-        grid = tuner.fit()
-    trials = tune_report.trials_table(grid, ctx.trials_root, flat)
-    if not any(t["dev_ndcg@10"] is not None for t in trials):
-        raise ConfigError(f"no trial of the sweep in {out.uri} reported a dev nDCG@10; see its trial errors")
-    best = max((t for t in trials if t["dev_ndcg@10"] is not None), key=lambda t: t["dev_ndcg@10"])
-    with record.timed("report"):
-        outputs = tune_report.write_outputs(out, trials, flat)
-    record.counts.update(trials=len(trials), stopped_early=sum(t["stopped_early"] for t in trials),
-                         trial_steps=sum(t["steps"] for t in trials),
-                         trial_steps_planned=sum(t["planned_steps"] for t in trials),
-                         errored=sum(1 for t in trials if t["error"]))
-    record.extra.update(trials=trials, best=best, outputs=outputs, metric=METRIC,
-                        best_model=model_location(storage.location(ctx.trials_root).join(best["trial_id"])).uri,
-                        best_settings=best_settings(best, flat), ray=ray.__version__)
-    return record.write(out)
+    def body(record: StageRecord) -> None:
+        paths = dev_paths(devset_dir)
+        counts = devset.get("counts", {})
+        ctx = TrialContext(train=train, rerank_weight=rerank_weight, triples=paths["triples"],
+                           dev_pairs=paths["pairs"], dev_qrels=paths["qrels"],
+                           units={"triples": counts.get("train_triples", 0), "lists": counts.get("train_lists", 0)},
+                           trials_root=out.join("trials").uri, validate_every=config.validate_every,
+                           models={v: resolve(v) for v in (candidates(flat["train.base_model"]) if "train.base_model" in flat
+                                                           else [])})
+        space = to_tune(flat)
+        max_t = _max_steps(flat, train, ctx.units, ctx.models)
+        resources = {"CPU": config.cpus_per_trial}
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+        experiment = out.join(EXPERIMENT)
+        # Tune saves the experiment (trials, ASHA's rungs) every ~10 s by default: a driver killed in between
+        # restores a sweep that lost its last results, and ASHA then judges the next trials against other rungs.
+        # Saving after every result (cheap next to a training step) makes the restored sweep the same sweep.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+        with record.timed("sweep"):
+            if tune.Tuner.can_restore(experiment.path, storage_filesystem=experiment.fs):
+                logger.info("[tune] resuming the sweep in %s", experiment.uri)
+                tuner = tune.Tuner.restore(experiment.path, trainable, resume_unfinished=True, resume_errored=True,
+                                           storage_filesystem=experiment.fs)
+            else:
+                tuner = tune.Tuner(
+                    trainable, param_space=space,
+                    tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=config.num_samples,
+                                                max_concurrent_trials=config.max_concurrent_trials,
+                                                search_alg=search_algorithm(config, flat),
+                                                scheduler=_make_scheduler(config, max_t, ctx.trials_root)),
+                    run_config=tune.RunConfig(name=EXPERIMENT, storage_path=out.path, storage_filesystem=out.fs,
+                                              verbose=0, failure_config=tune.FailureConfig(max_failures=1)))
+            grid = tuner.fit()
+        trials = tune_report.trials_table(grid, ctx.trials_root, flat)
+        if not any(t["dev_ndcg@10"] is not None for t in trials):
+            raise ConfigError(f"no trial of the sweep in {out.uri} reported a dev nDCG@10; see its trial errors")
+        best = max((t for t in trials if t["dev_ndcg@10"] is not None), key=lambda t: t["dev_ndcg@10"])
+        with record.timed("report"):
+            outputs = tune_report.write_outputs(out, trials, flat)
+        record.counts.update(trials=len(trials), stopped_early=sum(t["stopped_early"] for t in trials),
+                             trial_steps=sum(t["steps"] for t in trials),
+                             trial_steps_planned=sum(t["planned_steps"] for t in trials),
+                             errored=sum(1 for t in trials if t["error"]))
+        record.extra.update(trials=trials, best=best, outputs=outputs, metric=METRIC,
+                            best_model=model_location(storage.location(ctx.trials_root).join(best["trial_id"])).uri,
+                            best_settings=best_settings(best, flat), ray=ray.__version__)
+
+    # no file list: the experiment folder stays across attempts, so that a killed sweep resumes
+    return run_once(StageSpec(STAGE, out, payload), body)
 
 
 def _max_steps(flat: dict[str, Any], train, units: dict[str, int], models: dict[str, str]) -> int:

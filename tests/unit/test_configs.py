@@ -26,11 +26,11 @@ def test_inpars_v2_config_parses_with_the_papers_settings():
 
 def test_inpars_v2_puts_every_model_stage_on_its_accelerator(tmp_path: Path):
     stages = stage_configs(load_config(V2), tmp_path)
-    assert stages["generate"].backend == "vllm" and stages["generate_resources"].gpus_per_actor == 1
-    assert (stages["filter"].ranker.device, stages["filter"].num_gpus_per_actor) == ("cuda", 1)
-    assert (stages["rerank"].ranker.device, stages["rerank"].num_gpus_per_actor) == ("cuda", 1)
-    assert stages["train"].accelerator == "tpu"
-    assert stages["rerank"].ranker.model == str(tmp_path / "train" / "model")  # "trained": the model train writes
+    assert stages.generate.backend == "vllm" and stages.generate_resources.gpus_per_actor == 1
+    assert (stages.filter.ranker.device, stages.filter.num_gpus_per_actor) == ("cuda", 1)
+    assert (stages.rerank.ranker.device, stages.rerank.num_gpus_per_actor) == ("cuda", 1)
+    assert stages.train.accelerator == "tpu"
+    assert stages.rerank.ranker.model == str(tmp_path / "train" / "model")  # "trained": the model train writes
 
 
 def test_misspelt_key_fails_naming_key_and_file(tmp_path: Path, capsys):

@@ -251,6 +251,7 @@ def test_a_tune_sweep_after_the_teacher_cuts_its_dev_set_from_the_scored_triples
     from inpars_ray.config import PipelineConfig
     from inpars_ray.io import storage
     from inpars_ray.io.manifest import StageRecord
+    from inpars_ray.io.stage import StageResult
     from inpars_ray.stages import devset, filter as filter_stage, generate, mine, teacher
 
     class Built(Exception):
@@ -263,23 +264,23 @@ def test_a_tune_sweep_after_the_teacher_cuts_its_dev_set_from_the_scored_triples
         given["triples"] = str(triples_dir)
         raise Built
 
-    def recorder(name):
-        return lambda *a, **k: calls.append(name) or {"counts": {}}
+    def recorder(name, out_at):  # a stage's result names the folder it was given to write
+        return lambda *a, **k: calls.append(name) or StageResult(name, storage.location(a[out_at]), {"counts": {}})
 
     monkeypatch.setattr(devset, "build_dev_set", build_dev_set)
-    for module, name in ((generate, "run_generate"), (filter_stage, "run_filter"), (mine, "run_mine"),
-                         (teacher, "run_teacher")):
-        monkeypatch.setattr(module, name, recorder(name))
+    for module, name, out_at in ((generate, "run_generate", 1), (filter_stage, "run_filter", 2),
+                                 (mine, "run_mine", 3), (teacher, "run_teacher", 1)):
+        monkeypatch.setattr(module, name, recorder(name, out_at))
     config = PipelineConfig.from_dict({"out_dir": str(tmp_path), "inpars": {
         "teacher": {"rankers": [{"model": "local:tiny-monot5"}]}, "train": {"loss": "margin-mse"},
         "tune": {"num_samples": 1}}})
     out = storage.location(str(tmp_path))
-    stages = pipeline.stage_configs(config, out, resolve=lambda name, where: name)
-    record = StageRecord("pipeline", {})
-    synthetic = pipeline._synthetic(config, stages, None, out, record)
+    ctx = pipeline.RunContext(config, out, None, StageRecord("pipeline", {}),  # type: ignore[arg-type]
+                              pipeline.stage_configs(config, out, resolve=lambda name, where: name))
+    synthetic = pipeline._synthetic(ctx)
     assert calls == ["run_generate", "run_filter", "run_mine", "run_teacher"]
     with pytest.raises(Built):
-        pipeline._sweep(config, stages, None, out, record, synthetic)
+        pipeline._sweep(ctx, synthetic)
     assert given["triples"] == (out / "teacher" / "triples").uri
 
 
