@@ -317,7 +317,8 @@ def _synthetic(ctx: RunContext) -> Synthetic:
     triples_dir, labelled = mined.out / TRIPLES_DIR, None
     if stages.teacher is not None:
         with ctx.stage("teacher") as stage:
-            labelled = teacher.run_teacher(triples_dir.uri, (out / "teacher").uri, stages.teacher)
+            labelled = teacher.run_teacher(triples_dir.uri, (out / "teacher").uri, stages.teacher,
+                                           (out / "index").uri, config.bm25)
             stage.done(labelled)
         triples_dir = labelled.out / teacher.TRIPLES_DIR
     return Synthetic(gen, filt, consistent, mined, labelled, queries.out, triples_dir)

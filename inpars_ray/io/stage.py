@@ -47,7 +47,7 @@ class StageSpec:
     manifest_name: str = MANIFEST_NAME
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # equality is the mapping's: a result equals its manifest
 class StageResult(Mapping[str, Any]):
     """What a stage produced: where, from which key, with which counts, and whether it was reused."""
 

@@ -9,9 +9,12 @@ For each triple of the mine stage, the teacher scores its query against the posi
 the output is the triples with two more columns, ``pos_score`` and ``neg_score`` (the train stage's
 distillation losses read them). The teacher is any ranker the engine loads (monoT5, cross-encoder,
 bi-encoder), configured exactly as the rerank stage's ranker (:class:`~inpars_ray.models.rankers.RankerConfig`,
-nested), or several of them fused: each teacher's scores are standardised over the whole stage output
-(z-scores: a per-query standardisation of one positive and one negative would leave only the sign) and
-mixed with their weights.
+nested), or several of them fused, with BM25 beside them if wanted (``bm25_weight``; Anserini's score of
+each pair on the run's index): each scorer's scores are standardised over the whole stage output (z-scores:
+a per-query standardisation of one positive and one negative would leave only the sign) and mixed with
+their weights. Rank fusion (RRF) is not offered here: it keeps only each pair's rank within its query's few
+candidates, so a margin between the positive and a negative becomes about 1e-4 (k = 60) whatever the
+teacher thought of them, and a MarginMSE student would be taught to give every pair the same score.
 
 Layers: :func:`distinct_pairs` and :func:`attach_scores` (pure, over one query's hash partition), the
 scoring actors of :func:`inpars_ray.models.rankers.score_dataset` (the rerank stage's machinery: length
@@ -36,6 +39,7 @@ from inpars_ray.io.manifest import StageRecord, artifact_key, published
 from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stageconfig import Field, stage_config
+from inpars_ray.stages.retrieve import BM25Config
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ class TeacherConfig:
     weights: tuple[float, ...] | None = Field(None, description="fusion weights, one per ranker (None: equal)")
     fusion: Fusion = Field("zscore", description="how several rankers' scores are mixed: zscore (each ranker's "
                         "scores standardised over all scored pairs, then the weighted sum)")
+    bm25_weight: float = Field(0.0, ge=0, description="BM25's weight in the fusion, beside the rankers' weights "
+                               "(which are normalised to sum 1); BM25 scores each pair on the run's index with the "
+                               "run's k1 and b (0: no BM25)")
     max_negatives: int | None = Field(None, ge=1, description="score at most this many negatives per query (the "
                                       "best-ranked by BM25; GPL scores one): a large teacher on CPUs is slow")
     num_actors: int = Field(1, ge=1, description="scoring actors (each loads every teacher ranker once)")
@@ -146,24 +153,34 @@ def _fused(batch: pa.Table, stats: list[tuple[float, float]], weights: list[floa
                      S.SCORE: pa.array(fuse(cols, stats, weights), pa.float64())})
 
 
-def run_teacher(triples_dir: storage.PathLike, out_dir: storage.PathLike, config: TeacherConfig) -> StageResult:
+def run_teacher(triples_dir: storage.PathLike, out_dir: storage.PathLike, config: TeacherConfig,
+                index_dir: storage.PathLike | None = None, bm25: BM25Config | None = None) -> StageResult:
     """Score the mine stage's triples (``triples_dir``: its folder or ``triples/``) with the teacher and write
     ``triples/`` (:data:`SCORED_TRIPLES`) and, last, the manifest to ``out_dir`` (local or ``gs://``).
 
-    Keyed by content: the triples' manifest and each teacher model's (a retrained teacher scores again). A
-    rerun with the same inputs does nothing; a killed run leaves no manifest and is redone.
+    Keyed by content: the triples' manifest and each teacher model's (a retrained teacher scores again), and
+    with ``bm25_weight`` the index's manifest (``index_dir``) and the BM25 settings (``bm25``). A rerun with
+    the same inputs does nothing; a killed run leaves no manifest and is redone.
     """
+    from inpars_ray.io.manifest import input_key
+
     out = storage.location(out_dir)
     storage.check_reachable(out, triples_dir)
     files, triples_key = published(triples_dir, "mine", TRIPLES_DIR)
-    stage_config = {"triples": triples_key, "models": [artifact_key(r.model) for r in config.rankers],
-                    "teacher": config}
+    stage_config: dict = {"triples": triples_key, "models": [artifact_key(r.model) for r in config.rankers],
+                          "teacher": config}
+    if config.bm25_weight > 0:
+        if index_dir is None:
+            raise ConfigError("teacher.bm25_weight fuses BM25's scores: the teacher stage needs the run's index")
+        bm25 = bm25 or BM25Config()
+        stage_config.update(index=input_key(index_dir, stage="index"), bm25=bm25)
     return run_once(StageSpec(STAGE, out, stage_config, outputs=(TRIPLES_DIR,)),
-                    lambda record: _label(record, files, triples_dir, out, config))
+                    lambda record: _label(record, files, triples_dir, out, config, index_dir, bm25))
 
 
 def _label(record: StageRecord, files: list[storage.Location], triples_dir: storage.PathLike,
-           out: storage.Location, config: TeacherConfig) -> dict[str, int]:
+           out: storage.Location, config: TeacherConfig, index_dir: storage.PathLike | None,
+           bm25: BM25Config | None) -> dict[str, int]:
     """The teacher's scoring and fusion, written to ``out/triples``; returns the files the manifest lists."""
     from inpars_ray.models.rankers import score_dataset
     from inpars_ray.runtime.exchange import hash_exchange
@@ -190,11 +207,22 @@ def _label(record: StageRecord, files: list[storage.Location], triples_dir: stor
         for i, ranker in enumerate(rankers):
             scored = score_dataset(scored, ranker, num_actors=config.num_actors, batch_rows=config.rows_per_call,
                                    num_gpus_per_actor=config.num_gpus_per_actor, score_column=_score_column(i))
+        if config.bm25_weight > 0:  # one more score column, fused as a ranker of its own
+            import ray
+
+            from inpars_ray.stages.retrieve import BM25PairScorer
+
+            assert index_dir is not None  # run_teacher checked it
+            scored = scored.map_batches(
+                BM25PairScorer, fn_constructor_args=(storage.location(index_dir), bm25, _score_column(len(rankers))),
+                batch_size=config.rows_per_call, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
+                num_cpus=1)
+            weights = [w / sum(weights) for w in weights] + [config.bm25_weight]
         scored = scored.drop_columns([S.QUERY, S.TEXT]).materialize()
         stats = []
-        for i in range(len(rankers)):
+        for i in range(len(weights)):
             col = _score_column(i)
-            stats.append((float(scored.mean(col)), float(scored.std(col, ddof=0))) if len(rankers) > 1 else (0.0, 1.0))
+            stats.append((float(scored.mean(col)), float(scored.std(col, ddof=0))) if len(weights) > 1 else (0.0, 1.0))
         fused = scored.map_batches(_fused, fn_kwargs={"stats": stats, "weights": weights}, batch_format="pyarrow")
         labelled = hash_exchange([triples, fused], [S.QUERY_ID, S.QUERY_ID], config.partitions, attach_scores)
         labelled.write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)

@@ -264,3 +264,54 @@ def test_dense_negatives_match_a_one_process_recomputation(ray_session, index_di
     assert counts["triples"] == triples.num_rows
     assert run_mine(kept_dir.parent, collection, index_dir, tmp_path / "run", config)["finished_at"] == \
         manifest["finished_at"]
+
+
+def test_a_teacher_with_bm25_fuses_the_scores_a_bm25_search_gives(ray_session, index_dir, kept_dir, tmp_path):
+    """teacher.bm25_weight: each pair's BM25 score is the one Anserini's search gives that document for that
+    query (checked against a search run), z-scored and mixed with the neural teacher's; without the index
+    the stage refuses, and a changed BM25 weight is a new key."""
+    import numpy as np
+
+    from inpars_ray.errors import ConfigError
+    from inpars_ray.models.rankers import Ranker
+    from inpars_ray.stages.mine import MineConfig, run_mine
+    from inpars_ray.stages.retrieve import BM25Config, retrieve
+    from inpars_ray.stages.teacher import NEG_SCORE, POS_SCORE, TeacherConfig, fuse, run_teacher
+    from inpars_ray.testing.tiny_bert import build_tiny_bi_encoder
+
+    collection = resolve("bundled/tiny-science")
+    bm25 = BM25Config(threads=1, remove_query=False, k1=1.2, b=0.75)  # not Anserini's defaults: they must be used
+    run_mine(kept_dir.parent, collection, index_dir, tmp_path / "mine",
+             MineConfig(depth=30, negatives=2, seed=5, shuffle_partitions=2, bm25=bm25))
+    ranker = RankerConfig(model=str(build_tiny_bi_encoder(tmp_path / "bi")), max_length=64, batch_size=16,
+                          embedding_cache=0)
+    config = TeacherConfig(rankers=(ranker,), bm25_weight=0.5, rows_per_call=16, partitions=2)
+    with pytest.raises(ConfigError, match="index"):
+        run_teacher(tmp_path / "mine", tmp_path / "teacher", config)
+    result = run_teacher(tmp_path / "mine", tmp_path / "teacher", config, index_dir, bm25)
+    scored = read_dir(tmp_path / "teacher" / "triples")
+    assert result.counts["triples"] == scored.num_rows > 0
+
+    rows = scored.to_pylist()
+    pairs = sorted({(r[S.QUERY_ID], r[S.QUERY], d, t) for r in rows
+                    for d, t in ((r[S.POS_DOC_ID], r[S.POS_TEXT]), (r[S.NEG_DOC_ID], r[S.NEG_TEXT]))})
+    queries = pa.table({S.QUERY_ID: sorted({p[0] for p in pairs}),
+                        S.QUERY: [next(p[1] for p in pairs if p[0] == q) for q in sorted({p[0] for p in pairs})]})
+    run = retrieve(index_dir, queries, k=1000, config=bm25)
+    searched = {(q, d): s for q, d, s in zip(*(run.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.SCORE)))}
+    lexical = np.array([searched.get((q, d), 0.0) for q, _, d, _ in pairs])  # a pair no search returns scores 0
+    neural = Ranker(ranker).score([p[1] for p in pairs], [p[3] for p in pairs])
+    want = fuse([neural, lexical], [(float(neural.mean()), float(neural.std())),
+                                    (float(lexical.mean()), float(lexical.std()))], [1.0, 0.5])
+    score_of = {(q, d): w for (q, _, d, _), w in zip(pairs, want)}
+    got = np.array([(r[POS_SCORE], r[NEG_SCORE]) for r in rows])
+    expected = np.array([(score_of[r[S.QUERY_ID], r[S.POS_DOC_ID]], score_of[r[S.QUERY_ID], r[S.NEG_DOC_ID]])
+                         for r in rows])
+    # the run file keeps 4 decimals of BM25, and the bi-encoder's scores differ in their last bits by batch
+    assert np.allclose(got, expected, rtol=0, atol=1e-3)
+    assert result.extra["weights"] == [1.0, 0.5]
+
+    again = run_teacher(tmp_path / "mine", tmp_path / "teacher",
+                        TeacherConfig(rankers=(ranker,), bm25_weight=0.25, rows_per_call=16, partitions=2),
+                        index_dir, bm25)
+    assert not again.reused and again.key != result.key
