@@ -1,4 +1,4 @@
-"""Effectiveness of InPars' levers against the zero-shot start model, measured by the engine itself (issue 24.8).
+"""Effectiveness of InPars' levers against the zero-shot start model, measured by the engine itself.
 
 Every figure here comes from ``inpars-ray run``: each (lever, seed) is one run of the product, exactly as a
 user runs it (``.venv/bin/inpars-ray run --config <generated yaml>`` in a subprocess), and this script only
@@ -20,8 +20,10 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
 * ``teacher+query-only``, ``teacher+query-only+wise``: that, with the query tower only, then WiSE-FT 0.5;
 * ``teacher+wise``: the teacher, both towers, WiSE-FT 0.5;
 * ``teacher+dense``: the teacher, with 2 dense negatives (the start model's top 30) beside BM25's 4;
-* ``teacher+sampled``: the teacher, 3 queries per document (greedy, then 2 sampled: top-k 25, top-p 0.95),
-  in a run folder of its own (its generation differs);
+* ``teacher+dense+wise+bm25``: the demo's recipe with BM25 fused into the teacher (weight 0.2);
+* ``teacher+sampled``, ``teacher+dense+wise+sampled``: the teacher (alone, or with the demo's recipe), 3
+  queries per document (greedy, then 2 sampled: top-k 25, top-p 0.95), in a run folder of their own (their
+  generation differs);
 * ``generator`` (``--with-gemma``): the best lever with a Gemma generator, if the engine has a local one.
 
 Reuse: the levers of one seed run one after another in the SAME run folder, so the stages whose config does
@@ -87,7 +89,7 @@ ZERO_SHOT, INPARS = "zero-shot", "InPars"
 #: a per-query difference smaller than this counts as a tie
 TIE = 1e-9
 
-#: the benchmark's scale over configs/demo.yaml (issue 24.8: 100 documents; BM25's top 20 reranked). The zero-shot
+#: the benchmark's scale over configs/demo.yaml (100 documents; BM25's top 20 reranked). The zero-shot
 #: row is pinned to the start model (train.base_model, untrained) whatever the demo names.
 # 4 training epochs, as results/effectiveness.json was measured (the demo itself now trains 2)
 SCALE: dict[str, Any] = {"inpars": {"generate": {"num_docs": 100}, "rerank": {"depth": 20}, "zero_shot": "start",
@@ -103,7 +105,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     the base config sets (``hard-labels`` stays InPars as before if the demo's recipe changes)."""
     hard = {"inpars": {"teacher": None, "mine": {"negatives": 1, "dense": None},
                        "train": {"loss": "contrastive", "query_only": False, "interpolate": 1.0}}}
-    teacher = {"inpars": {"teacher": {"rankers": [dict(teacher_ranker)]}, "mine": {"negatives": 4, "dense": None},
+    teacher = {"inpars": {"teacher": {"rankers": [dict(teacher_ranker)], "bm25_weight": 0.0},
+                          "mine": {"negatives": 4, "dense": None},
                           "train": {"loss": "margin-mse", "query_only": False, "interpolate": 1.0}}}
     query_only = {"inpars": {"train": {"query_only": True}}}
     wise = {"inpars": {"train": {"interpolate": 0.5}}}
@@ -111,6 +114,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     dense = {"inpars": {"mine": {"dense": {"model": "local:minilm", "negatives": 2, "depth": 30}}}}
     # GPL's 3 queries per document: the greedy one, then 2 sampled (top-k 25, top-p 0.95)
     sampled = {"inpars": {"generate": {"queries_per_doc": 3}}}
+    # BM25 beside the teacher in its fusion (z-scores; the rankers' weights sum to 1)
+    bm25 = {"inpars": {"teacher": {"bm25_weight": 0.2}}}
     return {
         "hard-labels": hard,
         "hard-labels+query-only": overlay(hard, query_only),
@@ -121,12 +126,14 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+wise": overlay(teacher, wise),
         "teacher+dense": overlay(teacher, dense),
         "teacher+dense+wise": overlay(teacher, dense, wise),
+        "teacher+dense+wise+bm25": overlay(teacher, dense, wise, bm25),
         "teacher+sampled": overlay(teacher, sampled),
+        "teacher+dense+wise+sampled": overlay(teacher, dense, wise, sampled),
     }
 
 
 #: levers whose generation differs from the others': their own run folder, so the rest stay reusable
-OWN_RUN_FOLDER = {"teacher+sampled": "run-sampled"}
+OWN_RUN_FOLDER = {"teacher+sampled": "run-sampled", "teacher+dense+wise+sampled": "run-sampled"}
 
 
 #: what each lever is, in the table's words
@@ -140,7 +147,9 @@ DESCRIPTIONS = {
     "teacher+wise": "teacher, both towers, WiSE-FT 0.5",
     "teacher+dense": "teacher, 2 dense negatives (the start model's top 30) beside BM25's 4",
     "teacher+dense+wise": "teacher, 2 dense negatives beside BM25's 4, WiSE-FT 0.5",
+    "teacher+dense+wise+bm25": "teacher fused with BM25 (weight 0.2), dense negatives, WiSE-FT 0.5",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
+    "teacher+dense+wise+sampled": "teacher, dense negatives, WiSE-FT 0.5, 3 queries per document",
     "generator": "the best lever with another generator",
 }
 GENERATOR = "generator"
@@ -503,7 +512,7 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="inpars.seed = 1..N (default 3)")
-    ap.add_argument("--levers", default=None, help="comma-separated subset, in run order (default: all ten; "
+    ap.add_argument("--levers", default=None, help="comma-separated subset, in run order (default: all of them; "
                     "--smoke: hard-labels,teacher)")
     ap.add_argument("--with-gemma", action="store_true", help="also the best lever with a Gemma generator, "
                     "when the engine has a local one")
