@@ -21,10 +21,12 @@ report (:mod:`inpars_ray.report`) is rebuilt from those files alone.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,28 +103,10 @@ def stage_configs(config: PipelineConfig, out: storage.PathLike, resolve=resolve
         rerank=replace_ranker(ic.rerank, model=rerank_model), teacher=teacher)
 
 
-class _Stage:
-    """A stage's timing in the run's manifest and its line on the terminal, in one ``with``."""
-
-    def __init__(self, record: StageRecord, name: str) -> None:
-        self.record, self.name = record, name
-
-    def __enter__(self) -> _Stage:
-        self._timed = self.record.timed(self.name)
-        self._timed.__enter__()
-        self._progress = progress.stage(self.name.split("_")[0])
-        self.line = self._progress.__enter__()
-        return self
-
-    def done(self, result: StageResult | None = None, text: str | None = None) -> StageResult | None:
-        self.line.summary = text if text is not None else result.summary() if result is not None else ""
-        return result
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self._progress.__exit__(*exc)
-        finally:
-            self._timed.__exit__(*exc)
+def _done(line: Any, result: StageResult) -> StageResult:
+    """A stage's result, its counts shown on its terminal line (marked when it was already complete)."""
+    line.summary = result.summary()
+    return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +126,11 @@ class RunContext:
             raise ConfigError("this needs the synthetic-data stages: `inpars` is null in this config")
         return self.resolved
 
-    def stage(self, name: str) -> _Stage:
-        return _Stage(self.record, name)
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Any]:
+        """A stage's timing in the run's manifest and its line on the terminal (yielded), in one ``with``."""
+        with self.record.timed(name), progress.stage(name.split("_")[0]) as line:
+            yield line
 
     def run_file(self, folder: str) -> storage.Location:
         """Where a system's run of the test split goes: one folder per system, its evaluation beside it."""
@@ -164,8 +151,16 @@ class Synthetic:
     consistent: StageResult | None
     mined: StageResult
     labelled: StageResult | None
-    queries_dir: storage.Location  # the kept queries: consistency's when it ran, else the filter's
-    triples_dir: storage.Location  # what training reads: the teacher's scored triples when there is a teacher
+
+    @property
+    def queries(self) -> StageResult:
+        """The kept queries: consistency's when it ran, else the filter's."""
+        return self.consistent or self.filtered
+
+    @property
+    def triples(self) -> StageResult:
+        """What training reads: the teacher's scored triples when there is a teacher, else mine's."""
+        return self.labelled or self.mined
 
     def results(self) -> dict[str, StageResult | None]:
         return {"generate": self.generated, "filter": self.filtered, "consistency": self.consistent,
@@ -181,13 +176,13 @@ def _evaluate(ctx: RunContext, name: str, run_path: storage.Location, excluded: 
     config, folder = ctx.config, run_path.parent
     summary_path = folder / f"eval.{config.split}.json"
     per_query_path = folder / f"eval.{config.split}.per_query.tsv"
-    with ctx.stage(f"evaluate_{folder.name}") as stage:
+    with ctx.stage(f"evaluate_{folder.name}") as line:
         result, _ = evaluate_files(ctx.collection, run_path.uri, config.split, list(config.measures),
                                    exclude_file=ctx.excluded.uri if excluded else None,
                                    per_query_path=per_query_path.uri, summary_path=summary_path.uri,
                                    skip_bad_rows=config.load.skip_bad_rows)
         headline = next(iter(result.aggregate))
-        stage.done(text=f"{name}: {headline} {result.aggregate[headline]:.4f} over {result.num_queries} queries")
+        line.summary = f"{name}: {headline} {result.aggregate[headline]:.4f} over {result.num_queries} queries"
     ctx.record.extra.setdefault(SYSTEMS, []).append({
         "name": name, "run": _relative(run_path, ctx.out), "summary": _relative(summary_path, ctx.out),
         "per_query": _relative(per_query_path, ctx.out), "queries": result.num_queries,
@@ -201,7 +196,7 @@ def _rerank_row(ctx: RunContext, name: str, folder: str, rerank_config: Any, sta
 
     run_path = ctx.run_file(folder)
     with ctx.stage(stage) as line:
-        line.done(rerank_run(ctx.collection, ctx.run_file("bm25").uri, run_path.uri, rerank_config, ctx.config.load))
+        _done(line, rerank_run(ctx.collection, ctx.run_file("bm25").uri, run_path.uri, rerank_config, ctx.config.load))
     return _evaluate(ctx, name, run_path)
 
 
@@ -232,20 +227,19 @@ def _begin(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None, nam
     if collection.source:  # a built collection (irds:): the resolved ids and versions it came from
         record.extra["collection"] = collection.source
     ctx = RunContext(config, out, collection, record, stage_configs(config, out))
-    with ctx.stage("index") as stage:
-        built = stage.done(index.build_index(collection, (out / "index").uri, config.load, config.index))
-    assert built is not None
+    with ctx.stage("index") as line:
+        built = _done(line, index.build_index(collection, (out / "index").uri, config.load, config.index))
     return ctx, built
 
 
 def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     ctx, built = _begin(config, cache_dir, "pipeline")
     out, record = ctx.out, ctx.record
-    with ctx.stage("retrieve") as stage:
+    with ctx.stage("retrieve") as line:
         searched = retrieve.retrieve_to_file(ctx.collection, (out / "index").uri, ctx.run_file("bm25").uri,
                                              retrieve.RetrieveConfig(split=config.split, k=config.k, bm25=config.bm25),
                                              config.load)
-        stage.done(searched)
+        _done(line, searched)
     bm25_measures = _evaluate(ctx, "BM25", ctx.run_file("bm25"), excluded=False)
     record.counts.update(documents=built.counts.get("documents", 0), queries=searched.counts.get("queries", 0))
     record.extra["bm25"] = bm25_measures
@@ -264,10 +258,10 @@ def _run_inpars(ctx: RunContext) -> dict[str, float]:
 
     config, stages, out, record = ctx.config, ctx.stages, ctx.out, ctx.record
     synthetic = _synthetic(ctx)
-    with ctx.stage("train") as stage:
-        trained = stage.done(train(synthetic.triples_dir.uri, (out / "train").uri, stages.train))
-    with ctx.stage("rerank") as stage:
-        stage.done(rerank_run(ctx.collection, ctx.run_file("bm25").uri, ctx.run_file("rerank").uri, stages.rerank,
+    with ctx.stage("train") as line:
+        trained = _done(line, train(synthetic.triples.out.uri, (out / "train").uri, stages.train))
+    with ctx.stage("rerank") as line:
+        _done(line, rerank_run(ctx.collection, ctx.run_file("bm25").uri, ctx.run_file("rerank").uri, stages.rerank,
                               config.load))
     # query ids shown to the generator as few-shot examples (promptagator) are left out of evaluation
     ctx.excluded.write_text("".join(f"{q}\n" for q in sorted(set(fewshot_query_ids(synthetic.generated.out)))))
@@ -294,34 +288,33 @@ def _synthetic(ctx: RunContext) -> Synthetic:
     from inpars_ray.stages import teacher
     from inpars_ray.stages.filter import run_filter
     from inpars_ray.stages.generate import run_generate
-    from inpars_ray.stages.mine import TRIPLES_DIR, run_mine
+    from inpars_ray.stages.mine import run_mine
 
     config, stages, out, collection = ctx.config, ctx.stages, ctx.out, ctx.collection
-    with ctx.stage("generate") as stage:
+    with ctx.stage("generate") as line:
         if stages.synthetic_data:  # the InPars team's published queries (or an export's) instead of generating
             gen = import_generated(stages.synthetic_data, collection, (out / IMPORT_FOLDER).uri, config.load)
             ctx.record.extra["synthetic_data"] = {**gen.extra["source"], "counts": gen.counts}
         else:
             gen = run_generate(collection, (out / "generate").uri, stages.generate, stages.generate_resources,
                                config.load)
-        stage.done(gen)
-    with ctx.stage("filter") as stage:
+        _done(line, gen)
+    with ctx.stage("filter") as line:
         filt = run_filter(gen.out.uri, collection, (out / "filter").uri, stages.filter, config.load)
-        stage.done(filt)
+        _done(line, filt)
     consistent = _consistency(ctx) if stages.filter.strategy == "consistency" else None
     queries = consistent or filt
-    with ctx.stage("mine") as stage:
+    with ctx.stage("mine") as line:
         mined = run_mine(queries.out.uri, collection, (out / "index").uri, (out / "mine").uri, stages.mine,
                          config.load)
-        stage.done(mined)
-    triples_dir, labelled = mined.out / TRIPLES_DIR, None
+        _done(line, mined)
+    labelled = None
     if stages.teacher is not None:
-        with ctx.stage("teacher") as stage:
-            labelled = teacher.run_teacher(triples_dir.uri, (out / "teacher").uri, stages.teacher,
+        with ctx.stage("teacher") as line:
+            labelled = teacher.run_teacher(mined.out.uri, (out / "teacher").uri, stages.teacher,
                                            (out / "index").uri, config.bm25)
-            stage.done(labelled)
-        triples_dir = labelled.out / teacher.TRIPLES_DIR
-    return Synthetic(gen, filt, consistent, mined, labelled, queries.out, triples_dir)
+            _done(line, labelled)
+    return Synthetic(gen, filt, consistent, mined, labelled)
 
 
 def run_tune(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None = None) -> StageResult:
@@ -363,19 +356,19 @@ def _sweep(ctx: RunContext, synthetic: Synthetic) -> StageResult:
     config, stages, out = ctx.config, ctx.stages, ctx.out
     tc = stages.tune
     assert tc is not None and config.inpars is not None  # called only when the config has a sweep
-    with ctx.stage("devset") as stage:
-        devset = build_dev_set(synthetic.queries_dir.uri, synthetic.triples_dir.uri, (out / "index").uri,
+    with ctx.stage("devset") as line:
+        devset = build_dev_set(synthetic.queries.out.uri, synthetic.triples.out.uri, (out / "index").uri,
                                ctx.collection, (out / "tune" / "devset").uri, tc.dev, config.bm25, config.load,
                                teacher=stages.teacher)
-        stage.done(devset)
+        _done(line, devset)
     weight = stages.rerank.first_stage_weight
     key = config_hash(sweep_payload(tc, tc.resolved_space(), devset.key, config.inpars.train, weight))
     sweep_dir = out / "tune" / f"sweep-{key}"
-    with ctx.stage("tune") as stage:
+    with ctx.stage("tune") as line:
         swept = run_sweep(devset, devset.out, sweep_dir, tc, stages.train, weight,
                           resolve=lambda name: resolve_model(name, out))
-        stage.done(text=f"tune: {swept.counts['trials']} trials, {swept.counts['stopped_early']} stopped early, "
-                   f"best dev nDCG@10 {swept.extra['best']['dev_ndcg@10']:.4f}")
+        line.summary = (f"tune: {swept.counts['trials']} trials, {swept.counts['stopped_early']} stopped early, "
+                  f"best dev nDCG@10 {swept.extra['best']['dev_ndcg@10']:.4f}")
     best = merge(config, {"inpars": {**swept.extra["best_settings"], "tune": None}}, "tune best settings")
     text = _BEST_HEADER + dump_yaml(best)
     for where in (sweep_dir / "best.yaml", out / "tune" / "best.yaml"):
@@ -398,7 +391,7 @@ def _consistency(ctx: RunContext) -> StageResult:
     trained here on every candidate, as in the paper) must put a query's source document in the top
     ``consistency_k`` of its BM25 hits."""
     from inpars_ray.stages.consistency import ConsistencyConfig, run_consistency
-    from inpars_ray.stages.mine import TRIPLES_DIR, run_mine
+    from inpars_ray.stages.mine import run_mine
     from inpars_ray.stages.train import train
 
     config, stages, out = ctx.config, ctx.stages, ctx.out
@@ -406,20 +399,19 @@ def _consistency(ctx: RunContext) -> StageResult:
     ranker = filt.ranker
     if ranker is None:
         first = out / "candidates-ranker"
-        with ctx.stage("mine_candidates") as stage:
-            mined = stage.done(run_mine((out / "filter").uri, ctx.collection, (out / "index").uri,
+        with ctx.stage("mine_candidates") as line:
+            mined = _done(line, run_mine((out / "filter").uri, ctx.collection, (out / "index").uri,
                                         (first / "mine").uri, stages.mine, config.load))
-        assert mined is not None
-        with ctx.stage("train_candidates") as stage:
-            stage.done(train((mined.out / TRIPLES_DIR).uri, (first / "train").uri, stages.train))
+        with ctx.stage("train_candidates") as line:
+            _done(line, train(mined.out.uri, (first / "train").uri, stages.train))
         ranker = dataclasses.replace(rr.ranker, model=model_location(first / "train").uri, family=None)
     check = ConsistencyConfig(ranker=ranker, k=filt.consistency_k, depth=filt.consistency_depth,
                               num_actors=rr.num_actors, num_gpus_per_actor=rr.num_gpus_per_actor,
                               rows_per_call=rr.rows_per_call, partitions=rr.partitions)
-    with ctx.stage("consistency") as stage:
+    with ctx.stage("consistency") as line:
         checked = run_consistency((out / "filter").uri, ctx.collection, (out / "index").uri,
                                   (out / "consistency").uri, check, config.load)
-        stage.done(checked)
+        _done(line, checked)
     return checked
 
 

@@ -281,7 +281,7 @@ def test_a_tune_sweep_after_the_teacher_cuts_its_dev_set_from_the_scored_triples
     assert calls == ["run_generate", "run_filter", "run_mine", "run_teacher"]
     with pytest.raises(Built):
         pipeline._sweep(ctx, synthetic)
-    assert given["triples"] == (out / "teacher" / "triples").uri
+    assert given["triples"] == (out / "teacher").uri  # the teacher's output: its manifest lists the triples
 
 
 def test_dev_set_judge_fuses_the_teacher_and_bm25_as_computed_in_one_process(models, triples):
