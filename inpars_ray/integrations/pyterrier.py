@@ -79,7 +79,6 @@ class InparsReranker(pt.Transformer):  # type: ignore[name-defined]  # a class o
             family: ``monot5``, ``cross-encoder`` or ``bi-encoder``; None reads it from the checkpoint.
             rows_per_call: pairs tokenised and scored per call (bounds memory; the stage's default).
         """
-        from inpars_ray.models import local_models
         from inpars_ray.models.rankers import RankerConfig, RankerUDF
 
         if not 0.0 <= first_stage_weight <= 1.0:
@@ -87,8 +86,6 @@ class InparsReranker(pt.Transformer):  # type: ignore[name-defined]  # a class o
         if rows_per_call < 1:
             raise ConfigError(f"rows_per_call must be >= 1, got {rows_per_call}")
         model = str(model)
-        if model in local_models.PACKAGED or model in local_models.SPLIT:  # local:minilm, as the stage resolves it
-            model = local_models.resolve_model(model)
         self.model, self.text_field, self.first_stage_weight = model, text_field, first_stage_weight
         self.rows_per_call = rows_per_call
         # the rerank stage's ranker: RankerConfig(model, family, max_length, batch_size, device), family resolved

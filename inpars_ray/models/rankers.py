@@ -84,8 +84,15 @@ class RankerConfig:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
     def resolved(self) -> RankerConfig:
-        """This config with ``family`` read from the checkpoint when it was None."""
-        return self if self.family else dataclasses.replace(self, family=detect_family(self.model))
+        """This config as a loader takes it: a packaged real model's name (``local:minilm``, ``local:mpnet``)
+        made a path on this node, and ``family`` read from the checkpoint when it was None. The one place a
+        ranker's name is resolved, for every stage and integration that scores with it."""
+        from inpars_ray.models import local_models
+
+        config = self
+        if self.model in local_models.PACKAGED or self.model in local_models.SPLIT:
+            config = dataclasses.replace(self, model=local_models.resolve_model(self.model))
+        return config if config.family else dataclasses.replace(config, family=detect_family(config.model))
 
 
 def replace_ranker(config: Any, **changes: Any) -> Any:

@@ -28,7 +28,7 @@ from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord
 from inpars_ray.io.stage import StageResult
-from inpars_ray.models.rankers import RankerConfig, replace_ranker
+from inpars_ray.models.rankers import RankerConfig
 
 # the pure ranking lives with the models (the PyTerrier reranker ranks through it too); named here for callers
 from inpars_ray.models.ranking import (  # noqa: F401
@@ -165,14 +165,10 @@ def rerank_run(collection: Collection, run_path: storage.PathLike, out_path: sto
     from inpars_ray.io.manifest import artifact_key, collection_key
     from inpars_ray.io.stage import run_once
     from inpars_ray.io.trec import run_spec
-    from inpars_ray.models import local_models
 
     run, out = storage.location(run_path), storage.location(out_path)
     if not run.is_file():
         raise ConfigError(f"rerank: no first-stage run at {run.uri}")
-    model = config.ranker.model
-    if model in local_models.PACKAGED or model in local_models.SPLIT:  # local:minilm, local:mpnet
-        config = replace_ranker(config, model=local_models.resolve_model(model))
     stage_config = {"dataset": collection_key(collection), "run": run_key(run),
                     "model": artifact_key(config.ranker.model), "rerank": config}
     return run_once(run_spec("rerank", out, stage_config),

@@ -34,3 +34,15 @@ def test_packaged_models_resolve_to_their_files_or_name_the_extra(name):
     else:
         path = lm.resolve_model(name)
         assert path.endswith(lm.PACKAGED[name][2])
+
+
+def test_a_ranker_config_resolves_a_packaged_name_and_leaves_others_alone(tmp_path):
+    """RankerConfig.resolved() is where every stage and integration turns ``local:minilm`` into its files."""
+    from inpars_ray.models.rankers import RankerConfig
+
+    other = RankerConfig(model=str(tmp_path / "mine"), family="bi-encoder")
+    assert other.resolved() == other
+    if importlib.util.find_spec(lm.PACKAGED[lm.MINILM][0]) is None:
+        pytest.skip("the packaged all-MiniLM-L6-v2 is not installed here")
+    got = RankerConfig(model=lm.MINILM).resolved()
+    assert got.model == lm.resolve_model(lm.MINILM) and got.family == "bi-encoder"
