@@ -34,11 +34,10 @@ after each run its ``report.json``, ``manifest.json`` and evaluation files are c
 ``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
 exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Full benchmark: 3 seeds x 9 levers = 27 runs. Estimated (not yet run) at about 2.5-3 hours on a quiet 2-core
-machine, from the demo's stage times halved for 100 documents (generate ~3 min per seed, shared by its levers;
-zero-shot ~1.6 min per seed; each lever's train ~1.5-3 min and rerank ~1.7 min) plus the teacher (~2 min per
-seed) and ~1 min of start-up per run (Ray, Ray Train, the report; measured by ``--smoke``); 2-3x that on a
-busy shared machine::
+Full benchmark: 3 seeds x 12 levers = 36 runs; never run whole here, it was measured a few levers at a time
+(``--levers``). One lever over 3 seeds, generation included, took 27-32 minutes per seed on this 2-core
+machine while a test run shared it (``teacher+dense+wise+bm25``); a lever that reuses its seed's
+generation, mining and zero-shot costs its teacher (when its key changes), train and rerank::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/effectiveness.py --seeds 3
 
