@@ -137,6 +137,11 @@ class RunContext:
         return self.out / folder / f"run.{self.config.split}.trec"
 
     @property
+    def index_dir(self) -> storage.Location:
+        """The BM25 index every BM25 search of the run uses (built first, by :func:`_begin`)."""
+        return self.out / "index"
+
+    @property
     def excluded(self) -> storage.Location:
         """The query ids shown to the generator as few-shot examples: left out of every system's evaluation."""
         return self.out / "rerank" / "excluded_queries.txt"
@@ -228,7 +233,7 @@ def _begin(config: PipelineConfig, cache_dir: str | os.PathLike[str] | None, nam
         record.extra["collection"] = collection.source
     ctx = RunContext(config, out, collection, record, stage_configs(config, out))
     with ctx.stage("index") as line:
-        built = _done(line, index.build_index(collection, (out / "index").uri, config.load, config.index))
+        built = _done(line, index.build_index(collection, ctx.index_dir.uri, config.load, config.index))
     return ctx, built
 
 
@@ -236,7 +241,7 @@ def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | No
     ctx, built = _begin(config, cache_dir, "pipeline")
     out, record = ctx.out, ctx.record
     with ctx.stage("retrieve") as line:
-        searched = retrieve.retrieve_to_file(ctx.collection, (out / "index").uri, ctx.run_file("bm25").uri,
+        searched = retrieve.retrieve_to_file(ctx.collection, ctx.index_dir.uri, ctx.run_file("bm25").uri,
                                              retrieve.RetrieveConfig(split=config.split, k=config.k, bm25=config.bm25),
                                              config.load)
         _done(line, searched)
@@ -302,17 +307,17 @@ def _synthetic(ctx: RunContext) -> Synthetic:
     with ctx.stage("filter") as line:
         filt = run_filter(gen.out.uri, collection, (out / "filter").uri, stages.filter, config.load)
         _done(line, filt)
-    consistent = _consistency(ctx) if stages.filter.strategy == "consistency" else None
+    consistent = _consistency(ctx, filt) if stages.filter.strategy == "consistency" else None
     queries = consistent or filt
     with ctx.stage("mine") as line:
-        mined = run_mine(queries.out.uri, collection, (out / "index").uri, (out / "mine").uri, stages.mine,
+        mined = run_mine(queries.out.uri, collection, ctx.index_dir.uri, (out / "mine").uri, stages.mine,
                          config.load)
         _done(line, mined)
     labelled = None
     if stages.teacher is not None:
         with ctx.stage("teacher") as line:
             labelled = teacher.run_teacher(mined.out.uri, (out / "teacher").uri, stages.teacher,
-                                           (out / "index").uri, config.bm25)
+                                           ctx.index_dir.uri, config.bm25)
             _done(line, labelled)
     return Synthetic(gen, filt, consistent, mined, labelled)
 
@@ -357,7 +362,7 @@ def _sweep(ctx: RunContext, synthetic: Synthetic) -> StageResult:
     tc = stages.tune
     assert tc is not None and config.inpars is not None  # called only when the config has a sweep
     with ctx.stage("devset") as line:
-        devset = build_dev_set(synthetic.queries.out.uri, synthetic.triples.out.uri, (out / "index").uri,
+        devset = build_dev_set(synthetic.queries.out.uri, synthetic.triples.out.uri, ctx.index_dir.uri,
                                ctx.collection, (out / "tune" / "devset").uri, tc.dev, config.bm25, config.load,
                                teacher=stages.teacher)
         _done(line, devset)
@@ -368,7 +373,7 @@ def _sweep(ctx: RunContext, synthetic: Synthetic) -> StageResult:
         swept = run_sweep(devset, devset.out, sweep_dir, tc, stages.train, weight,
                           resolve=lambda name: resolve_model(name, out))
         line.summary = (f"tune: {swept.counts['trials']} trials, {swept.counts['stopped_early']} stopped early, "
-                  f"best dev nDCG@10 {swept.extra['best']['dev_ndcg@10']:.4f}")
+                        f"best dev nDCG@10 {swept.extra['best']['dev_ndcg@10']:.4f}")
     best = merge(config, {"inpars": {**swept.extra["best_settings"], "tune": None}}, "tune best settings")
     text = _BEST_HEADER + dump_yaml(best)
     for where in (sweep_dir / "best.yaml", out / "tune" / "best.yaml"):
@@ -386,7 +391,7 @@ def _tuned(ctx: RunContext, sweep: StageResult) -> dict[str, float]:
         rerank, first_stage_weight=weight), model=sweep.extra["best_model"], family=None), "rerank_tuned")
 
 
-def _consistency(ctx: RunContext) -> StageResult:
+def _consistency(ctx: RunContext, filt: StageResult) -> StageResult:
     """InPars-light's consistency filter over the filter's candidates: a ranker (``filter.ranker``, or one
     trained here on every candidate, as in the paper) must put a query's source document in the top
     ``consistency_k`` of its BM25 hits."""
@@ -395,21 +400,21 @@ def _consistency(ctx: RunContext) -> StageResult:
     from inpars_ray.stages.train import train
 
     config, stages, out = ctx.config, ctx.stages, ctx.out
-    filt, rr = stages.filter, stages.rerank
-    ranker = filt.ranker
+    fc, rr = stages.filter, stages.rerank
+    ranker = fc.ranker
     if ranker is None:
         first = out / "candidates-ranker"
         with ctx.stage("mine_candidates") as line:
-            mined = _done(line, run_mine((out / "filter").uri, ctx.collection, (out / "index").uri,
+            mined = _done(line, run_mine(filt.out.uri, ctx.collection, ctx.index_dir.uri,
                                         (first / "mine").uri, stages.mine, config.load))
         with ctx.stage("train_candidates") as line:
             _done(line, train(mined.out.uri, (first / "train").uri, stages.train))
         ranker = dataclasses.replace(rr.ranker, model=model_location(first / "train").uri, family=None)
-    check = ConsistencyConfig(ranker=ranker, k=filt.consistency_k, depth=filt.consistency_depth,
+    check = ConsistencyConfig(ranker=ranker, k=fc.consistency_k, depth=fc.consistency_depth,
                               num_actors=rr.num_actors, num_gpus_per_actor=rr.num_gpus_per_actor,
                               rows_per_call=rr.rows_per_call, partitions=rr.partitions)
     with ctx.stage("consistency") as line:
-        checked = run_consistency((out / "filter").uri, ctx.collection, (out / "index").uri,
+        checked = run_consistency(filt.out.uri, ctx.collection, ctx.index_dir.uri,
                                   (out / "consistency").uri, check, config.load)
         _done(line, checked)
     return checked

@@ -100,14 +100,12 @@ def reused(spec: StageSpec) -> StageResult | None:
     return StageResult(spec.name, spec.out, read_complete_manifest(spec.out, spec.manifest_name), reused=True)
 
 
-def run_once(spec: StageSpec, body: Callable[[StageRecord], Mapping[str, int] | None],
-             status: Callable[[StageRecord], str] = lambda record: "complete") -> StageResult:
+def run_once(spec: StageSpec, body: Callable[[StageRecord], Mapping[str, int] | None]) -> StageResult:
     """Run a stage's ``body`` unless its output is complete for ``spec.key``; returns the stage's result.
 
     ``body`` writes the outputs under ``spec.out`` and fills the record's counts, timings and extras. It may
     return the published files itself (when it checked them before the manifest goes out); otherwise they
-    are ``spec.outputs`` as they are on storage then. ``status`` says how the manifest is marked (a stage
-    whose backend failed on some rows writes ``incomplete``, so a rerun retries them).
+    are ``spec.outputs`` as they are on storage then.
     """
     done = reused(spec)
     if done is not None:
@@ -118,6 +116,5 @@ def run_once(spec: StageSpec, body: Callable[[StageRecord], Mapping[str, int] | 
     files = body(record)
     if files is None and spec.outputs is not None:
         files = artifacts.snapshot(spec.out, *spec.outputs)
-    manifest = record.write(spec.out, status=status(record), name=spec.manifest_name,
-                            files=None if files is None else dict(files))
+    manifest = record.write(spec.out, name=spec.manifest_name, files=None if files is None else dict(files))
     return StageResult(spec.name, spec.out, manifest)

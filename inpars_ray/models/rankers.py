@@ -85,8 +85,9 @@ class RankerConfig:
 
     def resolved(self) -> RankerConfig:
         """This config as a loader takes it: a packaged real model's name (``local:minilm``, ``local:mpnet``)
-        made a path on this node, and ``family`` read from the checkpoint when it was None. The one place a
-        ranker's name is resolved, for every stage and integration that scores with it."""
+        made a path on this node, and ``family`` read from the checkpoint when it was None. Every stage and
+        integration that scores with a ranker goes through it, so none resolves packaged names itself (the
+        pipeline's ``resolve_model`` runs earlier, for the run root's tiny models too; a path passes unchanged)."""
         from inpars_ray.models import local_models
 
         config = self

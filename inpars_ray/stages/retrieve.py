@@ -178,8 +178,6 @@ def retrieve_to_file(collection: Collection, index_dir: str | os.PathLike[str], 
     Hits stream from the Ray actors into the file, so the driver never holds the whole run. A manifest
     ``<out>.manifest.json`` is written last; a rerun with the same index and config does nothing.
     """
-
-
     out = storage.location(out)
     storage.check_reachable(out)
     lucene_path(index_dir)
