@@ -11,7 +11,8 @@ Two strategies (InPars-v1, arXiv 2202.05144; InPars-v2, arXiv 2301.01820):
 
 Whatever the strategy, rows the generator failed on, empty queries, queries whose document is not in the
 corpus, queries copied verbatim from their document, queries that repeat one of their prompt's few-shot
-example queries (small generators copy them word for word) and duplicate queries are dropped first. Every input
+example queries (small generators copy them word for word), with ``drop_unfinished`` queries whose generation
+ran out of new tokens before its line ended, and duplicate queries are dropped first. Every input
 row ends up either in ``kept/`` or in ``dropped/`` with its reason, and the manifest counts both.
 
 Layers: pure functions over Arrow batches (:func:`classify`, :func:`mark_duplicates`,
@@ -37,7 +38,7 @@ from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.manifest import StageRecord, collection_key, published
+from inpars_ray.io.manifest import StageRecord, collection_key, published, read_manifest
 from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.io.text import document_text
 from inpars_ray.models.rankers import RankerConfig
@@ -59,11 +60,12 @@ UNKNOWN_DOCUMENT = "unknown_document"
 COPIED = "copied_from_document"
 FEWSHOT_REPEAT = "repeats_fewshot_example"
 TOKEN_LENGTH = "token_length"
+UNFINISHED = "unfinished_generation"
 NO_SCORE = "no_score"
 DUPLICATE = "duplicate_query"
 BELOW_TOP_K = "below_top_k"
-REASONS = (GENERATION_ERROR, EMPTY_QUERY, UNKNOWN_DOCUMENT, COPIED, FEWSHOT_REPEAT, TOKEN_LENGTH, NO_SCORE, DUPLICATE,
-           BELOW_TOP_K)
+REASONS = (GENERATION_ERROR, EMPTY_QUERY, UNKNOWN_DOCUMENT, COPIED, FEWSHOT_REPEAT, TOKEN_LENGTH, UNFINISHED, NO_SCORE,
+           DUPLICATE, BELOW_TOP_K)
 # helper columns that live only inside the stage
 _QNORM, _DOC = "_query_norm", "_document"
 _ORDER = [(S.FILTER_SCORE, "descending"), (S.QUERY_ID, "ascending"), (S.DOC_ID, "ascending")]
@@ -84,6 +86,10 @@ class FilterConfig:
                            "(InPars), sum or min")
     min_tokens: int = Field(3, ge=0, description="queries with fewer generated tokens are dropped (InPars: 3)")
     max_tokens: int = Field(1000, ge=0, description="queries with more generated tokens are dropped (InPars: 1000)")
+    drop_unfinished: bool = Field(False, description="drop a query whose generation used all of the generator's "
+                                  "max_new_tokens without ending its line: a run-on text cut off, not a query. The "
+                                  "limit is read from the generate stage's manifest; rows without one (imported "
+                                  "data) are not checked, with a warning")
     ranker: RankerConfig | None = Field(None, description="for reranker, the ranker and how it is fed (model, "
                                         "family, max_length, batch_size, device...); for consistency, the same or "
                                         "None: a ranker trained on all candidates (InPars-light)")
@@ -170,13 +176,15 @@ def builtin_fewshot_queries() -> dict[str, frozenset[str]]:
     return out
 
 
-def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | None = None) -> pa.Table:
+def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | None = None,
+             token_limit: int | None = None) -> pa.Table:
     """Per-row checks of generated rows joined with their document (``title``/``text``, null if unknown).
 
     Adds ``reason`` (null for rows that pass), the normalised query (the duplicate key) and, for the
     "scores" strategy, ``filter_score``; for "reranker" it adds the document text the ranker reads. The
     document's ``title``/``text`` columns are removed. ``fewshot`` (default: the built-in prompts'
-    examples) says which example queries each row's prompt showed.
+    examples) says which example queries each row's prompt showed. ``token_limit`` is the generator's
+    ``max_new_tokens``: a query of that many tokens never ended its line (dropped as unfinished; None: no check).
     """
     fewshot = fewshot if fewshot is not None else FewShotQueries(builtin_fewshot_queries())
     S.require_columns(batch.column_names, [S.QUERY_ID, S.DOC_ID, S.QUERY, S.ERROR, S.TITLE, S.TEXT], "filter")
@@ -205,9 +213,11 @@ def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | No
             reason = COPIED
         elif qnorm in fewshot.of(cols.get(S.PROMPT_NAME, none)[i], cols.get(S.FEWSHOT_IDS, none)[i]):
             reason = FEWSHOT_REPEAT
-        elif not config.min_tokens <= token_count(cols.get(S.NUM_TOKENS, none)[i], logprobs, query) \
-                <= config.max_tokens:
+        elif not config.min_tokens <= (tokens := token_count(cols.get(S.NUM_TOKENS, none)[i], logprobs,
+                                                              query)) <= config.max_tokens:
             reason = TOKEN_LENGTH
+        elif token_limit is not None and tokens >= token_limit:
+            reason = UNFINISHED
         elif config.strategy in LOGPROB_STRATEGIES and np.isnan(score):
             reason = NO_SCORE
         else:
@@ -331,6 +341,18 @@ def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
     return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(reasons).to_pylist()}
 
 
+def generation_limit(queries_dir: storage.PathLike) -> int | None:
+    """The ``max_new_tokens`` the generate run behind ``queries_dir`` (its folder or its ``parts/``) decoded
+    with, from its manifest; None when no generate manifest is there (a user's own Parquet files)."""
+    loc = storage.location(queries_dir)
+    for root in (loc, loc.parent) if loc.name == "parts" else (loc,):
+        manifest = read_manifest(root)
+        if manifest and manifest.get("stage") == "generate":
+            limit = manifest.get("config", {}).get("config", {}).get("generation", {}).get("max_new_tokens")
+            return int(limit) if limit is not None else None
+    return None
+
+
 def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: storage.PathLike,
                config: FilterConfig = FilterConfig(), load_config: LoadConfig = LoadConfig()) -> StageResult:
     """Filter the generated queries into ``out_dir`` (a local folder or ``gs://...``).
@@ -349,15 +371,22 @@ def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: s
     def body(record: StageRecord) -> None:
         if not files:
             raise InparsError(f"filter: no generated queries (Parquet files) in {storage.location(queries_dir)}")
-        filter_dataset(artifacts.read_parquet_dataset(files), collection, out, config, load_config, record)
+        limit = generation_limit(queries_dir) if config.drop_unfinished else None
+        if config.drop_unfinished and limit is None:
+            logger.warning("filter: %s has no generate manifest naming max_new_tokens; unfinished generations "
+                           "are not detected", storage.location(queries_dir).uri)
+        filter_dataset(artifacts.read_parquet_dataset(files), collection, out, config, load_config, record,
+                       token_limit=limit)
 
     return run_once(spec, body)
 
 
 def filter_dataset(generated: Any, collection: Collection, out_dir: storage.PathLike, config: FilterConfig,
-                   load_config: LoadConfig = LoadConfig(), record: StageRecord | None = None) -> dict[str, int]:
+                   load_config: LoadConfig = LoadConfig(), record: StageRecord | None = None,
+                   token_limit: int | None = None) -> dict[str, int]:
     """The filter over a Ray Dataset of generated rows: writes ``kept/`` and ``dropped/`` under ``out_dir``
-    and returns the counts (``run_filter`` adds the manifest and the resume check)."""
+    and returns the counts (``run_filter`` adds the manifest and the resume check). ``token_limit``: the
+    generator's ``max_new_tokens``, for ``drop_unfinished`` (None: no check)."""
     out = storage.location(out_dir)
     # Ray Data writes from the worker nodes, through the run root's filesystem (local or gs://)
     dropped_at = {"path": (out / DROPPED_DIR).path, "filesystem": out.fs, **artifacts.PARQUET_WRITE}
@@ -372,7 +401,8 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
         # the title and text of each generated row's document (null when the corpus lacks it)
         joined = join_documents(generated, collection, load_config, _with_document, partitions=parts)
         fewshot = fewshot_queries(generated, collection, load_config)
-        checked = joined.map_batches(classify, fn_kwargs={"config": config, "fewshot": fewshot},
+        checked = joined.map_batches(classify, fn_kwargs={"config": config, "fewshot": fewshot,
+                                                          "token_limit": token_limit},
                                      batch_format="pyarrow").materialize()
         n_in = record.counts["input_rows"] = checked.count()  # one row per input row (a left join)
         checked.map_batches(dropped_table, batch_format="pyarrow").write_parquet(**dropped_at)
@@ -408,4 +438,5 @@ def filter_dataset(generated: Any, collection: Collection, out_dir: storage.Path
     if kept + sum(dropped.values()) != n_in:
         raise InparsError(f"filter accounted for {kept + sum(dropped.values())} of {n_in} input rows")
     record.extra["threshold"] = list(threshold) if threshold else None
+    record.extra["unfinished_at_tokens"] = token_limit
     return record.counts

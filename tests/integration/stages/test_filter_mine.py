@@ -315,3 +315,40 @@ def test_a_teacher_with_bm25_fuses_the_scores_a_bm25_search_gives(ray_session, i
                         TeacherConfig(rankers=(ranker,), bm25_weight=0.25, rows_per_call=16, partitions=2),
                         index_dir, bm25)
     assert not again.reused and again.key != result.key
+
+
+def test_unfinished_generations_are_dropped_at_the_generators_own_token_limit(ray_session, tmp_path):
+    """A query whose generation used every one of the generator's ``max_new_tokens`` never ended its line:
+    with ``drop_unfinished`` it is dropped with its own reason, the limit read from the generate manifest."""
+    from inpars_ray.models.backends.base import GenerationParams
+    from inpars_ray.stages.generate import GenerateConfig, GenerateResources, run_generate
+    from inpars_ray.testing.tiny_lm import tiny_lm_path
+
+    collection = resolve("bundled/tiny-science")
+    run_generate(collection, tmp_path / "generate",
+                 GenerateConfig(model=str(tiny_lm_path()), num_docs=12, seed=5,
+                                generation=GenerationParams(max_new_tokens=5, seed=5)),
+                 GenerateResources(batch_size=4))
+    generated = read_dir(tmp_path / "generate" / "parts")
+    ntok = dict(zip(generated.column(S.QUERY_ID).to_pylist(), generated.column(S.NUM_TOKENS).to_pylist()))
+    assert any(n == 5 for n in ntok.values())  # the tiny random model runs on: the check has rows to drop
+
+    config = FilterConfig(keep_top_k=100, min_tokens=0, shuffle_partitions=2, drop_unfinished=True)
+    on = run_filter(tmp_path / "generate" / "parts", collection, tmp_path / "on", config)
+    off = run_filter(tmp_path / "generate", collection, tmp_path / "off",
+                     FilterConfig(keep_top_k=100, min_tokens=0, shuffle_partitions=2))
+    assert on.extra["unfinished_at_tokens"] == 5 and off.extra["unfinished_at_tokens"] is None
+    dropped = read_dir(tmp_path / "on" / "dropped").to_pylist()
+    unfinished = {r[S.QUERY_ID] for r in dropped if r[S.DROP_REASON] == "unfinished_generation"}
+    assert on.counts["dropped_unfinished_generation"] == len(unfinished) > 0
+    assert {ntok[q] for q in unfinished} == {5}
+    def kept(run: str) -> set[str]:  # no kept/ folder when every row was dropped
+        folder = tmp_path / run / "kept"
+        return set(read_dir(folder).column(S.QUERY_ID).to_pylist()) if folder.is_dir() else set()
+
+    kept_on, kept_off = kept("on"), kept("off")
+    assert all(ntok[q] < 5 for q in kept_on)
+    # the check takes out unfinished queries and nothing else (in both runs, duplicates go after it)
+    assert kept_on <= kept_off and kept_off - kept_on <= unfinished
+    accounted = on.counts["kept"] + sum(v for k, v in on.counts.items() if k.startswith("dropped_"))
+    assert accounted == on.counts["input_rows"] == len(ntok)

@@ -164,3 +164,12 @@ def test_a_query_repeating_a_fewshot_example_is_dropped_with_its_own_reason():
     assert reasons(F.classify(t, F.FilterConfig()))[0] == F.FEWSHOT_REPEAT
     gbq = t.set_column(t.schema.get_field_index(S.PROMPT_NAME), S.PROMPT_NAME, pa.array(["inpars-gbq"] * 5))
     assert reasons(F.classify(gbq, F.FilterConfig(), fewshot))[1] == F.FEWSHOT_REPEAT
+
+
+def test_a_query_that_used_every_new_token_is_unfinished_only_when_a_limit_is_given():
+    t = joined_rows([{"q": "why do cells divide so", "ntok": 8, "lp": [-0.1] * 8},
+                     {"q": "why do cells divide", "ntok": 7, "lp": [-0.1] * 7}])
+    assert reasons(F.classify(t, F.FilterConfig(), token_limit=8)) == [F.UNFINISHED, None]
+    assert reasons(F.classify(t, F.FilterConfig())) == [None, None]
+    # the length check comes first: a query over max_tokens is dropped for its length
+    assert reasons(F.classify(t, F.FilterConfig(max_tokens=7), token_limit=8)) == [F.TOKEN_LENGTH, None]
