@@ -21,6 +21,8 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
 * ``teacher+wise``: the teacher, both towers, WiSE-FT 0.5;
 * ``teacher+dense``: the teacher, with 2 dense negatives (the start model's top 30) beside BM25's 4;
 * ``teacher+dense+wise+bm25``: the demo's recipe with BM25 fused into the teacher (weight 0.2);
+* ``teacher+dense+wise+finished``: the demo's recipe, dropping queries whose generation ran to
+  ``max_new_tokens`` without ending its line (``filter.drop_unfinished``);
 * ``teacher+sampled``, ``teacher+dense+wise+sampled``: the teacher (alone, or with the demo's recipe), 3
   queries per document (greedy, then 2 sampled: top-k 25, top-p 0.95), in a run folder of their own (their
   generation differs);
@@ -34,7 +36,7 @@ after each run its ``report.json``, ``manifest.json`` and evaluation files are c
 ``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
 exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Full benchmark: 3 seeds x 12 levers = 36 runs; never run whole here, it was measured a few levers at a time
+Full benchmark: 3 seeds x 13 levers = 39 runs; never run whole here, it was measured a few levers at a time
 (``--levers``). One lever over 3 seeds, generation included, took 27-32 minutes per seed on this 2-core
 machine while a test run shared it (``teacher+dense+wise+bm25``); a lever that reuses its seed's
 generation, mining and zero-shot costs its teacher (when its key changes), train and rerank::
@@ -103,9 +105,10 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     settings are adjacent). Every overlay pins all the lever keys, so a lever means the same thing whatever
     the base config sets (``hard-labels`` stays InPars as before if the demo's recipe changes)."""
     hard = {"inpars": {"teacher": None, "mine": {"negatives": 1, "dense": None},
+                       "filter": {"drop_unfinished": False},
                        "train": {"loss": "contrastive", "query_only": False, "interpolate": 1.0}}}
     teacher = {"inpars": {"teacher": {"rankers": [dict(teacher_ranker)], "bm25_weight": 0.0},
-                          "mine": {"negatives": 4, "dense": None},
+                          "mine": {"negatives": 4, "dense": None}, "filter": {"drop_unfinished": False},
                           "train": {"loss": "margin-mse", "query_only": False, "interpolate": 1.0}}}
     query_only = {"inpars": {"train": {"query_only": True}}}
     wise = {"inpars": {"train": {"interpolate": 0.5}}}
@@ -115,6 +118,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     sampled = {"inpars": {"generate": {"queries_per_doc": 3}}}
     # BM25 beside the teacher in its fusion (z-scores; the rankers' weights sum to 1)
     bm25 = {"inpars": {"teacher": {"bm25_weight": 0.2}}}
+    # queries whose generation ran to max_new_tokens without ending its line are dropped
+    finished = {"inpars": {"filter": {"drop_unfinished": True}}}
     return {
         "hard-labels": hard,
         "hard-labels+query-only": overlay(hard, query_only),
@@ -126,6 +131,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+dense": overlay(teacher, dense),
         "teacher+dense+wise": overlay(teacher, dense, wise),
         "teacher+dense+wise+bm25": overlay(teacher, dense, wise, bm25),
+        "teacher+dense+wise+finished": overlay(teacher, dense, wise, finished),
         "teacher+sampled": overlay(teacher, sampled),
         "teacher+dense+wise+sampled": overlay(teacher, dense, wise, sampled),
     }
@@ -147,6 +153,7 @@ DESCRIPTIONS = {
     "teacher+dense": "teacher, 2 dense negatives (the start model's top 30) beside BM25's 4",
     "teacher+dense+wise": "teacher, 2 dense negatives beside BM25's 4, WiSE-FT 0.5",
     "teacher+dense+wise+bm25": "teacher fused with BM25 (weight 0.2), dense negatives, WiSE-FT 0.5",
+    "teacher+dense+wise+finished": "the demo's recipe without queries that ran to the generator's token limit",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "teacher+dense+wise+sampled": "teacher, dense negatives, WiSE-FT 0.5, 3 queries per document",
     "generator": "the best lever with another generator",
