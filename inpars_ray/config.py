@@ -203,7 +203,11 @@ def parse_override(text: str) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
                 base: PipelineConfig | None = None) -> PipelineConfig:
-    """The defaults, then the YAML file at ``path``, then each ``KEY.PATH=VALUE`` override, validated."""
+    """The defaults, then the YAML file at ``path``, then the ``KEY.PATH=VALUE`` overrides, validated.
+
+    The overrides are merged together (a later one wins where two set the same key) and validated once, so
+    settings checked against each other can be changed together in any order (``train.batch_size`` and
+    ``train.micro_batch_size``)."""
     config = base or PipelineConfig()
     if path:
         try:
@@ -213,9 +217,23 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         config = merge(config, data or {}, str(path))
-    for text in overrides:
-        config = merge(config, parse_override(text), f"--set {text}")
+    texts = list(overrides)
+    if texts:
+        combined: dict[str, Any] = {}
+        for text in texts:
+            combined = _nested_update(combined, parse_override(text))
+        config = merge(config, combined, ", ".join(f"--set {text}" for text in texts))
     return config
+
+
+def _nested_update(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in, mapping by mapping (anything else replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        current = out.get(key)
+        out[key] = (_nested_update(current, value) if isinstance(value, Mapping) and isinstance(current, dict)
+                    else value)
+    return out
 
 
 def dump_yaml(config: PipelineConfig) -> str:

@@ -2,6 +2,8 @@
 the value (the bounds are declared on the fields; only checks across settings are code)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from inpars_ray.config import load_config
@@ -32,3 +34,18 @@ def test_in_the_pipeline_config_the_error_names_the_dotted_path_and_where_it_cam
         load_config(overrides=["inpars.mine.negatives=0"])
     with pytest.raises(ConfigError, match=r"inpars.train.pooling: Input should be 'mean' or 'cls' \(got 'max'\)"):
         load_config(overrides=["inpars.train.pooling=max"])
+
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_settings_checked_against_each_other_can_be_overridden_together_in_any_order(order):
+    sets = ["inpars.train.micro_batch_size=4", "inpars.train.batch_size=4"][::order]
+    config = load_config(DEMO, sets)
+    assert config.inpars.train.batch_size == config.inpars.train.micro_batch_size == 4
+    # a later override of the same key wins, and keys beside it in the same section are kept
+    config = load_config(DEMO, ["inpars.train.lr=1e-4", "inpars.train.lr=3e-5"])
+    assert config.inpars.train.lr == 3e-5 and config.inpars.train.interpolate == 0.5
+    with pytest.raises(ConfigError, match=r"--set inpars.train.lr=1e-4, --set inpars.train.batch_size=4: "):
+        load_config(DEMO, ["inpars.train.lr=1e-4", "inpars.train.batch_size=4"])
