@@ -221,19 +221,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
     if texts:
         combined: dict[str, Any] = {}
         for text in texts:
-            combined = _nested_update(combined, parse_override(text))
+            combined = _deep_merge(combined, parse_override(text), {})
         config = merge(config, combined, ", ".join(f"--set {text}" for text in texts))
     return config
-
-
-def _nested_update(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over`` merged in, mapping by mapping (anything else replaces)."""
-    out = dict(base)
-    for key, value in over.items():
-        current = out.get(key)
-        out[key] = (_nested_update(current, value) if isinstance(value, Mapping) and isinstance(current, dict)
-                    else value)
-    return out
 
 
 def dump_yaml(config: PipelineConfig) -> str:

@@ -138,6 +138,20 @@ def artifact_key(where_or_id: str | os.PathLike[str] | storage.Location) -> str:
     return text
 
 
+def upstream_manifest(where: storage.PathLike, stage: str | tuple[str, ...], subdir: str,
+                      ) -> tuple[storage.Location, dict[str, Any]] | None:
+    """The folder and manifest of the ``stage`` output (any of several stages: mine reads filter or
+    consistency) that publishes ``where``, given as the stage's folder or its ``subdir``; None when ``where``
+    is a user's own folder (no such manifest listing its files)."""
+    stages = (stage,) if isinstance(stage, str) else stage
+    loc = storage.location(where)
+    for root in (loc, loc.parent) if loc.name == subdir else (loc,):
+        manifest = read_manifest(root)
+        if manifest and manifest.get("stage") in stages and "files" in manifest:
+            return root, manifest
+    return None
+
+
 def published(where: storage.PathLike, stage: str | tuple[str, ...], subdir: str, suffix: str = ".parquet",
               ) -> tuple[list[storage.Location], str]:
     """The files of an upstream artifact and their key, for a downstream stage.
@@ -148,14 +162,13 @@ def published(where: storage.PathLike, stage: str | tuple[str, ...], subdir: str
     backend errors are final for this run). Otherwise ``where`` is a user's own folder: every ``suffix`` file
     under it, keyed by their names, sizes and modification times.
     """
-    stages = (stage,) if isinstance(stage, str) else stage  # any of them (mine reads filter or consistency)
     loc = storage.location(where)
-    for root in (loc, loc.parent) if loc.name == subdir else (loc,):
-        manifest = read_manifest(root)
-        if manifest and manifest.get("stage") in stages and "files" in manifest:
-            if manifest.get("status") != "complete":
-                logger.warning("%s: reading the %s output of an incomplete run", root.uri, stage)
-            return artifacts.listed_files(root, manifest, subdir), config_hash(manifest)
+    found = upstream_manifest(loc, stage, subdir)
+    if found is not None:
+        root, manifest = found
+        if manifest.get("status") != "complete":
+            logger.warning("%s: reading the %s output of an incomplete run", root.uri, stage)
+        return artifacts.listed_files(root, manifest, subdir), config_hash(manifest)
     folder = loc.join(subdir) if loc.join(subdir).is_dir() else loc
     names = folder.files(suffix=suffix)
     infos = folder.fs.get_file_info([folder.join(n).path for n in names])

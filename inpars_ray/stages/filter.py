@@ -38,7 +38,7 @@ from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.manifest import StageRecord, collection_key, published, read_manifest
+from inpars_ray.io.manifest import StageRecord, collection_key, published, upstream_manifest
 from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.io.text import document_text
 from inpars_ray.models.rankers import RankerConfig
@@ -344,13 +344,10 @@ def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
 def generation_limit(queries_dir: storage.PathLike) -> int | None:
     """The ``max_new_tokens`` the generate run behind ``queries_dir`` (its folder or its ``parts/``) decoded
     with, from its manifest; None when no generate manifest is there (a user's own Parquet files)."""
-    loc = storage.location(queries_dir)
-    for root in (loc, loc.parent) if loc.name == "parts" else (loc,):
-        manifest = read_manifest(root)
-        if manifest and manifest.get("stage") == "generate":
-            limit = manifest.get("config", {}).get("config", {}).get("generation", {}).get("max_new_tokens")
-            return int(limit) if limit is not None else None
-    return None
+    from inpars_ray.stages import generate
+
+    found = upstream_manifest(queries_dir, generate.STAGE, generate.PARTS)
+    return generate.max_new_tokens(found[1]) if found is not None else None
 
 
 def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: storage.PathLike,

@@ -332,6 +332,13 @@ def read_generated(out_dir: storage.PathLike) -> pa.Table:
 
 
 # --- the stage -------------------------------------------------------------------------------------
+def max_new_tokens(manifest: dict[str, Any]) -> int | None:
+    """The ``max_new_tokens`` a generate run decoded with, from its manifest (whose key pins the
+    :class:`GenerateConfig` under ``config``, as :func:`run_generate` builds it); None if it names none."""
+    limit = (manifest.get("config", {}).get("config", {}).get("generation", {}) or {}).get("max_new_tokens")
+    return int(limit) if limit is not None else None
+
+
 def run_generate(collection: Collection, out_dir: storage.PathLike, config: GenerateConfig,
                  resources: GenerateResources = GenerateResources(),
                  load_config: LoadConfig = LoadConfig()) -> StageResult:
