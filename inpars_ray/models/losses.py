@@ -9,7 +9,9 @@
   on the logit, positive 1, negative 0.
 * ``bi-encoder`` with ``contrastive`` (GPL / Promptagator style, as sentence-transformers'
   MultipleNegativesRankingLoss): softmax cross-entropy of a query's cosine to its positive against its BM25
-  negatives and every other document of the micro-batch, scaled by ``1 / temperature``.
+  negatives and every other document of the batch, scaled by ``1 / temperature``: of the whole batch, on
+  every worker, through gradient caching (:func:`cached_contrastive_backward`, ``train.in_batch: batch``,
+  the default), or of the micro-batch only (``in_batch: micro-batch``).
 
 Listwise and contrastive losses take a query's triples together, as one grouped row
 (:func:`group_triples`). Each loss is a *sum* over examples; the training loop divides by the global count.
@@ -168,12 +170,11 @@ def pointwise_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, reduction="sum")
 
 
-def contrastive_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
-                         max_negatives: int | None = None, temperature: float = 0.05, pooling: str = "mean",
-                         document_encoder=None, doc_cache: dict | None = None):
-    """Bi-encoder loss summed over lists: each query's positive against its own BM25 negatives and every
-    other document of the micro-batch (in-batch negatives), softmax over cosines / ``temperature``.
-    With ``document_encoder`` the documents are embedded by that frozen model (query-tower-only training)."""
+def list_embeddings(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
+                    max_negatives: int | None = None, pooling: str = "mean", document_encoder=None,
+                    doc_cache: dict | None = None):
+    """(query embeddings, document embeddings, index of each query's positive among the documents) of
+    grouped rows: every list's positive and negatives, one after the other."""
     import torch
 
     from inpars_ray.models.distill import _embed_documents
@@ -184,5 +185,121 @@ def contrastive_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_lengt
     pos_at = torch.tensor([0] + [len(d) for d in docs[:-1]], device=device).cumsum(0)
     q = embed(model, _tensors(encode_texts(tokenizer, queries, max_length), device), pooling)
     d = _embed_documents(flat, model, document_encoder, tokenizer, max_length, device, pooling, doc_cache)
-    sims = q @ d.T / temperature
-    return torch.nn.functional.cross_entropy(sims, pos_at, reduction="sum")
+    return q, d, pos_at
+
+
+def contrastive_from_embeddings(q, d, pos_at, temperature: float):
+    """Softmax cross-entropy of each query's cosine to its positive against every document of ``d``
+    (its own negatives and every other list's documents), over ``1 / temperature``; summed."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(q @ d.T / temperature, pos_at, reduction="sum")
+
+
+def contrastive_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
+                         max_negatives: int | None = None, temperature: float = 0.05, pooling: str = "mean",
+                         document_encoder=None, doc_cache: dict | None = None):
+    """Bi-encoder loss summed over lists: each query's positive against its own BM25 negatives and every
+    other document of the micro-batch (in-batch negatives), softmax over cosines / ``temperature``.
+    With ``document_encoder`` the documents are embedded by that frozen model (query-tower-only training)."""
+    q, d, pos_at = list_embeddings(model, tokenizer, rows, max_length, device, max_negatives, pooling,
+                                   document_encoder, doc_cache)
+    return contrastive_from_embeddings(q, d, pos_at, temperature)
+
+
+class _RandomState:
+    """The torch random state of ``device`` (CPU, and the GPU's where training runs on one), to replay
+    a forward pass with the same dropout."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.cuda = getattr(device, "type", str(device)) == "cuda"
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(device) if self.cuda else None
+        self.device = device
+
+    def restore(self) -> None:
+        import torch
+
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
+
+
+def _single_process_gather(tensor):
+    return tensor, 0
+
+
+def _single_process_sum(tensor):
+    return tensor
+
+
+def cached_contrastive_backward(model, tokenizer, rows: list[dict[str, Any]], micro: int, max_length: int,
+                                device, scale: float, *, max_negatives: int | None = None,
+                                temperature: float = 0.05, pooling: str = "mean", document_encoder=None,
+                                doc_cache: dict | None = None, gather_rows=_single_process_gather,
+                                sum_=_single_process_sum, autocast=None):
+    """The contrastive loss with every document of the *whole* batch as a negative, on every worker's
+    share of it, in the memory of one micro-batch: gradient caching (Gao et al., arXiv 2101.06983), the
+    method of sentence-transformers' CachedMultipleNegativesRankingLoss.
+
+    1. every micro-batch of ``rows`` is embedded without a graph (its random state kept);
+    2. the documents of all workers are gathered (``gather_rows``: this worker's rows -> every worker's
+       rows and where this worker's begin); each of this worker's queries is scored against all of them,
+       and the loss (times ``scale``) is differentiated with respect to the embeddings only; the document
+       gradients are summed over workers (``sum_``), since every worker's queries see every document;
+    3. each micro-batch is embedded again with its graph and the same dropout, and the cached embedding
+       gradients are back-propagated through it: the parameter gradients are those of the full-batch loss.
+
+    Accumulates into the parameters' ``.grad`` and returns this worker's summed loss (detached). Every
+    worker calls it at every step, with rows or without (a worker that ran dry still joins the gather).
+    The library's loss takes a ``SentenceTransformer`` and lists as columns of equal length (anchor,
+    positive, negative_1..n): the engine's lists have as many negatives as mining found, and query-tower
+    training embeds documents with a frozen second model, so the caching is written here.
+    """
+    import contextlib
+
+    import torch
+
+    autocast = autocast or contextlib.nullcontext
+    chunks = [rows[i:i + micro] for i in range(0, len(rows), micro)]
+    states, qs, ds, pos = [], [], [], []
+    offset = 0
+    for chunk in chunks:
+        states.append(_RandomState(device))
+        with torch.no_grad(), autocast():
+            q, d, pos_at = list_embeddings(model, tokenizer, chunk, max_length, device, max_negatives, pooling,
+                                           document_encoder, doc_cache)
+        qs.append(q.float())
+        ds.append(d.float())
+        pos.append(pos_at + offset)
+        offset += d.shape[0]
+    dim = _embedding_dim(model)
+    local_q = (torch.cat(qs) if qs else torch.zeros((0, dim), device=device)).requires_grad_(True)
+    local_d = torch.cat(ds) if ds else torch.zeros((0, dim), device=device)
+    all_d, start = gather_rows(local_d.contiguous())
+    all_d = all_d.detach().requires_grad_(True)
+    targets = torch.cat(pos) + start if pos else torch.zeros((0,), dtype=torch.long, device=device)
+    loss = (contrastive_from_embeddings(local_q, all_d, targets, temperature) if local_q.shape[0]
+            else (all_d.sum() * 0.0))
+    (loss * scale).backward()
+    d_grad = sum_(all_d.grad.clone())[start:start + local_d.shape[0]]
+    q_grad = local_q.grad
+    q_at = d_at = 0
+    for chunk, state in zip(chunks, states):
+        state.restore()
+        with autocast():
+            q, d, _ = list_embeddings(model, tokenizer, chunk, max_length, device, max_negatives, pooling,
+                                      document_encoder, doc_cache)
+        surrogate = (q.float() * q_grad[q_at:q_at + q.shape[0]]).sum()
+        if d.requires_grad:  # a frozen document tower has no gradient to pass on
+            surrogate = surrogate + (d.float() * d_grad[d_at:d_at + d.shape[0]]).sum()
+        surrogate.backward()
+        q_at, d_at = q_at + q.shape[0], d_at + d.shape[0]
+    return loss.detach()
+
+
+def _embedding_dim(model) -> int:
+    """The width of the model's pooled embedding (its hidden size: mean and cls pooling keep it)."""
+    return int(model.config.hidden_size)

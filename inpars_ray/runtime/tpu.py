@@ -9,7 +9,7 @@ this module supplies its own :class:`XlaTorchConfig`:
 * before the training function runs, every worker gets ``PJRT_DEVICE`` set (``TPU`` on TPU VMs; ``CPU``
   to exercise the path without a TPU) so torch-xla's PJRT runtime drives the local devices;
 * the torch.distributed process group that Ray Train sets up is ``gloo``: gradient sums between hosts
-  travel through host memory (see :class:`inpars_ray.stages.train_loop._Collectives`), compute stays on XLA.
+  travel through host memory (see :class:`inpars_ray.runtime.collectives.Collectives`), compute stays on XLA.
 
 torch-xla is imported lazily and only inside workers; the extra is ``inpars-ray[tpu]``.
 """

@@ -57,11 +57,14 @@ logger = logging.getLogger(__name__)
 def _hash_payload(triples_key: str, config: TrainConfig) -> dict[str, Any]:
     # the triples by content (their manifest's hash), the base model by content when it is a run artifact;
     # where checkpoints go and what is recorded does not change the model trained
-    from inpars_ray.io.manifest import artifact_key
+    from inpars_ray.io.manifest import artifact_key, to_jsonable
 
-    return {"triples": triples_key, "base_model": artifact_key(config.base_model), "config": dataclasses.replace(
+    keyed = to_jsonable(dataclasses.replace(
         config, storage_path=None, max_failures=0, rows_per_block=1, cpus_per_worker=None,
-        mlflow=False, mlflow_tracking_uri=None, mlflow_experiment=None)}
+        mlflow=False, mlflow_tracking_uri=None, mlflow_experiment=None))
+    if config.loss != "contrastive":
+        keyed.pop("in_batch")  # only the contrastive loss reads it: the other losses' runs keep their keys
+    return {"triples": triples_key, "base_model": artifact_key(config.base_model), "config": keyed}
 
 
 def copy_model(checkpoint, dest: storage.PathLike, family: str | None = None,
@@ -169,17 +172,23 @@ def _fit(record: StageRecord, out: storage.Location, files: list[storage.Locatio
             parts = max(1, -(-ds.count() // GROUP_ROWS_PER_PARTITION))
             ds = ds.groupby([S.QUERY_ID, S.POS_DOC_ID], num_partitions=parts).map_groups(
                 group_triples, batch_format="pyarrow")
-        # Small blocks so every worker gets some. Materialised (in the object store, not in this process)
-        # before the workers start: a streaming input needs CPUs for its read tasks while the workers hold
-        # theirs, and with every CPU held the splits waited forever on a read that never ran.
-        ds = _in_content_order(ds, config.seed, config.grouped)
+        # Blocks small enough that every worker gets several: the workers' splits hand out whole blocks, and
+        # 518 lists in one block (under the 1,024 rows of the default) went whole to the first worker, leaving
+        # the other to run dry at every step. A map_batches with a small batch_size does not make small blocks
+        # (its outputs are coalesced); repartition by rows per block does, in order. Materialised (in the
+        # object store, not in this process) before the workers start: a streaming input needs CPUs for its
+        # read tasks while the workers hold theirs, and with every CPU held the splits waited forever on a
+        # read that never ran.
         ctx = ray.data.DataContext.get_current()
         kept, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
         try:
-            ds = ds.map_batches(_identity, batch_size=config.rows_per_block, batch_format="pyarrow").materialize()
+            ds = _in_content_order(ds, config.seed, config.grouped).materialize()
+            units = ds.count()
+            per_block = block_rows(units, config.num_workers, config.rows_per_block)
+            ds = ds.repartition(target_num_rows_per_block=per_block).materialize()
         finally:
             ctx.execution_options.preserve_order = kept
-    record.counts["rows" if not config.grouped else "lists"] = units = ds.count()
+    record.counts["rows" if not config.grouped else "lists"] = units
     if config.warmup_ratio is not None:  # a fraction of this run's steps, known once the data is counted
         per_epoch = -(-(units * (1 if config.grouped else 2)) // config.batch_size)
         total = config.max_steps or per_epoch * config.epochs
@@ -232,8 +241,14 @@ def _fit(record: StageRecord, out: storage.Location, files: list[storage.Locatio
                         **{k: model_manifest[k] for k in ("interpolation", "towers") if k in model_manifest})
 
 
-def _identity(batch: pa.Table) -> pa.Table:
-    return batch
+#: blocks each training worker should get at least (of the data's rows, when there are that many)
+BLOCKS_PER_WORKER = 8
+
+
+def block_rows(units: int, num_workers: int, most: int) -> int:
+    """Rows per training block: at most ``most``, and few enough that each worker gets
+    :data:`BLOCKS_PER_WORKER` blocks (a worker's split is made of whole blocks)."""
+    return max(1, min(most, -(-units // (num_workers * BLOCKS_PER_WORKER))))
 
 
 ORDER_KEY = "_order"

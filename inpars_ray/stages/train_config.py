@@ -22,6 +22,8 @@ MODEL_DIR = "model"
 TRAINER_STATE = "trainer_state.pt"
 DATA_STATE = "data_state"
 Accelerator = Literal["cpu", "gpu", "tpu"]
+#: where the contrastive loss finds its in-batch negatives
+InBatch = Literal["batch", "micro-batch"]
 ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
 #: every loss; which of them a family trains with is :data:`LOSSES`
 Loss = Literal["monot5", "listwise", "pointwise", "contrastive", "margin-mse", "kl"]
@@ -73,6 +75,10 @@ class TrainConfig:
                                       "per list (None: all mined)")
     temperature: float = Field(0.05, gt=0, description="contrastive: softmax temperature of the cosine "
                                "similarities (0.05 = scale 20)")
+    in_batch: InBatch = Field("batch", description="contrastive: the other lists' documents a query is "
+                              "scored against: those of the whole batch, all workers together (gradient "
+                              "caching, arXiv 2101.06983, as sentence-transformers' CachedMultipleNegatives"
+                              "RankingLoss; one more forward pass), or of its micro-batch only")
     pooling: Pooling = Field("mean", description="bi-encoder pooling: mean or cls")
     epochs: int = Field(1, ge=1, description="passes over the triples (when max_steps is None)")
     max_steps: int | None = Field(None, ge=1, description="train exactly this many optimizer steps, over as many "
@@ -90,8 +96,8 @@ class TrainConfig:
     cpus_per_worker: float | None = Field(None, gt=0, description="CPUs a worker reserves; None takes 1, or an "
                                           "equal share of a smaller cluster; more than the cluster holds is "
                                           "refused (Ray Train would wait for them forever)")
-    rows_per_block: int = Field(1024, ge=1, description="training rows per Ray Data block; blocks much smaller than "
-                                "the data let every worker get some")
+    rows_per_block: int = Field(1024, ge=1, description="at most this many training rows per Ray Data block; "
+                                "fewer when the data is small, so that every worker gets several blocks")
     tpu_chips_per_worker: int = Field(4, ge=0, description="TPU chips a worker reserves (4 per v4 VM host; 0 "
                                       "runs the XLA path on torch-xla's CPU device)")
     seed: int = Field(0, ge=0, description="torch seed (the model init is the checkpoint's; this seeds dropout)")

@@ -38,6 +38,7 @@ from inpars_ray.models.losses import (
     pointwise_loss_sum,
     unit_id,
 )
+from inpars_ray.runtime.collectives import Collectives
 from inpars_ray.runtime.deps import require
 from inpars_ray.stages.train_config import DATA_STATE, DEFAULT_LR, TRAINER_STATE, TrainConfig, plan_steps
 from inpars_ray.stages.train_tracking import MlflowLog
@@ -86,6 +87,22 @@ def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]]
         return loss, len(ids), ids
 
 
+def _cached_contrastive(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]], micro: int, device,
+                        autocast: bool, document_encoder, doc_cache: dict, coll: Collectives, n_global: int):
+    """One step's contrastive loss against every document of the global batch (gradient caching)."""
+    import functools
+
+    import torch
+
+    from inpars_ray.models.losses import cached_contrastive_backward
+
+    return cached_contrastive_backward(
+        model, tokenizer, rows, micro, config.max_length, device, 1.0 / n_global,
+        max_negatives=config.max_negatives, temperature=config.temperature, pooling=config.pooling,
+        document_encoder=document_encoder, doc_cache=doc_cache, gather_rows=coll.gather_rows, sum_=coll.sum_,
+        autocast=functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16, enabled=autocast))
+
+
 def _fresh_triples(shard, consumed: set[str], rows_per_batch: int, grouped: bool = False) -> Iterator[dict[str, Any]]:
     """Rows of this worker's split, skipping rows a restored checkpoint says were already trained on."""
     cols = ([S.QUERY_ID, S.QUERY, S.POS_DOC_ID, S.POS_TEXT, NEG_DOC_IDS, NEG_TEXTS] if grouped else
@@ -97,42 +114,7 @@ def _fresh_triples(shard, consumed: set[str], rows_per_batch: int, grouped: bool
                 yield row
 
 
-class _Collectives:
-    """Sums across workers through torch.distributed (gloo / nccl / xla); a no-op for one worker."""
-
-    def __init__(self, world_size: int, via_cpu: bool) -> None:
-        self.world_size = world_size
-        self.via_cpu = via_cpu  # XLA compute with gloo collectives moves tensors through host memory
-
-    def sum_(self, tensor):
-        import torch.distributed as dist
-
-        if self.world_size == 1:
-            return tensor
-        if self.via_cpu and tensor.device.type != "cpu":
-            host = tensor.detach().cpu()
-            dist.all_reduce(host)
-            tensor.copy_(host.to(tensor.device))
-        else:
-            dist.all_reduce(tensor)
-        return tensor
-
-    def sum_grads(self, params: list) -> None:
-        """Sum gradients of ``params`` over workers in one flat buffer (absent grads count as zeros)."""
-        import torch
-
-        if self.world_size == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = self.sum_(torch.cat([g.reshape(-1) for g in grads]))
-        offset = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
-
-
-def _fill_step(rows: Iterator[dict[str, Any]], per_worker: int, coll: _Collectives, rank: int, world: int,
+def _fill_step(rows: Iterator[dict[str, Any]], per_worker: int, coll: Collectives, rank: int, world: int,
                device) -> list[dict[str, Any]]:
     """This worker's triples for one step, so that the step holds a full global batch while any worker has data.
 
@@ -233,10 +215,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if config.accelerator == "tpu":
         from inpars_ray.runtime.tpu import xla_device, xla_sync
 
-        device, sync, coll = xla_device(), xla_sync, _Collectives(world, via_cpu=True)
+        device, sync, coll = xla_device(), xla_sync, Collectives(world, via_cpu=True)
     else:
         device = ray.train.torch.get_device() if config.accelerator == "gpu" else torch.device("cpu")
-        sync, coll = (lambda: None), _Collectives(world, via_cpu=False)
+        sync, coll = (lambda: None), Collectives(world, via_cpu=False)
     autocast = (config.accelerator == "gpu" and config.mixed_precision and torch.cuda.is_bf16_supported())
 
     checkpoint = ray.train.get_checkpoint()
@@ -289,12 +271,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             seen: list[str] = []
-            for i in range(0, len(take), plan.micro_triples):
-                loss, _, ids = micro_loss(config, model, tokenizer, take[i:i + plan.micro_triples], device, autocast,
-                                          document_encoder, doc_cache)
-                (loss / n_global).backward()
-                local_loss += loss.detach().double()
-                seen += ids
+            if config.loss == "contrastive" and config.in_batch == "batch":  # every worker joins, rows or not
+                local_loss += _cached_contrastive(config, model, tokenizer, take, plan.micro_triples, device,
+                                                  autocast, document_encoder, doc_cache, coll, n_global).double()
+                seen += [unit_id(r, True) for r in take]
+            else:
+                for i in range(0, len(take), plan.micro_triples):
+                    loss, _, ids = micro_loss(config, model, tokenizer, take[i:i + plan.micro_triples], device,
+                                              autocast, document_encoder, doc_cache)
+                    (loss / n_global).backward()
+                    local_loss += loss.detach().double()
+                    seen += ids
             coll.sum_grads(params)
             optimizer.step()
             sync()
@@ -364,7 +351,7 @@ def _await_decision(stop_file: str, step: int) -> None:
         time.sleep(0.05)
 
 
-def _stop_requested(stop_file: str, rank: int, coll: _Collectives, device) -> bool:
+def _stop_requested(stop_file: str, rank: int, coll: Collectives, device) -> bool:
     """Whether ``stop_file`` exists, as rank 0 sees it; every worker gets the same answer."""
     import torch
 

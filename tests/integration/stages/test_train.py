@@ -131,3 +131,43 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tm
     assert manifest["counts"]["steps"] == math.ceil(n / cfg.batch_size)
     assert [h["step"] for h in manifest["extra"]["history"]] == list(range(1, manifest["counts"]["steps"] + 1))
     assert manifest["counts"]["examples"] == n
+
+
+def test_two_workers_score_each_query_against_every_document_of_the_global_batch(tmp_path):
+    """The contrastive loss of a bi-encoder on 2 Ray Train workers (gloo), 2 lists per micro-batch: the first
+    step's loss is that of one pass over all the step's lists together, every document a negative of every
+    query (gradient caching, in_batch=batch), not the mean of the micro-batches' own losses."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from inpars_ray.models.losses import contrastive_loss_sum, group_id, group_triples
+    from inpars_ray.testing.tiny_bert import build_tiny_bi_encoder
+
+    bi = build_tiny_bi_encoder(tmp_path / "bi")  # dropout 0: the recorded loss is the start model's own
+    triples = build_tiny_triples(tmp_path / "triples", files=2, repeat=2, limit=640)
+    table = pq.read_table(triples)
+    cfg = TrainConfig(base_model=str(bi), family="bi-encoder", loss="contrastive", batch_size=8, micro_batch_size=2,
+                      num_workers=2, max_length=64, max_steps=1, cpus_per_worker=0.5)
+    manifest = train(triples, tmp_path / "run", cfg, record_dir=str(tmp_path / "rec"))
+
+    seen = {}
+    for f in (tmp_path / "rec").glob("seen_rank*.txt"):
+        seen[f.name] = [line.split("\t", 1)[1] for line in f.read_text().splitlines()]
+    assert len(seen) == 2 and all(seen.values())  # both workers held lists of the step
+    step_lists = {x for ids in seen.values() for x in ids}
+    assert len(step_lists) == 8
+    rows = []
+    for gid in sorted(step_lists):
+        q, p = gid.split("\t")
+        mask = [a == q and b == p for a, b in zip(table[S.QUERY_ID].to_pylist(), table[S.POS_DOC_ID].to_pylist())]
+        rows += group_triples(table.filter(mask)).to_pylist()
+    assert {group_id(r[S.QUERY_ID], r[S.POS_DOC_ID]) for r in rows} == step_lists
+
+    model, tok = AutoModel.from_pretrained(bi).eval(), AutoTokenizer.from_pretrained(bi)
+    with torch.no_grad():
+        whole = contrastive_loss_sum(model, tok, rows, 64, "cpu").item() / len(rows)
+        by_micro = sum(contrastive_loss_sum(model, tok, rows[i:i + 2], 64, "cpu").item()
+                       for i in range(0, len(rows), 2)) / len(rows)
+    recorded = manifest["extra"]["history"][0]["loss"]
+    assert recorded == pytest.approx(whole, rel=1e-4)
+    assert by_micro < whole * 0.9  # the check tells the two apart

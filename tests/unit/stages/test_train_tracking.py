@@ -46,3 +46,16 @@ def test_mlflow_settings_do_not_change_the_training_key():
 
     plain, logged = TrainConfig(base_model="x"), TrainConfig(base_model="x", mlflow=True, mlflow_experiment="e")
     assert _hash_payload("k", plain) == _hash_payload("k", logged)
+
+
+def test_in_batch_is_part_of_the_training_key_only_for_the_loss_that_reads_it():
+    from inpars_ray.io.manifest import config_hash
+    from inpars_ray.stages.train import _hash_payload
+
+    def key(**kw):
+        return config_hash(_hash_payload("k", TrainConfig(base_model="x", family="bi-encoder", **kw)))
+
+    assert key(loss="contrastive") != key(loss="contrastive", in_batch="micro-batch")
+    # the distillation losses never read it: their runs keep the keys they had before the setting existed
+    assert key(loss="margin-mse") == key(loss="margin-mse", in_batch="micro-batch")
+    assert "in_batch" not in _hash_payload("k", TrainConfig(base_model="x", family="bi-encoder", loss="kl"))["config"]

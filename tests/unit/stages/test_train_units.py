@@ -170,3 +170,14 @@ def test_a_damaged_dev_set_file_is_a_typed_error_and_its_stage_is_marked(tmp_pat
     with pytest.raises(ArtifactDamagedError, match="dev_pairs.parquet"):
         _DevSet(dev, config)
     assert read_manifest(tmp_path)["status"] == "damaged"
+
+
+def test_training_blocks_give_every_worker_several_on_small_data_and_stay_capped_on_large():
+    from inpars_ray.stages.train import BLOCKS_PER_WORKER, block_rows
+
+    # 518 lists on 2 workers: the 1,024-row cap alone would make one block, all of it on the first worker
+    per = block_rows(518, 2, 1024)
+    assert -(-518 // per) >= 2 * BLOCKS_PER_WORKER
+    assert block_rows(10_000_000, 4, 1024) == 1024
+    assert block_rows(3, 2, 1024) == 1
+    assert block_rows(0, 2, 1024) == 1
