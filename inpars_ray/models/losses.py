@@ -209,7 +209,8 @@ def contrastive_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_lengt
 
 class _RandomState:
     """The torch random state of ``device`` (CPU, and the GPU's where training runs on one), to replay
-    a forward pass with the same dropout."""
+    a forward pass with the same dropout. An XLA device's generator is not saved: on TPU the replayed pass
+    draws fresh dropout masks, so its gradient is that of a slightly different pass (exact with dropout 0)."""
 
     def __init__(self, device) -> None:
         import torch
