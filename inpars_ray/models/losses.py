@@ -9,9 +9,10 @@
   on the logit, positive 1, negative 0.
 * ``bi-encoder`` with ``contrastive`` (GPL / Promptagator style, as sentence-transformers'
   MultipleNegativesRankingLoss): softmax cross-entropy of a query's cosine to its positive against its BM25
-  negatives and every other document of the batch, scaled by ``1 / temperature``: of the whole batch, on
-  every worker, through gradient caching (:func:`cached_contrastive_backward`, ``train.in_batch: batch``,
-  the default), or of the micro-batch only (``in_batch: micro-batch``).
+  negatives and every other document of the batch (never a copy of its own positive: another query of the
+  same document, or that document mined as another query's negative), scaled by ``1 / temperature``: of
+  the whole batch, on every worker, through gradient caching (:func:`cached_contrastive_backward`,
+  ``train.in_batch: batch``, the default), or of the micro-batch only (``in_batch: micro-batch``).
 
 Listwise and contrastive losses take a query's triples together, as one grouped row
 (:func:`group_triples`). Each loss is a *sum* over examples; the training loop divides by the global count.
@@ -188,23 +189,47 @@ def list_embeddings(model, tokenizer, rows: list[dict[str, Any]], max_length: in
     return q, d, pos_at
 
 
-def contrastive_from_embeddings(q, d, pos_at, temperature: float):
-    """Softmax cross-entropy of each query's cosine to its positive against every document of ``d``
-    (its own negatives and every other list's documents), over ``1 / temperature``; summed."""
+def list_doc_keys(rows: list[dict[str, Any]], max_negatives: int | None, device):
+    """An int64 key per document of grouped rows, in :func:`list_embeddings`' order (each list's positive,
+    then its negatives): equal documents get equal keys, wherever they sit in the batch or on which worker."""
+    import hashlib
+
     import torch
 
-    return torch.nn.functional.cross_entropy(q @ d.T / temperature, pos_at, reduction="sum")
+    ids = [d for r in rows for d in (r[S.POS_DOC_ID], *(r[NEG_DOC_IDS][:max_negatives] if max_negatives
+                                                         else r[NEG_DOC_IDS]))]
+    keys = [int.from_bytes(hashlib.blake2b(d.encode(), digest_size=8).digest(), "little", signed=True)
+            for d in ids]
+    return torch.tensor(keys, dtype=torch.int64, device=device)
+
+
+def contrastive_from_embeddings(q, d, pos_at, temperature: float, doc_keys=None):
+    """Softmax cross-entropy of each query's cosine to its positive against every document of ``d``
+    (its own negatives and every other list's documents), over ``1 / temperature``; summed.
+
+    With ``doc_keys`` (:func:`list_doc_keys` of the rows behind ``d``), the other copies of a query's
+    positive are left out of its negatives: another query of the same document (several queries per
+    document), or that document mined as another query's negative, is not a negative of this one."""
+    import torch
+
+    logits = q @ d.T / temperature
+    if doc_keys is not None:
+        copies = doc_keys.unsqueeze(0) == doc_keys[pos_at].unsqueeze(1)
+        copies[torch.arange(len(pos_at), device=copies.device), pos_at] = False
+        logits = logits.masked_fill(copies, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, pos_at, reduction="sum")
 
 
 def contrastive_loss_sum(model, tokenizer, rows: list[dict[str, Any]], max_length: int, device,
                          max_negatives: int | None = None, temperature: float = 0.05, pooling: str = "mean",
                          document_encoder=None, doc_cache: dict | None = None):
     """Bi-encoder loss summed over lists: each query's positive against its own BM25 negatives and every
-    other document of the micro-batch (in-batch negatives), softmax over cosines / ``temperature``.
-    With ``document_encoder`` the documents are embedded by that frozen model (query-tower-only training)."""
+    other document of the micro-batch (in-batch negatives) but its positive's copies, softmax over
+    cosines / ``temperature``. With ``document_encoder`` the documents are embedded by that frozen model
+    (query-tower-only training)."""
     q, d, pos_at = list_embeddings(model, tokenizer, rows, max_length, device, max_negatives, pooling,
                                    document_encoder, doc_cache)
-    return contrastive_from_embeddings(q, d, pos_at, temperature)
+    return contrastive_from_embeddings(q, d, pos_at, temperature, list_doc_keys(rows, max_negatives, d.device))
 
 
 class _RandomState:
@@ -247,9 +272,10 @@ def cached_contrastive_backward(model, tokenizer, rows: list[dict[str, Any]], mi
 
     1. every micro-batch of ``rows`` is embedded without a graph (its random state kept);
     2. the documents of all workers are gathered (``gather_rows``: this worker's rows -> every worker's
-       rows and where this worker's begin); each of this worker's queries is scored against all of them,
-       and the loss (times ``scale``) is differentiated with respect to the embeddings only; the document
-       gradients are summed over workers (``sum_``), since every worker's queries see every document;
+       rows and where this worker's begin), with their documents' keys; each of this worker's queries is
+       scored against all of them but its positive's other copies, and the loss (times ``scale``) is
+       differentiated with respect to the embeddings only; the document gradients are summed over workers
+       (``sum_``), since every worker's queries see every document;
     3. each micro-batch is embedded again with its graph and the same dropout, and the cached embedding
        gradients are back-propagated through it: the parameter gradients are those of the full-batch loss.
 
@@ -281,8 +307,9 @@ def cached_contrastive_backward(model, tokenizer, rows: list[dict[str, Any]], mi
     local_d = torch.cat(ds) if ds else torch.zeros((0, dim), device=device)
     all_d, start = gather_rows(local_d.contiguous())
     all_d = all_d.detach().requires_grad_(True)
+    all_keys, _ = gather_rows(list_doc_keys(rows, max_negatives, local_d.device))
     targets = torch.cat(pos) + start if pos else torch.zeros((0,), dtype=torch.long, device=device)
-    loss = (contrastive_from_embeddings(local_q, all_d, targets, temperature) if local_q.shape[0]
+    loss = (contrastive_from_embeddings(local_q, all_d, targets, temperature, all_keys) if local_q.shape[0]
             else (all_d.sum() * 0.0))
     (loss * scale).backward()
     d_grad = sum_(all_d.grad.clone())[start:start + local_d.shape[0]]
