@@ -15,6 +15,9 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
 
 * ``hard-labels``: InPars as before (binary labels, in-batch contrastive loss, both towers trained);
 * ``hard-labels+query-only``, ``hard-labels+wise``: that, with the query tower only / WiSE-FT alpha 0.5;
+* ``hard-labels+whole-batch``: that, with every document of the whole batch as a negative (``in_batch:
+  batch``; "as before" is the micro-batch's documents only); ``hard-labels+dense+wise+whole-batch``: hard
+  labels on the demo's data (4 BM25 and 2 dense negatives), whole-batch negatives and WiSE-FT 0.5;
 * ``teacher``: GPL, all-mpnet-base-v2 (``local:mpnet``) scores each query's positive and 4 BM25 negatives,
   the student learns the margins (``margin-mse``);
 * ``teacher+query-only``, ``teacher+query-only+wise``: that, with the query tower only, then WiSE-FT 0.5;
@@ -106,7 +109,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     the base config sets (``hard-labels`` stays InPars as before if the demo's recipe changes)."""
     hard = {"inpars": {"teacher": None, "mine": {"negatives": 1, "dense": None},
                        "filter": {"drop_unfinished": False},
-                       "train": {"loss": "contrastive", "query_only": False, "interpolate": 1.0}}}
+                       "train": {"loss": "contrastive", "query_only": False, "interpolate": 1.0,
+                                 "in_batch": "micro-batch"}}}
     teacher = {"inpars": {"teacher": {"rankers": [dict(teacher_ranker)], "bm25_weight": 0.0},
                           "mine": {"negatives": 4, "dense": None}, "filter": {"drop_unfinished": False},
                           "train": {"loss": "margin-mse", "query_only": False, "interpolate": 1.0}}}
@@ -118,12 +122,17 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     sampled = {"inpars": {"generate": {"queries_per_doc": 3}}}
     # BM25 beside the teacher in its fusion (z-scores; the rankers' weights sum to 1)
     bm25 = {"inpars": {"teacher": {"bm25_weight": 0.2}}}
+    # the contrastive loss with every document of the whole batch (all workers) as a negative
+    whole_batch = {"inpars": {"train": {"in_batch": "batch"}}}
+    # hard labels on the demo recipe's data: 4 BM25 and 2 dense negatives per query, WiSE-FT 0.5
+    hard_demo_data = overlay(hard, {"inpars": {"mine": {"negatives": 4}}}, dense, wise, whole_batch)
     # queries whose generation ran to max_new_tokens without ending its line are dropped
     finished = {"inpars": {"filter": {"drop_unfinished": True}}}
     return {
         "hard-labels": hard,
         "hard-labels+query-only": overlay(hard, query_only),
         "hard-labels+wise": overlay(hard, wise),
+        "hard-labels+whole-batch": overlay(hard, whole_batch),
         "teacher": teacher,
         "teacher+query-only": overlay(teacher, query_only),
         "teacher+query-only+wise": overlay(teacher, query_only, wise),
@@ -131,6 +140,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+dense": overlay(teacher, dense),
         "teacher+dense+wise": overlay(teacher, dense, wise),
         "teacher+dense+wise+bm25": overlay(teacher, dense, wise, bm25),
+        "hard-labels+dense+wise+whole-batch": hard_demo_data,
         "teacher+dense+wise+finished": overlay(teacher, dense, wise, finished),
         "teacher+sampled": overlay(teacher, sampled),
         "teacher+dense+wise+sampled": overlay(teacher, dense, wise, sampled),
@@ -146,6 +156,9 @@ DESCRIPTIONS = {
     "hard-labels": "InPars as before: binary labels, in-batch contrastive loss, both towers",
     "hard-labels+query-only": "hard labels, query tower only (document embeddings of the start model)",
     "hard-labels+wise": "hard labels, WiSE-FT: saved weights 0.5 start + 0.5 trained",
+    "hard-labels+whole-batch": "hard labels, every document of the whole batch a negative (gradient caching)",
+    "hard-labels+dense+wise+whole-batch": "hard labels on the demo's data (4 BM25 + 2 dense negatives), "
+                                          "whole-batch negatives, WiSE-FT 0.5",
     "teacher": "GPL: teacher scores the positive and 4 BM25 negatives, margin-mse",
     "teacher+query-only": "teacher, query tower only",
     "teacher+query-only+wise": "teacher, query tower only, WiSE-FT 0.5",
@@ -317,7 +330,7 @@ def markdown(result: Mapping[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for lever, x in s.items():
         pooled = x["pooled"]
-        other = lambda m: _f(x["delta_mean"].get(m), sign=True)  # noqa: E731
+        other = lambda m, x=x: _f(x["delta_mean"].get(m), sign=True)  # noqa: E731
         lines.append(
             f"| {lever} | {_f(x['zero_shot_mean'][HEADLINE])} | {_f(x['lever_mean'][HEADLINE])} | "
             f"{_f(x['delta_mean'][HEADLINE], sign=True)} | {_f(x['delta_std'])} | {_f(x['delta_min'], sign=True)} | "
@@ -433,9 +446,9 @@ def run_lever(name: str, seed: int, config: dict[str, Any], work: Path, args: ar
 
 def gemma_name() -> str | None:
     """A local Gemma generator the engine knows (``local_models``), else None."""
-    from inpars_ray.models import local_models
-
     import importlib.util
+
+    from inpars_ray.models import local_models
 
     if importlib.util.find_spec(local_models.GEMMA3_PACKAGE[0]) is None:
         return None  # the optional extra inpars-ray[gemma] (Gemma terms of use) is not installed

@@ -54,7 +54,9 @@ def test_levers_pin_their_keys_and_validate_against_the_engine_config(eff):
             assert ic.train.loss == "margin-mse" and ic.mine.negatives == 4
             assert ic.teacher.rankers[0].model == "local:mpnet" and ic.teacher.rankers[0].max_length == 192
         else:
-            assert ic.train.loss == "contrastive" and ic.teacher is None and ic.mine.negatives == 1
+            assert ic.train.loss == "contrastive" and ic.teacher is None
+            assert ic.mine.negatives == (4 if "dense" in name else 1)
+            assert ic.train.in_batch == ("batch" if "whole-batch" in name else "micro-batch")
     assert eff.config_key(eff.lever_config(base, levers["teacher"], 1, "/o")) != \
         eff.config_key(eff.lever_config(base, levers["teacher"], 2, "/o"))
 
