@@ -48,9 +48,8 @@ def _assert_same_grads(a, b):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("micro", [1, 2, 5])
-def test_micro_batches_give_the_loss_and_gradients_of_one_pass_over_the_whole_batch(model_path, micro):
-    rows = _rows()
+def _assert_cached_is_one_pass(model_path, rows, micro):
+    """Gradient caching in micro-batches of ``micro`` gives the loss and gradients of one pass over ``rows``."""
     model, tok = _load(model_path, train=False)
     full = contrastive_loss_sum(model, tok, rows, 64, "cpu")
     (full / len(rows)).backward()
@@ -60,6 +59,13 @@ def test_micro_batches_give_the_loss_and_gradients_of_one_pass_over_the_whole_ba
     cached = cached_contrastive_backward(model, tok, rows, micro, 64, "cpu", 1.0 / len(rows))
     assert cached.item() == pytest.approx(full.item(), rel=1e-5)
     _assert_same_grads(_grads(model), expected)
+    return model, tok, full
+
+
+@pytest.mark.parametrize("micro", [1, 2, 5])
+def test_micro_batches_give_the_loss_and_gradients_of_one_pass_over_the_whole_batch(model_path, micro):
+    rows = _rows()
+    model, tok, full = _assert_cached_is_one_pass(model_path, rows, micro)
 
     # the micro-batch-only loss is not the same: its queries meet fewer in-batch negatives
     if micro < len(rows):
@@ -145,13 +151,4 @@ def test_another_copy_of_a_querys_positive_is_not_one_of_its_negatives(model_pat
 
 @pytest.mark.parametrize("micro", [1, 2])
 def test_gradient_caching_leaves_the_same_copies_out_as_one_pass(model_path, micro):
-    rows = _rows_sharing_a_positive()
-    model, tok = _load(model_path, train=False)
-    full = contrastive_loss_sum(model, tok, rows, 64, "cpu")
-    (full / len(rows)).backward()
-    expected = _grads(model)
-
-    model.zero_grad(set_to_none=True)
-    cached = cached_contrastive_backward(model, tok, rows, micro, 64, "cpu", 1.0 / len(rows))
-    assert cached.item() == pytest.approx(full.item(), rel=1e-5)
-    _assert_same_grads(_grads(model), expected)
+    _assert_cached_is_one_pass(model_path, _rows_sharing_a_positive(), micro)
