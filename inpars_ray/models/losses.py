@@ -119,13 +119,17 @@ def unit_id(row: dict[str, Any], grouped: bool) -> str:
     return triple_id(row[S.QUERY_ID], row[S.POS_DOC_ID], row[S.NEG_DOC_ID])
 
 
+def _negatives(row: dict[str, Any], column: str, max_negatives: int | None) -> list:
+    """A grouped row's negatives (``column``: their texts or ids), the first ``max_negatives`` of them."""
+    return row[column][:max_negatives] if max_negatives else row[column]
+
+
 def _lists(rows: list[dict[str, Any]], max_negatives: int | None):
     """(queries, [positive, negatives...] texts per list) of grouped rows."""
     queries, docs = [], []
     for r in rows:
-        negs = r[NEG_TEXTS][:max_negatives] if max_negatives else r[NEG_TEXTS]
         queries.append(r[S.QUERY])
-        docs.append([r[S.POS_TEXT], *negs])
+        docs.append([r[S.POS_TEXT], *_negatives(r, NEG_TEXTS, max_negatives)])
     return queries, docs
 
 
@@ -196,8 +200,7 @@ def list_doc_keys(rows: list[dict[str, Any]], max_negatives: int | None, device)
 
     import torch
 
-    ids = [d for r in rows for d in (r[S.POS_DOC_ID], *(r[NEG_DOC_IDS][:max_negatives] if max_negatives
-                                                         else r[NEG_DOC_IDS]))]
+    ids = [d for r in rows for d in (r[S.POS_DOC_ID], *_negatives(r, NEG_DOC_IDS, max_negatives))]
     keys = [int.from_bytes(hashlib.blake2b(d.encode(), digest_size=8).digest(), "little", signed=True)
             for d in ids]
     return torch.tensor(keys, dtype=torch.int64, device=device)
