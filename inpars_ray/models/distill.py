@@ -107,15 +107,42 @@ def bi_encoder_distill_sum(model, tokenizer, rows: list[dict[str, Any]], max_len
     library = _library_loss(loss, model, temperature, teacher_temperature)
     total = None
     for group in scored_lists(rows, max_negatives):
-        n = len(group[0][NEG_SCORES][:max_negatives] if max_negatives else group[0][NEG_SCORES])
+        n = _list_negatives(group[0], max_negatives)
         q = embed(model, _tensors(encode_texts(tokenizer, [r[S.QUERY] for r in group], max_length), device), pooling)
         flat = [t for r in group for t in (r[S.POS_TEXT], *r["neg_texts"][:n])]
         d = _embed_documents(flat, model, document_encoder, tokenizer, max_length, device, pooling, doc_cache)
-        d = d.view(len(group), n + 1, -1)
-        columns = [q] + [d[:, j] for j in range(n + 1)]
-        part = library.compute_loss_from_embeddings(columns, _labels(group, n, device)) * len(group)
+        part = _group_loss(library, group, q, d.view(len(group), n + 1, -1), n, device)
         total = part if total is None else total + part
     return total if total is not None else _zero(model)
+
+
+def _list_negatives(row: dict[str, Any], max_negatives: int | None) -> int:
+    return len(row[NEG_SCORES][:max_negatives] if max_negatives else row[NEG_SCORES])
+
+
+def _group_loss(library, group: list[dict[str, Any]], q, d, n: int, device):
+    """The library loss of lists of equal length, summed: ``q`` (lists, dim), ``d`` (lists, 1 + n, dim)."""
+    columns = [q] + [d[:, j] for j in range(n + 1)]
+    return library.compute_loss_from_embeddings(columns, _labels(group, n, device)) * len(group)
+
+
+def distill_from_embeddings(rows: list[dict[str, Any]], q, d, pos_at, loss: str, temperature: float,
+                            teacher_temperature: float, max_negatives: int | None = None, model=None):
+    """:func:`bi_encoder_distill_sum` on embeddings already taken: ``q``, ``d`` and ``pos_at`` as
+    :func:`inpars_ray.models.losses.list_embeddings` returns them for ``rows`` (each list's positive, then its
+    negatives, one list after the other). Summed over lists; lists without negatives add nothing."""
+    import torch
+
+    library = _library_loss(loss, model, temperature, teacher_temperature)
+    index = {id(r): i for i, r in enumerate(rows)}
+    total = q.sum() * 0.0 + d.sum() * 0.0
+    for group in scored_lists(rows, max_negatives):
+        n = _list_negatives(group[0], max_negatives)
+        at = torch.stack([pos_at[index[id(r)]] for r in group])
+        docs = d[at.unsqueeze(1) + torch.arange(n + 1, device=at.device)]
+        total = total + _group_loss(library, group, q[at.new_tensor([index[id(r)] for r in group])], docs, n,
+                                    d.device)
+    return total
 
 
 def _zero(model):

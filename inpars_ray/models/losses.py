@@ -268,7 +268,7 @@ def cached_contrastive_backward(model, tokenizer, rows: list[dict[str, Any]], mi
                                 device, scale: float, *, max_negatives: int | None = None,
                                 temperature: float = 0.05, pooling: str = "mean", document_encoder=None,
                                 doc_cache: dict | None = None, gather_rows=_single_process_gather,
-                                sum_=_single_process_sum, autocast=None):
+                                sum_=_single_process_sum, autocast=None, weight: float = 1.0, extra=None):
     """The contrastive loss with every document of the *whole* batch as a negative, on every worker's
     share of it, in the memory of one micro-batch: gradient caching (Gao et al., arXiv 2101.06983), the
     method of sentence-transformers' CachedMultipleNegativesRankingLoss.
@@ -281,6 +281,10 @@ def cached_contrastive_backward(model, tokenizer, rows: list[dict[str, Any]], mi
        (``sum_``), since every worker's queries see every document;
     3. each micro-batch is embedded again with its graph and the same dropout, and the cached embedding
        gradients are back-propagated through it: the parameter gradients are those of the full-batch loss.
+
+    ``weight`` multiplies the contrastive loss; ``extra(rows, q, d, pos_at)``, when given, adds a loss of this
+    worker's own lists on their embeddings (a teacher's margins: :func:`inpars_ray.models.distill.
+    distill_from_embeddings`), taken in step 2 with the contrastive one, so both reach the model in one replay.
 
     Accumulates into the parameters' ``.grad`` and returns this worker's summed loss (detached). Every
     worker calls it at every step, with rows or without (a worker that ran dry still joins the gather).
@@ -311,9 +315,11 @@ def cached_contrastive_backward(model, tokenizer, rows: list[dict[str, Any]], mi
     all_d, start = gather_rows(local_d.contiguous())
     all_d = all_d.detach().requires_grad_(True)
     all_keys, _ = gather_rows(list_doc_keys(rows, max_negatives, local_d.device))
-    targets = torch.cat(pos) + start if pos else torch.zeros((0,), dtype=torch.long, device=device)
-    loss = (contrastive_from_embeddings(local_q, all_d, targets, temperature, all_keys) if local_q.shape[0]
-            else (all_d.sum() * 0.0))
+    local_pos = torch.cat(pos) if pos else torch.zeros((0,), dtype=torch.long, device=device)
+    loss = (weight * contrastive_from_embeddings(local_q, all_d, local_pos + start, temperature, all_keys)
+            if local_q.shape[0] else (all_d.sum() * 0.0))
+    if extra is not None and local_q.shape[0]:
+        loss = loss + extra(rows, local_q, all_d[start:start + local_d.shape[0]], local_pos)
     (loss * scale).backward()
     d_grad = sum_(all_d.grad.clone())[start:start + local_d.shape[0]]
     q_grad = local_q.grad

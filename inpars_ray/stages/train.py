@@ -62,8 +62,10 @@ def _hash_payload(triples_key: str, config: TrainConfig) -> dict[str, Any]:
     keyed = to_jsonable(dataclasses.replace(
         config, storage_path=None, max_failures=0, rows_per_block=1, cpus_per_worker=None,
         mlflow=False, mlflow_tracking_uri=None, mlflow_experiment=None))
-    if config.loss != "contrastive":
-        keyed.pop("in_batch")  # only the contrastive loss reads it: the other losses' runs keep their keys
+    if not config.in_batch_negatives:
+        keyed.pop("in_batch")  # only a contrastive loss reads it: the other losses' runs keep their keys
+    if not config.contrastive_weight:
+        keyed.pop("contrastive_weight")  # added later: runs without it keep their keys
     return {"triples": triples_key, "base_model": artifact_key(config.base_model), "config": keyed}
 
 

@@ -79,6 +79,10 @@ class TrainConfig:
                               "scored against: those of the whole batch, all workers together (gradient "
                               "caching, arXiv 2101.06983, as sentence-transformers' CachedMultipleNegatives"
                               "RankingLoss; one more forward pass), or of its micro-batch only")
+    contrastive_weight: float = Field(0.0, ge=0, description="margin-mse or kl on a bi-encoder: add this weight "
+                                      "times the contrastive loss (hard labels: each query's source document "
+                                      "against its negatives and the other lists' documents, as `in_batch` and "
+                                      "`temperature` say) to the distillation loss; 0 distils only")
     pooling: Pooling = Field("mean", description="bi-encoder pooling: mean or cls")
     epochs: int = Field(1, ge=1, description="passes over the triples (when max_steps is None)")
     max_steps: int | None = Field(None, ge=1, description="train exactly this many optimizer steps, over as many "
@@ -132,6 +136,9 @@ class TrainConfig:
             raise ConfigError(f"a {family} trains with loss {LOSSES[family]}, not {loss!r}")
         if self.query_only and family != BI_ENCODER:
             raise ConfigError(f"query_only trains a bi-encoder's query tower; this model is a {family}")
+        if self.contrastive_weight and (family != BI_ENCODER or loss not in DISTILL_LOSSES):
+            raise ConfigError(f"contrastive_weight adds hard labels to a bi-encoder's distillation loss "
+                              f"({DISTILL_LOSSES}); this is a {family} trained with {loss!r}")
         # detect_family returns one of FAMILIES and LOSSES holds Loss names: the Literal types hold
         return dataclasses.replace(self, family=cast(Family, family), loss=cast(Loss, loss),
                                    lr=self.lr or DEFAULT_LR[family])
@@ -140,6 +147,11 @@ class TrainConfig:
     def distills(self) -> bool:
         """Whether this loss trains on a teacher's scores."""
         return self.loss in DISTILL_LOSSES
+
+    @property
+    def in_batch_negatives(self) -> bool:
+        """Whether the loss scores queries against other lists' documents (contrastive, alone or added)."""
+        return self.loss == "contrastive" or (self.distills and self.contrastive_weight > 0)
 
     @property
     def grouped(self) -> bool:

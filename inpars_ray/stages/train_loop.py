@@ -30,9 +30,12 @@ from inpars_ray.models.families import BI_ENCODER, CROSS_ENCODER
 from inpars_ray.models.losses import (
     NEG_DOC_IDS,
     NEG_TEXTS,
+    contrastive_from_embeddings,
     contrastive_loss_sum,
     encode_examples,
     expand_triples,
+    list_doc_keys,
+    list_embeddings,
     listwise_loss_sum,
     loss_sum,
     pointwise_loss_sum,
@@ -62,7 +65,13 @@ def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]]
             common: dict[str, Any] = dict(loss=config.loss, temperature=config.temperature,
                           teacher_temperature=config.teacher_temperature or config.temperature,
                           max_negatives=config.max_negatives)
-            if config.family == BI_ENCODER:
+            if config.family == BI_ENCODER and config.contrastive_weight:  # hard labels beside the teacher's
+                q, d, pos_at = list_embeddings(model, tokenizer, rows, config.max_length, device,
+                                               config.max_negatives, config.pooling, document_encoder, doc_cache)
+                keys = list_doc_keys(rows, config.max_negatives, d.device)
+                loss = (_distill_on_embeddings(config, model, rows, q, d, pos_at) + config.contrastive_weight
+                        * contrastive_from_embeddings(q, d, pos_at, config.temperature, keys))
+            elif config.family == BI_ENCODER:
                 loss = distill.bi_encoder_distill_sum(model, tokenizer, rows, config.max_length, device,
                                                       pooling=config.pooling, document_encoder=document_encoder,
                                                       doc_cache=doc_cache, **common)
@@ -89,18 +98,32 @@ def micro_loss(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]]
 
 def _cached_contrastive(config: TrainConfig, model, tokenizer, rows: list[dict[str, Any]], micro: int, device,
                         autocast: bool, document_encoder, doc_cache: dict, coll: Collectives, n_global: int):
-    """One step's contrastive loss against every document of the global batch (gradient caching)."""
+    """One step's contrastive loss against every document of the global batch (gradient caching), with a
+    distillation loss beside it (``contrastive_weight``) when the loss is one."""
     import functools
 
     import torch
 
     from inpars_ray.models.losses import cached_contrastive_backward
 
+    extra, weight = None, 1.0
+    if config.distills:
+        weight = config.contrastive_weight
+        extra = functools.partial(_distill_on_embeddings, config, model)
     return cached_contrastive_backward(
         model, tokenizer, rows, micro, config.max_length, device, 1.0 / n_global,
         max_negatives=config.max_negatives, temperature=config.temperature, pooling=config.pooling,
         document_encoder=document_encoder, doc_cache=doc_cache, gather_rows=coll.gather_rows, sum_=coll.sum_,
-        autocast=functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16, enabled=autocast))
+        autocast=functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16, enabled=autocast),
+        weight=weight, extra=extra)
+
+
+def _distill_on_embeddings(config: TrainConfig, model, rows: list[dict[str, Any]], q, d, pos_at):
+    """The distillation loss of ``rows`` (summed) on their embeddings, in list order."""
+    from inpars_ray.models.distill import distill_from_embeddings
+
+    return distill_from_embeddings(rows, q, d, pos_at, str(config.loss), config.temperature,
+                                   config.teacher_temperature or config.temperature, config.max_negatives, model)
 
 
 def _fresh_triples(shard, consumed: set[str], rows_per_batch: int, grouped: bool = False) -> Iterator[dict[str, Any]]:
@@ -271,7 +294,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
             seen: list[str] = []
-            if config.loss == "contrastive" and config.in_batch == "batch":  # every worker joins, rows or not
+            if config.in_batch_negatives and config.in_batch == "batch":  # every worker joins, rows or not
                 local_loss += _cached_contrastive(config, model, tokenizer, take, plan.micro_triples, device,
                                                   autocast, document_encoder, doc_cache, coll, n_global).double()
                 seen += [unit_id(r, True) for r in take]
