@@ -24,6 +24,8 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
 * ``teacher+wise``: the teacher, both towers, WiSE-FT 0.5;
 * ``teacher+dense``: the teacher, with 2 dense negatives (the start model's top 30) beside BM25's 4;
 * ``teacher+dense+wise+bm25``: the demo's recipe with BM25 fused into the teacher (weight 0.2);
+* ``teacher+dense+hard``: the teacher's margins and hard labels together (``contrastive_weight`` 0.01, whole-batch
+  negatives), dense negatives, no WiSE-FT;
 * ``teacher+dense+wise+finished``: the demo's recipe, dropping queries whose generation ran to
   ``max_new_tokens`` without ending its line (``filter.drop_unfinished``);
 * ``teacher+sampled``, ``teacher+dense+wise+sampled``: the teacher (alone, or with the demo's recipe), 3
@@ -39,7 +41,7 @@ after each run its ``report.json``, ``manifest.json`` and evaluation files are c
 ``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
 exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Full benchmark: 3 seeds x 13 levers = 39 runs; never run whole here, it was measured a few levers at a time
+Full benchmark: 3 seeds x 16 levers = 48 runs; never run whole here, it was measured a few levers at a time
 (``--levers``). One lever over 3 seeds, generation included, took 27-32 minutes per seed on this 2-core
 machine while a test run shared it (``teacher+dense+wise+bm25``); a lever that reuses its seed's
 generation, mining and zero-shot costs its teacher (when its key changes), train and rerank::
@@ -113,7 +115,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
                                  "in_batch": "micro-batch"}}}
     teacher = {"inpars": {"teacher": {"rankers": [dict(teacher_ranker)], "bm25_weight": 0.0},
                           "mine": {"negatives": 4, "dense": None}, "filter": {"drop_unfinished": False},
-                          "train": {"loss": "margin-mse", "query_only": False, "interpolate": 1.0}}}
+                          "train": {"loss": "margin-mse", "query_only": False, "interpolate": 1.0,
+                                    "contrastive_weight": 0.0}}}
     query_only = {"inpars": {"train": {"query_only": True}}}
     wise = {"inpars": {"train": {"interpolate": 0.5}}}
     # the start model mines 2 dense negatives beside BM25's 4 (never the positive or a near-copy of it)
@@ -126,6 +129,10 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     whole_batch = {"inpars": {"train": {"in_batch": "batch"}}}
     # hard labels on the demo recipe's data: 4 BM25 and 2 dense negatives per query, WiSE-FT 0.5
     hard_demo_data = overlay(hard, {"inpars": {"mine": {"negatives": 4}}}, dense, wise, whole_batch)
+    # hard labels beside the teacher's margins, weighted so that both carry about the same gradient at the start
+    # model (measured on python-docstrings' training lists: margin-MSE's gradient norm is ~0.013 of the
+    # contrastive loss's), every document of the whole batch a negative
+    teacher_hard = {"inpars": {"train": {"contrastive_weight": 0.01, "in_batch": "batch"}}}
     # queries whose generation ran to max_new_tokens without ending its line are dropped
     finished = {"inpars": {"filter": {"drop_unfinished": True}}}
     return {
@@ -140,6 +147,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+dense": overlay(teacher, dense),
         "teacher+dense+wise": overlay(teacher, dense, wise),
         "teacher+dense+wise+bm25": overlay(teacher, dense, wise, bm25),
+        "teacher+dense+hard": overlay(teacher, dense, teacher_hard),
         "hard-labels+dense+wise+whole-batch": hard_demo_data,
         "teacher+dense+wise+finished": overlay(teacher, dense, wise, finished),
         "teacher+sampled": overlay(teacher, sampled),
@@ -166,6 +174,8 @@ DESCRIPTIONS = {
     "teacher+dense": "teacher, 2 dense negatives (the start model's top 30) beside BM25's 4",
     "teacher+dense+wise": "teacher, 2 dense negatives beside BM25's 4, WiSE-FT 0.5",
     "teacher+dense+wise+bm25": "teacher fused with BM25 (weight 0.2), dense negatives, WiSE-FT 0.5",
+    "teacher+dense+hard": "teacher's margins + hard labels (weight 0.01, whole-batch negatives), dense "
+                          "negatives, no WiSE-FT",
     "teacher+dense+wise+finished": "the demo's recipe without queries that ran to the generator's token limit",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "teacher+dense+wise+sampled": "teacher, dense negatives, WiSE-FT 0.5, 3 queries per document",
