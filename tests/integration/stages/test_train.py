@@ -133,20 +133,32 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tm
     assert manifest["counts"]["examples"] == n
 
 
-def test_two_workers_score_each_query_against_every_document_of_the_global_batch(tmp_path):
+@pytest.mark.parametrize("teacher", [False, True], ids=["hard-labels", "margins+hard-labels"])
+def test_two_workers_score_each_query_against_every_document_of_the_global_batch(tmp_path, teacher):
     """The contrastive loss of a bi-encoder on 2 Ray Train workers (gloo), 2 lists per micro-batch: the first
     step's loss is that of one pass over all the step's lists together, every document a negative of every
-    query (gradient caching, in_batch=batch), not the mean of the micro-batches' own losses."""
+    query (gradient caching, in_batch=batch), not the mean of the micro-batches' own losses. With a teacher's
+    scores and ``contrastive_weight``, the loss is the margins' plus the weighted whole-batch one."""
+    import pyarrow as pa
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from inpars_ray.models.losses import contrastive_loss_sum, group_id, group_triples
+    from inpars_ray.models.distill import distill_from_embeddings
+    from inpars_ray.models.losses import contrastive_loss_sum, group_id, group_triples, list_embeddings
     from inpars_ray.testing.tiny_bert import build_tiny_bi_encoder
 
     bi = build_tiny_bi_encoder(tmp_path / "bi")  # dropout 0: the recorded loss is the start model's own
     triples = build_tiny_triples(tmp_path / "triples", files=2, repeat=2, limit=640)
     table = pq.read_table(triples)
-    cfg = TrainConfig(base_model=str(bi), family="bi-encoder", loss="contrastive", batch_size=8, micro_batch_size=2,
+    if teacher:  # the teacher stage's columns: a score per (query, positive) and per (query, negative)
+        n = table.num_rows
+        table = table.append_column("pos_score", pa.array([0.8 + (i % 7) / 50 for i in range(n)], pa.float64()))
+        table = table.append_column("neg_score", pa.array([0.3 + (i % 5) / 20 for i in range(n)], pa.float64()))
+        triples = tmp_path / "scored"
+        triples.mkdir()
+        pq.write_table(table, triples / "part-0.parquet")
+    cfg = TrainConfig(base_model=str(bi), family="bi-encoder", loss="margin-mse" if teacher else "contrastive",
+                      contrastive_weight=0.5 if teacher else 0.0, batch_size=8, micro_batch_size=2,
                       num_workers=2, max_length=64, max_steps=1, cpus_per_worker=0.5)
     manifest = train(triples, tmp_path / "run", cfg, record_dir=str(tmp_path / "rec"))
 
@@ -168,6 +180,11 @@ def test_two_workers_score_each_query_against_every_document_of_the_global_batch
         whole = contrastive_loss_sum(model, tok, rows, 64, "cpu").item() / len(rows)
         by_micro = sum(contrastive_loss_sum(model, tok, rows[i:i + 2], 64, "cpu").item()
                        for i in range(0, len(rows), 2)) / len(rows)
+        if teacher:
+            margins = distill_from_embeddings(rows, *list_embeddings(model, tok, rows, 64, "cpu"), "margin-mse",
+                                              0.05, 0.05, model=model).item() / len(rows)
+            assert margins > 0
+            whole, by_micro = margins + 0.5 * whole, margins + 0.5 * by_micro
     recorded = manifest["extra"]["history"][0]["loss"]
     assert recorded == pytest.approx(whole, rel=1e-4)
     assert by_micro < whole * 0.9  # the check tells the two apart
