@@ -128,3 +128,22 @@ def test_reused_stages_are_read_from_the_stage_lines(eff):
            "✓ generate         already complete: documents=16, queries=16\n"
            "✓ train            steps=2\n")
     assert eff.reused_from_log(log) == ["index", "generate"]
+
+
+def test_compare_runs_pools_finished_run_folders_with_the_benchmarks_own_test(tmp_path, capsys):
+    from scipy import stats
+
+    spec = importlib.util.spec_from_file_location("bench_compare_runs", ROOT / "benchmarks" / "compare_runs.py")
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+    zs = {"q1": 0.5, "q2": 0.2, "q3": 0.8}
+    runs = {"s1": {"q1": 0.6, "q2": 0.2, "q3": 0.7}, "s2": {"q1": 0.9, "q2": 0.4, "q3": 0.8}}
+    for name, values in runs.items():
+        _fake_run(tmp_path / name, zs, values)
+    assert compare_runs.main([str(tmp_path / "s1"), str(tmp_path / "s2"), "--json", str(tmp_path / "out.json")]) == 0
+    pooled = json.loads((tmp_path / "out.json").read_text())["summary"]["pooled"]
+    both = [runs["s1"][q] for q in zs] + [runs["s2"][q] for q in zs]
+    assert pooled["queries"] == 6 and (pooled["better"], pooled["worse"], pooled["tied"]) == (3, 1, 2)
+    assert pooled["p_value"] == pytest.approx(stats.ttest_rel(both, list(zs.values()) * 2).pvalue)
+    out = capsys.readouterr().out
+    assert "pooled: +0.1000 nDCG@10 over 6 queries" in out and "3 better / 1 worse / 2 tied" in out
