@@ -41,11 +41,7 @@ def scored_lists(rows: list[dict[str, Any]], max_negatives: int | None) -> list[
     take a (batch, negatives) label matrix)."""
     groups: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
-        if r.get(NEG_SCORES) is None or r.get(POS_SCORE) is None:
-            raise ConfigError("a distillation loss needs the teacher's scores: set inpars.teacher (or train on "
-                              "the teacher stage's triples)")
-        n = len(r["neg_texts"][:max_negatives] if max_negatives else r["neg_texts"])
-        groups.setdefault(n, []).append(r)
+        groups.setdefault(_list_negatives(r, max_negatives), []).append(r)
     return [groups[n] for n in sorted(groups) if n > 0]
 
 
@@ -117,7 +113,14 @@ def bi_encoder_distill_sum(model, tokenizer, rows: list[dict[str, Any]], max_len
 
 
 def _list_negatives(row: dict[str, Any], max_negatives: int | None) -> int:
-    return len(row[NEG_SCORES][:max_negatives] if max_negatives else row[NEG_SCORES])
+    """How many of a list's negatives train (its texts, cut to ``max_negatives``), each with a teacher score."""
+    if row.get(NEG_SCORES) is None or row.get(POS_SCORE) is None:
+        raise ConfigError("a distillation loss needs the teacher's scores: set inpars.teacher (or train on "
+                          "the teacher stage's triples)")
+    n = len(row["neg_texts"][:max_negatives] if max_negatives else row["neg_texts"])
+    if len(row[NEG_SCORES][:n]) != n:
+        raise ConfigError(f"list {row.get(S.QUERY_ID)!r}: {n} negatives but {len(row[NEG_SCORES])} teacher scores")
+    return n
 
 
 def _group_loss(library, group: list[dict[str, Any]], q, d, n: int, device):
@@ -134,14 +137,15 @@ def distill_from_embeddings(rows: list[dict[str, Any]], q, d, pos_at, loss: str,
     import torch
 
     library = _library_loss(loss, model, temperature, teacher_temperature)
-    index = {id(r): i for i, r in enumerate(rows)}
+    by_length: dict[int, list[int]] = {}  # positions of the lists with n negatives, for lists with any
+    for i, r in enumerate(rows):
+        if n := _list_negatives(r, max_negatives):
+            by_length.setdefault(n, []).append(i)
     total = q.sum() * 0.0 + d.sum() * 0.0
-    for group in scored_lists(rows, max_negatives):
-        n = _list_negatives(group[0], max_negatives)
-        at = torch.stack([pos_at[index[id(r)]] for r in group])
-        docs = d[at.unsqueeze(1) + torch.arange(n + 1, device=at.device)]
-        total = total + _group_loss(library, group, q[at.new_tensor([index[id(r)] for r in group])], docs, n,
-                                    d.device)
+    for n, positions in sorted(by_length.items()):
+        lists = torch.tensor(positions, device=pos_at.device)
+        docs = d[pos_at[lists].unsqueeze(1) + torch.arange(n + 1, device=pos_at.device)]
+        total = total + _group_loss(library, [rows[i] for i in positions], q[lists], docs, n, d.device)
     return total
 
 

@@ -120,6 +120,10 @@ class TrainConfig:
         # here depends on two settings at once
         if self.family is not None and self.loss is not None and self.loss not in LOSSES[self.family]:
             raise ConfigError(f"a {self.family} trains with loss {LOSSES[self.family]}, not {self.loss!r}")
+        if self.contrastive_weight and (self.loss not in DISTILL_LOSSES or self.family not in (None, BI_ENCODER)):
+            raise ConfigError(f"contrastive_weight adds hard labels to a bi-encoder's distillation loss "
+                              f"({DISTILL_LOSSES}); this config trains a {self.family or 'model'} with "
+                              f"{self.loss or 'its family default loss'!r}")
         loss = self.loss if self.loss is not None or self.family is None else LOSSES[self.family][0]
         if loss is None:  # the unit is known once the family is read
             plan_steps(self.batch_size, self.micro_batch_size, self.num_workers, grouped=True)
@@ -150,7 +154,8 @@ class TrainConfig:
 
     @property
     def in_batch_negatives(self) -> bool:
-        """Whether the loss scores queries against other lists' documents (contrastive, alone or added)."""
+        """Whether the loss scores queries against other lists' documents (contrastive, alone or added);
+        read on a :meth:`resolved` config (an unset loss reads as False)."""
         return self.loss == "contrastive" or (self.distills and self.contrastive_weight > 0)
 
     @property

@@ -296,7 +296,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seen: list[str] = []
             # one worker whose step is one micro-batch already scores every query against the whole batch:
             # one pass gives the cached loss and gradients (the same dropout draws), without its extra pass
-            cached = config.in_batch_negatives and config.in_batch == "batch" and (world > 1 or plan.accum_steps > 1)
+            # (not under autocast: the cached loss is taken in float32 outside it)
+            cached = config.in_batch_negatives and config.in_batch == "batch" and (
+                world > 1 or plan.accum_steps > 1 or autocast)
             if cached:  # every worker joins, rows or not
                 local_loss += _cached_contrastive(config, model, tokenizer, take, plan.micro_triples, device,
                                                   autocast, document_encoder, doc_cache, coll, n_global).double()

@@ -53,6 +53,7 @@ def test_levers_pin_their_keys_and_validate_against_the_engine_config(eff):
         if name.startswith("teacher"):
             assert ic.train.loss == "margin-mse" and ic.mine.negatives == 4
             assert ic.train.contrastive_weight == (0.01 if name.endswith("+hard") else 0.0)
+            assert not name.endswith("+hard") or ic.train.in_batch == "batch"
             assert ic.teacher.rankers[0].model == "local:mpnet" and ic.teacher.rankers[0].max_length == 192
         else:
             assert ic.train.loss == "contrastive" and ic.teacher is None

@@ -74,6 +74,28 @@ def test_margins_on_embeddings_match_a_by_hand_margin_mse_and_the_per_group_loss
     assert on_embeddings.item() == pytest.approx(per_group.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("loss", ["margin-mse", "kl"])
+@pytest.mark.parametrize("max_negatives", [None, 1])
+def test_the_teachers_loss_on_embeddings_is_the_per_group_one(model_path, loss, max_negatives):
+    model, tok = _load(model_path)
+    rows = _rows()
+    with torch.no_grad():
+        q, d, pos_at = list_embeddings(model, tok, rows, 64, "cpu", max_negatives)
+        on_embeddings = distill_from_embeddings(rows, q, d, pos_at, loss, 0.05, 0.1, max_negatives, model)
+        per_group = bi_encoder_distill_sum(model, tok, rows, 64, "cpu", loss, 0.05, 0.1,
+                                           max_negatives=max_negatives)
+    assert on_embeddings.item() == pytest.approx(per_group.item(), rel=1e-4) and per_group.item() > 0
+
+
+def test_a_list_with_fewer_teacher_scores_than_negatives_is_named(model_path):
+    model, tok = _load(model_path)
+    rows = _rows()
+    rows[2]["neg_scores"] = rows[2]["neg_scores"][:1]
+    q, d, pos_at = list_embeddings(model, tok, rows, 64, "cpu")
+    with pytest.raises(ConfigError, match="'q2': 2 negatives but 1 teacher scores"):
+        distill_from_embeddings(rows, q, d, pos_at, "margin-mse", 0.05, 0.05, model=model)
+
+
 def test_hard_labels_beside_the_teacher_through_gradient_caching_equal_one_pass(model_path):
     rows = _rows()
     weight = 0.3
@@ -107,6 +129,8 @@ def _margins(model, rows, q, d, pos_at):
 
 
 def test_contrastive_weight_is_refused_where_there_is_no_distillation_to_add_it_to(model_path):
+    with pytest.raises(ConfigError, match="contrastive_weight"):  # when the config is read, not at training
+        TrainConfig(base_model="x", contrastive_weight=0.5)
     with pytest.raises(ConfigError, match="contrastive_weight"):
         TrainConfig(base_model=str(model_path), family="bi-encoder", loss="contrastive",
                     contrastive_weight=0.5).resolved()
@@ -124,7 +148,7 @@ def test_the_micro_batch_loss_adds_the_weighted_hard_labels_to_the_teacher_margi
     rows = _rows()
     model, tok = _load(model_path)
     config = TrainConfig(base_model=str(model_path), family="bi-encoder", loss="margin-mse", max_length=64,
-                         contrastive_weight=0.3, in_batch="micro-batch").resolved()
+                         contrastive_weight=0.3).resolved()
     with torch.no_grad():
         loss, units, ids = micro_loss(config, model, tok, rows, "cpu", False)
         q, d, pos_at = list_embeddings(model, tok, rows, 64, "cpu")

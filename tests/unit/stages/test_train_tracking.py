@@ -59,3 +59,8 @@ def test_in_batch_is_part_of_the_training_key_only_for_the_loss_that_reads_it():
     # the distillation losses never read it: their runs keep the keys they had before the setting existed
     assert key(loss="margin-mse") == key(loss="margin-mse", in_batch="micro-batch")
     assert "in_batch" not in _hash_payload("k", TrainConfig(base_model="x", family="bi-encoder", loss="kl"))["config"]
+    # hard labels beside the teacher read it too; a weight of 0 keeps the keys of runs before the setting
+    weighted = dict(loss="margin-mse", contrastive_weight=0.01)
+    assert key(**weighted) != key(**weighted, in_batch="micro-batch") != key(loss="margin-mse")
+    assert "contrastive_weight" not in _hash_payload("k", TrainConfig(base_model="x", family="bi-encoder",
+                                                                      loss="margin-mse"))["config"]
