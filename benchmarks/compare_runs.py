@@ -42,9 +42,9 @@ def compare(run_dirs: list[Path], label: str = "runs") -> dict:
 
 def _line(name: str, delta: float, test: dict) -> str:
     p = test["p_value"]
-    return (f"{name}: {delta:+.4f} nDCG@10 over {test['queries']} queries, p = "
-            f"{'n/a' if p is None else f'{p:.3f}'}, {test['better']} better / {test['worse']} worse / "
-            f"{test['tied']} tied")
+    shown = "n/a" if p is None else ("< 0.001" if p < 0.001 else f"= {p:.3f}")
+    return (f"{name}: {delta:+.4f} nDCG@10 over {test['queries']} queries, p {shown}, {test['better']} better / "
+            f"{test['worse']} worse / {test['tied']} tied")
 
 
 def main(argv: list[str] | None = None) -> int:
