@@ -46,6 +46,6 @@ def test_settings_checked_against_each_other_can_be_overridden_together_in_any_o
     assert config.inpars.train.batch_size == config.inpars.train.micro_batch_size == 4
     # a later override of the same key wins, and keys beside it in the same section are kept
     config = load_config(DEMO, ["inpars.train.lr=1e-4", "inpars.train.lr=3e-5"])
-    assert config.inpars.train.lr == 3e-5 and config.inpars.train.interpolate == 0.5
+    assert config.inpars.train.lr == 3e-5 and config.inpars.train.contrastive_weight == 0.01
     with pytest.raises(ConfigError, match=r"--set inpars.train.lr=1e-4, --set inpars.train.batch_size=4: "):
         load_config(DEMO, ["inpars.train.lr=1e-4", "inpars.train.batch_size=4"])

@@ -41,6 +41,7 @@ def test_levers_pin_their_keys_and_validate_against_the_engine_config(eff):
     base = eff.load_base()
     assert base["inpars"]["generate"]["num_docs"] == 100 and base["inpars"]["rerank"]["depth"] == 20
     assert base["inpars"]["train"]["epochs"] == 4  # the recorded results' recipe, whatever the demo trains
+    assert base["inpars"]["train"]["micro_batch_size"] == 8
     for name, lever in levers.items():
         config = eff.lever_config(base, lever, seed=2, out_dir="/tmp/x")
         resolved = PipelineConfig.from_dict(config)  # the engine accepts every lever
