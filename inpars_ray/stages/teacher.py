@@ -45,7 +45,10 @@ logger = logging.getLogger(__name__)
 
 STAGE = "teacher"
 TRIPLES_DIR = "triples"
+DROPPED_DIR = "dropped"
 POS_SCORE, NEG_SCORE = "pos_score", "neg_score"
+#: the teacher's rank of a query's source document among the documents it scored for that query (1: first)
+POS_RANK = "pos_rank"
 Fusion = Literal["zscore"]
 FUSIONS: tuple[str, ...] = get_args(Fusion)
 #: the triples with the teacher's scores: what distillation trains on
@@ -73,6 +76,12 @@ class TeacherConfig:
     partitions: int = Field(4, ge=1, description="hash partitions of the grouping by query")
     rerank_test: bool = Field(False, description="also rerank the test run with the teacher (a single ranker) "
                               "and report it as the 'teacher' system (slow for a large teacher)")
+    consistency_k: int | None = Field(None, ge=1, description="keep a query only if the teacher ranks its source "
+                                      "document within the top k of the documents it scored for it (the positive "
+                                      "and its negatives; a tie counts against the positive; a query with several "
+                                      "positives is judged per positive): InPars-light's consistency check (arXiv "
+                                      "2301.02998) on the teacher's own scores, at no extra scoring. The dropped "
+                                      "triples go to dropped/ with the rank. None: every query is kept")
 
     def __post_init__(self) -> None:
         if self.weights is not None and len(self.weights) != len(self.rankers):
@@ -133,6 +142,24 @@ def attach_scores(triples: pa.Table, scored: pa.Table) -> pa.Table:
         NEG_SCORE, lookup(S.NEG_DOC_ID)).cast(SCORED_TRIPLES)
 
 
+def positive_ranks(scored: pa.Table) -> np.ndarray:
+    """For each scored triple, the teacher's rank of its positive among that (query, positive)'s documents:
+    1 + the number of its negatives scored at or above it (a tie counts against the positive). The rows of
+    one (query, positive) must all be in ``scored`` (one query partition holds them)."""
+    if scored.num_rows == 0:
+        return np.zeros(0, np.int64)
+    keys = pc.binary_join_element_wise(scored.column(S.QUERY_ID), scored.column(S.POS_DOC_ID), "\t")
+    codes = keys.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    above = (scored.column(NEG_SCORE).to_numpy() >= scored.column(POS_SCORE).to_numpy()).astype(np.int64)
+    return 1 + np.bincount(codes, weights=above).astype(np.int64)[codes]
+
+
+def attach_ranked(triples: pa.Table, scored: pa.Table) -> pa.Table:
+    """:func:`attach_scores`, plus the ``pos_rank`` column (:func:`positive_ranks`)."""
+    out = attach_scores(triples, scored)
+    return out.append_column(POS_RANK, pa.array(positive_ranks(out), pa.int64()))
+
+
 def fuse(scores: list[np.ndarray], stats: list[tuple[float, float]], weights: list[float]) -> np.ndarray:
     """The weighted sum of each ranker's standardised scores (one ranker: its raw scores, unchanged)."""
     if len(scores) == 1:
@@ -145,6 +172,10 @@ def fuse(scores: list[np.ndarray], stats: list[tuple[float, float]], weights: li
 # --- Ray wiring ------------------------------------------------------------------------------------------
 def _score_column(i: int) -> str:
     return f"teacher_{i}"
+
+
+def _unranked(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns([POS_RANK]).cast(SCORED_TRIPLES)
 
 
 def _fused(batch: pa.Table, stats: list[tuple[float, float]], weights: list[float]) -> pa.Table:
@@ -167,14 +198,20 @@ def run_teacher(triples_dir: storage.PathLike, out_dir: storage.PathLike, config
     out = storage.location(out_dir)
     storage.check_reachable(out, triples_dir)
     files, triples_key = published(triples_dir, "mine", TRIPLES_DIR)
+    from inpars_ray.io.manifest import to_jsonable
+
+    keyed = to_jsonable(config)
+    if config.consistency_k is None:
+        keyed.pop("consistency_k")  # added later: runs without it keep their keys
     stage_config: dict = {"triples": triples_key, "models": [artifact_key(r.model) for r in config.rankers],
-                          "teacher": config}
+                          "teacher": keyed}
     if config.bm25_weight > 0:
         if index_dir is None:
             raise ConfigError("teacher.bm25_weight fuses BM25's scores: the teacher stage needs the run's index")
         bm25 = bm25 or BM25Config()
         stage_config.update(index=input_key(index_dir, stage="index"), bm25=bm25)
-    return run_once(StageSpec(STAGE, out, stage_config, outputs=(TRIPLES_DIR,)),
+    outputs = (TRIPLES_DIR,) if config.consistency_k is None else (TRIPLES_DIR, DROPPED_DIR)
+    return run_once(StageSpec(STAGE, out, stage_config, outputs=outputs, stale=(DROPPED_DIR,)),
                     lambda record: _label(record, files, triples_dir, out, config, index_dir, bm25))
 
 
@@ -224,19 +261,39 @@ def _label(record: StageRecord, files: list[storage.Location], triples_dir: stor
             col = _score_column(i)
             stats.append((float(scored.mean(col)), float(scored.std(col, ddof=0))) if len(weights) > 1 else (0.0, 1.0))
         fused = scored.map_batches(_fused, fn_kwargs={"stats": stats, "weights": weights}, batch_format="pyarrow")
-        labelled = hash_exchange([triples, fused], [S.QUERY_ID, S.QUERY_ID], config.partitions, attach_scores)
+        k = config.consistency_k
+        labelled = hash_exchange([triples, fused], [S.QUERY_ID, S.QUERY_ID], config.partitions,
+                                 attach_scores if k is None else attach_ranked)
+        if k is not None:  # the consistency check: kept triples without their rank, the rest to dropped/
+            labelled = labelled.materialize()
+            labelled.filter(expr=f"{POS_RANK} > {k}").write_parquet(
+                (out / DROPPED_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
+            labelled = labelled.filter(expr=f"{POS_RANK} <= {k}").map_batches(_unranked, batch_format="pyarrow")
         labelled.write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
     written = artifacts.snapshot(out, TRIPLES_DIR)
     files_out = [out.join(n) for n in written]
     n_out = sum(artifacts.read_parquet(f, columns=[S.QUERY_ID]).num_rows for f in files_out)
-    if n_out != n_expected:
-        raise InparsError(f"teacher: wrote {n_out} scored triples where {n_expected} were expected")
-    margins = _margins(files_out)
-    record.counts.update(triples_in=n_in, triples=n_out, capped=n_in - n_out, pairs_scored=scored.count())
+    n_dropped, dropped_lists = 0, 0
+    if config.consistency_k is not None:
+        dropped = artifacts.snapshot(out, DROPPED_DIR)
+        lists = [artifacts.read_parquet(out.join(n), columns=[S.QUERY_ID, S.POS_DOC_ID]) for n in dropped]
+        n_dropped = sum(t.num_rows for t in lists)
+        dropped_lists = len({key for t in lists for key in zip(*(c.to_pylist() for c in t.columns))})
+        written = {**written, **dropped}
+    if n_out + n_dropped != n_expected:
+        raise InparsError(f"teacher: wrote {n_out} scored triples and dropped {n_dropped} where {n_expected} "
+                          "were expected")
+    margins = _margins([out.join(n) for n in written])  # every scored triple, kept or dropped
+    record.counts.update(triples_in=n_in, triples=n_out, capped=n_in - n_expected, pairs_scored=scored.count())
+    if config.consistency_k is not None:
+        record.counts.update(dropped_inconsistent_triples=n_dropped, dropped_inconsistent_lists=dropped_lists)
     record.extra.update(rankers=[dataclasses.asdict(r) for r in rankers], weights=weights, fusion=config.fusion,
                         stats=[{"mean": m, "std": s} for m, s in stats], **margins)
-    logger.info("[teacher] %d triples scored (%d pairs); positive above negative for %.1f%%", n_out,
+    logger.info("[teacher] %d triples scored (%d pairs); positive above negative for %.1f%%", n_out + n_dropped,
                 record.counts["pairs_scored"], 100 * margins["pos_above_neg"])
+    if config.consistency_k is not None:
+        logger.info("[teacher] consistency (top %d): %d (query, positive) lists dropped (%d triples), %d triples "
+                    "kept", config.consistency_k, dropped_lists, n_dropped, n_out)
     return written
 
 

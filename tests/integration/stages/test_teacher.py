@@ -317,3 +317,53 @@ def test_dev_set_judge_fuses_the_teacher_and_bm25_as_computed_in_one_process(mod
         best.setdefault(q, d)
     judged = {(q, d) for q, d in zip(qrels.column(S.QUERY_ID).to_pylist(), qrels.column(S.DOC_ID).to_pylist())}
     assert judged == {(q, "source") for q in best} | set(best.items())
+
+
+def _ranks_by_hand(table: pa.Table) -> dict[tuple[str, str, str, int], int]:
+    """Each triple's positive rank among its (query, positive)'s documents, counted row by row."""
+    rows = table.to_pylist()
+    out = {}
+    for r in rows:
+        group = [o for o in rows if (o[S.QUERY_ID], o[S.POS_DOC_ID]) == (r[S.QUERY_ID], r[S.POS_DOC_ID])]
+        out[(r[S.QUERY_ID], r[S.POS_DOC_ID], r[S.NEG_DOC_ID], r[S.NEG_RANK])] = 1 + sum(
+            o[NEG_SCORE] >= o[POS_SCORE] for o in group)
+    return out
+
+
+def test_consistency_keeps_the_queries_whose_positive_the_teacher_ranks_first(single, triples, tmp_path):
+    """consistency_k=1: a (query, positive) stays only if the teacher scored the positive above all its
+    negatives; the other lists' triples go to dropped/ with the rank, every triple is in one of the two, and the key without the
+    setting is the key runs had before it existed."""
+    from inpars_ray.stages.teacher import DROPPED_DIR, POS_RANK
+
+    out0, manifest0, config0 = single
+    assert "consistency_k" not in manifest0["config"]["teacher"]
+    everything = _scored(out0)
+    assert 0 < sum(r == 1 for r in _ranks_by_hand(everything).values()) < everything.num_rows  # both kinds
+
+    out = tmp_path / "teacher"
+    shutil.copytree(out0, out)  # the same folder with another setting: the stage must run again
+    config = TeacherConfig(rankers=config0.rankers, rows_per_call=16, partitions=3, consistency_k=1)
+    manifest = run_teacher(triples, out, config)
+    kept = _scored(out)
+    dropped = _sorted(pa.concat_tables([pq.read_table(f) for f in sorted((out / DROPPED_DIR).glob("*.parquet"))]))
+    assert kept.schema.equals(SCORED_TRIPLES)
+    both = _sorted(pa.concat_tables([kept, dropped.drop_columns([POS_RANK])]))
+    assert both.select(S.TRIPLES.names).equals(everything.select(S.TRIPLES.names))  # every triple, once
+    for col in (POS_SCORE, NEG_SCORE):
+        assert np.allclose(both.column(col).to_numpy(), everything.column(col).to_numpy(), rtol=0, atol=1e-5)
+    ranks = _ranks_by_hand(both)  # on the scores this run wrote
+    key = lambda r: (r[S.QUERY_ID], r[S.POS_DOC_ID], r[S.NEG_DOC_ID], r[S.NEG_RANK])  # noqa: E731
+    assert kept.num_rows and all(ranks[key(r)] == 1 for r in kept.to_pylist())
+    assert dropped.num_rows and all(r[POS_RANK] == ranks[key(r)] > 1 for r in dropped.to_pylist())
+    lists = lambda t: set(zip(t.column(S.QUERY_ID).to_pylist(), t.column(S.POS_DOC_ID).to_pylist()))  # noqa: E731
+    assert lists(kept).isdisjoint(lists(dropped))  # a (query, positive) list goes whole
+    counts = manifest["counts"]
+    assert counts["triples"] == kept.num_rows and counts["dropped_inconsistent_triples"] == dropped.num_rows
+    assert counts["dropped_inconsistent_lists"] == len(lists(dropped))
+    assert manifest["config"]["teacher"]["consistency_k"] == 1
+
+    # back to no check in the same folder: the old key again, and no dropped/ left behind
+    manifest = run_teacher(triples, out, config0)
+    assert manifest["config_hash"] == manifest0["config_hash"] and not (out / DROPPED_DIR).exists()
+    assert _scored(out).select(S.TRIPLES.names).equals(everything.select(S.TRIPLES.names))

@@ -77,3 +77,12 @@ def test_distillation_needs_a_teacher():
 
     with pytest.raises(ConfigError, match="teacher"):
         PipelineConfig.from_dict({"inpars": {"train": {"loss": "margin-mse", "family": "bi-encoder"}}})
+
+
+def test_the_positive_rank_counts_the_negatives_scored_at_or_above_it_within_its_query():
+    from inpars_ray.stages.teacher import NEG_SCORE, POS_SCORE, positive_ranks
+
+    t = pa.table({S.QUERY_ID: ["a", "a", "a", "b", "b", "c"], S.POS_DOC_ID: ["d1"] * 3 + ["d2"] * 2 + ["d3"],
+                  POS_SCORE: [0.5, 0.5, 0.5, 0.1, 0.1, 0.9], NEG_SCORE: [0.2, 0.5, 0.7, 0.0, -1.0, 0.95]})
+    assert positive_ranks(t).tolist() == [3, 3, 3, 1, 1, 2]  # a tie counts against the positive
+    assert positive_ranks(t.slice(0, 0)).tolist() == []
