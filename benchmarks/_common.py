@@ -47,7 +47,7 @@ def ratio(num: float | None, den: float | None) -> float | None:
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.start = time.perf_counter()
         self.seconds = 0.0
         return self
@@ -118,7 +118,7 @@ class TreeMemory:
                 seen.update(rss=max(seen["rss"], rss), pss=max(seen["pss"], pss), anon=max(seen["anon"], anon))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> TreeMemory:
         self._thread.start()
         return self
 

@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 from inpars_ray.errors import FormatError
 from inpars_ray.io import catalog
 from inpars_ray.io.load import CORPUS_WITH_REASON, LoadConfig, _datasource_class, read_qrels, read_queries
-
 from tests.reliability.conftest import FULL
 
 MAX_DOC_CHARS = 60  # small, so "oversized" rows are cheap to generate

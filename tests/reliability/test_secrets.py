@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from inpars_ray.testing.tiny_lm import tiny_lm_path
-
 from tests.fakes.fault_proxy import EchoCompletionsServer
 
 KEY = "sk-SENTINELKEY-5f0c9a7e"

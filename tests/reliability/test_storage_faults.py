@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from inpars_ray.io import storage
-
 from tests.conftest import free_port
 from tests.reliability.conftest import GatedEcho, wait_for
 

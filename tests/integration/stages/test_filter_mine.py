@@ -214,7 +214,6 @@ def test_mining_excludes_positive_uses_own_hits_and_is_block_independent(ray_ses
 def test_dense_negatives_match_a_one_process_recomputation(ray_session, index_dir, kept_dir, tmp_path):
     """BM25's negatives plus a bi-encoder's: every dense negative is the draw the pure functions make from
     embeddings computed here without Ray, never the positive or a near-copy of it; counts add up."""
-    import numpy as np
 
     from inpars_ray.models.rankers import Ranker
     from inpars_ray.stages.dense_negatives import DenseNegativesConfig, dense_candidates, draw_dense

@@ -252,7 +252,8 @@ def test_a_tune_sweep_after_the_teacher_cuts_its_dev_set_from_the_scored_triples
     from inpars_ray.io import storage
     from inpars_ray.io.manifest import StageRecord
     from inpars_ray.io.stage import StageResult
-    from inpars_ray.stages import devset, filter as filter_stage, generate, mine, teacher
+    from inpars_ray.stages import devset, generate, mine, teacher
+    from inpars_ray.stages import filter as filter_stage
 
     class Built(Exception):
         pass
@@ -313,7 +314,7 @@ def test_dev_set_judge_fuses_the_teacher_and_bm25_as_computed_in_one_process(mod
                         S.RELEVANCE: pa.array([1] * len({q for q, _ in keys}), pa.int64())}, schema=S.QRELS)
     qrels = pseudo_qrels(pairs, fused, sources, top=1)
     best = {}
-    for (q, d), f in sorted(zip(keys, fused), key=lambda x: (x[0][0], -x[1], x[0][1])):
+    for (q, d), _score in sorted(zip(keys, fused), key=lambda x: (x[0][0], -x[1], x[0][1])):
         best.setdefault(q, d)
     judged = {(q, d) for q, d in zip(qrels.column(S.QUERY_ID).to_pylist(), qrels.column(S.DOC_ID).to_pylist())}
     assert judged == {(q, "source") for q in best} | set(best.items())

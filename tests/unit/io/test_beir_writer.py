@@ -15,7 +15,7 @@ from inpars_ray.io.load import iter_lines, parse_corpus_lines, read_qrels, read_
 
 def write(out: Path, replace: bool = True, tag: str = "a") -> None:
     with BeirWriter(out, replace=replace) as w:
-        assert w.corpus(({"_id": f"d{i}", "title": "", "text": f"doc {i} {tag}"} for i in range(3))) == 3
+        assert w.corpus({"_id": f"d{i}", "title": "", "text": f"doc {i} {tag}"} for i in range(3)) == 3
         assert w.queries([{"_id": "q1", "text": "a query é"}]) == 1
         assert w.qrels("test", iter([("q1", "d0", 1), ("q1", "d2", 0)])) == 2
         w.finish({"tag": tag})
@@ -38,7 +38,7 @@ def test_nothing_appears_without_the_manifest_or_after_a_failure(tmp_path: Path)
             w.corpus([{"_id": "d0", "text": "x"}])
     with pytest.raises(ValueError):
         with BeirWriter(tmp_path / "c") as w:
-            w.corpus(({"_id": "d0", "text": "x"} if i < 2 else int("boom") for i in range(3)))
+            w.corpus({"_id": "d0", "text": "x"} if i < 2 else int("boom") for i in range(3))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(CollectionError, match="cannot name a file"):
         with BeirWriter(tmp_path / "c") as w:
