@@ -16,7 +16,11 @@ their weights. Rank fusion (RRF) is not offered here: it keeps only each pair's 
 candidates, so a margin between the positive and a negative becomes about 1e-4 (k = 60) whatever the
 teacher thought of them, and a MarginMSE student would be taught to give every pair the same score.
 
-Layers: :func:`distinct_pairs` and :func:`attach_scores` (pure, over one query's hash partition), the
+With ``consistency_k`` the stage also filters: a query whose source document the teacher ranks below the top
+k of the documents it scored for it goes, with its triples and their rank, to ``dropped/`` (InPars-light's
+consistency check, arXiv 2301.02998, on scores the teacher computes anyway).
+
+Layers: :func:`distinct_pairs`, :func:`attach_scores` and :func:`positive_ranks` (pure, over one query's hash partition), the
 scoring actors of :func:`inpars_ray.models.rankers.score_dataset` (the rerank stage's machinery: length
 buckets, overlapped tokenisation, the bi-encoder's embedding cache), and :func:`run_teacher` (Ray wiring,
 manifest, resume). A query's triples land in one partition, so each (query, document) pair is scored once
@@ -35,7 +39,7 @@ import pyarrow.compute as pc
 from inpars_ray import schema as S
 from inpars_ray.errors import ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
-from inpars_ray.io.manifest import StageRecord, artifact_key, published
+from inpars_ray.io.manifest import StageRecord, artifact_key, published, to_jsonable
 from inpars_ray.io.stage import StageResult, StageSpec, run_once
 from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.stageconfig import Field, stage_config
@@ -198,8 +202,6 @@ def run_teacher(triples_dir: storage.PathLike, out_dir: storage.PathLike, config
     out = storage.location(out_dir)
     storage.check_reachable(out, triples_dir)
     files, triples_key = published(triples_dir, "mine", TRIPLES_DIR)
-    from inpars_ray.io.manifest import to_jsonable
-
     keyed = to_jsonable(config)
     if config.consistency_k is None:
         keyed.pop("consistency_k")  # added later: runs without it keep their keys
@@ -283,6 +285,10 @@ def _label(record: StageRecord, files: list[storage.Location], triples_dir: stor
     if n_out + n_dropped != n_expected:
         raise InparsError(f"teacher: wrote {n_out} scored triples and dropped {n_dropped} where {n_expected} "
                           "were expected")
+    if n_out == 0 and n_dropped:
+        raise InparsError(f"teacher: consistency_k={config.consistency_k} dropped every one of the {n_dropped} "
+                          f"triples (in {out.join(DROPPED_DIR).uri}): the teacher ranked no source document "
+                          "that high; raise consistency_k or unset it")
     margins = _margins([out.join(n) for n in written])  # every scored triple, kept or dropped
     record.counts.update(triples_in=n_in, triples=n_out, capped=n_in - n_expected, pairs_scored=scored.count())
     if config.consistency_k is not None:

@@ -368,3 +368,23 @@ def test_consistency_keeps_the_queries_whose_positive_the_teacher_ranks_first(si
     manifest = run_teacher(triples, out, config0)
     assert manifest["config_hash"] == manifest0["config_hash"] and not (out / DROPPED_DIR).exists()
     assert _scored(out).select(S.TRIPLES.names).equals(everything.select(S.TRIPLES.names))
+
+
+def test_consistency_that_drops_every_query_says_so(models, tmp_path):
+    """Each query's negative is the query's own text, so a bi-encoder scores it at cosine 1, at or above the
+    positive: with consistency_k=1 nothing is left to train on, and the stage says so instead of writing an
+    empty triples/ for the train stage to trip on."""
+    from inpars_ray.errors import InparsError
+
+    n = 6
+    rows = {S.QUERY_ID: [f"q{i}" for i in range(n)], S.QUERY: [f"word{i} other{i}" for i in range(n)],
+            S.POS_DOC_ID: [f"d{i}" for i in range(n)], S.POS_TEXT: [f"unrelated text {i * 7}" for i in range(n)],
+            S.NEG_DOC_ID: [f"n{i}" for i in range(n)], S.NEG_TEXT: [f"word{i} other{i}" for i in range(n)],
+            S.NEG_RANK: list(range(1, n + 1)), S.FILTER_SCORE: [0.0] * n}
+    src = tmp_path / "mine" / "triples"
+    src.mkdir(parents=True)
+    pq.write_table(pa.table(rows).cast(S.TRIPLES), src / "part-0.parquet")
+    config = TeacherConfig(rankers=(_ranker(models["bi"], family="bi-encoder"),), partitions=2, consistency_k=1)
+    with pytest.raises(InparsError, match=r"consistency_k=1 dropped every one of the 6 triples"):
+        run_teacher(src, tmp_path / "teacher", config)
+    assert not (tmp_path / "teacher" / "manifest.json").exists()  # not complete: a rerun tries again
