@@ -97,14 +97,19 @@ class TeacherConfig:
 
 
 # --- pure functions -------------------------------------------------------------------------------------
+def _list_codes(triples: pa.Table) -> np.ndarray:
+    """An integer per row naming its (query, positive) list, in first-seen order."""
+    keys = pc.binary_join_element_wise(triples.column(S.QUERY_ID), triples.column(S.POS_DOC_ID), "\t")
+    return keys.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+
+
 def _cap_negatives(triples: pa.Table, max_negatives: int | None) -> pa.Table:
     """At most ``max_negatives`` triples per (query, positive): the negatives BM25 ranked highest."""
     if max_negatives is None or triples.num_rows == 0:
         return triples
     rows = triples.sort_by([(S.QUERY_ID, "ascending"), (S.POS_DOC_ID, "ascending"), (S.NEG_RANK, "ascending"),
                             (S.NEG_DOC_ID, "ascending")])
-    keys = pc.binary_join_element_wise(rows.column(S.QUERY_ID), rows.column(S.POS_DOC_ID), "\t")
-    codes = keys.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    codes = _list_codes(rows)
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     within = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
     return rows.filter(pa.array(within < max_negatives))
@@ -152,8 +157,7 @@ def positive_ranks(scored: pa.Table) -> np.ndarray:
     one (query, positive) must all be in ``scored`` (one query partition holds them)."""
     if scored.num_rows == 0:
         return np.zeros(0, np.int64)
-    keys = pc.binary_join_element_wise(scored.column(S.QUERY_ID), scored.column(S.POS_DOC_ID), "\t")
-    codes = keys.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    codes = _list_codes(scored)
     above = (scored.column(NEG_SCORE).to_numpy() >= scored.column(POS_SCORE).to_numpy()).astype(np.int64)
     return 1 + np.bincount(codes, weights=above).astype(np.int64)[codes]
 
@@ -273,14 +277,17 @@ def _label(record: StageRecord, files: list[storage.Location], triples_dir: stor
             labelled = labelled.filter(expr=f"{POS_RANK} <= {k}").map_batches(_unranked, batch_format="pyarrow")
         labelled.write_parquet((out / TRIPLES_DIR).path, filesystem=out.fs, **artifacts.PARQUET_WRITE)
     written = artifacts.snapshot(out, TRIPLES_DIR)
-    files_out = [out.join(n) for n in written]
-    n_out = sum(artifacts.read_parquet(f, columns=[S.QUERY_ID]).num_rows for f in files_out)
-    n_dropped, dropped_lists = 0, 0
+    kept_margins = _read_margins([out.join(n) for n in written])
+    n_out, n_dropped, dropped_lists = len(kept_margins), 0, 0
+    dropped_margins = np.zeros(0)
     if config.consistency_k is not None:
         dropped = artifacts.snapshot(out, DROPPED_DIR)
-        lists = [artifacts.read_parquet(out.join(n), columns=[S.QUERY_ID, S.POS_DOC_ID]) for n in dropped]
-        n_dropped = sum(t.num_rows for t in lists)
-        dropped_lists = len({key for t in lists for key in zip(*(c.to_pylist() for c in t.columns))})
+        lists = [artifacts.read_parquet(out.join(n), columns=[S.QUERY_ID, S.POS_DOC_ID, POS_SCORE, NEG_SCORE])
+                 for n in dropped]
+        dropped_margins = np.concatenate([_margins_of(t) for t in lists]) if lists else dropped_margins
+        n_dropped = len(dropped_margins)
+        dropped_lists = len({key for t in lists for key in zip(t.column(S.QUERY_ID).to_pylist(),
+                                                               t.column(S.POS_DOC_ID).to_pylist())})
         written = {**written, **dropped}
     if n_out + n_dropped != n_expected:
         raise InparsError(f"teacher: wrote {n_out} scored triples and dropped {n_dropped} where {n_expected} "
@@ -289,7 +296,7 @@ def _label(record: StageRecord, files: list[storage.Location], triples_dir: stor
         raise InparsError(f"teacher: consistency_k={config.consistency_k} dropped every one of the {n_dropped} "
                           f"triples (in {out.join(DROPPED_DIR).uri}): the teacher ranked no source document "
                           "that high; raise consistency_k or unset it")
-    margins = _margins([out.join(n) for n in written])  # every scored triple, kept or dropped
+    margins = _margin_stats(np.concatenate([kept_margins, dropped_margins]))  # every scored triple
     record.counts.update(triples_in=n_in, triples=n_out, capped=n_in - n_expected, pairs_scored=scored.count())
     if config.consistency_k is not None:
         record.counts.update(dropped_inconsistent_triples=n_dropped, dropped_inconsistent_lists=dropped_lists)
@@ -303,12 +310,19 @@ def _label(record: StageRecord, files: list[storage.Location], triples_dir: stor
     return written
 
 
-def _margins(files: list[storage.Location]) -> dict[str, float]:
+def _margins_of(scored: pa.Table) -> np.ndarray:
+    return scored.column(POS_SCORE).to_numpy() - scored.column(NEG_SCORE).to_numpy()
+
+
+def _read_margins(files: list[storage.Location]) -> np.ndarray:
+    """The teacher's margin (positive - negative) of every triple in ``files``, reading only the scores."""
+    margins = [_margins_of(artifacts.read_parquet(f, columns=[POS_SCORE, NEG_SCORE])) for f in files]
+    return np.concatenate(margins) if margins else np.zeros(0)
+
+
+def _margin_stats(margins: np.ndarray) -> dict[str, float]:
     """How the teacher sees the triples: the share where it scores the positive above the negative, and
     the mean and spread of its margins (a teacher that agrees with BM25's labels everywhere adds little)."""
-    margins = np.concatenate([
-        (lambda t: t.column(POS_SCORE).to_numpy() - t.column(NEG_SCORE).to_numpy())(artifacts.read_parquet(f))
-        for f in files]) if files else np.zeros(0)
     if margins.size == 0:
         return {"pos_above_neg": 0.0, "margin_mean": 0.0, "margin_std": 0.0}
     return {"pos_above_neg": float(np.mean(margins > 0)), "margin_mean": float(margins.mean()),
