@@ -116,17 +116,19 @@ def prompt_builder(generate_manifest: dict[str, Any], collection: Collection, do
     """A function ``doc_id -> prompt text`` giving the prompts the generate stage of ``generate_manifest`` built.
 
     The generate artifact keeps only the prompt's name and few-shot ids, so the prompts are built again with
-    the engine's own functions: :func:`~inpars_ray.models.prompts.resolve_template` from the stage's config,
+    the engine's own functions: :func:`~inpars_ray.models.prompts.resolve_templates` from the stage's config (each
+    document given the prompt :func:`~inpars_ray.models.prompts.template_index` names),
     checked against the template fingerprint the stage recorded (a changed examples file or prompt file
     would give other prompts: an error, not a wrong export), and a :class:`~inpars_ray.models.prompts.
     PromptBuilder` cutting documents with the generator's own tokenizer (the backend is loaded here, once).
     """
     from inpars_ray.models.backends import make_backend
-    from inpars_ray.models.prompts import PromptBuilder, resolve_template
+    from inpars_ray.models.prompts import PromptBuilder, resolve_templates, template_index, templates_fingerprint
 
     cfg = generate_manifest["config"]["config"]
-    template = resolve_template(cfg["prompt"], collection, cfg["seed"], cfg["num_fewshot"], cfg["fewshot_split"])
-    if template.fingerprint() != generate_manifest["config"].get("template"):
+    templates = resolve_templates(cfg["prompt"], collection, cfg["seed"], cfg["num_fewshot"], cfg["fewshot_split"],
+                                  cfg.get("fewshot_sets", 1))
+    if templates_fingerprint(templates) != generate_manifest["config"].get("template"):
         raise ConfigError(f"the prompt {cfg['prompt']!r} built now differs from the one the run generated with "
                           "(its examples or template file changed since); export without prompt texts instead")
     model = cfg["model"]
@@ -134,11 +136,13 @@ def prompt_builder(generate_manifest: dict[str, Any], collection: Collection, do
         model = str(artifacts.materialize(model))
     backend = make_backend(cfg["backend"], model, **dict(cfg["backend_options"]))
     limit = int(cfg["doc_max_tokens"])
-    builder = PromptBuilder(template, lambda text: backend.truncate(text, limit))
+    builders = [PromptBuilder(t, lambda text: backend.truncate(text, limit)) for t in templates]
     texts = document_texts(collection, doc_ids, load_config)
 
     def prompt_of(doc_id: str) -> str | None:
-        return builder.build(*texts[doc_id]) if doc_id in texts else None
+        if doc_id not in texts:
+            return None
+        return builders[template_index(doc_id, cfg["seed"], len(builders))].build(*texts[doc_id])
 
     return prompt_of
 

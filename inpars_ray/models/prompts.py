@@ -119,6 +119,18 @@ def promptagator_template(collection: Collection, seed: int = 1, num_examples: i
     Queries are drawn at random (``seed``) among those with a positive judgement in ``qrels/{split}.tsv``;
     each brings one of its relevant documents (also drawn with ``seed``).
     """
+    return promptagator_templates(collection, seed, num_examples, split)[0]
+
+
+def promptagator_templates(collection: Collection, seed: int = 1, num_examples: int = 8, split: str = "train",
+                           sets: int = 1) -> tuple[PromptTemplate, ...]:
+    """``sets`` Promptagator-style prompts with ``num_examples`` examples each, no example in two of them.
+
+    The sets are drawn one after the other from one seeded generator, each among the queries no earlier set
+    took, so the first is the one :func:`promptagator_template` gives for the same seed. Fewer judged queries
+    than ``sets * num_examples``: the sets share them out (each gets at least one); fewer than ``sets``: a
+    :class:`ConfigError`.
+    """
     from inpars_ray.io.load import iter_lines, parse_corpus_lines, read_qrels, read_queries
 
     if not collection.exists(collection.qrels_path(split)):
@@ -130,11 +142,23 @@ def promptagator_template(collection: Collection, seed: int = 1, num_examples: i
     for qid, did, rel in zip(*(qrels.column(c).to_pylist() for c in (S.QUERY_ID, S.DOC_ID, S.RELEVANCE))):
         if rel > 0:
             relevant.setdefault(qid, []).append(did)
-    rng = random.Random(seed)
-    chosen = rng.sample(sorted(relevant), min(num_examples, len(relevant)))
-    if not chosen:
+    pool = sorted(relevant)
+    if not pool:
         raise ConfigError(f"{collection.display('qrels', split + '.tsv')} has no positive judgement to draw examples from")
-    doc_of = {qid: rng.choice(sorted(relevant[qid])) for qid in chosen}
+    if len(pool) < sets:
+        raise ConfigError(f"{collection.display('qrels', split + '.tsv')} judges {len(pool)} queries: too few for "
+                          f"{sets} few-shot sets; lower fewshot_sets")
+    sizes = [num_examples] * sets if len(pool) >= num_examples * sets else \
+        [len(pool) // sets + (i < len(pool) % sets) for i in range(sets)]
+    rng = random.Random(seed)
+    groups: list[list[str]] = []
+    doc_of: dict[str, str] = {}
+    for size in sizes:  # set by set, each with its documents, so the first set is the single draw's
+        group = rng.sample(pool, size)
+        doc_of.update({qid: rng.choice(sorted(relevant[qid])) for qid in group})
+        groups.append(group)
+        taken = set(group)
+        pool = [qid for qid in pool if qid not in taken]
     wanted = set(doc_of.values())
     texts: dict[str, str] = {}
     chunk: list[bytes] = []
@@ -162,10 +186,11 @@ def promptagator_template(collection: Collection, seed: int = 1, num_examples: i
     spec = json.loads((PROMPT_DIR / "promptagator.json").read_text())["templates"]
     fmt = spec.get(collection_name(collection), spec["default"])
     query_text = dict(zip(queries.column(S.QUERY_ID).to_pylist(), queries.column(S.QUERY).to_pylist()))
-    examples = tuple(Example(qid, texts[doc_of[qid]], ((fmt["query_label"], query_text[qid]),)) for qid in chosen)
-    return PromptTemplate(name="promptagator", examples=examples, document_label=fmt["document_label"],
-                          target_label=fmt["query_label"], numbered=False, instruction=fmt["instruction"],
-                          fewshot_ids=tuple(chosen))
+    return tuple(PromptTemplate(
+        name="promptagator", document_label=fmt["document_label"], target_label=fmt["query_label"], numbered=False,
+        instruction=fmt["instruction"], fewshot_ids=tuple(group),
+        examples=tuple(Example(qid, texts[doc_of[qid]], ((fmt["query_label"], query_text[qid]),)) for qid in group))
+        for group in groups)
 
 
 def user_template(path: str | Path) -> PromptTemplate:
@@ -191,6 +216,36 @@ def resolve_template(prompt: str, collection: Collection | None = None, seed: in
     if Path(prompt).is_file():
         return user_template(prompt)
     raise ConfigError(f"prompt {prompt!r} is neither one of {list(BUILTIN)} nor an existing template file")
+
+
+def resolve_templates(prompt: str, collection: Collection | None = None, seed: int = 1, num_fewshot: int = 8,
+                      fewshot_split: str = "train", sets: int = 1) -> tuple[PromptTemplate, ...]:
+    """:func:`resolve_template`, or with ``sets`` > 1 that many promptagator prompts with disjoint examples
+    (:func:`promptagator_templates`); each document is prompted with one of them (:func:`template_index`)."""
+    if sets == 1:
+        return (resolve_template(prompt, collection, seed, num_fewshot, fewshot_split),)
+    if prompt != "promptagator":
+        raise ConfigError(f"several few-shot sets draw their examples from the collection: prompt 'promptagator', "
+                          f"not {prompt!r}")
+    if collection is None:
+        raise ConfigError("the promptagator prompt needs the collection to draw its examples from")
+    return promptagator_templates(collection, seed, num_fewshot, fewshot_split, sets)
+
+
+def template_index(doc_id: str, seed: int, count: int) -> int:
+    """Which of ``count`` prompts a document is given: a seeded hash of its id (0 when there is one), the same
+    on every node and rerun, whatever the batch."""
+    if count == 1:
+        return 0
+    digest = hashlib.sha256(f"{seed}\0{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def templates_fingerprint(templates: tuple[PromptTemplate, ...]) -> str:
+    """The fingerprint of a run's prompts: the template's own when there is one (so older runs keep it)."""
+    if len(templates) == 1:
+        return templates[0].fingerprint()
+    return hashlib.sha256("\0".join(t.fingerprint() for t in templates).encode()).hexdigest()[:16]
 
 
 class PromptBuilder:

@@ -15,12 +15,18 @@ Layers, as every stage:
 of one batch. A rerun with the same config skips every document already present in a complete part file,
 so a document is never generated (or paid for) twice. ``out/run.json`` pins the config: a rerun with a
 different one is refused instead of mixing outputs. ``manifest.json`` is written last, once every sampled
-document has a row, and lists the part files it publishes.
+document has a row, and lists the part files it publishes. Part files are written and read by
+:mod:`.generate_parts`.
+
+**Prompts.** One prompt for every document, or with ``fewshot_sets`` > 1 that many promptagator prompts
+with disjoint examples, each document given one by a seeded hash of its id
+(:func:`~inpars_ray.models.prompts.template_index`): one unlucky draw of examples (a small generator copies
+their topic into every query) then writes a share of the queries, not all of them. Documents are ordered by
+their prompt, so a backend batch shares one prompt's prefix (the hf backend caches it).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +37,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from inpars_ray import schema as S
 from inpars_ray.errors import ArtifactDamagedError, ConfigError, InparsError
@@ -39,24 +44,35 @@ from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
 from inpars_ray.io.journal import Journal, answer_key, run_key
 from inpars_ray.io.load import LoadConfig
-from inpars_ray.io.manifest import StageRecord, collection_key, config_hash, write_json_atomic
+from inpars_ray.io.manifest import StageRecord, collection_key, config_hash, to_jsonable, write_json_atomic
 from inpars_ray.io.stage import StageResult, StageSpec, reused
 from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
-from inpars_ray.models.prompts import PromptBuilder, PromptTemplate, resolve_template
+from inpars_ray.models.prompts import (
+    PromptBuilder,
+    PromptTemplate,
+    resolve_templates,
+    template_index,
+    templates_fingerprint,
+)
 from inpars_ray.runtime import progress
 from inpars_ray.runtime.raykit import one_block_per_call
 from inpars_ray.stageconfig import Field, field_validator, stage_config
+from inpars_ray.stages.generate_parts import (
+    BACKEND_ERROR,
+    PARTS,
+    completed_doc_ids,
+    needs_retry,
+    part_name,
+    read_generated,
+    write_part,
+)
 from inpars_ray.stages.sample import below_threshold, block_candidates, merge_candidates
 
 logger = logging.getLogger(__name__)
 
 STAGE = "generate"
-PARTS = "parts"
 #: the prompt's name and its few-shot examples' query ids (those queries are left out of evaluation)
 FEWSHOT_FILE = "fewshot.json"
-#: prefix of error rows the backend reported (API refused, quota, out of memory...): unlike the stage's own
-#: deterministic errors (prompt too long, empty answer), these documents are generated again on a rerun
-BACKEND_ERROR = "backend error: "
 
 
 @stage_config
@@ -86,6 +102,9 @@ class GenerateConfig:
     num_fewshot: int = Field(8, ge=0, description="promptagator examples drawn from the collection's qrels "
                              "(Promptagator: up to 8)")
     fewshot_split: str = Field("train", description="qrels split the promptagator examples come from")
+    fewshot_sets: int = Field(1, ge=1, description="promptagator: this many prompts with num_fewshot examples "
+                              "each (no example in two), each document prompted with one of them (a seeded hash of "
+                              "its id), so that no single example set writes every query")
     generation: GenerationParams = Field(GenerationParams(), description="decoding settings")
     queries_per_doc: int = Field(1, ge=1, description="queries written per document: the first decoded with "
                                  "`generation`, each further one sampled with `sampling` (its own seed)")
@@ -195,40 +214,51 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, pa
     return pa.table(cols, schema=S.GENERATED)
 
 
-def part_name(doc_ids: list[str]) -> str:
-    """A part file's name: a hash of its documents, so a retried batch overwrites its own file."""
-    return f"part-{hashlib.sha256(chr(0).join(sorted(doc_ids)).encode()).hexdigest()[:20]}.parquet"
+def keyed_config(config: GenerateConfig) -> dict[str, Any]:
+    """``config`` as it enters the stage's key: ``fewshot_sets`` only when it is not 1 (added later: runs with
+    one set of examples keep their keys)."""
+    keyed = to_jsonable(config)
+    if config.fewshot_sets == 1:
+        keyed.pop("fewshot_sets")
+    return keyed
 
 
-def write_part(table: pa.Table, parts_dir: storage.PathLike) -> str:
-    """Write ``table`` as a part file, whole or not at all (local or object store); return its name."""
-    name = part_name(table.column(S.DOC_ID).to_pylist())
-    with storage.location(parts_dir).join(name).open_output() as fh:
-        pq.write_table(table, fh, **artifacts.PARQUET_WRITE)
-    return name
+def run_templates(config: GenerateConfig, collection: Collection | None) -> tuple[PromptTemplate, ...]:
+    """The prompts a generate run with ``config`` builds (one, or ``fewshot_sets`` promptagator prompts)."""
+    return resolve_templates(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split,
+                             config.fewshot_sets)
 
 
-def answer_journal(parts_dir: storage.PathLike, config: GenerateConfig, template: PromptTemplate) -> Journal:
+def fewshot_ids_of(templates: tuple[PromptTemplate, ...]) -> list[str]:
+    """Every few-shot query id of a run's prompts, in order (left out of evaluation)."""
+    return [qid for t in templates for qid in t.fewshot_ids]
+
+
+def answer_journal(parts_dir: storage.PathLike, config: GenerateConfig,
+                   templates: PromptTemplate | tuple[PromptTemplate, ...]) -> Journal:
     """This node's journal of the answers received for the run in ``parts_dir`` (see :mod:`.io.journal`)."""
-    return Journal(run_key(storage.location(parts_dir).uri, config_hash({"config": config, "template": template.fingerprint()})))
+    templates = templates if isinstance(templates, tuple) else (templates,)
+    pinned = {"config": keyed_config(config), "template": templates_fingerprint(templates)}
+    return Journal(run_key(storage.location(parts_dir).uri, config_hash(pinned)))
 
 
 class GenerateWorker:
     """Ray Data UDF: loads the backend once per actor, generates a batch, writes it as a part file."""
 
-    def __init__(self, config: GenerateConfig, template: PromptTemplate, parts_dir: storage.Location) -> None:
+    def __init__(self, config: GenerateConfig, templates: PromptTemplate | tuple[PromptTemplate, ...],
+                 parts_dir: storage.Location) -> None:
         from inpars_ray.models.backends import make_backend
 
         self.config = config
-        self.template = template
+        self.templates = templates if isinstance(templates, tuple) else (templates,)
         self.parts_dir = storage.location(parts_dir)
         model = config.model
         if "://" in model and config.backend != "openai":  # a model published under the run root (gs://...)
             model = str(artifacts.materialize(model))  # copied once per node, then loaded from local disk
         self.backend = make_backend(config.backend, model, **dict(config.backend_options))
         limit = config.doc_max_tokens
-        self.builder = PromptBuilder(template, lambda text: self.backend.truncate(text, limit))
-        self.journal = answer_journal(self.parts_dir, config, template)
+        self.builders = [PromptBuilder(t, lambda text: self.backend.truncate(text, limit)) for t in self.templates]
+        self.journal = answer_journal(self.parts_dir, config, self.templates)
         self._usage: dict[str, float] = {}
         self._worker = f"{socket.gethostname()}:{os.getpid()}"  # counted by the stage: did every actor work?
         self._ready_at = time.time()  # the backend is up: the stage reports how long starting it took
@@ -252,7 +282,7 @@ class GenerateWorker:
             table = artifacts.read_parquet(part, schema=S.GENERATED)
         except ArtifactDamagedError:
             return None  # damaged: generate it again, and overwrite it
-        retry = pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
+        retry = needs_retry(table)
         return None if pc.any(retry).as_py() else table
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -262,73 +292,22 @@ class GenerateWorker:
         name = part_name(batch.column(S.DOC_ID).to_pylist())
         table = self._written(name)
         if table is None:  # each answer is journaled as it arrives: a killed attempt's answers are not paid again
-            table = generate_batch(batch, self.builder, self.backend, self.config.generation, self.template.name,
-                                   self.config.model, list(self.template.fewshot_ids), self.journal, name,
-                                   self.config.queries_per_doc, self.config.sampling)
+            which = np.array([template_index(d, self.config.seed, len(self.templates))
+                              for d in batch.column(S.DOC_ID).to_pylist()], dtype=np.int64)
+            tables = []
+            for t in np.unique(which):  # one backend call per prompt in the batch (rows sorted by prompt first)
+                template = self.templates[t]
+                tables.append(generate_batch(
+                    batch.filter(pa.array(which == t)), self.builders[t], self.backend, self.config.generation,
+                    template.name, self.config.model, list(template.fewshot_ids), self.journal, name,
+                    self.config.queries_per_doc, self.config.sampling))
+            table = pa.concat_tables(tables)
             name = write_part(table, self.parts_dir)
         self.journal.discard(name)  # the part holds its answers now
         errors = table.num_rows - table.column(S.ERROR).null_count
         docs = len(set(table.column(S.DOC_ID).to_pylist()))
         return pa.table({"part": [name], "docs": [docs], "errors": [errors],
                          "usage": [self._usage_delta()], "worker": [self._worker], "ready_at": [self._ready_at]})
-
-
-# --- reading back ------------------------------------------------------------------------------------
-def _read_parts(parts_dir: storage.Location) -> list[pa.Table]:
-    """Every part file, read whole with its page checksums verified.
-
-    Every part a writer left is whole (written by one upload or one rename), so all of them count. A part
-    damaged later (truncated, overwritten, a flipped bit) fails its footer or a page checksum: it is deleted,
-    and its documents are generated again, rather than failing every rerun or being read as done.
-    """
-    out = []
-    for name in parts_dir.files(recursive=False, suffix=".parquet"):
-        if not name.startswith("part-"):
-            continue
-        part = parts_dir.join(name)
-        try:
-            out.append(artifacts.read_parquet(part, schema=S.GENERATED))
-        except ArtifactDamagedError:
-            logger.warning("generate: deleting the damaged %s: its documents are generated again", part)
-            part.delete()
-    return out
-
-
-def _retry(table: pa.Table) -> pa.ChunkedArray:
-    return pc.fill_null(pc.starts_with(table.column(S.ERROR), BACKEND_ERROR), False)
-
-
-def completed_doc_ids(out_dir: storage.PathLike, queries_per_doc: int = 1) -> set[str]:
-    """Documents that have a final row (a query or a deterministic error) for each of their
-    ``queries_per_doc`` queries in complete part files.
-
-    A document with a query whose only row is a backend error is not done: a rerun generates it again.
-    """
-    final: dict[str, set[str]] = {}
-    for t in _read_parts(storage.location(out_dir).join(PARTS)):
-        t = t.filter(pc.invert(_retry(t)))
-        for doc, qid in zip(t.column(S.DOC_ID).to_pylist(), t.column(S.QUERY_ID).to_pylist()):
-            final.setdefault(doc, set()).add(qid)
-    return {doc for doc, qids in final.items() if len(qids) >= queries_per_doc}
-
-
-def read_generated(out_dir: storage.PathLike) -> pa.Table:
-    """All rows of a generate output (queries and error rows), one per generated query, sorted by doc id
-    and query id.
-
-    A query retried after a backend error has two rows; its later, final one is kept.
-    """
-    tables = _read_parts(storage.location(out_dir).join(PARTS))
-    if not tables:
-        return S.GENERATED.empty_table()
-    table = pa.concat_tables(tables)
-    table = table.append_column("_retry", _retry(table)).sort_by(
-        [(S.DOC_ID, "ascending"), (S.QUERY_ID, "ascending"), ("_retry", "ascending")])
-    table = table.drop_columns(["_retry"])
-    ids = table.column(S.QUERY_ID).to_numpy(zero_copy_only=False)
-    first = np.ones(len(ids), dtype=bool)
-    first[1:] = ids[1:] != ids[:-1]
-    return table.filter(pa.array(first))
 
 
 # --- the stage -------------------------------------------------------------------------------------
@@ -352,9 +331,11 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
 
     out = storage.location(out_dir)
     storage.check_reachable(out)
-    template = resolve_template(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split)
+    templates = run_templates(config, collection)
+    fewshot_ids = fewshot_ids_of(templates)
     # the collection enters by content (its files' fingerprint), never by path
-    pinned = {"config": config, "collection": collection_key(collection), "template": template.fingerprint()}
+    pinned = {"config": keyed_config(config), "collection": collection_key(collection),
+              "template": templates_fingerprint(templates)}
     # only the reuse check of the shared skeleton: generate resumes inside its folder (its journal, its
     # finished parts) instead of deleting them, and marks its manifest incomplete while documents remain
     earlier = reused(StageSpec(STAGE, out, pinned, outputs=(PARTS, FEWSHOT_FILE)))
@@ -366,7 +347,10 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
                           "use a new output folder or delete that one")
     (out / PARTS).mkdir()
     write_json_atomic(run_file, {"config_hash": config_hash(pinned), **pinned})
-    write_json_atomic(out / FEWSHOT_FILE, {"prompt": template.name, "fewshot_query_ids": list(template.fewshot_ids)})
+    fewshot: dict[str, Any] = {"prompt": templates[0].name, "fewshot_query_ids": fewshot_ids}
+    if len(templates) > 1:  # which examples went together (a document's own set: its rows' fewshot_ids)
+        fewshot["fewshot_sets"] = [list(t.fewshot_ids) for t in templates]
+    write_json_atomic(out / FEWSHOT_FILE, fewshot)
     if out.is_local:  # half-written parts of a killed run (an object store never shows an unfinished upload)
         for stale in (out / PARTS).local_path().glob(".*.tmp"):
             stale.unlink()
@@ -385,8 +369,14 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         mask = [d not in done_ids for d in kept.column(S.DOC_ID).to_pylist()]
         kept = kept.filter(pa.array(mask, type=pa.bool_()))
         # backend batches are cut from consecutive rows: ordered by length, a batch pads its prompts little
-        # (issue #11); part files are named by their documents, so resuming does not depend on this order
-        return kept.take(pc.sort_indices(pc.utf8_length(kept.column(S.TEXT))))
+        # (issue #11); part files are named by their documents, so resuming does not depend on this order.
+        # With several prompts, documents of one prompt come together, so a batch shares its examples' prefix
+        length = pc.utf8_length(kept.column(S.TEXT))
+        if len(templates) == 1:
+            return kept.take(pc.sort_indices(length))
+        which = [template_index(d, config.seed, len(templates)) for d in kept.column(S.DOC_ID).to_pylist()]
+        order = pa.table({"t": pa.array(which, type=pa.int64()), "n": length})
+        return kept.take(pc.sort_indices(order, sort_keys=[("t", "ascending"), ("n", "ascending")]))
 
     # only the sampled documents, read before the actors start: actors holding every CPU (e.g. 2 actors x 1
     # CPU on 2 CPUs) left a streaming read no CPU to run on, and the stage waited forever
@@ -399,7 +389,7 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         batch_size = max(batch_size, MIN_SUBMISSION)
     todo = one_block_per_call(todo, batch_size)
     results = todo.map_batches(
-        GenerateWorker, fn_constructor_args=(config, template, out / PARTS), batch_size=None,
+        GenerateWorker, fn_constructor_args=(config, templates, out / PARTS), batch_size=None,
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
         num_gpus=resources.gpus_per_actor, num_cpus=resources.cpus_per_actor,
     )
@@ -425,11 +415,11 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         record.timings["backend_start"] = round(max(0.0, ready - started), 3)
     final = read_generated(out)
     n_errors = final.num_rows - final.column(S.ERROR).null_count
-    n_retry = pc.sum(pc.fill_null(pc.starts_with(final.column(S.ERROR), BACKEND_ERROR), False)).as_py() or 0
+    n_retry = pc.sum(needs_retry(final)).as_py() or 0
     record.counts.update(sampled=sampled, resumed=resumed, generated_this_run=new_docs, rows=final.num_rows,
                          queries=final.num_rows - n_errors, errors=n_errors, backend_errors=n_retry,
                          bad_corpus_rows=n_bad)
-    record.extra.update(prompt=template.name, fewshot_query_ids=list(template.fewshot_ids), parts=PARTS,
+    record.extra.update(prompt=templates[0].name, fewshot_query_ids=fewshot_ids, parts=PARTS,
                         actors_used=len(workers))
     if usage:  # tokens and cost of this run's API calls (never the key)
         record.extra["usage_this_run"] = {k: round(v, 6) for k, v in usage.items()}
@@ -441,7 +431,7 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     if n_retry:  # not complete: a rerun must retry these documents instead of skipping the stage
         logger.warning("generate: %d documents failed in the backend; rerun the same command to retry them", n_retry)
         return StageResult(STAGE, out, record.write(out, status="incomplete", files=files))
-    answer_journal(out / PARTS, config, template).clear()  # every answer is in a part now (on this node)
+    answer_journal(out / PARTS, config, templates).clear()  # every answer is in a part now (on this node)
     return StageResult(STAGE, out, record.write(out, files=files))
 
 

@@ -12,7 +12,11 @@ from inpars_ray.models.prompts import (
     PromptBuilder,
     inpars_template,
     promptagator_template,
+    promptagator_templates,
     resolve_template,
+    resolve_templates,
+    template_index,
+    templates_fingerprint,
     user_template,
 )
 
@@ -74,6 +78,41 @@ def test_promptagator_draws_seeded_in_domain_examples():
         assert f"Query: {text[qid]}" in prompt
     assert prompt.endswith("Abstract: TARGET\nQuery:")  # tiny-science labels from promptagator.json
     assert "Example" not in prompt
+
+
+def test_several_few_shot_sets_are_disjoint_and_the_first_is_the_single_draw():
+    collection = resolve("bundled/tiny-science")
+    one = promptagator_template(collection, seed=3, num_examples=3)
+    sets = promptagator_templates(collection, seed=3, num_examples=3, sets=4)
+    assert len(sets) == 4 and sets[0] == one  # one set is the prompt a single draw gives (older runs' prompts)
+    ids = [q for t in sets for q in t.fewshot_ids]
+    assert all(len(t.fewshot_ids) == 3 for t in sets) and len(set(ids)) == 12
+    assert len({t.render("X") for t in sets}) == 4
+    assert resolve_templates("promptagator", collection, 3, 3, "train", 4) == sets
+    assert resolve_templates("promptagator", collection, 3, 3, "train", 1) == (one,)
+    assert templates_fingerprint((one,)) == one.fingerprint()  # one prompt keeps its fingerprint
+    assert templates_fingerprint(sets) != templates_fingerprint(sets[:3]) != one.fingerprint()
+    queries, _ = read_queries(collection)
+    qrels, _ = read_qrels(collection, "train", queries)
+    judged = len({q for q, r in zip(qrels.column(S.QUERY_ID).to_pylist(), qrels.column(S.RELEVANCE).to_pylist())
+                  if r > 0})
+    shared = promptagator_templates(collection, seed=3, num_examples=judged, sets=3)  # fewer than 3 x judged
+    sizes = [len(t.fewshot_ids) for t in shared]
+    assert sum(sizes) == judged and max(sizes) - min(sizes) <= 1  # shared out evenly
+    assert len({q for t in shared for q in t.fewshot_ids}) == judged
+    with pytest.raises(ConfigError, match="too few"):
+        promptagator_templates(collection, seed=3, num_examples=1, sets=judged + 1)
+    with pytest.raises(ConfigError, match="promptagator"):
+        resolve_templates("inpars", collection, 3, 3, "train", 2)
+
+
+def test_a_documents_prompt_is_a_seeded_hash_of_its_id():
+    ids = [f"doc-{i}" for i in range(400)]
+    which = [template_index(d, 7, 4) for d in ids]
+    assert which == [template_index(d, 7, 4) for d in ids]  # the same on every call (node, rerun)
+    assert all(0 <= w < 4 for w in which) and min(which.count(w) for w in range(4)) > 60  # all four used
+    assert which != [template_index(d, 8, 4) for d in ids]  # another seed deals the documents out again
+    assert {template_index(d, 7, 1) for d in ids} == {0}
 
 
 def test_promptagator_needs_the_split(tmp_path, bundled_copy):

@@ -1,0 +1,72 @@
+"""Several few-shot sets (``generate.fewshot_sets``) on local Ray: each document is prompted with its own set."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from inpars_ray import schema as S
+from inpars_ray.integrations.generated_data import prompt_builder
+from inpars_ray.io.catalog import BUNDLED_ROOT, resolve
+from inpars_ray.io.manifest import config_hash
+from inpars_ray.models.backends import GenerationParams, make_backend
+from inpars_ray.models.prompts import PromptBuilder, template_index
+from inpars_ray.stages.generate import (
+    GenerateConfig,
+    GenerateResources,
+    generate_batch,
+    keyed_config,
+    read_generated,
+    run_generate,
+    run_templates,
+)
+from inpars_ray.testing.tiny_lm import tiny_lm_path
+
+SETS = 3
+
+
+def test_one_set_keeps_the_key_runs_had_before_the_setting():
+    # the hash of this config's key before fewshot_sets existed (inpars_ray 80c8d7d)
+    assert config_hash({"config": keyed_config(GenerateConfig(model="m", prompt="promptagator", num_fewshot=4))}) \
+        == "4429e40b006d338e"
+    assert "fewshot_sets" in keyed_config(GenerateConfig(model="m", prompt="promptagator", fewshot_sets=2))
+
+
+def test_each_document_is_prompted_with_the_set_its_id_names(ray_session, tmp_path):
+    collection = resolve("bundled/tiny-science")
+    model = str(tiny_lm_path())
+    config = GenerateConfig(model=model, prompt="promptagator", num_docs=12, seed=3, num_fewshot=2,
+                            fewshot_sets=SETS, doc_max_tokens=24,
+                            generation=GenerationParams(max_new_tokens=6, seed=3))
+    manifest = run_generate(collection, tmp_path / "gen", config, GenerateResources(batch_size=4))
+    templates = run_templates(config, collection)
+    assert len(templates) == SETS
+    fewshot = json.loads((tmp_path / "gen" / "fewshot.json").read_text())
+    assert fewshot["fewshot_sets"] == [list(t.fewshot_ids) for t in templates]
+    assert len(set(fewshot["fewshot_query_ids"])) == 2 * SETS  # every example is left out of evaluation
+    assert manifest["extra"]["fewshot_query_ids"] == fewshot["fewshot_query_ids"]
+    assert manifest["config"]["config"]["fewshot_sets"] == SETS
+
+    rows = read_generated(tmp_path / "gen").to_pylist()
+    assert len(rows) == 12
+    which = {r[S.DOC_ID]: template_index(r[S.DOC_ID], config.seed, SETS) for r in rows}
+    assert set(which.values()) == set(range(SETS))  # 12 documents use all three sets
+    for r in rows:
+        assert r[S.FEWSHOT_IDS] == list(templates[which[r[S.DOC_ID]]].fewshot_ids)
+
+    # the query is the one the document's own prompt gives, generated alone; another set's prompt differs
+    corpus = {d["_id"]: d for d in map(json.loads, (BUNDLED_ROOT / "corpus.jsonl").read_text().splitlines())}
+    backend = make_backend("hf", model)
+    builders = [PromptBuilder(t, lambda text: backend.truncate(text, config.doc_max_tokens)) for t in templates]
+    export = prompt_builder(manifest, collection, set(which))  # what an export writes as each row's prompt
+    for r in rows[:4]:
+        doc = corpus[r[S.DOC_ID]]
+        own = which[r[S.DOC_ID]]
+        batch = pa.table({S.DOC_ID: [doc["_id"]], S.TITLE: [doc.get("title", "")], S.TEXT: [doc["text"]]})
+        alone = generate_batch(batch, builders[own], backend, config.generation, "promptagator", model,
+                               list(templates[own].fewshot_ids)).to_pylist()[0]
+        assert (alone[S.QUERY], alone[S.ERROR]) == (r[S.QUERY], r[S.ERROR])
+        prompt = builders[own].build(doc.get("title", ""), doc["text"])
+        assert export(r[S.DOC_ID]) == prompt
+        assert all(builders[other].build(doc.get("title", ""), doc["text"]) != prompt
+                   for other in range(SETS) if other != own)
