@@ -41,7 +41,7 @@ after each run its ``report.json``, ``manifest.json`` and evaluation files are c
 ``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
 exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Full benchmark: 3 seeds x 16 levers = 48 runs; never run whole here, it was measured a few levers at a time
+Full benchmark: 3 seeds x 17 levers = 51 runs; never run whole here, it was measured a few levers at a time
 (``--levers``). One lever over 3 seeds, generation included, took 27-32 minutes per seed on this 2-core
 machine while a test run shared it (``teacher+dense+wise+bm25``); a lever that reuses its seed's
 generation, mining and zero-shot costs its teacher (when its key changes), train and rerank::
@@ -134,6 +134,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     # model (measured on python-docstrings' training lists: margin-MSE's gradient norm is ~0.013 of the
     # contrastive loss's), every document of the whole batch a negative
     teacher_hard = {"inpars": {"train": {"contrastive_weight": 0.01, "in_batch": "batch"}}}
+    # 4 promptagator prompts with disjoint examples, each document given one (a seeded hash of its id)
+    fewshot_sets = {"inpars": {"generate": {"fewshot_sets": 4}}}
     # queries whose generation ran to max_new_tokens without ending its line are dropped
     finished = {"inpars": {"filter": {"drop_unfinished": True}}}
     return {
@@ -149,6 +151,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+dense+wise": overlay(teacher, dense, wise),
         "teacher+dense+wise+bm25": overlay(teacher, dense, wise, bm25),
         "teacher+dense+hard": overlay(teacher, dense, teacher_hard),
+        "teacher+dense+hard+fewshot-sets": overlay(teacher, dense, teacher_hard, fewshot_sets),
         "hard-labels+dense+wise+whole-batch": hard_demo_data,
         "teacher+dense+wise+finished": overlay(teacher, dense, wise, finished),
         "teacher+sampled": overlay(teacher, sampled),
@@ -157,7 +160,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
 
 
 #: levers whose generation differs from the others': their own run folder, so the rest stay reusable
-OWN_RUN_FOLDER = {"teacher+sampled": "run-sampled", "teacher+dense+wise+sampled": "run-sampled"}
+OWN_RUN_FOLDER = {"teacher+sampled": "run-sampled", "teacher+dense+wise+sampled": "run-sampled",
+                  "teacher+dense+hard+fewshot-sets": "run-fewshot-sets"}
 
 
 #: what each lever is, in the table's words
@@ -177,6 +181,8 @@ DESCRIPTIONS = {
     "teacher+dense+wise+bm25": "teacher fused with BM25 (weight 0.2), dense negatives, WiSE-FT 0.5",
     "teacher+dense+hard": "teacher's margins + hard labels (weight 0.01, whole-batch negatives), dense "
                           "negatives, no WiSE-FT",
+    "teacher+dense+hard+fewshot-sets": "the demo's recipe (margins + hard labels, dense negatives) with 4 "
+                                       "prompts of disjoint few-shot examples, each document given one",
     "teacher+dense+wise+finished": "the demo's recipe without queries that ran to the generator's token limit",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "teacher+dense+wise+sampled": "teacher, dense negatives, WiSE-FT 0.5, 3 queries per document",

@@ -51,10 +51,11 @@ def test_levers_pin_their_keys_and_validate_against_the_engine_config(eff):
         assert ic.train.interpolate == (0.5 if "wise" in name else 1.0)
         assert (ic.mine.dense is not None) == ("dense" in name)
         assert ic.generate.queries_per_doc == (3 if "sampled" in name else 1)
+        assert ic.generate.fewshot_sets == (4 if "fewshot-sets" in name else 1)
         if name.startswith("teacher"):
             assert ic.train.loss == "margin-mse" and ic.mine.negatives == 4
-            assert ic.train.contrastive_weight == (0.01 if name.endswith("+hard") else 0.0)
-            assert not name.endswith("+hard") or ic.train.in_batch == "batch"
+            assert ic.train.contrastive_weight == (0.01 if "+hard" in name else 0.0)
+            assert "+hard" not in name or ic.train.in_batch == "batch"
             assert ic.teacher.rankers[0].model == "local:mpnet" and ic.teacher.rankers[0].max_length == 192
         else:
             assert ic.train.loss == "contrastive" and ic.teacher is None
