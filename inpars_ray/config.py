@@ -97,6 +97,18 @@ class InparsConfig:
         for name, value in seeded.items():
             object.__setattr__(self, name, value)  # frozen: set once, during construction
 
+    def teacher_unread(self) -> str | None:
+        """Why nothing reads the teacher stage's scored triples (the stage is then skipped), or None when
+        something does: a distilling loss, the teacher's own cuts (``consistency_k``, ``max_negatives``: the
+        triples training reads) or a tune sweep (its dev set). ``teacher.rerank_test`` needs no scored triples."""
+        from inpars_ray.stages.train_config import DISTILL_LOSSES
+
+        t = self.teacher
+        if t is None or self.train.loss in DISTILL_LOSSES or self.tune is not None \
+                or t.consistency_k is not None or t.max_negatives is not None:
+            return None
+        return f"train.loss {self.train.loss or 'default'} trains on hard labels"
+
 
 @stage_config
 class PipelineConfig:

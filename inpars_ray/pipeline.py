@@ -313,8 +313,11 @@ def _synthetic(ctx: RunContext) -> Synthetic:
         mined = run_mine(queries.out.uri, collection, ctx.index_dir.uri, (out / "mine").uri, stages.mine,
                          config.load)
         _done(line, mined)
-    labelled = None
-    if stages.teacher is not None:
+    labelled, unread = None, stages.teacher_unread()
+    if unread:  # the train stage reads mine's triples: scoring them would be time spent for nothing
+        logger.info("teacher: skipped, nothing reads its scores (%s)", unread)
+        ctx.record.extra["teacher_skipped"] = unread
+    elif stages.teacher is not None:
         with ctx.stage("teacher") as line:
             labelled = teacher.run_teacher(mined.out.uri, (out / "teacher").uri, stages.teacher,
                                            ctx.index_dir.uri, config.bm25)

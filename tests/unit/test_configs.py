@@ -77,3 +77,33 @@ def test_bm25_only_config_and_replace():
     assert config.split == "dev" and config.inpars == InparsConfig()
     with pytest.raises(ConfigError, match="unknown key"):
         PipelineConfig(splt="dev")
+
+
+def test_the_teacher_is_skipped_only_when_nothing_reads_its_scores():
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert demo.inpars.teacher_unread() is None  # margin-mse distils the teacher's scores
+
+    def with_(**inpars) -> InparsConfig:
+        return PipelineConfig.from_dict(overlay_dict(dump_dict(demo), inpars)).inpars
+
+    assert "hard labels" in with_(train={"loss": "contrastive", "contrastive_weight": 0.0}).teacher_unread()
+    hard = {"loss": "contrastive", "contrastive_weight": 0.0}
+    # the teacher's own cuts change the triples training reads; a sweep's dev set reads its scores
+    assert with_(train=hard, teacher={"consistency_k": 1}).teacher_unread() is None
+    assert with_(train=hard, teacher={"max_negatives": 2}).teacher_unread() is None
+    assert with_(train=hard, tune={}).teacher_unread() is None
+    assert with_(train=hard, teacher=None).teacher_unread() is None  # no teacher: nothing to skip
+
+
+def dump_dict(config: PipelineConfig) -> dict:
+    import yaml
+
+    return yaml.safe_load(dump_yaml(config))
+
+
+def overlay_dict(config: dict, inpars: dict) -> dict:
+    out = {**config, "inpars": dict(config["inpars"])}
+    for key, value in inpars.items():
+        base = out["inpars"].get(key)
+        out["inpars"][key] = {**base, **value} if isinstance(value, dict) and isinstance(base, dict) else value
+    return out
