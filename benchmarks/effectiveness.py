@@ -26,6 +26,8 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
 * ``teacher+dense+wise+bm25``: the demo's recipe with BM25 fused into the teacher (weight 0.2);
 * ``teacher+dense+hard``: the teacher's margins and hard labels together (``contrastive_weight`` 0.01, whole-batch
   negatives), dense negatives, no WiSE-FT;
+* ``teacher+dense+hard+fewshot-sets``: that, with 4 prompts of disjoint few-shot examples (``generate.fewshot_sets``),
+  each document given one, in a run folder of its own (its generation differs);
 * ``teacher+dense+wise+finished``: the demo's recipe, dropping queries whose generation ran to
   ``max_new_tokens`` without ending its line (``filter.drop_unfinished``);
 * ``teacher+sampled``, ``teacher+dense+wise+sampled``: the teacher (alone, or with the demo's recipe), 3

@@ -70,7 +70,8 @@ class InparsConfig:
                                  description=f"reranking the BM25 run; ranker.model '{TRAINED}' is the trained model")
     teacher: TeacherConfig | None = Field(None, description="a stronger ranker (or a fusion of several) that "
                                           "scores every training triple (GPL's pseudo-labels); the train stage's "
-                                          "margin-mse and kl losses learn those scores. None: hard labels only")
+                                          "margin-mse and kl losses learn those scores (the stage is skipped when "
+                                          "nothing reads them: teacher_unread). None: hard labels only")
     zero_shot: str | None = Field(START_MODEL, description=f"the untrained model that reranks the same BM25 hits "
                                   f"with the same settings, reported as 'zero-shot' and compared with every "
                                   f"trained system: '{START_MODEL}' is train.base_model with its family (the "

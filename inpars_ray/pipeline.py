@@ -164,7 +164,7 @@ class Synthetic:
 
     @property
     def triples(self) -> StageResult:
-        """What training reads: the teacher's scored triples when there is a teacher, else mine's."""
+        """What training reads: the teacher's scored triples when the teacher stage ran, else mine's."""
         return self.labelled or self.mined
 
     def results(self) -> dict[str, StageResult | None]:

@@ -183,6 +183,7 @@ def stage_times(root: Path) -> list[tuple[str, float, bool]]:
     """
     run_manifest = _read_json(root / MANIFEST_NAME)
     this_run = run_manifest.get("timings", {})
+    skipped = {"teacher"} if run_manifest.get("extra", {}).get("teacher_skipped") else set()
     rows = []
     for path in sorted(root.glob("*/*manifest.json")):
         try:
@@ -193,6 +194,8 @@ def stage_times(root: Path) -> list[tuple[str, float, bool]]:
         if not stage or total is None or manifest.get("status") != "complete":
             continue
         folder = path.parent.name
+        if folder in skipped:  # an earlier run's folder this run did not use
+            continue
         # a stage run for another system (the zero-shot rerank) is named by its folder, like the pipeline's step
         label, step = (stage, stage) if folder in (stage, "bm25") else (f"{stage} ({folder})", folder)
         now = this_run.get(step)

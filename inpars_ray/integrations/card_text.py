@@ -104,7 +104,7 @@ def _recipe(info: Any) -> list[str]:
     mine = ic["mine"]
     lines.append(f"- **Negatives**: BM25 top {mine['depth']}, {mine['negatives']} per query drawn at random, the "
                  f"source document excluded; {manifests['triples'].get('counts', {}).get('triples', '?')} triples")
-    if ic.get("teacher"):
+    if ic.get("teacher") and manifests["triples"].get("stage") == "teacher":  # not a skipped teacher
         rankers = ", ".join(f"`{r['model']}`" for r in ic["teacher"]["rankers"])
         lines.append(f"- **Teacher**: {rankers} scored every triple (fusion `{ic['teacher']['fusion']}`)")
     train_manifest = manifests["train"]

@@ -127,9 +127,9 @@ def promptagator_templates(collection: Collection, seed: int = 1, num_examples: 
     """``sets`` Promptagator-style prompts with ``num_examples`` examples each, no example in two of them.
 
     The sets are drawn one after the other from one seeded generator, each among the queries no earlier set
-    took, so the first is the one :func:`promptagator_template` gives for the same seed. Fewer judged queries
-    than ``sets * num_examples``: the sets share them out (each gets at least one); fewer than ``sets``: a
-    :class:`ConfigError`.
+    took; with at least ``sets * num_examples`` judged queries the first is the one
+    :func:`promptagator_template` gives for the same seed. Fewer: the sets share them out evenly (each gets at
+    least one); fewer than ``sets``: a :class:`ConfigError`.
     """
     from inpars_ray.io.load import iter_lines, parse_corpus_lines, read_qrels, read_queries
 

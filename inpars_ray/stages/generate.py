@@ -21,8 +21,9 @@ document has a row, and lists the part files it publishes. Part files are writte
 **Prompts.** One prompt for every document, or with ``fewshot_sets`` > 1 that many promptagator prompts
 with disjoint examples, each document given one by a seeded hash of its id
 (:func:`~inpars_ray.models.prompts.template_index`): one unlucky draw of examples (a small generator copies
-their topic into every query) then writes a share of the queries, not all of them. Documents are ordered by
-their prompt, so a backend batch shares one prompt's prefix (the hf backend caches it).
+their topic into every query) then writes a share of the queries, not all of them. Within a block, documents
+are ordered by their prompt, so a backend batch mostly shares one prompt's prefix (the hf backend caches the
+batch's common prefix, and keeps 4).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -122,6 +124,9 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("generate: a model is required")
+        if self.fewshot_sets > 1 and (self.prompt != "promptagator" or self.num_fewshot == 0):
+            raise ConfigError(f"generate.fewshot_sets {self.fewshot_sets} draws that many sets of the collection's "
+                              f"examples: it needs prompt 'promptagator' (not {self.prompt!r}) and num_fewshot > 0")
         from inpars_ray.models.backends import check_options
 
         check_options(self.backend, dict(self.backend_options))  # a typo fails here, on the driver, before Ray
@@ -157,19 +162,23 @@ def _answer_key(prompt: str, round_: int) -> str:
     return answer_key(prompt if round_ == 0 else f"{prompt}\0sample {round_}")
 
 
-def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, params: GenerationParams,
-                   prompt_name: str, model: str, fewshot_ids: list[str], journal: Journal | None = None,
-                   part: str = "", queries_per_doc: int = 1, sampling: SamplingParams | None = None) -> pa.Table:
+def generate_batch(batch: pa.Table, builder: PromptBuilder | Callable[[str], PromptBuilder], backend: Backend,
+                   params: GenerationParams, prompt_name: str, model: str, fewshot_ids: list[str] | None,
+                   journal: Journal | None = None, part: str = "", queries_per_doc: int = 1,
+                   sampling: SamplingParams | None = None) -> pa.Table:
     """GENERATED rows for a batch of corpus documents: ``queries_per_doc`` per document (round 0 decoded with
     ``params``, later rounds sampled, :func:`round_params`), each a query or an error row with its reason.
 
     A prompt longer than ``params.max_prompt_tokens`` (after cutting the document) is an error row and
     never reaches the backend; so is an empty first line. With a ``journal``, each answer is journaled
     under ``part`` as it arrives, and answers an earlier attempt journaled are taken from it, not asked again.
+    ``builder`` is the prompt of every document, or a function giving a document's (by id); each row records
+    ``fewshot_ids``, or when None its own prompt's examples. Every prompt goes to the backend in one call.
     """
     S.require_columns(batch.column_names, [S.DOC_ID, S.TITLE, S.TEXT], STAGE)
     doc_ids = batch.column(S.DOC_ID).to_pylist()
-    prompts = [builder.build(t, x) for t, x in zip(batch.column(S.TITLE).to_pylist(), batch.column(S.TEXT).to_pylist())]
+    builders = [builder if isinstance(builder, PromptBuilder) else builder(d) for d in doc_ids]
+    prompts = [b.build(t, x) for b, t, x in zip(builders, batch.column(S.TITLE).to_pylist(), batch.column(S.TEXT).to_pylist())]
     errors: list[str | None] = [None] * len(prompts)
     for i, prompt in enumerate(prompts):
         n_tokens = backend.count_tokens(prompt)
@@ -209,7 +218,7 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder, backend: Backend, pa
             cols[S.PROMPT_NAME].append(prompt_name)
             cols[S.MODEL].append(model)
             cols[S.BACKEND].append(backend.name)
-            cols[S.FEWSHOT_IDS].append(list(fewshot_ids))
+            cols[S.FEWSHOT_IDS].append(list(fewshot_ids if fewshot_ids is not None else builders[i].template.fewshot_ids))
             cols[S.ERROR].append(error)
     return pa.table(cols, schema=S.GENERATED)
 
@@ -263,6 +272,10 @@ class GenerateWorker:
         self._worker = f"{socket.gethostname()}:{os.getpid()}"  # counted by the stage: did every actor work?
         self._ready_at = time.time()  # the backend is up: the stage reports how long starting it took
 
+    def _builder_of(self, doc_id: str) -> PromptBuilder:
+        """The prompt of ``doc_id``: its few-shot set's (the only one unless ``fewshot_sets`` > 1)."""
+        return self.builders[template_index(doc_id, self.config.seed, len(self.builders))]
+
     def _usage_delta(self) -> str:
         """What this batch cost (tokens, requests, money) for backends that count it (openai), as JSON."""
         usage = getattr(self.backend, "usage", None)
@@ -292,16 +305,9 @@ class GenerateWorker:
         name = part_name(batch.column(S.DOC_ID).to_pylist())
         table = self._written(name)
         if table is None:  # each answer is journaled as it arrives: a killed attempt's answers are not paid again
-            which = np.array([template_index(d, self.config.seed, len(self.templates))
-                              for d in batch.column(S.DOC_ID).to_pylist()], dtype=np.int64)
-            tables = []
-            for t in np.unique(which):  # one backend call per prompt in the batch (rows sorted by prompt first)
-                template = self.templates[t]
-                tables.append(generate_batch(
-                    batch.filter(pa.array(which == t)), self.builders[t], self.backend, self.config.generation,
-                    template.name, self.config.model, list(template.fewshot_ids), self.journal, name,
-                    self.config.queries_per_doc, self.config.sampling))
-            table = pa.concat_tables(tables)
+            table = generate_batch(batch, self._builder_of, self.backend, self.config.generation,
+                                   self.templates[0].name, self.config.model, None, self.journal, name,
+                                   self.config.queries_per_doc, self.config.sampling)
             name = write_part(table, self.parts_dir)
         self.journal.discard(name)  # the part holds its answers now
         errors = table.num_rows - table.column(S.ERROR).null_count

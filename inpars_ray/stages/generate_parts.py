@@ -38,7 +38,6 @@ def write_part(table: pa.Table, parts_dir: storage.PathLike) -> str:
     return name
 
 
-
 def read_parts(parts_dir: storage.Location) -> list[pa.Table]:
     """Every part file, read whole with its page checksums verified.
 

@@ -330,3 +330,17 @@ def test_training_curves_from_the_history_file_or_an_old_runs_manifest(tmp_path:
     bare = build_report(make_run(tmp_path / "bare"))
     assert "report_training" not in bare.markdown and not (tmp_path / "bare" / "report_training.png").exists()
     assert len(bare.plots) == 2
+
+
+def test_stage_times_leave_out_a_teacher_folder_the_run_skipped(tmp_path: Path):
+    from inpars_ray.report import stage_times
+
+    root = make_run(tmp_path / "run")
+    (root / "teacher").mkdir()
+    (root / "teacher" / "manifest.json").write_text(json.dumps(  # an earlier run's teacher stage
+        {"stage": "teacher", "status": "complete", "timings": {"total": 12.0}}))
+    assert "teacher" in [row[0] for row in stage_times(root)]
+    run = json.loads((root / "manifest.json").read_text())
+    run["extra"]["teacher_skipped"] = "train.loss contrastive trains on hard labels"
+    (root / "manifest.json").write_text(json.dumps(run))
+    assert "teacher" not in [row[0] for row in stage_times(root)]

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pytest
 
 from inpars_ray import schema as S
+from inpars_ray.errors import ConfigError
 from inpars_ray.integrations.generated_data import prompt_builder
 from inpars_ray.io.catalog import BUNDLED_ROOT, resolve
 from inpars_ray.io.manifest import config_hash
@@ -30,6 +32,9 @@ def test_one_set_keeps_the_key_runs_had_before_the_setting():
     assert config_hash({"config": keyed_config(GenerateConfig(model="m", prompt="promptagator", num_fewshot=4))}) \
         == "4429e40b006d338e"
     assert "fewshot_sets" in keyed_config(GenerateConfig(model="m", prompt="promptagator", fewshot_sets=2))
+    for bad in ({"prompt": "inpars"}, {"prompt": "promptagator", "num_fewshot": 0}):  # fails before any work
+        with pytest.raises(ConfigError, match="fewshot_sets"):
+            GenerateConfig(model="m", fewshot_sets=2, **bad)
 
 
 def test_each_document_is_prompted_with_the_set_its_id_names(ray_session, tmp_path):
