@@ -127,7 +127,7 @@ def prompt_builder(generate_manifest: dict[str, Any], collection: Collection, do
 
     cfg = generate_manifest["config"]["config"]
     templates = resolve_templates(cfg["prompt"], collection, cfg["seed"], cfg["num_fewshot"], cfg["fewshot_split"],
-                                  cfg.get("fewshot_sets", 1))
+                                  cfg.get("fewshot_sets", 1), cfg.get("titles", True))
     if templates_fingerprint(templates) != generate_manifest["config"].get("template"):
         raise ConfigError(f"the prompt {cfg['prompt']!r} built now differs from the one the run generated with "
                           "(its examples or template file changed since); export without prompt texts instead")

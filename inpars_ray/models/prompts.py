@@ -60,6 +60,8 @@ class PromptTemplate:
         fewshot_ids: ids of the collection's queries used as examples (excluded from evaluation); empty when
             the examples do not come from the collection.
         user_text: a user template with one ``{document}`` placeholder; when set it replaces the format above.
+        titles: whether a document's title is shown before its text (the target's and, for promptagator, the
+            examples'); without it the model sees only the text, so it cannot answer with the title.
     """
 
     name: str
@@ -70,6 +72,7 @@ class PromptTemplate:
     instruction: str = ""
     fewshot_ids: tuple[str, ...] = ()
     user_text: str | None = None
+    titles: bool = True
 
     def render(self, document: str, cut: Callable[[str], str] = lambda t: t) -> str:
         """The full prompt for ``document`` (already cut); ``cut`` shortens the few-shot documents."""
@@ -88,7 +91,10 @@ class PromptTemplate:
 
     def fingerprint(self) -> str:
         """A hash of everything that shapes the prompts (part of the generate stage's config hash)."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if self.titles:  # added later: templates with titles keep their fingerprints
+            fields.pop("titles")
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -113,23 +119,24 @@ def collection_name(collection: Collection) -> str:
 
 
 def promptagator_template(collection: Collection, seed: int = 1, num_examples: int = 8,
-                          split: str = "train") -> PromptTemplate:
+                          split: str = "train", titles: bool = True) -> PromptTemplate:
     """A Promptagator-style prompt with ``num_examples`` (query, relevant document) pairs of the collection.
 
     Queries are drawn at random (``seed``) among those with a positive judgement in ``qrels/{split}.tsv``;
     each brings one of its relevant documents (also drawn with ``seed``).
     """
-    return promptagator_templates(collection, seed, num_examples, split)[0]
+    return promptagator_templates(collection, seed, num_examples, split, titles=titles)[0]
 
 
 def promptagator_templates(collection: Collection, seed: int = 1, num_examples: int = 8, split: str = "train",
-                           sets: int = 1) -> tuple[PromptTemplate, ...]:
+                           sets: int = 1, titles: bool = True) -> tuple[PromptTemplate, ...]:
     """``sets`` Promptagator-style prompts with ``num_examples`` examples each, no example in two of them.
 
     The sets are drawn one after the other from one seeded generator, each among the queries no earlier set
     took; with at least ``sets * num_examples`` judged queries the first is the one
     :func:`promptagator_template` gives for the same seed. Fewer: the sets share them out evenly (each gets at
-    least one); fewer than ``sets``: a :class:`ConfigError`.
+    least one); fewer than ``sets``: a :class:`ConfigError`. ``titles`` False leaves the example documents'
+    titles out, as the target's (:attr:`PromptTemplate.titles`).
     """
     from inpars_ray.io.load import iter_lines, parse_corpus_lines, read_qrels, read_queries
 
@@ -168,7 +175,7 @@ def promptagator_templates(collection: Collection, seed: int = 1, num_examples: 
         table, _ = parse_corpus_lines(lines, collection.display("corpus.jsonl"), start)
         for did, title, text in zip(*(table.column(c).to_pylist() for c in (S.DOC_ID, S.TITLE, S.TEXT))):
             if did in wanted:
-                texts[did] = document_text(title, text)
+                texts[did] = document_text(title if titles else None, text)
 
     for line in iter_lines(collection, collection.corpus_path()):  # one streamed pass, stops early
         chunk.append(line)
@@ -188,7 +195,7 @@ def promptagator_templates(collection: Collection, seed: int = 1, num_examples: 
     query_text = dict(zip(queries.column(S.QUERY_ID).to_pylist(), queries.column(S.QUERY).to_pylist()))
     return tuple(PromptTemplate(
         name="promptagator", document_label=fmt["document_label"], target_label=fmt["query_label"], numbered=False,
-        instruction=fmt["instruction"], fewshot_ids=tuple(group),
+        instruction=fmt["instruction"], fewshot_ids=tuple(group), titles=titles,
         examples=tuple(Example(qid, texts[doc_of[qid]], ((fmt["query_label"], query_text[qid]),)) for qid in group))
         for group in groups)
 
@@ -205,31 +212,32 @@ def user_template(path: str | Path) -> PromptTemplate:
 
 
 def resolve_template(prompt: str, collection: Collection | None = None, seed: int = 1, num_fewshot: int = 8,
-                     fewshot_split: str = "train") -> PromptTemplate:
-    """``inpars``, ``inpars-gbq``, ``promptagator`` (needs ``collection``) or a path to a template file."""
+                     fewshot_split: str = "train", titles: bool = True) -> PromptTemplate:
+    """``inpars``, ``inpars-gbq``, ``promptagator`` (needs ``collection``) or a path to a template file;
+    ``titles`` False: documents are shown without their titles (:attr:`PromptTemplate.titles`)."""
     if prompt in ("inpars", "inpars-gbq"):
-        return inpars_template(gbq=prompt == "inpars-gbq")
+        return dataclasses.replace(inpars_template(gbq=prompt == "inpars-gbq"), titles=titles)
     if prompt == "promptagator":
         if collection is None:
             raise ConfigError("the promptagator prompt needs the collection to draw its examples from")
-        return promptagator_template(collection, seed, num_fewshot, fewshot_split)
+        return promptagator_template(collection, seed, num_fewshot, fewshot_split, titles)
     if Path(prompt).is_file():
-        return user_template(prompt)
+        return dataclasses.replace(user_template(prompt), titles=titles)
     raise ConfigError(f"prompt {prompt!r} is neither one of {list(BUILTIN)} nor an existing template file")
 
 
 def resolve_templates(prompt: str, collection: Collection | None = None, seed: int = 1, num_fewshot: int = 8,
-                      fewshot_split: str = "train", sets: int = 1) -> tuple[PromptTemplate, ...]:
+                      fewshot_split: str = "train", sets: int = 1, titles: bool = True) -> tuple[PromptTemplate, ...]:
     """:func:`resolve_template`, or with ``sets`` > 1 that many promptagator prompts with disjoint examples
     (:func:`promptagator_templates`); each document is prompted with one of them (:func:`template_index`)."""
     if sets == 1:
-        return (resolve_template(prompt, collection, seed, num_fewshot, fewshot_split),)
+        return (resolve_template(prompt, collection, seed, num_fewshot, fewshot_split, titles),)
     if prompt != "promptagator":
         raise ConfigError(f"several few-shot sets draw their examples from the collection: prompt 'promptagator', "
                           f"not {prompt!r}")
     if collection is None:
         raise ConfigError("the promptagator prompt needs the collection to draw its examples from")
-    return promptagator_templates(collection, seed, num_fewshot, fewshot_split, sets)
+    return promptagator_templates(collection, seed, num_fewshot, fewshot_split, sets, titles)
 
 
 def template_index(doc_id: str, seed: int, count: int) -> int:
@@ -263,5 +271,6 @@ class PromptBuilder:
         self._cut_example = cut_examples.__getitem__
 
     def build(self, title: str | None, text: str | None) -> str:
-        """The prompt for one corpus document."""
-        return self.template.render(self._cut(document_text(title, text)), self._cut_example)
+        """The prompt for one corpus document (its title left out when the template shows none)."""
+        return self.template.render(self._cut(document_text(title if self.template.titles else None, text)),
+                                    self._cut_example)

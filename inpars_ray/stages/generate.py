@@ -107,6 +107,8 @@ class GenerateConfig:
     fewshot_sets: int = Field(1, ge=1, description="promptagator: this many prompts with num_fewshot examples "
                               "each (no example in two), each document prompted with one of them (a seeded hash of "
                               "its id), so that no single example set writes every query")
+    titles: bool = Field(True, description="show each document's title before its text (target and examples); "
+                         "false where titles are names the model would copy (e.g. manual pages)")
     generation: GenerationParams = Field(GenerationParams(), description="decoding settings")
     queries_per_doc: int = Field(1, ge=1, description="queries written per document: the first decoded with "
                                  "`generation`, each further one sampled with `sampling` (its own seed)")
@@ -224,18 +226,19 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder | Callable[[str], Pro
 
 
 def keyed_config(config: GenerateConfig) -> dict[str, Any]:
-    """``config`` as it enters the stage's key: ``fewshot_sets`` only when it is not 1 (added later: runs with
-    one set of examples keep their keys)."""
+    """``config`` as it enters the stage's key: ``fewshot_sets`` only when it is not 1, ``titles`` only when
+    false (both added later: earlier runs keep their keys)."""
     keyed = to_jsonable(config)
-    if config.fewshot_sets == 1:
-        keyed.pop("fewshot_sets")
+    for name, default in (("fewshot_sets", 1), ("titles", True)):
+        if getattr(config, name) == default:
+            keyed.pop(name)
     return keyed
 
 
 def run_templates(config: GenerateConfig, collection: Collection | None) -> tuple[PromptTemplate, ...]:
     """The prompts a generate run with ``config`` builds (one, or ``fewshot_sets`` promptagator prompts)."""
     return resolve_templates(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split,
-                             config.fewshot_sets)
+                             config.fewshot_sets, config.titles)
 
 
 def fewshot_ids_of(templates: tuple[PromptTemplate, ...]) -> list[str]:

@@ -32,6 +32,7 @@ def test_one_set_keeps_the_key_runs_had_before_the_setting():
     assert config_hash({"config": keyed_config(GenerateConfig(model="m", prompt="promptagator", num_fewshot=4))}) \
         == "4429e40b006d338e"
     assert "fewshot_sets" in keyed_config(GenerateConfig(model="m", prompt="promptagator", fewshot_sets=2))
+    assert keyed_config(GenerateConfig(model="m", prompt="promptagator", titles=False))["titles"] is False
     for bad in ({"prompt": "inpars"}, {"prompt": "promptagator", "num_fewshot": 0}):  # fails before any work
         with pytest.raises(ConfigError, match="fewshot_sets"):
             GenerateConfig(model="m", fewshot_sets=2, **bad)
@@ -75,3 +76,22 @@ def test_each_document_is_prompted_with_the_set_its_id_names(ray_session, tmp_pa
         assert export(r[S.DOC_ID]) == prompt
         assert all(builders[other].build(doc.get("title", ""), doc["text"]) != prompt
                    for other in range(SETS) if other != own)
+
+
+def test_titles_false_prompts_and_exports_documents_without_titles(ray_session, tmp_path):
+    collection = resolve("bundled/tiny-science")
+    model = str(tiny_lm_path())
+    config = GenerateConfig(model=model, prompt="promptagator", num_docs=4, seed=3, num_fewshot=2, titles=False,
+                            doc_max_tokens=24, generation=GenerationParams(max_new_tokens=6, seed=3))
+    manifest = run_generate(collection, tmp_path / "gen", config, GenerateResources(batch_size=4))
+    assert manifest["config"]["config"]["titles"] is False
+    (template,) = run_templates(config, collection)
+    assert template.titles is False
+    corpus = {d["_id"]: d for d in map(json.loads, (BUNDLED_ROOT / "corpus.jsonl").read_text().splitlines())}
+    rows = read_generated(tmp_path / "gen").to_pylist()
+    titled = [r for r in rows if corpus[r[S.DOC_ID]].get("title")]
+    assert titled  # the check below means something
+    export = prompt_builder(manifest, collection, {r[S.DOC_ID] for r in rows})
+    for r in titled:
+        doc = corpus[r[S.DOC_ID]]
+        assert doc["title"] not in export(r[S.DOC_ID]).rsplit("\n\n", 1)[-1]  # the target block shows no title

@@ -1,6 +1,8 @@
 """Prompt formats, few-shot draws and token-level truncation of documents (never of the template)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from inpars_ray import schema as S
@@ -143,3 +145,20 @@ def test_builder_cuts_documents_by_tokens_never_the_template():
         assert n_tokens(block.split("\n")[1][len("Document: "):]) <= 12
     short = PromptBuilder(template, cut).build("", "short")
     assert "Document: short\nRelevant Query:" in short
+
+
+def test_titles_false_shows_documents_without_their_titles():
+    collection = resolve("bundled/tiny-science")
+    with_titles = promptagator_template(collection, seed=3, num_examples=6)
+    without = promptagator_template(collection, seed=3, num_examples=6, titles=False)
+    assert without.fewshot_ids == with_titles.fewshot_ids  # the same examples, drawn the same way
+    pairs = list(zip(with_titles.examples, without.examples))
+    assert all(a.document.endswith(b.document) for a, b in pairs)
+    assert any(len(b.document) < len(a.document) for a, b in pairs)  # a title, cut off (some documents have none)
+    assert resolve_templates("promptagator", collection, 3, 6, "train", 1, titles=False) == (without,)
+    assert with_titles.fingerprint() == dataclasses.replace(with_titles, titles=True).fingerprint()
+    assert without.fingerprint() != with_titles.fingerprint()  # another prompt: another generate key
+    shown = PromptBuilder(without, lambda t: t).build("A TITLE", "the text")
+    assert shown.endswith("Abstract: the text\nQuery:") and "A TITLE" not in shown
+    assert PromptBuilder(with_titles, lambda t: t).build("A TITLE", "the text").endswith("Abstract: A TITLE the text\nQuery:")
+    assert resolve_template("inpars", titles=False).titles is False
