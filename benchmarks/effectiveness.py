@@ -43,7 +43,7 @@ after each run its ``report.json``, ``manifest.json`` and evaluation files are c
 ``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
 exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Full benchmark: 3 seeds x 17 levers = 51 runs; never run whole here, it was measured a few levers at a time
+Full benchmark: 3 seeds x 18 levers = 54 runs; never run whole here, it was measured a few levers at a time
 (``--levers``). One lever over 3 seeds, generation included, took 27-32 minutes per seed on this 2-core
 machine while a test run shared it (``teacher+dense+wise+bm25``); a lever that reuses its seed's
 generation, mining and zero-shot costs its teacher (when its key changes), train and rerank::
@@ -138,6 +138,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     teacher_hard = {"inpars": {"train": {"contrastive_weight": 0.01, "in_batch": "batch"}}}
     # 4 promptagator prompts with disjoint examples, each document given one (a seeded hash of its id)
     fewshot_sets = {"inpars": {"generate": {"fewshot_sets": 4}}}
+    # documents shown to the generator without their titles (the target's and the examples')
+    no_titles = {"inpars": {"generate": {"titles": False}}}
     # queries whose generation ran to max_new_tokens without ending its line are dropped
     finished = {"inpars": {"filter": {"drop_unfinished": True}}}
     return {
@@ -154,6 +156,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+dense+wise+bm25": overlay(teacher, dense, wise, bm25),
         "teacher+dense+hard": overlay(teacher, dense, teacher_hard),
         "teacher+dense+hard+fewshot-sets": overlay(teacher, dense, teacher_hard, fewshot_sets),
+        "teacher+dense+hard+no-titles": overlay(teacher, dense, teacher_hard, no_titles),
         "hard-labels+dense+wise+whole-batch": hard_demo_data,
         "teacher+dense+wise+finished": overlay(teacher, dense, wise, finished),
         "teacher+sampled": overlay(teacher, sampled),
@@ -163,7 +166,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
 
 #: levers whose generation differs from the others': their own run folder, so the rest stay reusable
 OWN_RUN_FOLDER = {"teacher+sampled": "run-sampled", "teacher+dense+wise+sampled": "run-sampled",
-                  "teacher+dense+hard+fewshot-sets": "run-fewshot-sets"}
+                  "teacher+dense+hard+fewshot-sets": "run-fewshot-sets",
+                  "teacher+dense+hard+no-titles": "run-no-titles"}
 
 
 #: what each lever is, in the table's words
@@ -185,6 +189,7 @@ DESCRIPTIONS = {
                           "negatives, no WiSE-FT",
     "teacher+dense+hard+fewshot-sets": "the demo's recipe (margins + hard labels, dense negatives) with 4 "
                                        "prompts of disjoint few-shot examples, each document given one",
+    "teacher+dense+hard+no-titles": "the demo's recipe with documents prompted without their titles",
     "teacher+dense+wise+finished": "the demo's recipe without queries that ran to the generator's token limit",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "teacher+dense+wise+sampled": "teacher, dense negatives, WiSE-FT 0.5, 3 queries per document",
