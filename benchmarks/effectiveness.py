@@ -28,6 +28,8 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
   negatives), dense negatives, no WiSE-FT;
 * ``teacher+dense+hard+fewshot-sets``: that, with 4 prompts of disjoint few-shot examples (``generate.fewshot_sets``),
   each document given one, in a run folder of its own (its generation differs);
+* ``teacher+dense+hard+no-titles``: that, with documents prompted without their titles (``generate.titles``), in a
+  run folder of its own;
 * ``teacher+dense+wise+finished``: the demo's recipe, dropping queries whose generation ran to
   ``max_new_tokens`` without ending its line (``filter.drop_unfinished``);
 * ``teacher+sampled``, ``teacher+dense+wise+sampled``: the teacher (alone, or with the demo's recipe), 3
