@@ -91,7 +91,7 @@ def _builder(backend: Any, config: Any) -> Any:
 
 def _in_process(ctx: dict[str, Any], batch_size: int) -> dict[str, Any]:
     from inpars_ray.models.backends import make_backend
-    from inpars_ray.stages.generate import generate_batch
+    from inpars_ray.stages.generate_rows import generate_batch
 
     t_load = time.perf_counter()
     backend = make_backend("hf", ctx["model"])

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 def main():
     from inpars_ray.models.backends.base import GenerationParams
     from inpars_ray.models.backends.vllm_backend import VLLMBackend
-    from inpars_ray.stages.generate import generate_batch
+    from inpars_ray.stages.generate_rows import generate_batch
     from inpars_ray.models.prompts import PromptBuilder, resolve_template
 
     docs_path, model, batch_size, max_new, doc_max, max_len = sys.argv[1:7]
@@ -65,7 +65,7 @@ if __name__ == "__main__":
 def run_vllm_server(ctx: dict[str, Any]) -> dict[str, Any]:
     """openai backend -> vLLM server on loopback, ``--batch-size`` requests in flight."""
     from inpars_ray.models.backends.openai_backend import OpenAIBackend
-    from inpars_ray.stages.generate import generate_batch
+    from inpars_ray.stages.generate_rows import generate_batch
 
     args = ctx["args"]
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as tmp:

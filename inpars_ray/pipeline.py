@@ -257,7 +257,7 @@ def _run_pipeline(config: PipelineConfig, cache_dir: str | os.PathLike[str] | No
 
 def _run_inpars(ctx: RunContext) -> dict[str, float]:
     """generate -> filter -> mine -> train -> rerank -> evaluate; returns the reranked run's measures."""
-    from inpars_ray.stages.generate import fewshot_query_ids
+    from inpars_ray.stages.generate_parts import fewshot_query_ids
     from inpars_ray.stages.rerank import rerank_run
     from inpars_ray.stages.train import train
 

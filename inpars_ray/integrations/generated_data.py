@@ -123,7 +123,13 @@ def prompt_builder(generate_manifest: dict[str, Any], collection: Collection, do
     PromptBuilder` cutting documents with the generator's own tokenizer (the backend is loaded here, once).
     """
     from inpars_ray.models.backends import make_backend
-    from inpars_ray.models.prompts import PromptBuilder, resolve_templates, template_index, templates_fingerprint
+    from inpars_ray.models.prompts import (
+        UNTITLED_SUFFIX,
+        PromptBuilder,
+        resolve_templates,
+        template_index,
+        templates_fingerprint,
+    )
 
     cfg = generate_manifest["config"]["config"]
     templates = resolve_templates(cfg["prompt"], collection, cfg["seed"], cfg["num_fewshot"], cfg["fewshot_split"],
@@ -137,12 +143,17 @@ def prompt_builder(generate_manifest: dict[str, Any], collection: Collection, do
     backend = make_backend(cfg["backend"], model, **dict(cfg["backend_options"]))
     limit = int(cfg["doc_max_tokens"])
     builders = [PromptBuilder(t, lambda text: backend.truncate(text, limit)) for t in templates]
+    untitled = [PromptBuilder(t, lambda text: backend.truncate(text, limit)) for t in
+                resolve_templates(cfg["prompt"], collection, cfg["seed"], cfg["num_fewshot"], cfg["fewshot_split"],
+                                  cfg.get("fewshot_sets", 1), False)] if cfg.get("untitled_retry") else builders
     texts = document_texts(collection, doc_ids, load_config)
 
-    def prompt_of(doc_id: str) -> str | None:
+    def prompt_of(doc_id: str, prompt_name: str = "") -> str | None:
+        """``doc_id``'s prompt; a row whose ``prompt_name`` ends in ``UNTITLED_SUFFIX`` was asked without titles."""
         if doc_id not in texts:
             return None
-        return builders[template_index(doc_id, cfg["seed"], len(builders))].build(*texts[doc_id])
+        chosen = untitled if prompt_name.endswith(UNTITLED_SUFFIX) else builders
+        return chosen[template_index(doc_id, cfg["seed"], len(chosen))].build(*texts[doc_id])
 
     return prompt_of
 
@@ -179,7 +190,7 @@ def write_generated_data(generated: pa.Table, kept: pa.Table, triples: pa.Table,
     """Write ``dest/queries.jsonl``, ``dest/queries_filtered_<filter_tag>.jsonl`` and
     ``dest/triples_train_<filter_tag>.tsv`` from a run's GENERATED rows, kept (FILTERED) rows and TRIPLES.
 
-    ``prompt_of(doc_id)`` gives a row's prompt text (``None``: written as null). Returns the counts.
+    ``prompt_of(doc_id, prompt_name)`` gives a row's prompt text (``None``: written as null). Returns the counts.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -187,7 +198,7 @@ def write_generated_data(generated: pa.Table, kept: pa.Table, triples: pa.Table,
     prompts: dict[str, str | None] = {}
     with (dest / QUERIES_FILE).open("w", encoding="utf-8") as out:
         for row in rows:
-            prompt = prompt_of(row[S.DOC_ID]) if prompt_of is not None else None
+            prompt = prompt_of(row[S.DOC_ID], row[S.PROMPT_NAME] or "") if prompt_of is not None else None
             prompts[row[S.QUERY_ID]] = prompt
             out.write(json.dumps(published_row(row[S.DOC_ID], row[S.QUERY], row[S.TOKEN_LOGPROBS], prompt,
                                                row[S.FEWSHOT_IDS], row[S.ERROR]), ensure_ascii=False) + "\n")

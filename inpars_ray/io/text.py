@@ -17,6 +17,17 @@ def document_text(title: str | None, text: str | None) -> str:
     return " ".join(f"{title or ''} {text or ''}".split())
 
 
+def normalise(text: str) -> str:
+    """Case-folded text with runs of whitespace collapsed to one space (for copy and duplicate checks)."""
+    return " ".join(text.casefold().split())
+
+
+def copies_document(query: str, title: str | None, text: str | None) -> bool:
+    """Whether ``query`` is a verbatim span of its document (case and whitespace aside): the filter drops
+    such a query, and the generator's ``untitled_retry`` asks once more for it."""
+    return normalise(query) in normalise(document_text(title, text))
+
+
 def document_texts(title: pa.Array | pa.ChunkedArray, text: pa.Array | pa.ChunkedArray) -> pa.Array:
     """:func:`document_text` of each row; a row whose title and text are both null stays null (an unknown
     document), one with only empty parts is the empty string."""

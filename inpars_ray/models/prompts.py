@@ -28,6 +28,13 @@ PROMPT_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
 BUILTIN = ("inpars", "inpars-gbq", "promptagator")
 #: the placeholder a user template file must hold exactly once
 DOCUMENT_PLACEHOLDER = "{document}"
+#: added to a generated row's prompt name when its query was asked again without the titles (``untitled_retry``)
+UNTITLED_SUFFIX = "+untitled"
+
+
+def base_prompt_name(name: str) -> str:
+    """The prompt a generated row's ``prompt_name`` names, without :data:`UNTITLED_SUFFIX`."""
+    return name.removesuffix(UNTITLED_SUFFIX)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,8 @@ from inpars_ray.io.catalog import Collection
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord, collection_key, published, upstream_manifest
 from inpars_ray.io.stage import StageResult, StageSpec, run_once
-from inpars_ray.io.text import document_text
+from inpars_ray.io.text import copies_document, document_text, normalise
+from inpars_ray.models.prompts import base_prompt_name
 from inpars_ray.models.rankers import RankerConfig
 from inpars_ray.runtime.exchange import hash_exchange, left_join_unique
 from inpars_ray.schema import DROPPED_DIR, KEPT_DIR
@@ -118,11 +119,6 @@ class FilterConfig:
 
 
 # --- pure functions over batches ------------------------------------------------------------------------
-def normalise(text: str) -> str:
-    """Case-folded text with runs of whitespace collapsed to one space (for copy and duplicate checks)."""
-    return " ".join(text.casefold().split())
-
-
 def aggregate_logprobs(logprobs: list[float] | None, mean_logprob: float | None, how: str) -> float:
     """One score from a query's token log-probs; NaN when there is nothing to score."""
     if logprobs:
@@ -159,7 +155,7 @@ class FewShotQueries:
     by_id: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def of(self, prompt_name: str | None, fewshot_ids: list[str] | None) -> set[str] | frozenset[str]:
-        shown = self.by_prompt.get(prompt_name or "", frozenset())
+        shown = self.by_prompt.get(base_prompt_name(prompt_name or ""), frozenset())
         if fewshot_ids:
             return shown | {self.by_id[i] for i in fewshot_ids if i in self.by_id}
         return shown
@@ -209,7 +205,7 @@ def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | No
             reason = EMPTY_QUERY
         elif doc is None:
             reason = UNKNOWN_DOCUMENT
-        elif qnorm in normalise(doc):  # the query is a verbatim span of its document
+        elif copies_document(query, title, text):  # the query is a verbatim span of its document
             reason = COPIED
         elif qnorm in fewshot.of(cols.get(S.PROMPT_NAME, none)[i], cols.get(S.FEWSHOT_IDS, none)[i]):
             reason = FEWSHOT_REPEAT
@@ -344,10 +340,10 @@ def _count_reasons(dropped_dir: storage.Location) -> dict[str, int]:
 def generation_limit(queries_dir: storage.PathLike) -> int | None:
     """The ``max_new_tokens`` the generate run behind ``queries_dir`` (its folder or its ``parts/``) decoded
     with, from its manifest; None when no generate manifest is there (a user's own Parquet files)."""
-    from inpars_ray.stages import generate
+    from inpars_ray.stages import generate, generate_parts
 
     found = upstream_manifest(queries_dir, generate.STAGE, generate.PARTS)
-    return generate.max_new_tokens(found[1]) if found is not None else None
+    return generate_parts.max_new_tokens(found[1]) if found is not None else None
 
 
 def run_filter(queries_dir: storage.PathLike, collection: Collection, out_dir: storage.PathLike,

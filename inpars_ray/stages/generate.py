@@ -3,7 +3,8 @@
 Layers, as every stage:
 
 * pure functions over Arrow batches: :func:`block_candidates` / :func:`merge_candidates` /
-  :func:`below_threshold` (the seeded sample) and :func:`generate_batch` (prompts -> GENERATED rows);
+  :func:`below_threshold` (the seeded sample) and :func:`~.generate_rows.generate_batch` (prompts ->
+  GENERATED rows; with ``untitled_retry``, an answer that copies its document is asked again without titles);
 * :class:`GenerateWorker`, a callable class that loads the backend once per actor and writes each batch's
   rows as one Parquet part file, whole or not at all, through :mod:`inpars_ray.io.storage` (a local folder
   or ``gs://``), from whichever node it runs on;
@@ -27,16 +28,13 @@ batch's common prefix, and keeps 4).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -44,12 +42,13 @@ from inpars_ray import schema as S
 from inpars_ray.errors import ArtifactDamagedError, ConfigError, InparsError
 from inpars_ray.io import artifacts, storage
 from inpars_ray.io.catalog import Collection
-from inpars_ray.io.journal import Journal, answer_key, run_key
+from inpars_ray.io.journal import Journal, run_key
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord, collection_key, config_hash, to_jsonable, write_json_atomic
 from inpars_ray.io.stage import StageResult, StageSpec, reused
-from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
+from inpars_ray.models.backends.base import GenerationParams
 from inpars_ray.models.prompts import (
+    UNTITLED_SUFFIX,
     PromptBuilder,
     PromptTemplate,
     resolve_templates,
@@ -60,7 +59,7 @@ from inpars_ray.runtime import progress
 from inpars_ray.runtime.raykit import one_block_per_call
 from inpars_ray.stageconfig import Field, field_validator, stage_config
 from inpars_ray.stages.generate_parts import (
-    BACKEND_ERROR,
+    FEWSHOT_FILE,
     PARTS,
     completed_doc_ids,
     needs_retry,
@@ -68,23 +67,12 @@ from inpars_ray.stages.generate_parts import (
     read_generated,
     write_part,
 )
+from inpars_ray.stages.generate_rows import SamplingParams, generate_batch
 from inpars_ray.stages.sample import below_threshold, block_candidates, merge_candidates
 
 logger = logging.getLogger(__name__)
 
 STAGE = "generate"
-#: the prompt's name and its few-shot examples' query ids (those queries are left out of evaluation)
-FEWSHOT_FILE = "fewshot.json"
-
-
-@stage_config
-class SamplingParams:
-    """How the queries after a document's first are sampled (GPL, arXiv 2112.07577: top-k 25, top-p 0.95);
-    the other decoding settings (max_new_tokens, max_prompt_tokens) are the first query's."""
-
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
-    top_k: int = Field(25, ge=0, description="sample among the k most likely tokens only (0: no cut)")
 
 
 @stage_config
@@ -109,6 +97,8 @@ class GenerateConfig:
                               "its id), so that no single example set writes every query")
     titles: bool = Field(True, description="show each document's title before its text (target and examples); "
                          "false where titles are names the model would copy (e.g. manual pages)")
+    untitled_retry: bool = Field(False, description="an answer that copies its document (which the filter drops) "
+                                 "is asked once more with the document and examples shown without titles")
     generation: GenerationParams = Field(GenerationParams(), description="decoding settings")
     queries_per_doc: int = Field(1, ge=1, description="queries written per document: the first decoded with "
                                  "`generation`, each further one sampled with `sampling` (its own seed)")
@@ -126,6 +116,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("generate: a model is required")
+        if self.untitled_retry and not self.titles:
+            raise ConfigError("generate.untitled_retry asks again without titles: it needs titles true")
         if self.fewshot_sets > 1 and (self.prompt != "promptagator" or self.num_fewshot == 0):
             raise ConfigError(f"generate.fewshot_sets {self.fewshot_sets} draws that many sets of the collection's "
                               f"examples: it needs prompt 'promptagator' (not {self.prompt!r}) and num_fewshot > 0")
@@ -145,100 +137,22 @@ class GenerateResources:
 
 
 # --- generation over a batch -------------------------------------------------------------------------
-def generated_query_id(doc_id: str, round_: int = 0) -> str:
-    """The id of query ``round_`` generated for ``doc_id`` (round 0: the first, decoded as configured)."""
-    return f"gen-{doc_id}" if round_ == 0 else f"gen-{doc_id}~s{round_}"
-
-
-def round_params(params: GenerationParams, sampling: SamplingParams | None, round_: int) -> GenerationParams:
-    """Decoding of query ``round_`` of a document: round 0 as configured; a later one sampled with
-    ``sampling`` and the seed ``params.seed + round_``, so each round draws other queries, the same on a rerun."""
-    if round_ == 0:
-        return params
-    s = sampling or SamplingParams()
-    return dataclasses.replace(params, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                               seed=params.seed + round_)
-
-
-def _answer_key(prompt: str, round_: int) -> str:
-    return answer_key(prompt if round_ == 0 else f"{prompt}\0sample {round_}")
-
-
-def generate_batch(batch: pa.Table, builder: PromptBuilder | Callable[[str], PromptBuilder], backend: Backend,
-                   params: GenerationParams, prompt_name: str, model: str, fewshot_ids: list[str] | None,
-                   journal: Journal | None = None, part: str = "", queries_per_doc: int = 1,
-                   sampling: SamplingParams | None = None) -> pa.Table:
-    """GENERATED rows for a batch of corpus documents: ``queries_per_doc`` per document (round 0 decoded with
-    ``params``, later rounds sampled, :func:`round_params`), each a query or an error row with its reason.
-
-    A prompt longer than ``params.max_prompt_tokens`` (after cutting the document) is an error row and
-    never reaches the backend; so is an empty first line. With a ``journal``, each answer is journaled
-    under ``part`` as it arrives, and answers an earlier attempt journaled are taken from it, not asked again.
-    ``builder`` is the prompt of every document, or a function giving a document's (by id); each row records
-    ``fewshot_ids``, or when None its own prompt's examples. Every prompt goes to the backend in one call.
-    """
-    S.require_columns(batch.column_names, [S.DOC_ID, S.TITLE, S.TEXT], STAGE)
-    doc_ids = batch.column(S.DOC_ID).to_pylist()
-    builders = [builder if isinstance(builder, PromptBuilder) else builder(d) for d in doc_ids]
-    prompts = [b.build(t, x) for b, t, x in zip(builders, batch.column(S.TITLE).to_pylist(), batch.column(S.TEXT).to_pylist())]
-    errors: list[str | None] = [None] * len(prompts)
-    for i, prompt in enumerate(prompts):
-        n_tokens = backend.count_tokens(prompt)
-        if n_tokens > params.max_prompt_tokens:
-            errors[i] = f"prompt has {n_tokens} tokens, over max_prompt_tokens={params.max_prompt_tokens}"
-    todo = [i for i, e in enumerate(errors) if e is None]
-    saved = journal.read(part) if journal is not None else {}
-    results: dict[tuple[int, int], Generation] = {}
-    for r in range(queries_per_doc):
-        got = {i: Generation(**saved[_answer_key(prompts[i], r)]) for i in todo if _answer_key(prompts[i], r) in saved}
-        ask = [i for i in todo if i not in got]
-        if got:
-            logger.info("generate: %d answers of %s (round %d) from the journal, %d asked", len(got), part, r, len(ask))
-        results.update({(i, r): g for i, g in got.items()})
-
-        def keep(j: int, answer: Generation, r: int = r, ask: list[int] = ask) -> None:
-            results[(ask[j], r)] = answer
-            if journal is not None and not answer.error:  # an error is asked again anyway
-                journal.append(part, _answer_key(prompts[ask[j]], r), dataclasses.asdict(answer))
-
-        if ask:
-            backend.generate_each([prompts[i] for i in ask], round_params(params, sampling, r), keep)
-    cols: dict[str, list[Any]] = {name: [] for name in S.GENERATED.names}
-    for i, doc_id in enumerate(doc_ids):
-        for r in range(queries_per_doc):
-            res = results.get((i, r))
-            error = errors[i] or (BACKEND_ERROR + res.error if res is not None and res.error else None)
-            if error is None and res is not None and not res.text:
-                error = "the model generated an empty first line"
-            ok = res if error is None else None  # the generation, when it is kept
-            cols[S.DOC_ID].append(doc_id)
-            cols[S.QUERY_ID].append(generated_query_id(doc_id, r))
-            cols[S.QUERY].append(ok.text if ok is not None else None)
-            cols[S.TOKEN_LOGPROBS].append([float(x) for x in ok.token_logprobs] if ok is not None else None)
-            cols[S.MEAN_LOGPROB].append(float(np.mean(ok.token_logprobs)) if ok is not None and ok.token_logprobs else None)
-            cols[S.NUM_TOKENS].append(len(ok.token_logprobs) if ok is not None else None)
-            cols[S.PROMPT_NAME].append(prompt_name)
-            cols[S.MODEL].append(model)
-            cols[S.BACKEND].append(backend.name)
-            cols[S.FEWSHOT_IDS].append(list(fewshot_ids if fewshot_ids is not None else builders[i].template.fewshot_ids))
-            cols[S.ERROR].append(error)
-    return pa.table(cols, schema=S.GENERATED)
-
-
 def keyed_config(config: GenerateConfig) -> dict[str, Any]:
-    """``config`` as it enters the stage's key: ``fewshot_sets`` only when it is not 1, ``titles`` only when
-    false (both added later: earlier runs keep their keys)."""
+    """``config`` as it enters the stage's key: ``fewshot_sets``, ``titles`` and ``untitled_retry`` only when not
+    their defaults (added later: earlier runs keep their keys)."""
     keyed = to_jsonable(config)
-    for name, default in (("fewshot_sets", 1), ("titles", True)):
+    for name, default in (("fewshot_sets", 1), ("titles", True), ("untitled_retry", False)):
         if getattr(config, name) == default:
             keyed.pop(name)
     return keyed
 
 
-def run_templates(config: GenerateConfig, collection: Collection | None) -> tuple[PromptTemplate, ...]:
-    """The prompts a generate run with ``config`` builds (one, or ``fewshot_sets`` promptagator prompts)."""
+def run_templates(config: GenerateConfig, collection: Collection | None,
+                  titles: bool | None = None) -> tuple[PromptTemplate, ...]:
+    """The prompts a generate run with ``config`` builds (one, or ``fewshot_sets`` promptagator prompts);
+    ``titles`` (default: the config's) whether they show titles."""
     return resolve_templates(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split,
-                             config.fewshot_sets, config.titles)
+                             config.fewshot_sets, config.titles if titles is None else titles)
 
 
 def fewshot_ids_of(templates: tuple[PromptTemplate, ...]) -> list[str]:
@@ -258,7 +172,7 @@ class GenerateWorker:
     """Ray Data UDF: loads the backend once per actor, generates a batch, writes it as a part file."""
 
     def __init__(self, config: GenerateConfig, templates: PromptTemplate | tuple[PromptTemplate, ...],
-                 parts_dir: storage.Location) -> None:
+                 parts_dir: storage.Location, untitled: tuple[PromptTemplate, ...] = ()) -> None:
         from inpars_ray.models.backends import make_backend
 
         self.config = config
@@ -270,14 +184,17 @@ class GenerateWorker:
         self.backend = make_backend(config.backend, model, **dict(config.backend_options))
         limit = config.doc_max_tokens
         self.builders = [PromptBuilder(t, lambda text: self.backend.truncate(text, limit)) for t in self.templates]
+        # the same prompts without titles, for untitled_retry (run_templates(config, collection, titles=False))
+        self.untitled = [PromptBuilder(t, lambda text: self.backend.truncate(text, limit)) for t in untitled]
         self.journal = answer_journal(self.parts_dir, config, self.templates)
         self._usage: dict[str, float] = {}
         self._worker = f"{socket.gethostname()}:{os.getpid()}"  # counted by the stage: did every actor work?
         self._ready_at = time.time()  # the backend is up: the stage reports how long starting it took
 
-    def _builder_of(self, doc_id: str) -> PromptBuilder:
+    def _builder_of(self, doc_id: str, untitled: bool = False) -> PromptBuilder:
         """The prompt of ``doc_id``: its few-shot set's (the only one unless ``fewshot_sets`` > 1)."""
-        return self.builders[template_index(doc_id, self.config.seed, len(self.builders))]
+        builders = self.untitled if untitled else self.builders
+        return builders[template_index(doc_id, self.config.seed, len(builders))]
 
     def _usage_delta(self) -> str:
         """What this batch cost (tokens, requests, money) for backends that count it (openai), as JSON."""
@@ -310,7 +227,8 @@ class GenerateWorker:
         if table is None:  # each answer is journaled as it arrives: a killed attempt's answers are not paid again
             table = generate_batch(batch, self._builder_of, self.backend, self.config.generation,
                                    self.templates[0].name, self.config.model, None, self.journal, name,
-                                   self.config.queries_per_doc, self.config.sampling)
+                                   self.config.queries_per_doc, self.config.sampling,
+                                   (lambda d: self._builder_of(d, True)) if self.untitled else None)
             name = write_part(table, self.parts_dir)
         self.journal.discard(name)  # the part holds its answers now
         errors = table.num_rows - table.column(S.ERROR).null_count
@@ -320,13 +238,6 @@ class GenerateWorker:
 
 
 # --- the stage -------------------------------------------------------------------------------------
-def max_new_tokens(manifest: dict[str, Any]) -> int | None:
-    """The ``max_new_tokens`` a generate run decoded with, from its manifest (whose key pins the
-    :class:`GenerateConfig` under ``config``, as :func:`run_generate` builds it); None if it names none."""
-    limit = (manifest.get("config", {}).get("config", {}).get("generation", {}) or {}).get("max_new_tokens")
-    return int(limit) if limit is not None else None
-
-
 def run_generate(collection: Collection, out_dir: storage.PathLike, config: GenerateConfig,
                  resources: GenerateResources = GenerateResources(),
                  load_config: LoadConfig = LoadConfig()) -> StageResult:
@@ -398,7 +309,9 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         batch_size = max(batch_size, MIN_SUBMISSION)
     todo = one_block_per_call(todo, batch_size)
     results = todo.map_batches(
-        GenerateWorker, fn_constructor_args=(config, templates, out / PARTS), batch_size=None,
+        GenerateWorker, batch_size=None,
+        fn_constructor_args=(config, templates, out / PARTS,
+                             run_templates(config, collection, titles=False) if config.untitled_retry else ()),
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.num_actors),
         num_gpus=resources.gpus_per_actor, num_cpus=resources.cpus_per_actor,
     )
@@ -425,9 +338,10 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     final = read_generated(out)
     n_errors = final.num_rows - final.column(S.ERROR).null_count
     n_retry = pc.sum(needs_retry(final)).as_py() or 0
+    untitled = sum(name.endswith(UNTITLED_SUFFIX) for name in final.column(S.PROMPT_NAME).to_pylist())
     record.counts.update(sampled=sampled, resumed=resumed, generated_this_run=new_docs, rows=final.num_rows,
                          queries=final.num_rows - n_errors, errors=n_errors, backend_errors=n_retry,
-                         bad_corpus_rows=n_bad)
+                         bad_corpus_rows=n_bad, **({"asked_untitled": untitled} if config.untitled_retry else {}))
     record.extra.update(prompt=templates[0].name, fewshot_query_ids=fewshot_ids, parts=PARTS,
                         actors_used=len(workers))
     if usage:  # tokens and cost of this run's API calls (never the key)
@@ -442,8 +356,3 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         return StageResult(STAGE, out, record.write(out, status="incomplete", files=files))
     answer_journal(out / PARTS, config, templates).clear()  # every answer is in a part now (on this node)
     return StageResult(STAGE, out, record.write(out, files=files))
-
-
-def fewshot_query_ids(generate_dir: storage.PathLike) -> list[str]:
-    """The query ids of the few-shot examples a generate output (or published data read in its place) used."""
-    return list((storage.location(generate_dir) / FEWSHOT_FILE).read_json()["fewshot_query_ids"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,8 @@ PARTS = "parts"
 #: prefix of error rows the backend reported (API refused, quota, out of memory...): unlike the stage's own
 #: deterministic errors (prompt too long, empty answer), these documents are generated again on a rerun
 BACKEND_ERROR = "backend error: "
+#: the prompt and few-shot query ids a run used (kept out of evaluation)
+FEWSHOT_FILE = "fewshot.json"
 
 
 def part_name(doc_ids: list[str]) -> str:
@@ -94,3 +97,20 @@ def read_generated(out_dir: storage.PathLike) -> pa.Table:
     first = np.ones(len(ids), dtype=bool)
     first[1:] = ids[1:] != ids[:-1]
     return table.filter(pa.array(first))
+
+
+def generated_query_id(doc_id: str, round_: int = 0) -> str:
+    """The id of query ``round_`` generated for ``doc_id`` (round 0: the first, decoded as configured)."""
+    return f"gen-{doc_id}" if round_ == 0 else f"gen-{doc_id}~s{round_}"
+
+
+def max_new_tokens(manifest: dict[str, Any]) -> int | None:
+    """The ``max_new_tokens`` a generate run decoded with, from its manifest (whose key pins the stage's
+    ``GenerateConfig`` under ``config``, as ``run_generate`` builds it); None if it names none."""
+    limit = (manifest.get("config", {}).get("config", {}).get("generation", {}) or {}).get("max_new_tokens")
+    return int(limit) if limit is not None else None
+
+
+def fewshot_query_ids(generate_dir: storage.PathLike) -> list[str]:
+    """The query ids of the few-shot examples a generate output (or published data read in its place) used."""
+    return list((storage.location(generate_dir) / FEWSHOT_FILE).read_json()["fewshot_query_ids"])

@@ -16,12 +16,12 @@ from inpars_ray.models.prompts import PromptBuilder, template_index
 from inpars_ray.stages.generate import (
     GenerateConfig,
     GenerateResources,
-    generate_batch,
     keyed_config,
     read_generated,
     run_generate,
     run_templates,
 )
+from inpars_ray.stages.generate_rows import generate_batch
 from inpars_ray.testing.tiny_lm import tiny_lm_path
 
 SETS = 3

@@ -12,7 +12,7 @@ from inpars_ray.io.catalog import BUNDLED_ROOT
 from inpars_ray.models.backends import GenerationParams, make_backend
 from inpars_ray.models.backends.hf import first_line
 from inpars_ray.models.prompts import PromptBuilder, inpars_template
-from inpars_ray.stages.generate import generate_batch
+from inpars_ray.stages.generate_rows import generate_batch
 from inpars_ray.testing.tiny_lm import tiny_lm_path
 
 
@@ -151,7 +151,8 @@ def test_unknown_backend_is_a_config_error():
 def test_several_queries_per_document_greedy_first_then_sampled(backend):
     """queries_per_doc: round 0 is the configured (greedy) decoding, later rounds sample with their own
     seeds (top-k and top-p honoured), every round a row with its own id; the same call gives the same rows."""
-    from inpars_ray.stages.generate import SamplingParams, generated_query_id, round_params
+    from inpars_ray.stages.generate_parts import generated_query_id
+    from inpars_ray.stages.generate_rows import SamplingParams, round_params
 
     texts = ["coral bleaching in warm water", "larval settlement on reefs", "volcanic ash plumes"]
     batch = pa.table({S.DOC_ID: ["a", "b", "c"], S.TITLE: ["", "", ""], S.TEXT: texts})
@@ -174,3 +175,55 @@ def test_several_queries_per_document_greedy_first_then_sampled(backend):
     # top_k reaches the model: sampling among the single most likely token is greedy decoding
     greedy_by_sampling = backend.generate(prompts, round_params(params, SamplingParams(top_k=1), 1))
     assert [g.text for g in greedy_by_sampling] == [g.text for g in backend.generate(prompts, params)]
+
+
+def test_untitled_retry_asks_a_copied_answer_again_without_titles(backend, tmp_path):
+    """An answer that copies its document (journaled here, as an earlier attempt would have left it) is asked
+    again of the real model with the untitled prompt; an answer that does not copy is kept as it is."""
+    import dataclasses
+
+    from inpars_ray.io.journal import Journal, answer_key
+    from inpars_ray.io.text import copies_document
+    from inpars_ray.models.prompts import UNTITLED_SUFFIX
+    from inpars_ray.stages.filter import FewShotQueries, builtin_fewshot_queries
+
+    titled = inpars_template()
+    builder = PromptBuilder(titled, lambda t: backend.truncate(t, 64))
+    untitled = PromptBuilder(dataclasses.replace(titled, titles=False), lambda t: backend.truncate(t, 64))
+    batch = pa.table({S.DOC_ID: ["d0", "d1"], S.TITLE: ["fputws(3)", "Beta"],
+                      S.TEXT: ["write a wide-character string to a stream", "beta is a letter of an alphabet"]})
+    journal, part = Journal("untitled-test", tmp_path), "p0"
+    copied = {"text": "FPUTWS(3)", "token_logprobs": [-0.5, -0.5, -0.5]}  # the title, as SmolLM2 wrote on man pages
+    own = {"text": "which letter follows alpha", "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
+    for title, text, answer in [("fputws(3)", batch[S.TEXT][0].as_py(), copied), ("Beta", batch[S.TEXT][1].as_py(), own)]:
+        journal.append(part, answer_key(builder.build(title, text)), answer)
+    params = GenerationParams(max_new_tokens=8)
+    rows = generate_batch(batch, builder, backend, params, "inpars", "tiny", None, journal, part,
+                          untitled=lambda doc_id: untitled).to_pylist()
+
+    expected = backend.generate([untitled.build(None, batch[S.TEXT][0].as_py())], params)[0]
+    assert "fputws(3)" not in untitled.build("fputws(3)", batch[S.TEXT][0].as_py())
+    assert copies_document(copied["text"], "fputws(3)", batch[S.TEXT][0].as_py())
+    assert rows[0][S.QUERY] == expected.text and rows[0][S.QUERY] != copied["text"]
+    assert rows[0][S.PROMPT_NAME] == "inpars" + UNTITLED_SUFFIX
+    assert (rows[1][S.QUERY], rows[1][S.PROMPT_NAME]) == (own["text"], "inpars")
+    # the filter's few-shot check still knows the retried row's prompt
+    fewshot = FewShotQueries(builtin_fewshot_queries())
+    assert fewshot.of(rows[0][S.PROMPT_NAME], None) == fewshot.of("inpars", None) != frozenset()
+    # the retried answer is journaled under its own prompt: a second attempt asks the model nothing
+    again = generate_batch(batch, builder, _NoCalls(backend), params, "inpars", "tiny", None, journal, part,
+                           untitled=lambda doc_id: untitled).to_pylist()
+    assert again == rows
+
+
+class _NoCalls:
+    """The backend, refusing to generate: every answer must come from the journal."""
+
+    def __init__(self, backend):
+        self._backend, self.name = backend, backend.name
+
+    def count_tokens(self, text):
+        return self._backend.count_tokens(text)
+
+    def generate_each(self, prompts, params, keep):
+        raise AssertionError(f"asked the model for {len(prompts)} answers the journal holds")

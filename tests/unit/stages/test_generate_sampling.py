@@ -52,7 +52,7 @@ def test_bad_rows_are_counted_and_never_sampled():
 
 
 def test_backend_errors_are_retried_and_superseded(tmp_path):
-    from inpars_ray.stages.generate import BACKEND_ERROR, PARTS, completed_doc_ids, read_generated, write_part
+    from inpars_ray.stages.generate_parts import BACKEND_ERROR, PARTS, completed_doc_ids, read_generated, write_part
 
     def rows(doc_ids, errors):
         n = len(doc_ids)
@@ -77,7 +77,7 @@ def test_backend_errors_are_retried_and_superseded(tmp_path):
 
 
 def test_a_document_is_done_only_when_every_one_of_its_queries_is(tmp_path):
-    from inpars_ray.stages.generate import (
+    from inpars_ray.stages.generate_parts import (
         BACKEND_ERROR,
         PARTS,
         completed_doc_ids,
