@@ -30,6 +30,8 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
   each document given one, in a run folder of its own (its generation differs);
 * ``teacher+dense+hard+no-titles``: that, with documents prompted without their titles (``generate.titles``), in a
   run folder of its own;
+* ``teacher+dense+hard+untitled-retry``: that, with titles, but an answer that copies its document asked once more
+  without them (``generate.untitled_retry``), in a run folder of its own;
 * ``teacher+dense+wise+finished``: the demo's recipe, dropping queries whose generation ran to
   ``max_new_tokens`` without ending its line (``filter.drop_unfinished``);
 * ``teacher+sampled``, ``teacher+dense+wise+sampled``: the teacher (alone, or with the demo's recipe), 3
@@ -45,7 +47,7 @@ after each run its ``report.json``, ``manifest.json`` and evaluation files are c
 ``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
 exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Full benchmark: 3 seeds x 18 levers = 54 runs; never run whole here, it was measured a few levers at a time
+Full benchmark: 3 seeds x 19 levers = 57 runs; never run whole here, it was measured a few levers at a time
 (``--levers``). One lever over 3 seeds, generation included, took 27-32 minutes per seed on this 2-core
 machine while a test run shared it (``teacher+dense+wise+bm25``); a lever that reuses its seed's
 generation, mining and zero-shot costs its teacher (when its key changes), train and rerank::
@@ -142,6 +144,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     fewshot_sets = {"inpars": {"generate": {"fewshot_sets": 4}}}
     # documents shown to the generator without their titles (the target's and the examples')
     no_titles = {"inpars": {"generate": {"titles": False}}}
+    # titles shown, and an answer that copies its document asked once more without them
+    untitled_retry = {"inpars": {"generate": {"untitled_retry": True}}}
     # queries whose generation ran to max_new_tokens without ending its line are dropped
     finished = {"inpars": {"filter": {"drop_unfinished": True}}}
     return {
@@ -159,6 +163,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+dense+hard": overlay(teacher, dense, teacher_hard),
         "teacher+dense+hard+fewshot-sets": overlay(teacher, dense, teacher_hard, fewshot_sets),
         "teacher+dense+hard+no-titles": overlay(teacher, dense, teacher_hard, no_titles),
+        "teacher+dense+hard+untitled-retry": overlay(teacher, dense, teacher_hard, untitled_retry),
         "hard-labels+dense+wise+whole-batch": hard_demo_data,
         "teacher+dense+wise+finished": overlay(teacher, dense, wise, finished),
         "teacher+sampled": overlay(teacher, sampled),
@@ -169,7 +174,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
 #: levers whose generation differs from the others': their own run folder, so the rest stay reusable
 OWN_RUN_FOLDER = {"teacher+sampled": "run-sampled", "teacher+dense+wise+sampled": "run-sampled",
                   "teacher+dense+hard+fewshot-sets": "run-fewshot-sets",
-                  "teacher+dense+hard+no-titles": "run-no-titles"}
+                  "teacher+dense+hard+no-titles": "run-no-titles",
+                  "teacher+dense+hard+untitled-retry": "run-untitled-retry"}
 
 
 #: what each lever is, in the table's words
@@ -192,6 +198,8 @@ DESCRIPTIONS = {
     "teacher+dense+hard+fewshot-sets": "the demo's recipe (margins + hard labels, dense negatives) with 4 "
                                        "prompts of disjoint few-shot examples, each document given one",
     "teacher+dense+hard+no-titles": "the demo's recipe with documents prompted without their titles",
+    "teacher+dense+hard+untitled-retry": "the demo's recipe, an answer that copies its document asked again "
+                                         "without titles",
     "teacher+dense+wise+finished": "the demo's recipe without queries that ran to the generator's token limit",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "teacher+dense+wise+sampled": "teacher, dense negatives, WiSE-FT 0.5, 3 queries per document",
