@@ -30,8 +30,8 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
   each document given one, in a run folder of its own (its generation differs);
 * ``teacher+dense+hard+no-titles``: that, with documents prompted without their titles (``generate.titles``), in a
   run folder of its own;
-* ``teacher+dense+hard+untitled-retry``: that, with titles, but an answer that copies its document asked once more
-  without them (``generate.untitled_retry``), in a run folder of its own;
+* ``teacher+dense+hard+untitled-retry``: that, with titles, but an answer that copies its document or runs to the
+  token limit asked once more without them (``generate.untitled_retry``), in a run folder of its own;
 * ``teacher+dense+wise+finished``: the demo's recipe, dropping queries whose generation ran to
   ``max_new_tokens`` without ending its line (``filter.drop_unfinished``);
 * ``teacher+sampled``, ``teacher+dense+wise+sampled``: the teacher (alone, or with the demo's recipe), 3
@@ -145,7 +145,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     # documents shown to the generator without their titles (the target's and the examples')
     no_titles = {"inpars": {"generate": {"titles": False}}}
     # titles shown, and an answer that copies its document asked once more without them
-    untitled_retry = {"inpars": {"generate": {"untitled_retry": True}}}
+    untitled_retry = {"inpars": {"generate": {"untitled_retry": ["copies", "unfinished"]}}}
     # queries whose generation ran to max_new_tokens without ending its line are dropped
     finished = {"inpars": {"filter": {"drop_unfinished": True}}}
     return {
@@ -198,8 +198,8 @@ DESCRIPTIONS = {
     "teacher+dense+hard+fewshot-sets": "the demo's recipe (margins + hard labels, dense negatives) with 4 "
                                        "prompts of disjoint few-shot examples, each document given one",
     "teacher+dense+hard+no-titles": "the demo's recipe with documents prompted without their titles",
-    "teacher+dense+hard+untitled-retry": "the demo's recipe, an answer that copies its document asked again "
-                                         "without titles",
+    "teacher+dense+hard+untitled-retry": "the demo's recipe, an answer that copies its document or runs on "
+                                         "asked again without titles",
     "teacher+dense+wise+finished": "the demo's recipe without queries that ran to the generator's token limit",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "teacher+dense+wise+sampled": "teacher, dense negatives, WiSE-FT 0.5, 3 queries per document",

@@ -4,7 +4,8 @@ Layers, as every stage:
 
 * pure functions over Arrow batches: :func:`block_candidates` / :func:`merge_candidates` /
   :func:`below_threshold` (the seeded sample) and :func:`~.generate_rows.generate_batch` (prompts ->
-  GENERATED rows; with ``untitled_retry``, an answer that copies its document is asked again without titles);
+  GENERATED rows; with ``untitled_retry``, an answer that copies its document or runs on is asked again
+  without titles);
 * :class:`GenerateWorker`, a callable class that loads the backend once per actor and writes each batch's
   rows as one Parquet part file, whole or not at all, through :mod:`inpars_ray.io.storage` (a local folder
   or ``gs://``), from whichever node it runs on;
@@ -67,7 +68,7 @@ from inpars_ray.stages.generate_parts import (
     read_generated,
     write_part,
 )
-from inpars_ray.stages.generate_rows import SamplingParams, generate_batch
+from inpars_ray.stages.generate_rows import RETRY_REASONS, SamplingParams, generate_batch
 from inpars_ray.stages.sample import below_threshold, block_candidates, merge_candidates
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,10 @@ class GenerateConfig:
                               "its id), so that no single example set writes every query")
     titles: bool = Field(True, description="show each document's title before its text (target and examples); "
                          "false where titles are names the model would copy (e.g. manual pages)")
-    untitled_retry: bool = Field(False, description="an answer that copies its document (which the filter drops) "
-                                 "is asked once more with the document and examples shown without titles")
+    untitled_retry: tuple[str, ...] = Field((), description="answers asked once more with the document and examples "
+                                            "shown without titles: those that copy their document (`copies`, "
+                                            "which the filter drops) and/or ran to max_new_tokens without ending "
+                                            "their line (`unfinished`)")
     generation: GenerationParams = Field(GenerationParams(), description="decoding settings")
     queries_per_doc: int = Field(1, ge=1, description="queries written per document: the first decoded with "
                                  "`generation`, each further one sampled with `sampling` (its own seed)")
@@ -106,6 +109,11 @@ class GenerateConfig:
                                      "first (used when queries_per_doc > 1)")
     backend_options: tuple[tuple[str, Any], ...] = Field((), description="extra keyword arguments of the "
                                                          "backend (e.g. device: cuda), as sorted (name, value) pairs")
+
+    @field_validator("untitled_retry", mode="before")
+    @classmethod
+    def _reasons(cls, value: Any) -> Any:  # one name or several, in one canonical order for the hash
+        return tuple(sorted(set([value] if isinstance(value, str) else value)))
 
     @field_validator("backend_options", mode="before")
     @classmethod
@@ -116,6 +124,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("generate: a model is required")
+        if unknown := set(self.untitled_retry) - set(RETRY_REASONS):
+            raise ConfigError(f"generate.untitled_retry: {sorted(unknown)} not among {list(RETRY_REASONS)}")
         if self.untitled_retry and not self.titles:
             raise ConfigError("generate.untitled_retry asks again without titles: it needs titles true")
         if self.fewshot_sets > 1 and (self.prompt != "promptagator" or self.num_fewshot == 0):
@@ -141,7 +151,7 @@ def keyed_config(config: GenerateConfig) -> dict[str, Any]:
     """``config`` as it enters the stage's key: ``fewshot_sets``, ``titles`` and ``untitled_retry`` only when not
     their defaults (added later: earlier runs keep their keys)."""
     keyed = to_jsonable(config)
-    for name, default in (("fewshot_sets", 1), ("titles", True), ("untitled_retry", False)):
+    for name, default in (("fewshot_sets", 1), ("titles", True), ("untitled_retry", ())):
         if getattr(config, name) == default:
             keyed.pop(name)
     return keyed
@@ -228,7 +238,8 @@ class GenerateWorker:
             table = generate_batch(batch, self._builder_of, self.backend, self.config.generation,
                                    self.templates[0].name, self.config.model, None, self.journal, name,
                                    self.config.queries_per_doc, self.config.sampling,
-                                   (lambda d: self._builder_of(d, True)) if self.untitled else None)
+                                   (lambda d: self._builder_of(d, True)) if self.untitled else None,
+                                   self.config.untitled_retry)
             name = write_part(table, self.parts_dir)
         self.journal.discard(name)  # the part holds its answers now
         errors = table.num_rows - table.column(S.ERROR).null_count

@@ -25,6 +25,9 @@ from inpars_ray.stages.generate_parts import BACKEND_ERROR, generated_query_id
 logger = logging.getLogger(__name__)
 
 STAGE = "generate"
+#: what makes an answer worth asking again without titles (``GenerateConfig.untitled_retry``): it copies its
+#: document (the filter drops it), or it used every one of ``max_new_tokens`` without ending its line
+RETRY_REASONS = ("copies", "unfinished")
 
 
 @stage_config
@@ -55,7 +58,8 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder | Callable[[str], Pro
                    params: GenerationParams, prompt_name: str, model: str, fewshot_ids: list[str] | None,
                    journal: Journal | None = None, part: str = "", queries_per_doc: int = 1,
                    sampling: SamplingParams | None = None,
-                   untitled: Callable[[str], PromptBuilder] | None = None) -> pa.Table:
+                   untitled: Callable[[str], PromptBuilder] | None = None,
+                   retry_when: tuple[str, ...] = ("copies",)) -> pa.Table:
     """GENERATED rows for a batch of corpus documents: ``queries_per_doc`` per document (round 0 decoded with
     ``params``, later rounds sampled, :func:`round_params`), each a query or an error row with its reason.
 
@@ -64,8 +68,9 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder | Callable[[str], Pro
     under ``part`` as it arrives, and answers an earlier attempt journaled are taken from it, not asked again.
     ``builder`` is the prompt of every document, or a function giving a document's (by id); each row records
     ``fewshot_ids``, or when None its own prompt's examples. Every prompt goes to the backend in one call.
-    With ``untitled`` (a document's prompt without titles), an answer that copies its document (the filter
-    would drop it) is asked once more with that prompt, and its row's prompt name gets :data:`UNTITLED_SUFFIX`.
+    With ``untitled`` (a document's prompt without titles), an answer that ``retry_when`` names
+    (:data:`RETRY_REASONS`) is asked once more with that prompt, and its row's prompt name gets
+    :data:`UNTITLED_SUFFIX`.
     """
     S.require_columns(batch.column_names, [S.DOC_ID, S.TITLE, S.TEXT], STAGE)
     doc_ids = batch.column(S.DOC_ID).to_pylist()
@@ -102,10 +107,11 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder | Callable[[str], Pro
         results.update({(i, r): g for i, g in answers(todo, dict(enumerate(prompts)), r).items()})
         if untitled is None:
             continue
-        copied = {i: untitled(doc_ids[i]).build(titles[i], texts[i]) for i in todo
-                  if (g := results.get((i, r))) is not None and not g.error and g.text
-                  and copies_document(g.text, titles[i], texts[i])}
-        for i, g in answers(sorted(copied), copied, r).items():
+        again = {i: untitled(doc_ids[i]).build(titles[i], texts[i]) for i in todo
+                 if (g := results.get((i, r))) is not None and not g.error and g.text
+                 and (("copies" in retry_when and copies_document(g.text, titles[i], texts[i]))
+                      or ("unfinished" in retry_when and len(g.token_logprobs) >= params.max_new_tokens))}
+        for i, g in answers(sorted(again), again, r).items():
             results[(i, r)] = g
             retried.add((i, r))
     cols: dict[str, list[Any]] = {name: [] for name in S.GENERATED.names}

@@ -33,9 +33,14 @@ def test_one_set_keeps_the_key_runs_had_before_the_setting():
         == "4429e40b006d338e"
     assert "fewshot_sets" in keyed_config(GenerateConfig(model="m", prompt="promptagator", fewshot_sets=2))
     assert keyed_config(GenerateConfig(model="m", prompt="promptagator", titles=False))["titles"] is False
-    assert keyed_config(GenerateConfig(model="m", untitled_retry=True))["untitled_retry"] is True
+    assert "untitled_retry" not in keyed_config(GenerateConfig(model="m"))
+    assert keyed_config(GenerateConfig(model="m", untitled_retry=["unfinished", "copies"]))["untitled_retry"] \
+        == ["copies", "unfinished"] == keyed_config(GenerateConfig(model="m", untitled_retry=("copies", "unfinished")))["untitled_retry"]
+    assert GenerateConfig(model="m", untitled_retry="copies").untitled_retry == ("copies",)
     with pytest.raises(ConfigError, match="untitled_retry"):  # nothing to retry without titles
-        GenerateConfig(model="m", titles=False, untitled_retry=True)
+        GenerateConfig(model="m", titles=False, untitled_retry=("copies",))
+    with pytest.raises(ConfigError, match="copied"):
+        GenerateConfig(model="m", untitled_retry=("copied",))
     for bad in ({"prompt": "inpars"}, {"prompt": "promptagator", "num_fewshot": 0}):  # fails before any work
         with pytest.raises(ConfigError, match="fewshot_sets"):
             GenerateConfig(model="m", fewshot_sets=2, **bad)

@@ -214,6 +214,17 @@ def test_untitled_retry_asks_a_copied_answer_again_without_titles(backend, tmp_p
     again = generate_batch(batch, builder, _NoCalls(backend), params, "inpars", "tiny", None, journal, part,
                            untitled=lambda doc_id: untitled).to_pylist()
     assert again == rows
+    # an answer that ran to max_new_tokens is asked again only when "unfinished" is among the reasons
+    run_on = {"text": "beta beta letter of", "token_logprobs": [-0.2] * params.max_new_tokens}
+    journal.append(part, answer_key(builder.build("Beta", batch[S.TEXT][1].as_py())), run_on)
+    kept = generate_batch(batch, builder, _NoCalls(backend), params, "inpars", "tiny", None, journal, part,
+                          untitled=lambda doc_id: untitled).to_pylist()
+    assert (kept[1][S.QUERY], kept[1][S.PROMPT_NAME]) == (run_on["text"], "inpars")
+    retried = generate_batch(batch, builder, backend, params, "inpars", "tiny", None, journal, part,
+                             untitled=lambda doc_id: untitled, retry_when=("copies", "unfinished")).to_pylist()
+    expected = backend.generate([untitled.build(None, batch[S.TEXT][1].as_py())], params)[0]
+    assert (retried[1][S.QUERY], retried[1][S.PROMPT_NAME]) == (expected.text, "inpars" + UNTITLED_SUFFIX)
+    assert retried[0] == rows[0]
 
 
 class _NoCalls:
