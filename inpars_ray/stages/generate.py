@@ -29,12 +29,13 @@ batch's common prefix, and keeps 4).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,7 +48,7 @@ from inpars_ray.io.journal import Journal, run_key
 from inpars_ray.io.load import LoadConfig
 from inpars_ray.io.manifest import StageRecord, collection_key, config_hash, to_jsonable, write_json_atomic
 from inpars_ray.io.stage import StageResult, StageSpec, reused
-from inpars_ray.models.backends.base import GenerationParams
+from inpars_ray.models.backends.base import Backend, GenerationParams
 from inpars_ray.models.prompts import (
     UNTITLED_SUFFIX,
     PromptBuilder,
@@ -68,12 +69,16 @@ from inpars_ray.stages.generate_parts import (
     read_generated,
     write_part,
 )
-from inpars_ray.stages.generate_rows import RETRY_REASONS, SamplingParams, generate_batch
+from inpars_ray.stages.generate_rows import RETRY_REASONS, SamplingParams, fails, generate_batch
 from inpars_ray.stages.sample import below_threshold, block_candidates, merge_candidates
 
 logger = logging.getLogger(__name__)
 
 STAGE = "generate"
+#: ``titles: auto``: how many sampled documents probe the generator with titles, and the share of its answers
+#: that copy their document or run on (the filter would drop or keep junk) above which the run shows no titles
+TITLES_PROBE_DOCS = 32
+TITLES_AUTO_LIMIT = 0.5
 
 
 @stage_config
@@ -96,8 +101,11 @@ class GenerateConfig:
     fewshot_sets: int = Field(1, ge=1, description="promptagator: this many prompts with num_fewshot examples "
                               "each (no example in two), each document prompted with one of them (a seeded hash of "
                               "its id), so that no single example set writes every query")
-    titles: bool = Field(True, description="show each document's title before its text (target and examples); "
-                         "false where titles are names the model would copy (e.g. manual pages)")
+    titles: bool | Literal["auto"] = Field(True, description="show each document's title before its text (target "
+                                           "and examples); false where titles are names the model would copy (e.g. "
+                                           "manual pages); auto: probe the generator with titles on "
+                                           f"{TITLES_PROBE_DOCS} sampled documents and drop them when over "
+                                           f"{TITLES_AUTO_LIMIT:.0%} of its answers copy their document or run on")
     untitled_retry: tuple[str, ...] = Field((), description="answers asked once more with the document and examples "
                                             "shown without titles: those that copy their document (`copies`, "
                                             "which the filter drops) and/or ran to max_new_tokens without ending "
@@ -126,7 +134,7 @@ class GenerateConfig:
             raise ConfigError("generate: a model is required")
         if unknown := set(self.untitled_retry) - set(RETRY_REASONS):
             raise ConfigError(f"generate.untitled_retry: {sorted(unknown)} not among {list(RETRY_REASONS)}")
-        if self.untitled_retry and not self.titles:
+        if self.untitled_retry and self.titles is not True:
             raise ConfigError("generate.untitled_retry asks again without titles: it needs titles true")
         if self.fewshot_sets > 1 and (self.prompt != "promptagator" or self.num_fewshot == 0):
             raise ConfigError(f"generate.fewshot_sets {self.fewshot_sets} draws that many sets of the collection's "
@@ -160,9 +168,10 @@ def keyed_config(config: GenerateConfig) -> dict[str, Any]:
 def run_templates(config: GenerateConfig, collection: Collection | None,
                   titles: bool | None = None) -> tuple[PromptTemplate, ...]:
     """The prompts a generate run with ``config`` builds (one, or ``fewshot_sets`` promptagator prompts);
-    ``titles`` (default: the config's) whether they show titles."""
+    ``titles`` (default: the config's; ``auto`` before its probe: with titles) whether they show titles."""
+    shown = (config.titles is not False) if titles is None else titles
     return resolve_templates(config.prompt, collection, config.seed, config.num_fewshot, config.fewshot_split,
-                             config.fewshot_sets, config.titles if titles is None else titles)
+                             config.fewshot_sets, shown)
 
 
 def fewshot_ids_of(templates: tuple[PromptTemplate, ...]) -> list[str]:
@@ -178,20 +187,76 @@ def answer_journal(parts_dir: storage.PathLike, config: GenerateConfig,
     return Journal(run_key(storage.location(parts_dir).uri, config_hash(pinned)))
 
 
+def load_backend(config: GenerateConfig) -> Backend:
+    """The generator ``config`` names, loaded here (a model published under a gs:// run root is copied once per
+    node first, then loaded from local disk)."""
+    from inpars_ray.models.backends import make_backend
+
+    model = config.model
+    if "://" in model and config.backend != "openai":
+        model = str(artifacts.materialize(model))
+    return make_backend(config.backend, model, **dict(config.backend_options))
+
+
+def probe_titles(config: GenerateConfig, templates: tuple[PromptTemplate, ...], batch: pa.Table) -> dict[str, int]:
+    """``titles: auto``'s probe: the generator answers ``batch``'s documents with the titled ``templates``;
+    returns how many it answered and how many of those copy their document or ran on (:func:`fails`)."""
+    backend = load_backend(config)
+    try:
+        limit = config.doc_max_tokens
+        builders = [PromptBuilder(t, lambda text: backend.truncate(text, limit)) for t in templates]
+        rows = generate_batch(batch, lambda d: builders[template_index(d, config.seed, len(builders))], backend,
+                              config.generation, templates[0].name, config.model, None)
+    finally:
+        backend.close()
+    cols = [rows.column(c).to_pylist() for c in (S.QUERY, S.NUM_TOKENS, S.ERROR)] + \
+        [batch.column(c).to_pylist() for c in (S.TITLE, S.TEXT)]
+    answered = [(q, n, t, x) for q, n, e, t, x in zip(*cols) if e is None]
+    failed = sum(fails(q, n, t, x, config.generation.max_new_tokens) for q, n, t, x in answered)
+    return {"probed": len(answered), "failed": failed}
+
+
+def choose_titles(config: GenerateConfig, collection: Collection, todo: Any, run_file: storage.Location,
+                  resources: GenerateResources) -> dict[str, Any]:
+    """``titles: auto``: the choice recorded in ``run_file`` by an earlier attempt, else a probe of
+    :data:`TITLES_PROBE_DOCS` of the sampled documents (the smallest seeded hashes of their ids, so the same
+    ones on every rerun) on a Ray task with the generator's resources; recorded in ``run_file``."""
+    import ray
+
+    earlier = run_file.read_json().get("titles")
+    if earlier is not None:
+        return dict(earlier)
+
+    def probe_key(batch: pa.Table) -> pa.Table:
+        ids = batch.column(S.DOC_ID).to_pylist()
+        keys = [hashlib.sha256(f"{config.seed}\0{d}".encode()).hexdigest() for d in ids]
+        return batch.append_column("_probe_key", pa.array(keys, pa.string()))
+
+    sample = todo.map_batches(probe_key, batch_format="pyarrow", batch_size=None).sort("_probe_key")
+    tables = [t for t in ray.get(sample.limit(TITLES_PROBE_DOCS).to_arrow_refs()) if t.num_rows]
+    if not tables:  # nothing left to generate: nothing to choose
+        return {"chosen": True, "probed": 0, "failed": 0}
+    batch = pa.concat_tables(tables).drop_columns(["_probe_key"])
+    task = ray.remote(probe_titles).options(num_cpus=resources.cpus_per_actor, num_gpus=resources.gpus_per_actor)
+    found = ray.get(task.remote(config, run_templates(config, collection, True), batch))
+    share = found["failed"] / found["probed"] if found["probed"] else 0.0
+    choice = {"chosen": share <= TITLES_AUTO_LIMIT, **found, "failed_share": round(share, 4),
+              "limit": TITLES_AUTO_LIMIT}
+    logger.info("generate: titles auto: %d of %d probe answers copy their document or run on (%.0f%%): titles %s",
+                found["failed"], found["probed"], 100 * share, "kept" if choice["chosen"] else "left out")
+    write_json_atomic(run_file, {**run_file.read_json(), "titles": choice})
+    return choice
+
+
 class GenerateWorker:
     """Ray Data UDF: loads the backend once per actor, generates a batch, writes it as a part file."""
 
     def __init__(self, config: GenerateConfig, templates: PromptTemplate | tuple[PromptTemplate, ...],
                  parts_dir: storage.Location, untitled: tuple[PromptTemplate, ...] = ()) -> None:
-        from inpars_ray.models.backends import make_backend
-
         self.config = config
         self.templates = templates if isinstance(templates, tuple) else (templates,)
         self.parts_dir = storage.location(parts_dir)
-        model = config.model
-        if "://" in model and config.backend != "openai":  # a model published under the run root (gs://...)
-            model = str(artifacts.materialize(model))  # copied once per node, then loaded from local disk
-        self.backend = make_backend(config.backend, model, **dict(config.backend_options))
+        self.backend = load_backend(config)
         limit = config.doc_max_tokens
         self.builders = [PromptBuilder(t, lambda text: self.backend.truncate(text, limit)) for t in self.templates]
         # the same prompts without titles, for untitled_retry (run_templates(config, collection, titles=False))
@@ -277,7 +342,9 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
         raise ConfigError(f"{out} holds a generate run with another config (see {run_file}); "
                           "use a new output folder or delete that one")
     (out / PARTS).mkdir()
-    write_json_atomic(run_file, {"config_hash": config_hash(pinned), **pinned})
+    kept_choice = run_file.read_json().get("titles") if run_file.is_file() else None  # titles auto's, if made
+    write_json_atomic(run_file, {"config_hash": config_hash(pinned), **pinned,
+                                 **({"titles": kept_choice} if kept_choice is not None else {})})
     fewshot: dict[str, Any] = {"prompt": templates[0].name, "fewshot_query_ids": fewshot_ids}
     if len(templates) > 1:  # which examples went together (a document's own set: its rows' fewshot_ids)
         fewshot["fewshot_sets"] = [list(t.fewshot_ids) for t in templates]
@@ -313,6 +380,10 @@ def run_generate(collection: Collection, out_dir: storage.PathLike, config: Gene
     # CPU on 2 CPUs) left a streaming read no CPU to run on, and the stage waited forever
     todo = corpus.map_batches(keep_missing, fn_kwargs={"done_ids": done}, batch_format="pyarrow",
                               batch_size=None).materialize()
+    if config.titles == "auto":  # probe the generator with titles; the run shows them, or not, as it answers
+        with record.timed("titles_probe"):
+            record.extra["titles"] = choose_titles(config, collection, todo, run_file, resources)
+        templates = run_templates(config, collection, record.extra["titles"]["chosen"])
     batch_size = resources.batch_size
     if config.backend == "vllm":  # the engine batches continuously within a call: hand it large ones (issue #11)
         from inpars_ray.models.backends.vllm_backend import MIN_SUBMISSION

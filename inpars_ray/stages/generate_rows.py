@@ -30,6 +30,16 @@ STAGE = "generate"
 RETRY_REASONS = ("copies", "unfinished")
 
 
+def fails(query: str | None, num_tokens: int | None, title: str | None, text: str | None, max_new_tokens: int,
+          reasons: tuple[str, ...] = RETRY_REASONS) -> bool:
+    """Whether a generated query is one of ``reasons``: a verbatim span of its document (``copies``), or an
+    answer that used every one of ``max_new_tokens`` without ending its line (``unfinished``)."""
+    if not query:
+        return False
+    return (("copies" in reasons and copies_document(query, title, text))
+            or ("unfinished" in reasons and (num_tokens or 0) >= max_new_tokens))
+
+
 @stage_config
 class SamplingParams:
     """How the queries after a document's first are sampled (GPL, arXiv 2112.07577: top-k 25, top-p 0.95);
@@ -108,9 +118,8 @@ def generate_batch(batch: pa.Table, builder: PromptBuilder | Callable[[str], Pro
         if untitled is None:
             continue
         again = {i: untitled(doc_ids[i]).build(titles[i], texts[i]) for i in todo
-                 if (g := results.get((i, r))) is not None and not g.error and g.text
-                 and (("copies" in retry_when and copies_document(g.text, titles[i], texts[i]))
-                      or ("unfinished" in retry_when and len(g.token_logprobs) >= params.max_new_tokens))}
+                 if (g := results.get((i, r))) is not None and not g.error
+                 and fails(g.text, len(g.token_logprobs), titles[i], texts[i], params.max_new_tokens, retry_when)}
         for i, g in answers(sorted(again), again, r).items():
             results[(i, r)] = g
             retried.add((i, r))

@@ -103,3 +103,34 @@ def test_titles_false_prompts_and_exports_documents_without_titles(ray_session, 
     for r in titled:
         doc = corpus[r[S.DOC_ID]]
         assert doc["title"] not in export(r[S.DOC_ID]).rsplit("\n\n", 1)[-1]  # the target block shows no title
+
+
+def test_titles_auto_probes_the_generator_and_records_its_choice(ray_session, tmp_path):
+    """``titles: auto``: the probe's answers (the real tiny model's, which run on at 6 new tokens) decide; the
+    manifest and run.json record the counts, the prompts follow the choice, and a rerun reuses it."""
+    from inpars_ray.stages.generate import TITLES_AUTO_LIMIT
+
+    collection = resolve("bundled/tiny-science")
+    config = GenerateConfig(model=str(tiny_lm_path()), prompt="promptagator", num_docs=6, seed=3, num_fewshot=2,
+                            titles="auto", doc_max_tokens=24, generation=GenerationParams(max_new_tokens=6, seed=3))
+    assert keyed_config(config)["titles"] == "auto"
+    manifest = run_generate(collection, tmp_path / "gen", config, GenerateResources(batch_size=6))
+    choice = manifest["extra"]["titles"]
+    assert choice["probed"] == 6 and 0 <= choice["failed"] <= 6
+    assert choice["chosen"] == (choice["failed"] / choice["probed"] <= TITLES_AUTO_LIMIT)
+    # the random tiny model never ends its line within 6 tokens: every probe answer runs on, so titles go
+    assert (choice["failed"], choice["chosen"]) == (6, False)
+    rows = read_generated(tmp_path / "gen").to_pylist()
+    corpus = {d["_id"]: d for d in map(json.loads, (BUNDLED_ROOT / "corpus.jsonl").read_text().splitlines())}
+    export = prompt_builder(manifest, collection, {r[S.DOC_ID] for r in rows})
+    titled = [r for r in rows if corpus[r[S.DOC_ID]].get("title")]
+    assert titled
+    for r in titled:
+        shown = corpus[r[S.DOC_ID]]["title"] in export(r[S.DOC_ID]).rsplit("\n\n", 1)[-1]
+        assert shown == choice["chosen"]
+    assert json.loads((tmp_path / "gen" / "run.json").read_text())["titles"] == choice
+    (tmp_path / "gen" / "manifest.json").unlink()  # the stage runs again; every part is done: nothing to probe
+    again = run_generate(collection, tmp_path / "gen", config, GenerateResources(batch_size=6))
+    assert again["extra"]["titles"] == choice  # read back from run.json, not probed again on no documents
+    with pytest.raises(ConfigError):
+        GenerateConfig(model="m", titles="sometimes")
