@@ -30,6 +30,8 @@ Levers (each against the zero-shot start model, i.e. ``local:minilm`` untrained,
   each document given one, in a run folder of its own (its generation differs);
 * ``teacher+dense+hard+no-titles``: that, with documents prompted without their titles (``generate.titles``), in a
   run folder of its own;
+* ``teacher+dense+hard+titles-auto``: that, with ``generate.titles: auto`` (the demo's setting), in a run folder of
+  its own;
 * ``teacher+dense+hard+untitled-retry``: that, with titles, but an answer that copies its document or runs to the
   token limit asked once more without them (``generate.untitled_retry``), in a run folder of its own;
 * ``teacher+dense+wise+finished``: the demo's recipe, dropping queries whose generation ran to
@@ -47,7 +49,7 @@ after each run its ``report.json``, ``manifest.json`` and evaluation files are c
 ``<work-dir>/seed-<s>/levers/<lever>/`` (the next lever overwrites the run folder). A (lever, seed) whose copy
 exists with the same config is skipped (``--force`` reruns it); an interrupted run resumes in the engine.
 
-Full benchmark: 3 seeds x 19 levers = 57 runs; never run whole here, it was measured a few levers at a time
+Full benchmark: 3 seeds x 20 levers = 60 runs; never run whole here, it was measured a few levers at a time
 (``--levers``). One lever over 3 seeds, generation included, took 27-32 minutes per seed on this 2-core
 machine while a test run shared it (``teacher+dense+wise+bm25``); a lever that reuses its seed's
 generation, mining and zero-shot costs its teacher (when its key changes), train and rerank::
@@ -105,7 +107,9 @@ TIE = 1e-9
 #: row is pinned to the start model (train.base_model, untrained) whatever the demo names.
 # 4 training epochs and micro-batches of 8 lists, as results/effectiveness.json was measured (the demo itself
 # now trains 2 epochs, its whole batch of 16 in one pass)
-SCALE: dict[str, Any] = {"inpars": {"generate": {"num_docs": 100}, "rerank": {"depth": 20}, "zero_shot": "start",
+# titles pinned on: the demo's `titles: auto` is a lever of its own here, and the recorded levers were run with titles
+SCALE: dict[str, Any] = {"inpars": {"generate": {"num_docs": 100, "titles": True}, "rerank": {"depth": 20},
+                                    "zero_shot": "start",
                                     "train": {"epochs": 4, "micro_batch_size": 8}}}
 
 #: the teacher of the full benchmark: all-mpnet-base-v2, the rerank stage's ranker settings
@@ -146,6 +150,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
     no_titles = {"inpars": {"generate": {"titles": False}}}
     # titles shown, and an answer that copies its document asked once more without them
     untitled_retry = {"inpars": {"generate": {"untitled_retry": ["copies", "unfinished"]}}}
+    # titles chosen by the generate stage's probe (left out when most probe answers copy or run on)
+    titles_auto = {"inpars": {"generate": {"titles": "auto"}}}
     # queries whose generation ran to max_new_tokens without ending its line are dropped
     finished = {"inpars": {"filter": {"drop_unfinished": True}}}
     return {
@@ -164,6 +170,7 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
         "teacher+dense+hard+fewshot-sets": overlay(teacher, dense, teacher_hard, fewshot_sets),
         "teacher+dense+hard+no-titles": overlay(teacher, dense, teacher_hard, no_titles),
         "teacher+dense+hard+untitled-retry": overlay(teacher, dense, teacher_hard, untitled_retry),
+        "teacher+dense+hard+titles-auto": overlay(teacher, dense, teacher_hard, titles_auto),
         "hard-labels+dense+wise+whole-batch": hard_demo_data,
         "teacher+dense+wise+finished": overlay(teacher, dense, wise, finished),
         "teacher+sampled": overlay(teacher, sampled),
@@ -175,7 +182,8 @@ def lever_overlays(teacher_ranker: Mapping[str, Any]) -> dict[str, dict[str, Any
 OWN_RUN_FOLDER = {"teacher+sampled": "run-sampled", "teacher+dense+wise+sampled": "run-sampled",
                   "teacher+dense+hard+fewshot-sets": "run-fewshot-sets",
                   "teacher+dense+hard+no-titles": "run-no-titles",
-                  "teacher+dense+hard+untitled-retry": "run-untitled-retry"}
+                  "teacher+dense+hard+untitled-retry": "run-untitled-retry",
+                  "teacher+dense+hard+titles-auto": "run-titles-auto"}
 
 
 #: what each lever is, in the table's words
@@ -200,6 +208,8 @@ DESCRIPTIONS = {
     "teacher+dense+hard+no-titles": "the demo's recipe with documents prompted without their titles",
     "teacher+dense+hard+untitled-retry": "the demo's recipe, an answer that copies its document or runs on "
                                          "asked again without titles",
+    "teacher+dense+hard+titles-auto": "the demo's recipe, titles left out when most of a probe's answers copy "
+                                      "their document or run on",
     "teacher+dense+wise+finished": "the demo's recipe without queries that ran to the generator's token limit",
     "teacher+sampled": "teacher, 3 queries per document (greedy + 2 sampled, top-k 25, top-p 0.95)",
     "teacher+dense+wise+sampled": "teacher, dense negatives, WiSE-FT 0.5, 3 queries per document",

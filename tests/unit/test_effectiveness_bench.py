@@ -52,7 +52,7 @@ def test_levers_pin_their_keys_and_validate_against_the_engine_config(eff):
         assert (ic.mine.dense is not None) == ("dense" in name)
         assert ic.generate.queries_per_doc == (3 if "sampled" in name else 1)
         assert ic.generate.fewshot_sets == (4 if "fewshot-sets" in name else 1)
-        assert ic.generate.titles == ("no-titles" not in name)
+        assert ic.generate.titles == (False if "no-titles" in name else "auto" if "titles-auto" in name else True)
         assert ic.generate.untitled_retry == (("copies", "unfinished") if "untitled-retry" in name else ())
         if name.startswith("teacher"):
             assert ic.train.loss == "margin-mse" and ic.mine.negatives == 4
