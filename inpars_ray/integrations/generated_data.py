@@ -135,8 +135,12 @@ def prompt_builder(generate_manifest: dict[str, Any], collection: Collection, do
     titles = cfg.get("titles", True)
     if titles == "auto":  # what the stage's probe chose (its key pins the prompts with titles)
         titles = generate_manifest.get("extra", {}).get("titles", {}).get("chosen", True)
-    templates = resolve_templates(cfg["prompt"], collection, cfg["seed"], cfg["num_fewshot"], cfg["fewshot_split"],
-                                  cfg.get("fewshot_sets", 1), cfg.get("titles", True) is not False)
+
+    def resolve(shown: bool) -> tuple[Any, ...]:
+        return resolve_templates(cfg["prompt"], collection, cfg["seed"], cfg["num_fewshot"], cfg["fewshot_split"],
+                                 cfg.get("fewshot_sets", 1), shown)
+
+    templates = resolve(cfg.get("titles", True) is not False)
     if templates_fingerprint(templates) != generate_manifest["config"].get("template"):
         raise ConfigError(f"the prompt {cfg['prompt']!r} built now differs from the one the run generated with "
                           "(its examples or template file changed since); export without prompt texts instead")
@@ -145,10 +149,12 @@ def prompt_builder(generate_manifest: dict[str, Any], collection: Collection, do
         model = str(artifacts.materialize(model))
     backend = make_backend(cfg["backend"], model, **dict(cfg["backend_options"]))
     limit = int(cfg["doc_max_tokens"])
-    untitled = [PromptBuilder(t, lambda text: backend.truncate(text, limit)) for t in
-                resolve_templates(cfg["prompt"], collection, cfg["seed"], cfg["num_fewshot"], cfg["fewshot_split"],
-                                  cfg.get("fewshot_sets", 1), False)] if cfg.get("untitled_retry") or not titles else []
-    builders = [PromptBuilder(t, lambda text: backend.truncate(text, limit)) for t in templates] if titles else untitled
+
+    def builders_of(shown: tuple[Any, ...]) -> list[Any]:
+        return [PromptBuilder(t, lambda text: backend.truncate(text, limit)) for t in shown]
+
+    untitled = builders_of(resolve(False)) if cfg.get("untitled_retry") or not titles else []
+    builders = builders_of(templates) if titles else untitled
     texts = document_texts(collection, doc_ids, load_config)
 
     def prompt_of(doc_id: str, prompt_name: str = "") -> str | None:

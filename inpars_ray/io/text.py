@@ -22,10 +22,10 @@ def normalise(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def copies_document(query: str, title: str | None, text: str | None) -> bool:
-    """Whether ``query`` is a verbatim span of its document (case and whitespace aside): the filter drops
-    such a query, and the generator's ``untitled_retry`` asks once more for it."""
-    return normalise(query) in normalise(document_text(title, text))
+def copies_document(query: str, document: str) -> bool:
+    """Whether ``query`` is a verbatim span of ``document`` (its :func:`document_text`; case and whitespace
+    aside): the filter drops such a query, and the generator's ``untitled_retry`` asks once more for it."""
+    return normalise(query) in normalise(document)
 
 
 def document_texts(title: pa.Array | pa.ChunkedArray, text: pa.Array | pa.ChunkedArray) -> pa.Array:

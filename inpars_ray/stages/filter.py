@@ -205,7 +205,7 @@ def classify(batch: pa.Table, config: FilterConfig, fewshot: FewShotQueries | No
             reason = EMPTY_QUERY
         elif doc is None:
             reason = UNKNOWN_DOCUMENT
-        elif copies_document(query, title, text):  # the query is a verbatim span of its document
+        elif copies_document(query, doc):  # the query is a verbatim span of its document
             reason = COPIED
         elif qnorm in fewshot.of(cols.get(S.PROMPT_NAME, none)[i], cols.get(S.FEWSHOT_IDS, none)[i]):
             reason = FEWSHOT_REPEAT

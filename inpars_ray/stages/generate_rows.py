@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from inpars_ray import schema as S
 from inpars_ray.io.journal import Journal, answer_key
-from inpars_ray.io.text import copies_document
+from inpars_ray.io.text import copies_document, document_text
 from inpars_ray.models.backends.base import Backend, Generation, GenerationParams
 from inpars_ray.models.prompts import UNTITLED_SUFFIX, PromptBuilder
 from inpars_ray.stageconfig import Field, stage_config
@@ -36,7 +36,7 @@ def fails(query: str | None, num_tokens: int | None, title: str | None, text: st
     answer that used every one of ``max_new_tokens`` without ending its line (``unfinished``)."""
     if not query:
         return False
-    return (("copies" in reasons and copies_document(query, title, text))
+    return (("copies" in reasons and copies_document(query, document_text(title, text)))
             or ("unfinished" in reasons and (num_tokens or 0) >= max_new_tokens))
 
 

@@ -183,7 +183,7 @@ def test_untitled_retry_asks_a_copied_answer_again_without_titles(backend, tmp_p
     import dataclasses
 
     from inpars_ray.io.journal import Journal, answer_key
-    from inpars_ray.io.text import copies_document
+    from inpars_ray.io.text import copies_document, document_text
     from inpars_ray.models.prompts import UNTITLED_SUFFIX
     from inpars_ray.stages.filter import FewShotQueries, builtin_fewshot_queries
 
@@ -203,7 +203,7 @@ def test_untitled_retry_asks_a_copied_answer_again_without_titles(backend, tmp_p
 
     expected = backend.generate([untitled.build(None, batch[S.TEXT][0].as_py())], params)[0]
     assert "fputws(3)" not in untitled.build("fputws(3)", batch[S.TEXT][0].as_py())
-    assert copies_document(copied["text"], "fputws(3)", batch[S.TEXT][0].as_py())
+    assert copies_document(copied["text"], document_text("fputws(3)", batch[S.TEXT][0].as_py()))
     assert rows[0][S.QUERY] == expected.text and rows[0][S.QUERY] != copied["text"]
     assert rows[0][S.PROMPT_NAME] == "inpars" + UNTITLED_SUFFIX
     assert (rows[1][S.QUERY], rows[1][S.PROMPT_NAME]) == (own["text"], "inpars")
